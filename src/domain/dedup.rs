@@ -1,0 +1,236 @@
+//! Dedup keys and the fingerprint behind derived event ids.
+
+use super::event::{CartEvent, EventId, EventType};
+use super::validation::integral;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+
+/// Prefix of ids derived from a fingerprint, so they are recognisable in stored data.
+pub const FINGERPRINT_PREFIX: &str = "fp-";
+
+/// The key an event is deduplicated on: its id (sent, derived or assigned).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupKey(String);
+
+impl DedupKey {
+    /// The key of an event, or `None` when its id was freshly generated and so cannot repeat.
+    pub fn of(event: &CartEvent) -> Option<Self> {
+        event
+            .is_deduplicable()
+            .then(|| Self(event.event_id().as_str().to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&EventId> for DedupKey {
+    fn from(id: &EventId) -> Self {
+        Self(id.as_str().to_owned())
+    }
+}
+
+impl EventId {
+    /// A server-assigned id from 16 random bytes, formatted as a UUID.
+    pub fn from_random_bytes(bytes: [u8; 16]) -> Self {
+        let mut s = String::with_capacity(36);
+        for (i, b) in bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                s.push('-');
+            }
+            let _ = write!(s, "{b:02x}");
+        }
+        Self::parse(&s).unwrap_or_else(|_| unreachable!("hex and dashes are valid id chars"))
+    }
+}
+
+/// The id derived from an event without `eventId`: a hash over the canonical forms of
+/// (`userId`, `sessionId`, `eventType`, `timestamp` to the millisecond, `metadata`).
+pub fn fingerprint_id(
+    user_id: &str,
+    session_id: Option<&str>,
+    event_type: EventType,
+    timestamp: DateTime<Utc>,
+    metadata: &Map<String, Value>,
+) -> EventId {
+    let mut canonical = String::with_capacity(128);
+    // Length-prefixed fields: no choice of field contents can make two tuples collide.
+    let mut field = |s: &str| {
+        let _ = write!(canonical, "{}:{s};", s.len());
+    };
+    field(user_id);
+    match session_id {
+        Some(s) => field(s),
+        None => field("\u{0}none"),
+    }
+    field(event_type.as_str());
+    field(&timestamp.to_rfc3339_opts(SecondsFormat::Millis, true));
+    let mut meta = String::new();
+    canonical_object(metadata, &mut meta);
+    field(&meta);
+
+    let digest = Sha256::digest(canonical.as_bytes());
+    let mut id = String::with_capacity(FINGERPRINT_PREFIX.len() + 32);
+    id.push_str(FINGERPRINT_PREFIX);
+    for b in &digest[..16] {
+        let _ = write!(id, "{b:02x}");
+    }
+    EventId::parse(&id).unwrap_or_else(|_| unreachable!("prefix and hex are valid id chars"))
+}
+
+/// Compact JSON with keys sorted at every level and integral numbers without a fraction.
+pub fn canonical_json(v: &Value) -> String {
+    let mut out = String::new();
+    canonical_value(v, &mut out);
+    out
+}
+
+fn canonical_object(m: &Map<String, Value>, out: &mut String) {
+    let mut keys: Vec<&String> = m.keys().collect();
+    keys.sort_unstable();
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(k.clone()).to_string());
+        out.push(':');
+        canonical_value(&m[k], out);
+    }
+    out.push('}');
+}
+
+fn canonical_value(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => canonical_object(m, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_value(item, out);
+            }
+            out.push(']');
+        }
+        Value::Number(n) => match integral(n) {
+            Some(f) if n.is_f64() && f.abs() < 9.007_199_254_740_992e15 => {
+                let _ = write!(out, "{}", f as i64);
+            }
+            _ => {
+                let _ = write!(out, "{n}");
+            }
+        },
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn ts() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 8, 10, 3, 27, 4).unwrap() + chrono::Duration::milliseconds(123)
+    }
+
+    fn meta(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_and_drops_integral_fractions() {
+        let v = json!({"b": 2.0, "a": {"z": [1.0, 1.5], "y": null}});
+        assert_eq!(canonical_json(&v), r#"{"a":{"y":null,"z":[1,1.5]},"b":2}"#);
+    }
+
+    #[test]
+    fn key_order_and_integral_fractions_give_the_same_fingerprint() {
+        let a = meta(json!({"productId": "p", "quantity": 2}));
+        let b = meta(serde_json::from_str(r#"{"quantity": 2.0, "productId": "p"}"#).unwrap());
+        let id_a = fingerprint_id("u", Some("s"), EventType::ItemAdded, ts(), &a);
+        let id_b = fingerprint_id("u", Some("s"), EventType::ItemAdded, ts(), &b);
+        assert_eq!(id_a, id_b);
+        assert!(id_a.as_str().starts_with(FINGERPRINT_PREFIX));
+        assert_eq!(id_a.as_str().len(), 35);
+    }
+
+    #[test]
+    fn absent_and_empty_session_differ() {
+        let m = Map::new();
+        let a = fingerprint_id("u", None, EventType::CartViewed, ts(), &m);
+        let b = fingerprint_id("u", Some(""), EventType::CartViewed, ts(), &m);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn random_ids_are_uuid_shaped() {
+        let id = EventId::from_random_bytes([0xab; 16]);
+        assert_eq!(id.as_str(), "abababab-abab-abab-abab-abababababab");
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(|i| json!(i)),
+            (-1e6f64..1e6).prop_map(|f| json!(f)),
+            "[a-z]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_meta() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map("[a-zA-Z]{1,5}", arb_json(), 0..5)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn fingerprint_is_stable_and_order_independent(
+            user in "[a-z0-9]{1,10}", session in proptest::option::of("[a-z0-9]{1,10}"),
+            ms in 0i64..1_000_000_000, m in arb_meta()
+        ) {
+            let at = ts() + chrono::Duration::milliseconds(ms);
+            let a = fingerprint_id(&user, session.as_deref(), EventType::CartViewed, at, &m);
+            let b = fingerprint_id(&user, session.as_deref(), EventType::CartViewed, at, &m);
+            prop_assert_eq!(&a, &b);
+            let reversed: Map<String, Value> = m.clone().into_iter().rev().collect();
+            let c = fingerprint_id(&user, session.as_deref(), EventType::CartViewed, at, &reversed);
+            prop_assert_eq!(&a, &c);
+            prop_assert!(EventId::parse(a.as_str()).is_ok());
+        }
+
+        #[test]
+        fn any_changed_field_changes_the_fingerprint(
+            user in "[a-z0-9]{1,10}", session in "[a-z0-9]{1,10}",
+            ms in 0i64..1_000_000_000, m in arb_meta(), which in 0usize..5,
+        ) {
+            let at = ts() + chrono::Duration::milliseconds(ms);
+            let base = fingerprint_id(&user, Some(&session), EventType::CartViewed, at, &m);
+            let changed = match which {
+                0 => fingerprint_id(&format!("{user}x"), Some(&session), EventType::CartViewed, at, &m),
+                1 => fingerprint_id(&user, Some(&format!("{session}x")), EventType::CartViewed, at, &m),
+                2 => fingerprint_id(&user, Some(&session), EventType::CartCleared, at, &m),
+                3 => fingerprint_id(&user, Some(&session), EventType::CartViewed, at + chrono::Duration::milliseconds(1), &m),
+                _ => {
+                    let mut m2 = m.clone();
+                    m2.insert("__changed".into(), json!(1));
+                    fingerprint_id(&user, Some(&session), EventType::CartViewed, at, &m2)
+                }
+            };
+            prop_assert_ne!(base, changed);
+        }
+    }
+}

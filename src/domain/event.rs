@@ -1,0 +1,216 @@
+//! The cart event model. Every type here is valid by construction: the only way to get a
+//! [`CartEvent`] is through [`crate::domain::validation::parse_event`] (or, for events read back
+//! from a store, [`CartEvent::from_stored`]).
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Which characters an `eventId` may contain: `A-Z a-z 0-9 - _ . :`.
+pub fn is_event_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+}
+
+pub const EVENT_ID_MAX: usize = 64;
+pub const USER_ID_MAX: usize = 128;
+pub const SESSION_ID_MAX: usize = 128;
+
+/// The idempotency key of an event: 1–64 chars of `A-Z a-z 0-9 - _ . :`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(String);
+
+impl EventId {
+    /// Checks the format; the error is the detail code to report.
+    pub fn parse(raw: &str) -> Result<Self, super::FieldCode> {
+        if raw.is_empty() {
+            return Err(super::FieldCode::TooShort);
+        }
+        if raw.len() > EVENT_ID_MAX {
+            // All allowed characters are one byte, so a byte count above the limit that consists
+            // only of allowed characters is too long; anything else is a format error.
+            return Err(if raw.chars().all(is_event_id_char) {
+                super::FieldCode::TooLong
+            } else {
+                super::FieldCode::InvalidFormat
+            });
+        }
+        if !raw.chars().all(is_event_id_char) {
+            return Err(super::FieldCode::InvalidFormat);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the event's id came from; decides whether dedup is possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdOrigin {
+    /// Sent by the client.
+    Client,
+    /// Derived from the event's fingerprint (no `eventId`, but a `timestamp`).
+    Fingerprint,
+    /// Freshly assigned by the server: nothing to deduplicate against.
+    Generated,
+}
+
+/// The event types of PROTOCOL.md section 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    ItemAdded,
+    ItemRemoved,
+    QuantityUpdated,
+    CartViewed,
+    CartCleared,
+    CouponApplied,
+    CheckoutStarted,
+    CheckoutCompleted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        Self::ItemAdded,
+        Self::ItemRemoved,
+        Self::QuantityUpdated,
+        Self::CartViewed,
+        Self::CartCleared,
+        Self::CouponApplied,
+        Self::CheckoutStarted,
+        Self::CheckoutCompleted,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ItemAdded => "item_added",
+            Self::ItemRemoved => "item_removed",
+            Self::QuantityUpdated => "quantity_updated",
+            Self::CartViewed => "cart_viewed",
+            Self::CartCleared => "cart_cleared",
+            Self::CouponApplied => "coupon_applied",
+            Self::CheckoutStarted => "checkout_started",
+            Self::CheckoutCompleted => "checkout_completed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The channel an event arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Ws,
+    Http,
+}
+
+impl Source {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Http => "http",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "ws" => Some(Self::Ws),
+            "http" => Some(Self::Http),
+            _ => None,
+        }
+    }
+}
+
+/// Truncates an instant to whole milliseconds, the precision events are stored with.
+pub fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(3)
+}
+
+/// A validated cart event. Fields are private: only validation builds one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartEvent {
+    pub(super) event_id: EventId,
+    pub(super) id_origin: IdOrigin,
+    pub(super) user_id: String,
+    pub(super) session_id: Option<String>,
+    pub(super) event_type: EventType,
+    pub(super) occurred_at: DateTime<Utc>,
+    pub(super) metadata: Map<String, Value>,
+}
+
+impl CartEvent {
+    pub fn event_id(&self) -> &EventId {
+        &self.event_id
+    }
+    pub fn id_origin(&self) -> IdOrigin {
+        self.id_origin
+    }
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+    pub fn event_type(&self) -> EventType {
+        self.event_type
+    }
+    /// The event's `timestamp`, in UTC, to the millisecond.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        self.occurred_at
+    }
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+
+    /// Whether a repeat of this event can be recognised (its id is not freshly generated).
+    pub fn is_deduplicable(&self) -> bool {
+        self.id_origin != IdOrigin::Generated
+    }
+
+    /// Rebuilds an event that a store returned. Stores hold only events that passed validation,
+    /// so this trusts its input apart from the id format, which it re-checks.
+    pub fn from_stored(
+        event_id: &str,
+        user_id: String,
+        session_id: Option<String>,
+        event_type: EventType,
+        occurred_at: DateTime<Utc>,
+        metadata: Map<String, Value>,
+    ) -> Result<Self, super::FieldCode> {
+        Ok(Self {
+            event_id: EventId::parse(event_id)?,
+            id_origin: IdOrigin::Client,
+            user_id,
+            session_id,
+            event_type,
+            occurred_at: to_millis(occurred_at),
+            metadata,
+        })
+    }
+}
+
+/// An accepted event as it is stored and read back: the event plus where and when it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub event: CartEvent,
+    pub received_at: DateTime<Utc>,
+    pub source: Source,
+}

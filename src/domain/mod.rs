@@ -1,0 +1,12 @@
+//! Pure, synchronous rules: the event model, validation and dedup keys. No I/O, no async, no
+//! framework types.
+
+pub mod dedup;
+pub mod error;
+pub mod event;
+pub mod validation;
+
+pub use dedup::DedupKey;
+pub use error::{FieldCode, FieldError};
+pub use event::{CartEvent, EventId, EventType, IdOrigin, Source, StoredEvent};
+pub use validation::{parse_event, ValidationPolicy};

@@ -1,0 +1,485 @@
+//! The event rules of PROTOCOL.md section 1. Every failed rule is reported, not just the first.
+
+use super::dedup::fingerprint_id;
+use super::error::{FieldCode, FieldError};
+use super::event::{
+    to_millis, CartEvent, EventId, EventType, IdOrigin, EVENT_ID_MAX, SESSION_ID_MAX, USER_ID_MAX,
+};
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Map, Value};
+
+/// Largest `metadata`, as compact UTF-8 JSON.
+pub const METADATA_MAX_BYTES: usize = 16 * 1024;
+/// Deepest `metadata`; the metadata object itself is level 1.
+pub const METADATA_MAX_DEPTH: usize = 8;
+
+/// The configurable bounds of validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationPolicy {
+    /// How far past the server's clock a `timestamp` may be.
+    pub max_future: Duration,
+    /// How far before the server's clock a `timestamp` may be.
+    pub max_past: Duration,
+}
+
+impl ValidationPolicy {
+    /// The protocol's defaults: 5 minutes ahead, 30 days behind.
+    pub fn protocol_default() -> Self {
+        Self {
+            max_future: Duration::minutes(5),
+            max_past: Duration::days(30),
+        }
+    }
+}
+
+/// Validates one raw event. `now` is the server's clock at receipt; `fresh_id` is called only
+/// when the event has neither `eventId` nor `timestamp`.
+pub fn parse_event(
+    raw: &Value,
+    policy: &ValidationPolicy,
+    now: DateTime<Utc>,
+    fresh_id: impl FnOnce() -> EventId,
+) -> Result<CartEvent, Vec<FieldError>> {
+    let Some(obj) = raw.as_object() else {
+        return Err(vec![FieldError::invalid_type("", "a JSON object")]);
+    };
+    let mut errors = Vec::new();
+
+    let event_id = match obj.get("eventId") {
+        None => None,
+        Some(Value::String(s)) => match EventId::parse(s) {
+            Ok(id) => Some(id),
+            Err(code) => {
+                errors.push(event_id_error(code));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::invalid_type("eventId", "a string"));
+            None
+        }
+    };
+
+    let user_id = match obj.get("userId") {
+        None => {
+            errors.push(FieldError::required("userId"));
+            None
+        }
+        Some(Value::String(s)) => check_identifier("userId", s, USER_ID_MAX, true, &mut errors),
+        Some(_) => {
+            errors.push(FieldError::invalid_type("userId", "a string"));
+            None
+        }
+    };
+
+    let session_id = match obj.get("sessionId") {
+        None => None,
+        Some(Value::String(s)) => {
+            check_identifier("sessionId", s, SESSION_ID_MAX, false, &mut errors)
+        }
+        Some(_) => {
+            errors.push(FieldError::invalid_type("sessionId", "a string"));
+            None
+        }
+    };
+
+    let event_type = match obj.get("eventType") {
+        None => {
+            errors.push(FieldError::required("eventType"));
+            None
+        }
+        Some(Value::String(s)) => match EventType::parse(s) {
+            Some(t) => Some(t),
+            None => {
+                errors.push(FieldError::new(
+                    "eventType",
+                    FieldCode::UnknownEventType,
+                    format!("eventType must be one of: {}", event_type_list()),
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::invalid_type("eventType", "a string"));
+            None
+        }
+    };
+
+    let timestamp = match obj.get("timestamp") {
+        None => None,
+        Some(Value::String(s)) => check_timestamp(s, policy, now, &mut errors),
+        Some(_) => {
+            errors.push(FieldError::invalid_type(
+                "timestamp",
+                "an RFC 3339 string with an offset",
+            ));
+            None
+        }
+    };
+
+    let empty = Map::new();
+    let metadata = match obj.get("metadata") {
+        None => Some(&empty),
+        Some(Value::Object(m)) => {
+            check_metadata_shape(m, &mut errors);
+            Some(m)
+        }
+        Some(_) => {
+            errors.push(FieldError::invalid_type("metadata", "a JSON object"));
+            None
+        }
+    };
+    if let (Some(t), Some(m)) = (event_type, metadata) {
+        check_metadata_rules(t, m, &mut errors);
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Every branch that left one of these `None` pushed an error, so all are present here.
+    let (Some(user_id), Some(event_type), Some(metadata)) = (user_id, event_type, metadata) else {
+        return Err(vec![FieldError::invalid_type("", "a JSON object")]);
+    };
+    let metadata = metadata.clone();
+    let occurred_at = timestamp.unwrap_or_else(|| to_millis(now));
+    let (event_id, id_origin) = match (event_id, timestamp) {
+        (Some(id), _) => (id, IdOrigin::Client),
+        (None, Some(ts)) => (
+            fingerprint_id(&user_id, session_id.as_deref(), event_type, ts, &metadata),
+            IdOrigin::Fingerprint,
+        ),
+        (None, None) => (fresh_id(), IdOrigin::Generated),
+    };
+    Ok(CartEvent {
+        event_id,
+        id_origin,
+        user_id,
+        session_id,
+        event_type,
+        occurred_at,
+        metadata,
+    })
+}
+
+fn event_id_error(code: FieldCode) -> FieldError {
+    let message = match code {
+        FieldCode::TooShort => "eventId must be at least 1 character".to_owned(),
+        FieldCode::TooLong => format!("eventId must be at most {EVENT_ID_MAX} characters"),
+        _ => format!(
+            "eventId must be 1-{EVENT_ID_MAX} characters of A-Z a-z 0-9 - _ . :"
+        ),
+    };
+    FieldError::new("eventId", code, message)
+}
+
+fn event_type_list() -> String {
+    EventType::ALL.map(EventType::as_str).join(", ")
+}
+
+/// Checks a 1..=max character identifier with no control characters; `userId` also must not be
+/// all whitespace.
+fn check_identifier(
+    field: &str,
+    raw: &str,
+    max: usize,
+    reject_blank: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let before = errors.len();
+    let chars = raw.chars().count();
+    if chars == 0 {
+        errors.push(FieldError::too_short(field, 1));
+    } else if chars > max {
+        errors.push(FieldError::too_long(field, max));
+    }
+    if raw.chars().any(char::is_control) {
+        errors.push(FieldError::new(
+            field,
+            FieldCode::InvalidFormat,
+            format!("{field} must not contain control characters"),
+        ));
+    } else if reject_blank && chars > 0 && raw.chars().all(char::is_whitespace) {
+        errors.push(FieldError::new(
+            field,
+            FieldCode::InvalidFormat,
+            format!("{field} must not be all whitespace"),
+        ));
+    }
+    (errors.len() == before).then(|| raw.to_owned())
+}
+
+fn check_timestamp(
+    raw: &str,
+    policy: &ValidationPolicy,
+    now: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> Option<DateTime<Utc>> {
+    let Ok(parsed) = DateTime::parse_from_rfc3339(raw) else {
+        errors.push(FieldError::new(
+            "timestamp",
+            FieldCode::InvalidFormat,
+            "timestamp must be an RFC 3339 date-time with an offset, e.g. 2025-08-10T03:27:04.123Z",
+        ));
+        return None;
+    };
+    let at = to_millis(parsed.with_timezone(&Utc));
+    if at - now > policy.max_future {
+        errors.push(FieldError::new(
+            "timestamp",
+            FieldCode::OutOfRange,
+            format!(
+                "timestamp must not be more than {} ahead of the server's clock",
+                describe(policy.max_future)
+            ),
+        ));
+        return None;
+    }
+    if now - at > policy.max_past {
+        errors.push(FieldError::new(
+            "timestamp",
+            FieldCode::OutOfRange,
+            format!(
+                "timestamp must not be more than {} before the server's clock",
+                describe(policy.max_past)
+            ),
+        ));
+        return None;
+    }
+    Some(at)
+}
+
+fn describe(d: Duration) -> String {
+    let secs = d.num_seconds();
+    match secs {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+fn check_metadata_shape(m: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let size = compact_json_len_object(m);
+    if size > METADATA_MAX_BYTES {
+        errors.push(FieldError::new(
+            "metadata",
+            FieldCode::TooLarge,
+            format!("metadata is {size} bytes as compact JSON; the limit is {METADATA_MAX_BYTES}"),
+        ));
+    }
+    if object_depth_exceeds(m, 1, METADATA_MAX_DEPTH) {
+        errors.push(FieldError::new(
+            "metadata",
+            FieldCode::TooDeep,
+            format!(
+                "metadata nests deeper than {METADATA_MAX_DEPTH} levels (the metadata object is level 1)"
+            ),
+        ));
+    }
+}
+
+/// Length of the compact JSON form, without building it.
+fn compact_json_len_object(m: &Map<String, Value>) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Serializing a `Map` of `Value`s into a writer that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut counter, m);
+    counter.0
+}
+
+fn object_depth_exceeds(m: &Map<String, Value>, level: usize, max: usize) -> bool {
+    if level > max {
+        return true;
+    }
+    m.values().any(|v| value_depth_exceeds(v, level + 1, max))
+}
+
+fn value_depth_exceeds(v: &Value, level: usize, max: usize) -> bool {
+    match v {
+        Value::Object(m) => object_depth_exceeds(m, level, max),
+        Value::Array(items) => {
+            level > max || items.iter().any(|i| value_depth_exceeds(i, level + 1, max))
+        }
+        _ => false,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text { min: usize, max: usize },
+    Integer { min: i64 },
+    Number { min: f64 },
+    Currency,
+}
+
+#[derive(Clone, Copy)]
+struct Rule {
+    key: &'static str,
+    kind: Kind,
+    required: bool,
+}
+
+const fn req(key: &'static str, kind: Kind) -> Rule {
+    Rule {
+        key,
+        kind,
+        required: true,
+    }
+}
+
+const fn opt(key: &'static str, kind: Kind) -> Rule {
+    Rule {
+        key,
+        kind,
+        required: false,
+    }
+}
+
+const PRODUCT_ID: Kind = Kind::Text { min: 1, max: 128 };
+const CURRENCY: Rule = opt("currency", Kind::Currency);
+
+const ITEM: &[Rule] = &[
+    req("productId", PRODUCT_ID),
+    opt("quantity", Kind::Integer { min: 1 }),
+    opt("price", Kind::Number { min: 0.0 }),
+    CURRENCY,
+];
+const QUANTITY_UPDATED: &[Rule] = &[
+    req("productId", PRODUCT_ID),
+    req("quantity", Kind::Integer { min: 0 }),
+    opt("price", Kind::Number { min: 0.0 }),
+    CURRENCY,
+];
+const CART: &[Rule] = &[
+    opt("cartValue", Kind::Number { min: 0.0 }),
+    opt("itemCount", Kind::Integer { min: 0 }),
+    CURRENCY,
+];
+const COUPON_APPLIED: &[Rule] = &[
+    req("couponCode", Kind::Text { min: 1, max: 64 }),
+    opt("discount", Kind::Number { min: 0.0 }),
+    CURRENCY,
+];
+const CHECKOUT_STARTED: &[Rule] = &[
+    req("cartValue", Kind::Number { min: 0.0 }),
+    req("itemCount", Kind::Integer { min: 0 }),
+    CURRENCY,
+];
+const CHECKOUT_COMPLETED: &[Rule] = &[
+    req("orderId", Kind::Text { min: 1, max: 128 }),
+    req("cartValue", Kind::Number { min: 0.0 }),
+    opt("itemCount", Kind::Integer { min: 0 }),
+    CURRENCY,
+];
+
+fn rules(t: EventType) -> &'static [Rule] {
+    match t {
+        EventType::ItemAdded | EventType::ItemRemoved => ITEM,
+        EventType::QuantityUpdated => QUANTITY_UPDATED,
+        EventType::CartViewed | EventType::CartCleared => CART,
+        EventType::CouponApplied => COUPON_APPLIED,
+        EventType::CheckoutStarted => CHECKOUT_STARTED,
+        EventType::CheckoutCompleted => CHECKOUT_COMPLETED,
+    }
+}
+
+fn check_metadata_rules(t: EventType, m: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    for rule in rules(t) {
+        let field = format!("metadata.{}", rule.key);
+        match m.get(rule.key) {
+            None if rule.required => errors.push(FieldError::new(
+                &field,
+                FieldCode::Required,
+                format!("{field} is required for {t}"),
+            )),
+            None => {}
+            Some(v) => {
+                if let Some(e) = check_kind(&field, rule.kind, v) {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a JSON number has no fractional part (`1` and `1.0` both do).
+pub fn integral(n: &serde_json::Number) -> Option<f64> {
+    if let Some(i) = n.as_i64() {
+        return Some(i as f64);
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(u as f64);
+    }
+    n.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0)
+}
+
+fn check_kind(field: &str, kind: Kind, v: &Value) -> Option<FieldError> {
+    match kind {
+        Kind::Text { min, max } => {
+            let Value::String(s) = v else {
+                return Some(FieldError::invalid_type(field, "a string"));
+            };
+            let n = s.chars().count();
+            if n < min {
+                Some(FieldError::too_short(field, min))
+            } else if n > max {
+                Some(FieldError::too_long(field, max))
+            } else {
+                None
+            }
+        }
+        Kind::Integer { min } => {
+            let Value::Number(n) = v else {
+                return Some(FieldError::invalid_type(field, "an integer"));
+            };
+            let Some(value) = integral(n) else {
+                return Some(FieldError::invalid_type(field, "an integer"));
+            };
+            (value < min as f64).then(|| {
+                FieldError::new(
+                    field,
+                    FieldCode::OutOfRange,
+                    format!("{field} must be at least {min}"),
+                )
+            })
+        }
+        Kind::Number { min } => {
+            let Value::Number(n) = v else {
+                return Some(FieldError::invalid_type(field, "a number"));
+            };
+            let value = n.as_f64().unwrap_or(f64::NAN);
+            (value.is_nan() || value < min).then(|| {
+                FieldError::new(
+                    field,
+                    FieldCode::OutOfRange,
+                    format!("{field} must be at least {min}"),
+                )
+            })
+        }
+        Kind::Currency => {
+            let Value::String(s) = v else {
+                return Some(FieldError::invalid_type(field, "a string"));
+            };
+            let ok = s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase());
+            (!ok).then(|| {
+                FieldError::new(
+                    field,
+                    FieldCode::InvalidFormat,
+                    format!("{field} must be 3 uppercase letters (ISO 4217), e.g. USD"),
+                )
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
