@@ -4,4 +4,6 @@
 //! the world, [`adapters`] the inbound (HTTP, WebSocket) and outbound (stores) implementations,
 //! and [`app`] the use cases, configuration and wiring.
 
+pub mod adapters;
 pub mod domain;
+pub mod ports;

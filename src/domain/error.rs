@@ -80,7 +80,10 @@ impl FieldError {
         Self::new(
             field,
             FieldCode::TooShort,
-            format!("{field} must be at least {min} character{}", if min == 1 { "" } else { "s" }),
+            format!(
+                "{field} must be at least {min} character{}",
+                if min == 1 { "" } else { "s" }
+            ),
         )
     }
 }

@@ -165,9 +165,7 @@ fn event_id_error(code: FieldCode) -> FieldError {
     let message = match code {
         FieldCode::TooShort => "eventId must be at least 1 character".to_owned(),
         FieldCode::TooLong => format!("eventId must be at most {EVENT_ID_MAX} characters"),
-        _ => format!(
-            "eventId must be 1-{EVENT_ID_MAX} characters of A-Z a-z 0-9 - _ . :"
-        ),
+        _ => format!("eventId must be 1-{EVENT_ID_MAX} characters of A-Z a-z 0-9 - _ . :"),
     };
     FieldError::new("eventId", code, message)
 }

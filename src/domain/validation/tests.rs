@@ -58,7 +58,10 @@ fn with_meta(v: Value, key: &str, value: Value) -> Value {
 #[test]
 fn the_protocol_example_is_valid() {
     let e = parse(item_added()).unwrap();
-    assert_eq!(e.event_id().as_str(), "9b2f6a1e-7c1d-4c53-9a55-1f0f8f0f3a10");
+    assert_eq!(
+        e.event_id().as_str(),
+        "9b2f6a1e-7c1d-4c53-9a55-1f0f8f0f3a10"
+    );
     assert_eq!(e.id_origin(), IdOrigin::Client);
     assert_eq!(e.user_id(), "ws-test-user-123");
     assert_eq!(e.session_id(), Some("sess-42"));
@@ -190,7 +193,10 @@ fn timestamp_format_and_bounds() {
         one("timestamp", FieldCode::InvalidFormat),
         "an offset is required"
     );
-    assert_eq!(codes(at("yesterday")), one("timestamp", FieldCode::InvalidFormat));
+    assert_eq!(
+        codes(at("yesterday")),
+        one("timestamp", FieldCode::InvalidFormat)
+    );
     assert_eq!(
         codes(with(item_added(), "timestamp", json!(1754796424123u64))),
         one("timestamp", FieldCode::InvalidType)
@@ -210,7 +216,12 @@ fn timestamp_format_and_bounds() {
 
 #[test]
 fn timestamp_is_truncated_to_milliseconds_in_utc() {
-    let e = parse(with(item_added(), "timestamp", json!("2025-08-10T05:27:04.123987+02:00"))).unwrap();
+    let e = parse(with(
+        item_added(),
+        "timestamp",
+        json!("2025-08-10T05:27:04.123987+02:00"),
+    ))
+    .unwrap();
     assert_eq!(e.occurred_at(), now() + Duration::milliseconds(123));
 }
 
@@ -238,7 +249,11 @@ fn ids_are_derived_or_generated_when_absent() {
     assert_eq!(derived.id_origin(), IdOrigin::Fingerprint);
     assert!(derived.event_id().as_str().starts_with("fp-"));
     let again = parse(without(item_added(), "eventId")).unwrap();
-    assert_eq!(derived.event_id(), again.event_id(), "identical retry, same id");
+    assert_eq!(
+        derived.event_id(),
+        again.event_id(),
+        "identical retry, same id"
+    );
 
     let generated = parse(without(without(item_added(), "eventId"), "timestamp")).unwrap();
     assert_eq!(generated.id_origin(), IdOrigin::Generated);
@@ -294,12 +309,21 @@ fn required_metadata_per_event_type() {
     let cases: [(&str, &[&str]); 8] = [
         ("item_added", &["metadata.productId"]),
         ("item_removed", &["metadata.productId"]),
-        ("quantity_updated", &["metadata.productId", "metadata.quantity"]),
+        (
+            "quantity_updated",
+            &["metadata.productId", "metadata.quantity"],
+        ),
         ("cart_viewed", &[]),
         ("cart_cleared", &[]),
         ("coupon_applied", &["metadata.couponCode"]),
-        ("checkout_started", &["metadata.cartValue", "metadata.itemCount"]),
-        ("checkout_completed", &["metadata.orderId", "metadata.cartValue"]),
+        (
+            "checkout_started",
+            &["metadata.cartValue", "metadata.itemCount"],
+        ),
+        (
+            "checkout_completed",
+            &["metadata.orderId", "metadata.cartValue"],
+        ),
     ];
     for (t, required) in cases {
         let got = match parse(base(t, json!({}))) {
@@ -310,15 +334,34 @@ fn required_metadata_per_event_type() {
         assert_eq!(fields, required, "{t}");
         assert!(got.iter().all(|e| e.code == FieldCode::Required));
         if let Some(first) = got.first() {
-            assert!(first.message.ends_with(&format!("for {t}")), "{}", first.message);
+            assert!(
+                first.message.ends_with(&format!("for {t}")),
+                "{}",
+                first.message
+            );
         }
     }
-    let e = parse(base("quantity_updated", json!({"productId": "p", "quantity": 0}))).unwrap();
+    let e = parse(base(
+        "quantity_updated",
+        json!({"productId": "p", "quantity": 0}),
+    ))
+    .unwrap();
     assert_eq!(e.metadata()["quantity"], json!(0));
-    assert!(parse(base("checkout_completed", json!({"orderId": "o", "cartValue": 0}))).is_ok());
-    assert!(parse(base("coupon_applied", json!({"couponCode": "c".repeat(64)}))).is_ok());
+    assert!(parse(base(
+        "checkout_completed",
+        json!({"orderId": "o", "cartValue": 0})
+    ))
+    .is_ok());
+    assert!(parse(base(
+        "coupon_applied",
+        json!({"couponCode": "c".repeat(64)})
+    ))
+    .is_ok());
     assert_eq!(
-        codes(base("coupon_applied", json!({"couponCode": "c".repeat(65)}))),
+        codes(base(
+            "coupon_applied",
+            json!({"couponCode": "c".repeat(65)})
+        )),
         one("metadata.couponCode", FieldCode::TooLong)
     );
 }
@@ -326,19 +369,49 @@ fn required_metadata_per_event_type() {
 #[test]
 fn typed_optional_metadata() {
     let m = |k: &str, v: Value| with_meta(item_added(), k, v);
-    assert!(parse(m("quantity", json!(1.0))).is_ok(), "1.0 is an integer");
-    assert_eq!(codes(m("quantity", json!(1.5))), one("metadata.quantity", FieldCode::InvalidType));
-    assert_eq!(codes(m("quantity", json!(0))), one("metadata.quantity", FieldCode::OutOfRange));
-    assert_eq!(codes(m("quantity", json!("1"))), one("metadata.quantity", FieldCode::InvalidType));
-    assert_eq!(codes(m("quantity", Value::Null)), one("metadata.quantity", FieldCode::InvalidType));
+    assert!(
+        parse(m("quantity", json!(1.0))).is_ok(),
+        "1.0 is an integer"
+    );
+    assert_eq!(
+        codes(m("quantity", json!(1.5))),
+        one("metadata.quantity", FieldCode::InvalidType)
+    );
+    assert_eq!(
+        codes(m("quantity", json!(0))),
+        one("metadata.quantity", FieldCode::OutOfRange)
+    );
+    assert_eq!(
+        codes(m("quantity", json!("1"))),
+        one("metadata.quantity", FieldCode::InvalidType)
+    );
+    assert_eq!(
+        codes(m("quantity", Value::Null)),
+        one("metadata.quantity", FieldCode::InvalidType)
+    );
     assert!(parse(m("price", json!(0))).is_ok());
-    assert_eq!(codes(m("price", json!(-0.01))), one("metadata.price", FieldCode::OutOfRange));
-    assert_eq!(codes(m("price", json!("29.99"))), one("metadata.price", FieldCode::InvalidType));
+    assert_eq!(
+        codes(m("price", json!(-0.01))),
+        one("metadata.price", FieldCode::OutOfRange)
+    );
+    assert_eq!(
+        codes(m("price", json!("29.99"))),
+        one("metadata.price", FieldCode::InvalidType)
+    );
     for bad in ["usd", "US", "USDX", "U5D"] {
-        assert_eq!(codes(m("currency", json!(bad))), one("metadata.currency", FieldCode::InvalidFormat));
+        assert_eq!(
+            codes(m("currency", json!(bad))),
+            one("metadata.currency", FieldCode::InvalidFormat)
+        );
     }
-    assert_eq!(codes(m("currency", json!(840))), one("metadata.currency", FieldCode::InvalidType));
-    assert_eq!(codes(m("productId", json!(""))), one("metadata.productId", FieldCode::TooShort));
+    assert_eq!(
+        codes(m("currency", json!(840))),
+        one("metadata.currency", FieldCode::InvalidType)
+    );
+    assert_eq!(
+        codes(m("productId", json!(""))),
+        one("metadata.productId", FieldCode::TooShort)
+    );
     assert_eq!(
         codes(m("productId", json!("p".repeat(129)))),
         one("metadata.productId", FieldCode::TooLong)

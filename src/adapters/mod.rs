@@ -1,0 +1,4 @@
+//! Inbound (HTTP, WebSocket) and outbound (stores) adapters.
+
+pub mod inbound;
+pub mod outbound;

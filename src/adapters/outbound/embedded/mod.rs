@@ -1,0 +1,402 @@
+//! The embedded default: events and dedup state in one SQLite database on local disk, so
+//! `cartstream` runs with no external service and a restart forgets neither.
+//!
+//! SQLite is in WAL mode with `synchronous=FULL`: a committed transaction has been fsynced.
+//! Callers pass whole batches, so one fsync covers many events (group commit). rusqlite is
+//! blocking, so every call runs on tokio's blocking pool; the connections sit behind std
+//! mutexes, which is right because they are only ever locked inside those blocking closures.
+
+use crate::domain::{CartEvent, DedupKey, EventType, Source, StoredEvent};
+use crate::ports::{Claim, DedupStore, EventQuery, EventStore, PortError};
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    event_id     TEXT PRIMARY KEY NOT NULL,
+    user_id      TEXT NOT NULL,
+    session_id   TEXT,
+    event_type   TEXT NOT NULL,
+    occurred_at  INTEGER NOT NULL, -- Unix milliseconds, UTC
+    received_at  INTEGER NOT NULL, -- Unix milliseconds, UTC
+    source       TEXT NOT NULL,
+    metadata     TEXT NOT NULL     -- the metadata object as compact JSON
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at DESC);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, occurred_at DESC);
+CREATE TABLE IF NOT EXISTS dedup (
+    key         TEXT PRIMARY KEY NOT NULL,
+    expires_at  INTEGER NOT NULL   -- Unix milliseconds
+);
+CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires_at);
+";
+
+/// How many expired dedup rows one purge removes at most, so a purge never stalls writes.
+const PURGE_BATCH: i64 = 5_000;
+/// How often confirmations purge expired dedup rows.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+
+struct ClaimState {
+    conn: Connection,
+    /// Keys claimed but not yet confirmed or released, with when the hold ends. Held only in
+    /// memory on purpose: a crash between claim and commit must leave nothing behind.
+    pending: HashMap<String, Instant>,
+}
+
+struct WriteState {
+    conn: Connection,
+    last_purge: Instant,
+}
+
+/// Event store and dedup store over one SQLite file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    write: Mutex<WriteState>,
+    claims: Mutex<ClaimState>,
+    read: Mutex<Connection>,
+}
+
+fn db_err(e: rusqlite::Error) -> PortError {
+    PortError::Unavailable(format!("embedded store: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back),
+    // so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unix_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    unix_ms(Utc::now())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `cartstream.db` in `data_dir`.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or the database cannot be opened.
+    pub fn open(data_dir: &Path) -> Result<Self, PortError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            PortError::Unavailable(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("cartstream.db");
+        let write = open_conn(&path)?;
+        write.execute_batch(SCHEMA).map_err(db_err)?;
+        let claims = open_conn(&path)?;
+        let read = open_conn(&path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                write: Mutex::new(WriteState {
+                    conn: write,
+                    last_purge: Instant::now(),
+                }),
+                claims: Mutex::new(ClaimState {
+                    conn: claims,
+                    pending: HashMap::new(),
+                }),
+                read: Mutex::new(read),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, PortError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, PortError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| PortError::Failed(format!("embedded store task failed: {e}")))?
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, PortError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+        .map_err(db_err)?;
+    Ok(conn)
+}
+
+#[async_trait::async_trait]
+impl EventStore for EmbeddedStore {
+    async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Row> = events.iter().map(Row::from).collect();
+        self.blocking(move |inner| {
+            let mut state = lock(&inner.write);
+            let tx = state.conn.transaction().map_err(db_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO events (event_id, user_id, session_id, event_type,
+                         occurred_at, received_at, source, metadata)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )
+                    .map_err(db_err)?;
+                for r in &rows {
+                    stmt.execute(params![
+                        r.event_id,
+                        r.user_id,
+                        r.session_id,
+                        r.event_type,
+                        r.occurred_at,
+                        r.received_at,
+                        r.source,
+                        r.metadata
+                    ])
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let conn = lock(&inner.read);
+            let mut sql = String::from(
+                "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
+                 source, metadata FROM events WHERE 1=1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(u) = &query.user_id {
+                sql.push_str(" AND user_id = ?");
+                args.push(u.clone().into());
+            }
+            if let Some(t) = query.event_type {
+                sql.push_str(" AND event_type = ?");
+                args.push(t.as_str().to_owned().into());
+            }
+            if let Some(s) = query.since {
+                sql.push_str(" AND occurred_at >= ?");
+                args.push(unix_ms(s).into());
+            }
+            if let Some(u) = query.until {
+                sql.push_str(" AND occurred_at <= ?");
+                args.push(unix_ms(u).into());
+            }
+            sql.push_str(" ORDER BY occurred_at DESC, received_at DESC, event_id DESC LIMIT ?");
+            args.push((query.limit as i64).into());
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            let rows = stmt
+                .query_map(params_from_iter(args), |r| {
+                    Ok(Row {
+                        event_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        session_id: r.get(2)?,
+                        event_type: r.get(3)?,
+                        occurred_at: r.get(4)?,
+                        received_at: r.get(5)?,
+                        source: r.get(6)?,
+                        metadata: r.get(7)?,
+                    })
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db_err)?.into_stored()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), PortError> {
+        self.blocking(|inner| {
+            let conn = lock(&inner.read);
+            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl DedupStore for EmbeddedStore {
+    async fn claim(&self, keys: &[DedupKey], hold: Duration) -> Result<Vec<Claim>, PortError> {
+        let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+        self.blocking(move |inner| {
+            let mut state = lock(&inner.claims);
+            let now = Instant::now();
+            let now_ms = now_ms();
+            let ClaimState { conn, pending } = &mut *state;
+            let mut stmt = conn
+                .prepare_cached("SELECT expires_at FROM dedup WHERE key = ?1")
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                if pending.get(&key).is_some_and(|until| *until > now) {
+                    out.push(Claim::InFlight);
+                    continue;
+                }
+                let expires: Option<i64> = stmt
+                    .query_row([&key], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                if expires.is_some_and(|e| e > now_ms) {
+                    out.push(Claim::Duplicate);
+                } else {
+                    pending.insert(key, now + hold);
+                    out.push(Claim::New);
+                }
+            }
+            if pending.len() > 100_000 {
+                pending.retain(|_, until| *until > now);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn confirm(&self, keys: &[DedupKey], window: Duration) -> Result<(), PortError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+        let expires_at = now_ms().saturating_add(window.as_millis().min(i64::MAX as u128) as i64);
+        let confirmed = keys.clone();
+        self.blocking(move |inner| {
+            let mut state = lock(&inner.write);
+            let purge = state.last_purge.elapsed() >= PURGE_EVERY;
+            let tx = state.conn.transaction().map_err(db_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO dedup (key, expires_at) VALUES (?1, ?2)",
+                    )
+                    .map_err(db_err)?;
+                for key in &confirmed {
+                    stmt.execute(params![key, expires_at]).map_err(db_err)?;
+                }
+                if purge {
+                    tx.execute(
+                        "DELETE FROM dedup WHERE rowid IN
+                         (SELECT rowid FROM dedup WHERE expires_at <= ?1 LIMIT ?2)",
+                        params![now_ms(), PURGE_BATCH],
+                    )
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            if purge {
+                state.last_purge = Instant::now();
+            }
+            Ok(())
+        })
+        .await?;
+        // Only now that the keys are durable may they stop being in flight.
+        self.drop_pending(keys).await
+    }
+
+    async fn release(&self, keys: &[DedupKey]) -> Result<(), PortError> {
+        let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+        self.drop_pending(keys).await
+    }
+
+    async fn check(&self) -> Result<(), PortError> {
+        EventStore::check(self).await
+    }
+}
+
+impl EmbeddedStore {
+    async fn drop_pending(&self, keys: Vec<String>) -> Result<(), PortError> {
+        self.blocking(move |inner| {
+            let mut state = lock(&inner.claims);
+            for k in &keys {
+                state.pending.remove(k);
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// An event as the `events` table holds it.
+struct Row {
+    event_id: String,
+    user_id: String,
+    session_id: Option<String>,
+    event_type: String,
+    occurred_at: i64,
+    received_at: i64,
+    source: String,
+    metadata: String,
+}
+
+impl From<&StoredEvent> for Row {
+    fn from(s: &StoredEvent) -> Self {
+        let e = &s.event;
+        Self {
+            event_id: e.event_id().as_str().to_owned(),
+            user_id: e.user_id().to_owned(),
+            session_id: e.session_id().map(str::to_owned),
+            event_type: e.event_type().as_str().to_owned(),
+            occurred_at: unix_ms(e.occurred_at()),
+            received_at: unix_ms(s.received_at),
+            source: s.source.as_str().to_owned(),
+            metadata: serde_json::to_string(e.metadata()).unwrap_or_else(|_| "{}".to_owned()),
+        }
+    }
+}
+
+impl Row {
+    fn into_stored(self) -> Result<StoredEvent, PortError> {
+        let corrupt = |what: &str| PortError::Failed(format!("embedded store: bad {what} in row"));
+        let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
+        let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
+        let metadata = serde_json::from_str(&self.metadata).map_err(|_| corrupt("metadata"))?;
+        let event = CartEvent::from_stored(
+            &self.event_id,
+            self.user_id,
+            self.session_id,
+            event_type,
+            from_ms(self.occurred_at),
+            metadata,
+        )
+        .map_err(|_| corrupt("event_id"))?;
+        Ok(StoredEvent {
+            event,
+            received_at: from_ms(self.received_at),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+use super::*;
+use crate::domain::{parse_event, EventId, ValidationPolicy};
+use serde_json::json;
+
+fn event(id: &str, user: &str, t: &str, ts: &str) -> StoredEvent {
+    let raw = json!({"eventId": id, "userId": user, "eventType": t, "timestamp": ts,
+        "sessionId": "s-1",
+        "metadata": {"productId": "p-ü", "couponCode": "C", "cartValue": 1.5, "itemCount": 2, "orderId": "o",
+                     "nested": {"emoji": "🛒", "list": [1, 2.5, null]}}});
+    let now = DateTime::parse_from_rfc3339(ts)
+        .unwrap()
+        .with_timezone(&Utc);
+    let e = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
+        EventId::from_random_bytes([1; 16])
+    })
+    .unwrap();
+    StoredEvent {
+        event: e,
+        received_at: now + chrono::Duration::milliseconds(7),
+        source: Source::Ws,
+    }
+}
+
+fn q() -> EventQuery {
+    EventQuery {
+        user_id: None,
+        event_type: None,
+        since: None,
+        until: None,
+        limit: 100,
+    }
+}
+
+fn keys(ks: &[&str]) -> Vec<DedupKey> {
+    ks.iter()
+        .map(|k| DedupKey::from(&EventId::parse(k).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn insert_and_read_back_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let e = event("e-1", "u-1", "item_added", "2025-08-10T03:27:04.123Z");
+    store.insert(std::slice::from_ref(&e)).await.unwrap();
+    let got = store.query(&q()).await.unwrap();
+    assert_eq!(got, vec![e]);
+}
+
+#[tokio::test]
+async fn inserting_twice_keeps_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let e = event("e-1", "u-1", "item_added", "2025-08-10T03:27:04.123Z");
+    store.insert(&[e.clone(), e.clone()]).await.unwrap();
+    store.insert(std::slice::from_ref(&e)).await.unwrap();
+    assert_eq!(store.query(&q()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn query_filters_and_orders_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    store
+        .insert(&[
+            event("a", "u-1", "item_added", "2025-08-10T03:00:00.000Z"),
+            event("b", "u-2", "item_added", "2025-08-10T04:00:00.000Z"),
+            event("c", "u-1", "cart_viewed", "2025-08-10T05:00:00.000Z"),
+            event("d", "u-1", "item_added", "2025-08-10T06:00:00.000Z"),
+        ])
+        .await
+        .unwrap();
+    let ids = |v: Vec<StoredEvent>| {
+        v.iter()
+            .map(|e| e.event.event_id().as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(store.query(&q()).await.unwrap()), ["d", "c", "b", "a"]);
+    let mut f = q();
+    f.user_id = Some("u-1".into());
+    f.event_type = Some(EventType::ItemAdded);
+    assert_eq!(ids(store.query(&f).await.unwrap()), ["d", "a"]);
+    let mut f = q();
+    f.since = Some("2025-08-10T04:00:00Z".parse().unwrap());
+    f.until = Some("2025-08-10T05:00:00Z".parse().unwrap());
+    assert_eq!(
+        ids(store.query(&f).await.unwrap()),
+        ["c", "b"],
+        "bounds inclusive"
+    );
+    let mut f = q();
+    f.limit = 1;
+    assert_eq!(ids(store.query(&f).await.unwrap()), ["d"]);
+}
+
+#[tokio::test]
+async fn claims_are_held_until_confirmed_or_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let hold = Duration::from_secs(60);
+    let day = Duration::from_secs(86_400);
+    let ks = keys(&["k-1", "k-2"]);
+    assert_eq!(
+        store.claim(&ks, hold).await.unwrap(),
+        [Claim::New, Claim::New]
+    );
+    assert_eq!(
+        store.claim(&ks, hold).await.unwrap(),
+        [Claim::InFlight, Claim::InFlight]
+    );
+    store.confirm(&ks[..1], day).await.unwrap();
+    store.release(&ks[1..]).await.unwrap();
+    assert_eq!(
+        store.claim(&ks, hold).await.unwrap(),
+        [Claim::Duplicate, Claim::New],
+        "a released key is free again"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_hold_frees_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let ks = keys(&["k-1"]);
+    store.claim(&ks, Duration::from_millis(20)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(
+        store.claim(&ks, Duration::from_secs(1)).await.unwrap(),
+        [Claim::New]
+    );
+}
+
+#[tokio::test]
+async fn the_window_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let ks = keys(&["k-1"]);
+    let hold = Duration::from_secs(5);
+    store.claim(&ks, hold).await.unwrap();
+    store.confirm(&ks, Duration::from_millis(30)).await.unwrap();
+    assert_eq!(store.claim(&ks, hold).await.unwrap(), [Claim::Duplicate]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.claim(&ks, hold).await.unwrap(), [Claim::New]);
+}
+
+#[tokio::test]
+async fn a_reopened_store_remembers_events_and_confirmed_keys_but_not_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Duration::from_secs(60);
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .insert(&[event("e-1", "u", "cart_viewed", "2025-08-10T03:00:00Z")])
+            .await
+            .unwrap();
+        store.claim(&keys(&["e-1", "e-2"]), hold).await.unwrap();
+        store
+            .confirm(&keys(&["e-1"]), Duration::from_secs(600))
+            .await
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.query(&q()).await.unwrap().len(), 1);
+    assert_eq!(
+        store.claim(&keys(&["e-1", "e-2"]), hold).await.unwrap(),
+        [Claim::Duplicate, Claim::New],
+        "an unconfirmed hold dies with the process"
+    );
+}

@@ -1,0 +1,3 @@
+//! Outbound adapters: implementations of the ports.
+
+pub mod embedded;

@@ -1,0 +1,30 @@
+//! The traits the use cases need from the world. Batch-shaped: a Redis pipeline or a ClickHouse
+//! insert per batch is where the speed is. Shared as `Arc<dyn Port>` so adapters are chosen at
+//! runtime; mockall fakes them in unit tests.
+
+mod clock;
+mod dedup_store;
+mod event_store;
+
+pub use clock::{Clock, SystemClock};
+pub use dedup_store::{Claim, DedupStore};
+pub use event_store::{EventQuery, EventStore};
+
+#[cfg(test)]
+pub use clock::MockClock;
+#[cfg(test)]
+pub use dedup_store::MockDedupStore;
+#[cfg(test)]
+pub use event_store::MockEventStore;
+
+/// What an outbound adapter reports when it cannot do its job. Adapters map their own
+/// infrastructure errors into this at their edge.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PortError {
+    /// The backend cannot be reached or refused to work; trying again later may succeed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered, but not as the contract says (corrupt data, bad schema).
+    #[error("backend failed: {0}")]
+    Failed(String),
+}
