@@ -5,5 +5,6 @@
 //! and [`app`] the use cases, configuration and wiring.
 
 pub mod adapters;
+pub mod app;
 pub mod domain;
 pub mod ports;

@@ -1,0 +1,452 @@
+//! Typed settings: defaults, then an optional TOML file (`CARTSTREAM_CONFIG`), then
+//! `CARTSTREAM_*` environment variables. A bad value fails startup with a message naming it.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use validator::Validate;
+
+/// Every setting. Environment variable = `CARTSTREAM_` + the field name in upper case
+/// (`max_message_bytes` is `CARTSTREAM_MAX_MESSAGE_BYTES`); the config file uses the field
+/// names as TOML keys. Durations are written like `30s`, `5m`, `24h`, `30days`.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store and local journal.
+    pub data_dir: PathBuf,
+    /// Redis for dedup; unset: embedded.
+    pub redis_url: Option<String>,
+    /// Prefix of every dedup key in Redis.
+    #[serde(deserialize_with = "lenient_string")]
+    pub redis_key_prefix: String,
+    #[validate(range(min = 1, max = 1024))]
+    pub redis_pool_size: u32,
+    /// ClickHouse HTTP endpoint for storage; unset: embedded.
+    pub clickhouse_url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub clickhouse_database: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub clickhouse_table: String,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub clickhouse_user: Option<String>,
+    #[serde(default, skip_serializing, deserialize_with = "lenient_opt_string")]
+    pub clickhouse_password: Option<String>,
+    /// Log filter, e.g. `info` or `cartstream=debug`.
+    pub log: String,
+    pub log_format: LogFormat,
+
+    /// Largest WebSocket message; a larger frame closes the connection with 1009.
+    #[validate(range(min = 1024, max = 16_777_216))]
+    pub max_message_bytes: usize,
+    /// Most events in one `cart_event_batch` or `POST /events/batch`.
+    #[validate(range(min = 1, max = 10_000))]
+    pub max_batch_events: usize,
+    /// Largest `POST /events` body, after decompression.
+    #[validate(range(min = 1024, max = 16_777_216))]
+    pub max_event_body_bytes: usize,
+    /// Largest `POST /events/batch` body, after decompression.
+    #[validate(range(min = 1024, max = 268_435_456))]
+    pub max_batch_body_bytes: usize,
+
+    /// How long an accepted eventId is remembered.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// How long a claimed eventId stays held while its event is being recorded; after a crash,
+    /// a retry of that event is accepted once this has passed.
+    #[serde(with = "humantime_serde")]
+    pub dedup_hold: Duration,
+    /// How far ahead of the server's clock a `timestamp` may be.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// How far behind the server's clock a `timestamp` may be.
+    #[serde(with = "humantime_serde")]
+    pub max_past_age: Duration,
+
+    /// Interval of server WebSocket pings.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    /// Unanswered pings after which a connection is closed with 1011.
+    #[validate(range(min = 1, max = 100))]
+    pub ws_max_missed_pings: u32,
+    /// Messages a WebSocket client may have in flight before the server stops reading.
+    #[validate(range(min = 1, max = 100_000))]
+    pub ws_max_in_flight: usize,
+
+    /// Events per second per WebSocket connection and per HTTP client address; 0 = no limit.
+    pub rate_limit_per_second: u32,
+    /// Burst allowed above the rate; 0 = one second's worth.
+    pub rate_limit_burst: u32,
+
+    /// API keys; empty = no authentication. In the environment: comma-separated.
+    #[serde(default, deserialize_with = "string_or_list", skip_serializing)]
+    pub api_keys: Vec<String>,
+
+    /// Most events the committer groups into one claim + one store call.
+    #[validate(range(min = 1, max = 1_000_000))]
+    pub ingest_max_batch: usize,
+    /// How long shutdown may take to answer what was received and flush.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3001)),
+            data_dir: PathBuf::from("./data"),
+            redis_url: None,
+            redis_key_prefix: "cartstream:dedup:".into(),
+            redis_pool_size: 16,
+            clickhouse_url: None,
+            clickhouse_database: "default".into(),
+            clickhouse_table: "cart_events".into(),
+            clickhouse_user: None,
+            clickhouse_password: None,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            max_message_bytes: 65_536,
+            max_batch_events: 500,
+            max_event_body_bytes: 65_536,
+            max_batch_body_bytes: 1_048_576,
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_hold: Duration::from_secs(30),
+            max_future_skew: Duration::from_secs(5 * 60),
+            max_past_age: Duration::from_secs(30 * 24 * 3600),
+            ws_ping_interval: Duration::from_secs(30),
+            ws_max_missed_pings: 2,
+            ws_max_in_flight: 1024,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
+            api_keys: Vec::new(),
+            ingest_max_batch: 4096,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A string setting that the environment may have spelled like a number (`CARTSTREAM_X=1234`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Lenient {
+    fn into_string(self) -> String {
+        match self {
+            Self::Text(s) => s,
+            Self::Int(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Lenient::deserialize(d).map(Lenient::into_string)
+}
+
+fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Lenient>::deserialize(d)?.map(Lenient::into_string))
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Raw::Many(v) => v,
+    })
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Environment variables that are settings (others with the prefix are ignored, so that
+/// `CARTSTREAM_CONFIG` and test-only variables do not count as unknown settings).
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "redis_url",
+    "redis_key_prefix",
+    "redis_pool_size",
+    "clickhouse_url",
+    "clickhouse_database",
+    "clickhouse_table",
+    "clickhouse_user",
+    "clickhouse_password",
+    "log",
+    "log_format",
+    "max_message_bytes",
+    "max_batch_events",
+    "max_event_body_bytes",
+    "max_batch_body_bytes",
+    "dedup_window",
+    "dedup_hold",
+    "max_future_skew",
+    "max_past_age",
+    "ws_ping_interval",
+    "ws_max_missed_pings",
+    "ws_max_in_flight",
+    "rate_limit_per_second",
+    "rate_limit_burst",
+    "api_keys",
+    "ingest_max_batch",
+    "shutdown_timeout",
+];
+
+impl Settings {
+    /// Loads defaults, then the file named by `CARTSTREAM_CONFIG` (if set), then the
+    /// environment.
+    ///
+    /// # Errors
+    /// When the file is missing or malformed, or any value has the wrong type or range; the
+    /// message names the setting.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(
+            std::env::var("CARTSTREAM_CONFIG").ok(),
+            Env::prefixed("CARTSTREAM_"),
+        )
+    }
+
+    fn load_from(file: Option<String>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !std::path::Path::new(&path).is_file() {
+                return Err(ConfigError::File {
+                    path,
+                    reason: "not found (CARTSTREAM_CONFIG names it)".into(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(&path));
+        }
+        // Env values are parsed leniently by figment ("3001" becomes a number), except for the
+        // string-typed settings, which must stay strings even when they look like numbers.
+        let env = env.only(ENV_KEYS).map(|k| k.as_str().to_lowercase().into());
+        let settings: Settings = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Err(errors) = self.validate() {
+            let mut parts: Vec<String> = errors
+                .field_errors()
+                .into_iter()
+                .map(|(field, errs)| {
+                    let detail = errs
+                        .iter()
+                        .map(|e| describe_validation(e))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("{field} (CARTSTREAM_{}): {detail}", field.to_uppercase())
+                })
+                .collect();
+            parts.sort();
+            return Err(ConfigError::Invalid(parts.join("; ")));
+        }
+        let positive = [
+            ("dedup_window", self.dedup_window),
+            ("dedup_hold", self.dedup_hold),
+            ("ws_ping_interval", self.ws_ping_interval),
+        ];
+        for (name, d) in positive {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} (CARTSTREAM_{}): must be longer than zero",
+                    name.to_uppercase()
+                )));
+            }
+        }
+        for (name, url) in [
+            ("redis_url", &self.redis_url),
+            ("clickhouse_url", &self.clickhouse_url),
+        ] {
+            if let Some(u) = url {
+                let scheme_ok = match name {
+                    "redis_url" => u.starts_with("redis://") || u.starts_with("rediss://"),
+                    _ => u.starts_with("http://") || u.starts_with("https://"),
+                };
+                if !scheme_ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "{name} (CARTSTREAM_{}): unsupported URL scheme",
+                        name.to_uppercase()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validation bounds for events.
+    pub fn validation_policy(&self) -> crate::domain::ValidationPolicy {
+        let d = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        crate::domain::ValidationPolicy {
+            max_future: d(self.max_future_skew),
+            max_past: d(self.max_past_age),
+        }
+    }
+}
+
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let env = if key.is_empty() {
+                String::new()
+            } else {
+                format!(" (CARTSTREAM_{})", key.to_uppercase())
+            };
+            format!("{key}{env}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_validation(e: &validator::ValidationError) -> String {
+    let p = |k: &str| e.params.get(k).map(|v| v.to_string());
+    match (e.code.as_ref(), p("min"), p("max"), p("value")) {
+        ("range", Some(min), Some(max), Some(v)) => {
+            format!("{v} is out of range, must be between {min} and {max}")
+        }
+        (code, ..) => code.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let s = Settings::default();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:3001");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.max_message_bytes, 65_536);
+        assert_eq!(s.max_batch_events, 500);
+        assert_eq!(s.dedup_window, Duration::from_secs(86_400));
+        assert!(s.check().is_ok());
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let s = run(
+            &[
+                ("CARTSTREAM_LISTEN", "127.0.0.1:4000"),
+                ("CARTSTREAM_DEDUP_WINDOW", "2h"),
+            ],
+            Some("listen = \"127.0.0.1:5000\"\ndata_dir = \"/tmp/x\"\napi_keys = [\"k1\"]"),
+        )
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.dedup_window, Duration::from_secs(7200));
+        assert_eq!(s.api_keys, ["k1"]);
+    }
+
+    #[test]
+    fn api_keys_from_env_are_comma_separated() {
+        let s = run(&[("CARTSTREAM_API_KEYS", "a, b,,c")], None).unwrap();
+        assert_eq!(s.api_keys, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting() {
+        let err = run(&[("CARTSTREAM_LISTEN", "nope")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CARTSTREAM_LISTEN"), "{err}");
+        let err = run(&[("CARTSTREAM_MAX_MESSAGE_BYTES", "10")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CARTSTREAM_MAX_MESSAGE_BYTES"), "{err}");
+        let err = run(&[("CARTSTREAM_DEDUP_WINDOW", "soon")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CARTSTREAM_DEDUP_WINDOW"), "{err}");
+        let err = run(&[("CARTSTREAM_REDIS_URL", "http://x")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CARTSTREAM_REDIS_URL"), "{err}");
+        let err = run(&[], Some("lisen = \"x\"")).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn string_settings_may_look_like_numbers() {
+        let s = run(&[("CARTSTREAM_CLICKHOUSE_PASSWORD", "1234")], None).unwrap();
+        assert_eq!(s.clickhouse_password.as_deref(), Some("1234"));
+    }
+
+    #[test]
+    fn unrelated_prefixed_variables_are_ignored() {
+        assert!(run(
+            &[
+                ("CARTSTREAM_TEST_SOMETHING", "1"),
+                ("CARTSTREAM_CONFIG", "x")
+            ],
+            None
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = Settings::load_from(Some("/nonexistent/c.toml".into()), Env::prefixed("X_"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/c.toml"), "{err}");
+    }
+
+    fn run(vars: &[(&str, &str)], file: Option<&str>) -> Result<Settings, ConfigError> {
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            let path = file.map(|contents| {
+                jail.create_file("cartstream.toml", contents).unwrap();
+                jail.directory()
+                    .join("cartstream.toml")
+                    .display()
+                    .to_string()
+            });
+            out = Some(Settings::load_from(path, Env::prefixed("CARTSTREAM_")));
+            Ok(())
+        });
+        out.unwrap()
+    }
+}

@@ -1,0 +1,372 @@
+//! The ingest use case: validate, claim dedup keys, store, confirm, answer.
+//!
+//! Validation runs on the caller's task. Valid events go to one committer task through a
+//! channel; it groups whatever is waiting (from every connection and request) into one dedup
+//! claim and one store call, so the backends see large batches and one fsync covers many
+//! events. Groups are committed one at a time, which keeps claim order equal to arrival order.
+
+use crate::app::metrics::{Channel, ChannelLabels, Metrics};
+use crate::domain::{
+    parse_event, CartEvent, DedupKey, EventId, FieldError, Source, StoredEvent, ValidationPolicy,
+};
+use crate::ports::{Claim, Clock, DedupStore, EventStore, PortError};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// The answer for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Durably recorded.
+    Accepted(EventId),
+    /// Accepted before, within the dedup window; not recorded again.
+    Duplicate(EventId),
+    /// Broke the rules; not recorded.
+    Rejected(Vec<FieldError>),
+    /// Could not be recorded now; the client should retry.
+    Unavailable(String),
+}
+
+/// One event as the caller validated it.
+pub type Item = Result<CartEvent, Vec<FieldError>>;
+
+struct Job {
+    events: Vec<CartEvent>,
+    source: Source,
+    reply: oneshot::Sender<Vec<Outcome>>,
+}
+
+/// Handle to the use case, cheap to clone and shared by every inbound adapter.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: Arc<dyn Clock>,
+    policy: ValidationPolicy,
+    metrics: Arc<Metrics>,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+const SHUTTING_DOWN: &str = "the server is shutting down; retry on another connection";
+
+impl Ingest {
+    /// Starts the committer task. It runs until `stop` is cancelled, then commits what was
+    /// already submitted and ends.
+    pub fn start(
+        committer: Committer,
+        policy: ValidationPolicy,
+        max_batch: usize,
+        stop: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ingest = Self {
+            inner: Arc::new(Inner {
+                clock: Arc::clone(&committer.clock),
+                policy,
+                metrics: Arc::clone(&committer.metrics),
+                tx,
+            }),
+        };
+        let task = tokio::spawn(run_committer(committer, rx, max_batch.max(1), stop));
+        (ingest, task)
+    }
+
+    /// Validates one raw event against the rules, by the server's clock now.
+    pub fn validate(&self, raw: &Value) -> Item {
+        parse_event(raw, &self.inner.policy, self.inner.clock.now(), || {
+            EventId::from_random_bytes(rand::random())
+        })
+    }
+
+    /// Submits validated items; the future resolves to one outcome per item, in order.
+    ///
+    /// The items are queued before this returns, so two calls made one after the other are
+    /// committed in that order even if their futures are polled later.
+    pub fn submit(
+        &self,
+        items: Vec<Item>,
+        source: Source,
+    ) -> impl Future<Output = Vec<Outcome>> + Send + 'static {
+        let metrics = Arc::clone(&self.inner.metrics);
+        let labels = ChannelLabels {
+            channel: Channel::from(source),
+        };
+        metrics
+            .received
+            .get_or_create(&labels)
+            .inc_by(items.len() as u64);
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
+        let mut valid = Vec::new();
+        for item in items {
+            match item {
+                Ok(e) => {
+                    valid.push(e);
+                    outcomes.push(None);
+                }
+                Err(errs) => {
+                    metrics.rejected.get_or_create(&labels).inc();
+                    outcomes.push(Some(Outcome::Rejected(errs)));
+                }
+            }
+        }
+        let pending = if valid.is_empty() {
+            None
+        } else {
+            let (reply, rx) = oneshot::channel();
+            let n = valid.len();
+            let job = Job {
+                events: valid,
+                source,
+                reply,
+            };
+            match self.inner.tx.send(job) {
+                Ok(()) => Some((rx, n)),
+                Err(_) => {
+                    // The committer has stopped: answer without recording.
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(vec![Outcome::Unavailable(SHUTTING_DOWN.into()); n]);
+                    Some((rx, n))
+                }
+            }
+        };
+        async move {
+            if let Some((rx, n)) = pending {
+                let committed = rx
+                    .await
+                    .unwrap_or_else(|_| vec![Outcome::Unavailable(SHUTTING_DOWN.into()); n]);
+                let mut committed = committed.into_iter();
+                for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+                    *slot = committed.next();
+                }
+            }
+            outcomes
+                .into_iter()
+                .map(|o| {
+                    let o = o.unwrap_or_else(|| Outcome::Unavailable("no outcome".into()));
+                    match &o {
+                        Outcome::Accepted(_) => metrics.accepted.get_or_create(&labels).inc(),
+                        Outcome::Duplicate(_) => metrics.duplicate.get_or_create(&labels).inc(),
+                        Outcome::Unavailable(_) => metrics.unavailable.get_or_create(&labels).inc(),
+                        Outcome::Rejected(_) => 0,
+                    };
+                    o
+                })
+                .collect()
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+}
+
+async fn run_committer(
+    committer: Committer,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    max_batch: usize,
+    stop: CancellationToken,
+) {
+    let mut jobs: Vec<Job> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            job = rx.recv() => job,
+            () = stop.cancelled() => {
+                // Refuse new work, then commit everything already queued.
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { break };
+        let mut n = first.events.len();
+        jobs.push(first);
+        while n < max_batch {
+            match rx.try_recv() {
+                Ok(job) => {
+                    n += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut events = Vec::with_capacity(n);
+        let mut shape = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            shape.push((job.events.len(), job.reply));
+            events.extend(job.events.into_iter().map(|e| (e, job.source)));
+        }
+        let mut outcomes = committer.commit(events).await.into_iter();
+        for (len, reply) in shape {
+            let _ = reply.send(outcomes.by_ref().take(len).collect());
+        }
+    }
+}
+
+/// Claims, stores and confirms one group of valid events. The core of the use case, driven
+/// only through ports.
+pub struct Committer {
+    pub dedup: Arc<dyn DedupStore>,
+    pub store: Arc<dyn EventStore>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// How long an accepted eventId is remembered.
+    pub window: Duration,
+    /// How long a claim holds a key before it is confirmed or released.
+    pub hold: Duration,
+}
+
+/// What became of each event of a group before the store call.
+enum Plan {
+    Store,
+    Answer(Outcome),
+    /// A repeat, inside this group, of the event at this index.
+    RepeatOf(usize),
+}
+
+impl Committer {
+    /// One outcome per event, in order.
+    pub async fn commit(&self, events: Vec<(CartEvent, Source)>) -> Vec<Outcome> {
+        let started = Instant::now();
+        self.metrics
+            .commit_batch_events
+            .observe(events.len() as f64);
+        let mut plans: Vec<Plan> = Vec::with_capacity(events.len());
+        let mut first_by_key: HashMap<DedupKey, usize> = HashMap::new();
+        let mut keys: Vec<DedupKey> = Vec::new();
+        let mut key_owner: Vec<usize> = Vec::new();
+        for (i, (event, _)) in events.iter().enumerate() {
+            match DedupKey::of(event) {
+                None => plans.push(Plan::Store),
+                Some(key) => match first_by_key.get(&key) {
+                    Some(&first) => plans.push(Plan::RepeatOf(first)),
+                    None => {
+                        first_by_key.insert(key.clone(), i);
+                        keys.push(key);
+                        key_owner.push(i);
+                        plans.push(Plan::Store);
+                    }
+                },
+            }
+        }
+
+        let mut claimed: Vec<DedupKey> = Vec::with_capacity(keys.len());
+        if !keys.is_empty() {
+            match self.dedup.claim(&keys, self.hold).await {
+                Ok(claims) if claims.len() == keys.len() => {
+                    for ((key, owner), claim) in keys.into_iter().zip(key_owner).zip(claims) {
+                        match claim {
+                            Claim::New => claimed.push(key),
+                            Claim::Duplicate => {
+                                let id = events[owner].0.event_id().clone();
+                                plans[owner] = Plan::Answer(Outcome::Duplicate(id));
+                            }
+                            Claim::InFlight => {
+                                plans[owner] = Plan::Answer(Outcome::Unavailable(
+                                    "an event with this eventId is being recorded right now; \
+                                     retry shortly"
+                                        .into(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                Ok(_) => return self.fail_all(&events, "claim", "dedup store answered badly"),
+                Err(e) => return self.fail_all(&events, "claim", &describe(&e)),
+            }
+        }
+
+        let received_at = crate::domain::event::to_millis(self.clock.now());
+        let to_store: Vec<StoredEvent> = events
+            .iter()
+            .zip(&plans)
+            .filter(|(_, p)| matches!(p, Plan::Store))
+            .map(|((event, source), _)| StoredEvent {
+                event: event.clone(),
+                received_at,
+                source: *source,
+            })
+            .collect();
+        if !to_store.is_empty() {
+            if let Err(e) = self.store.insert(&to_store).await {
+                self.metrics.backend_error("store");
+                tracing::warn!(cause = %e, events = to_store.len(), "store failed; releasing claims");
+                if !claimed.is_empty() {
+                    if let Err(e) = self.dedup.release(&claimed).await {
+                        // The hold runs out by itself; until then a retry gets `unavailable`,
+                        // never a false `duplicate`.
+                        self.metrics.backend_error("release");
+                        tracing::warn!(cause = %e, "releasing dedup claims failed");
+                    }
+                }
+                return self.finish(&events, plans, Some(describe(&e)), started);
+            }
+        }
+        if !claimed.is_empty() {
+            if let Err(e) = self.dedup.confirm(&claimed, self.window).await {
+                // The events are durable, so they are accepted. Their keys stay held until the
+                // hold runs out; after that a retry would be stored again, which the stores
+                // absorb because inserts are idempotent per event id.
+                self.metrics.backend_error("confirm");
+                tracing::warn!(cause = %e, keys = claimed.len(), "confirming dedup claims failed");
+            }
+        }
+        self.finish(&events, plans, None, started)
+    }
+
+    fn finish(
+        &self,
+        events: &[(CartEvent, Source)],
+        plans: Vec<Plan>,
+        store_failure: Option<String>,
+        started: Instant,
+    ) -> Vec<Outcome> {
+        let mut out: Vec<Outcome> = Vec::with_capacity(plans.len());
+        for (i, plan) in plans.into_iter().enumerate() {
+            let outcome = match plan {
+                Plan::Store => match &store_failure {
+                    None => Outcome::Accepted(events[i].0.event_id().clone()),
+                    Some(reason) => Outcome::Unavailable(reason.clone()),
+                },
+                Plan::Answer(o) => o,
+                Plan::RepeatOf(first) => match &out[first] {
+                    Outcome::Accepted(id) | Outcome::Duplicate(id) => {
+                        Outcome::Duplicate(id.clone())
+                    }
+                    other => other.clone(),
+                },
+            };
+            out.push(outcome);
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+
+    fn fail_all(&self, events: &[(CartEvent, Source)], what: &str, reason: &str) -> Vec<Outcome> {
+        self.metrics.backend_error(what);
+        tracing::warn!(cause = reason, events = events.len(), "{what} failed");
+        vec![Outcome::Unavailable(reason.to_owned()); events.len()]
+    }
+}
+
+fn describe(e: &PortError) -> String {
+    match e {
+        PortError::Unavailable(_) | PortError::Failed(_) => {
+            "the event could not be recorded durably right now; retry later".to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

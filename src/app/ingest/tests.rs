@@ -1,0 +1,308 @@
+use super::*;
+use crate::ports::{MockClock, MockDedupStore, MockEventStore};
+use chrono::{TimeZone, Utc};
+use mockall::predicate::always;
+use serde_json::json;
+
+fn clock() -> Arc<dyn Clock> {
+    let mut c = MockClock::new();
+    c.expect_now()
+        .returning(|| Utc.with_ymd_and_hms(2025, 8, 10, 3, 27, 4).unwrap());
+    Arc::new(c)
+}
+
+fn committer(dedup: MockDedupStore, store: MockEventStore) -> Committer {
+    Committer {
+        dedup: Arc::new(dedup),
+        store: Arc::new(store),
+        clock: clock(),
+        metrics: Arc::new(Metrics::new()),
+        window: Duration::from_secs(86_400),
+        hold: Duration::from_secs(30),
+    }
+}
+
+fn ev(id: &str) -> (CartEvent, Source) {
+    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed"});
+    let e = parse_event(
+        &raw,
+        &ValidationPolicy::protocol_default(),
+        Utc.with_ymd_and_hms(2025, 8, 10, 3, 27, 4).unwrap(),
+        || EventId::from_random_bytes([0; 16]),
+    )
+    .unwrap();
+    (e, Source::Http)
+}
+
+fn no_id() -> (CartEvent, Source) {
+    let raw = json!({"userId": "u", "eventType": "cart_viewed"});
+    let e = parse_event(
+        &raw,
+        &ValidationPolicy::protocol_default(),
+        Utc.with_ymd_and_hms(2025, 8, 10, 3, 27, 4).unwrap(),
+        || EventId::from_random_bytes(rand::random()),
+    )
+    .unwrap();
+    (e, Source::Ws)
+}
+
+fn id(s: &str) -> EventId {
+    EventId::parse(s).unwrap()
+}
+
+fn key_strs(keys: &[DedupKey]) -> Vec<String> {
+    keys.iter().map(|k| k.as_str().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn new_events_are_claimed_stored_and_confirmed_in_one_call_each() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .withf(|keys, hold| key_strs(keys) == ["a", "b"] && *hold == Duration::from_secs(30))
+        .times(1)
+        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+    dedup
+        .expect_confirm()
+        .withf(|keys, window| {
+            key_strs(keys) == ["a", "b"] && *window == Duration::from_secs(86_400)
+        })
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .withf(|evs| evs.len() == 2 && evs[0].received_at.timestamp() == 1_754_796_424)
+        .times(1)
+        .returning(|_| Ok(()));
+    let out = committer(dedup, store).commit(vec![ev("a"), ev("b")]).await;
+    assert_eq!(
+        out,
+        [Outcome::Accepted(id("a")), Outcome::Accepted(id("b"))]
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_is_answered_and_not_stored() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|_, _| Ok(vec![Claim::Duplicate, Claim::New]));
+    dedup
+        .expect_confirm()
+        .withf(|keys, _| key_strs(keys) == ["b"])
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .withf(|evs| evs.len() == 1 && evs[0].event.event_id().as_str() == "b")
+        .times(1)
+        .returning(|_| Ok(()));
+    let out = committer(dedup, store).commit(vec![ev("a"), ev("b")]).await;
+    assert_eq!(
+        out,
+        [Outcome::Duplicate(id("a")), Outcome::Accepted(id("b"))]
+    );
+}
+
+#[tokio::test]
+async fn all_duplicates_make_no_store_call() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|_, _| Ok(vec![Claim::Duplicate]));
+    dedup.expect_confirm().never();
+    let mut store = MockEventStore::new();
+    store.expect_insert().never();
+    let out = committer(dedup, store).commit(vec![ev("a")]).await;
+    assert_eq!(out, [Outcome::Duplicate(id("a"))]);
+}
+
+#[tokio::test]
+async fn a_store_failure_releases_the_claims_so_a_retry_is_not_a_false_duplicate() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+    dedup
+        .expect_release()
+        .withf(|keys| key_strs(keys) == ["a", "b"])
+        .times(1)
+        .returning(|_| Ok(()));
+    dedup.expect_confirm().never();
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .times(1)
+        .returning(|_| Err(PortError::Unavailable("disk on fire".into())));
+    let out = committer(dedup, store).commit(vec![ev("a"), ev("b")]).await;
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Unavailable(_))),
+        "{out:?}"
+    );
+    if let Outcome::Unavailable(reason) = &out[0] {
+        assert!(
+            !reason.contains("disk on fire"),
+            "backend details stay in the logs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dedup_failure_stores_nothing() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|_, _| Err(PortError::Unavailable("redis down".into())));
+    let mut store = MockEventStore::new();
+    store.expect_insert().never();
+    let out = committer(dedup, store).commit(vec![ev("a")]).await;
+    assert!(matches!(out[0], Outcome::Unavailable(_)));
+}
+
+#[tokio::test]
+async fn a_confirm_failure_still_accepts_the_durable_events() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+    dedup
+        .expect_confirm()
+        .returning(|_, _| Err(PortError::Unavailable("gone".into())));
+    let mut store = MockEventStore::new();
+    store.expect_insert().returning(|_| Ok(()));
+    let c = committer(dedup, store);
+    let out = c.commit(vec![ev("a")]).await;
+    assert_eq!(out, [Outcome::Accepted(id("a"))]);
+    assert!(c
+        .metrics
+        .render()
+        .contains("cartstream_backend_errors_total{reason=\"confirm\"} 1"));
+}
+
+#[tokio::test]
+async fn an_in_flight_key_is_unavailable_not_duplicate() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|_, _| Ok(vec![Claim::InFlight]));
+    let mut store = MockEventStore::new();
+    store.expect_insert().never();
+    let out = committer(dedup, store).commit(vec![ev("a")]).await;
+    assert!(matches!(out[0], Outcome::Unavailable(_)));
+}
+
+#[tokio::test]
+async fn repeats_inside_one_group_are_claimed_once_and_answered_duplicate() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .withf(|keys, _| key_strs(keys) == ["a", "b"])
+        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+    dedup.expect_confirm().returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .withf(|evs| evs.len() == 2)
+        .returning(|_| Ok(()));
+    let out = committer(dedup, store)
+        .commit(vec![ev("a"), ev("a"), ev("b"), ev("a")])
+        .await;
+    assert_eq!(
+        out,
+        [
+            Outcome::Accepted(id("a")),
+            Outcome::Duplicate(id("a")),
+            Outcome::Accepted(id("b")),
+            Outcome::Duplicate(id("a")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn generated_ids_skip_dedup() {
+    let mut dedup = MockDedupStore::new();
+    dedup.expect_claim().never();
+    dedup.expect_confirm().never();
+    let mut store = MockEventStore::new();
+    store.expect_insert().times(1).returning(|_| Ok(()));
+    let out = committer(dedup, store).commit(vec![no_id()]).await;
+    assert!(matches!(out[0], Outcome::Accepted(_)));
+}
+
+#[tokio::test]
+async fn a_partial_batch_keeps_order_across_rejections_and_groups() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .with(always(), always())
+        .returning(|k, _| {
+            Ok(k.iter()
+                .map(|k| {
+                    if k.as_str() == "dup" {
+                        Claim::Duplicate
+                    } else {
+                        Claim::New
+                    }
+                })
+                .collect())
+        });
+    dedup.expect_confirm().returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store.expect_insert().returning(|_| Ok(()));
+    let stop = CancellationToken::new();
+    let (ingest, task) = Ingest::start(
+        committer(dedup, store),
+        ValidationPolicy::protocol_default(),
+        100,
+        stop.clone(),
+    );
+    let items = vec![
+        ingest.validate(&json!({"eventId": "ok-1", "userId": "u", "eventType": "cart_viewed"})),
+        ingest.validate(&json!({"eventId": "bad", "eventType": "cart_viewed"})),
+        ingest.validate(&json!({"eventId": "dup", "userId": "u", "eventType": "cart_viewed"})),
+        ingest.validate(&json!([])),
+        ingest.validate(&json!({"eventId": "ok-2", "userId": "u", "eventType": "cart_viewed"})),
+    ];
+    let first = ingest.submit(items, Source::Http);
+    let second = ingest.submit(
+        vec![
+            ingest.validate(&json!({"eventId": "ok-1", "userId": "u", "eventType": "cart_viewed"}))
+        ],
+        Source::Ws,
+    );
+    let out = first.await;
+    assert_eq!(out[0], Outcome::Accepted(id("ok-1")));
+    assert!(matches!(&out[1], Outcome::Rejected(e) if e[0].field == "userId"));
+    assert_eq!(out[2], Outcome::Duplicate(id("dup")));
+    assert!(matches!(&out[3], Outcome::Rejected(e) if e[0].field.is_empty()));
+    assert_eq!(out[4], Outcome::Accepted(id("ok-2")));
+    assert_eq!(
+        second.await,
+        [Outcome::Duplicate(id("ok-1"))],
+        "the second call, grouped with the first, sees its event as a repeat"
+    );
+    let text = ingest.metrics().render();
+    assert!(
+        text.contains("cartstream_events_received_total{channel=\"http\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cartstream_events_rejected_total{channel=\"http\"} 2"),
+        "{text}"
+    );
+
+    stop.cancel();
+    task.await.unwrap();
+    let late = ingest
+        .submit(
+            vec![ingest.validate(&json!({"userId": "u", "eventType": "cart_viewed"}))],
+            Source::Http,
+        )
+        .await;
+    assert!(
+        matches!(late[0], Outcome::Unavailable(_)),
+        "after shutdown nothing is claimed as accepted"
+    );
+}

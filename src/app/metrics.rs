@@ -1,0 +1,177 @@
+//! Prometheus metrics. One registry per application instance (not a global), so several
+//! servers in one test process keep their counts apart.
+
+use crate::domain::Source;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Channel {
+    Ws,
+    Http,
+}
+
+impl EncodeLabelValue for Channel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Ws => "ws",
+            Self::Http => "http",
+        })
+    }
+}
+
+impl From<Source> for Channel {
+    fn from(s: Source) -> Self {
+        match s {
+            Source::Ws => Self::Ws,
+            Source::Http => Self::Http,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: Channel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub channel: Channel,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    pub received: Family<ChannelLabels, Counter>,
+    pub accepted: Family<ChannelLabels, Counter>,
+    pub duplicate: Family<ChannelLabels, Counter>,
+    pub rejected: Family<ChannelLabels, Counter>,
+    pub unavailable: Family<ChannelLabels, Counter>,
+    /// Error replies (WS `error` messages and HTTP error bodies), by code.
+    pub errors: Family<CodeLabels, Counter>,
+    pub ws_connections: Gauge,
+    pub ws_closes: Family<ReasonLabels, Counter>,
+    /// Events per committed group (one claim + one store call).
+    pub commit_batch_events: Histogram,
+    pub commit_seconds: Histogram,
+    /// Backend failures by what failed (`claim`, `store`, `confirm`, `release`).
+    pub backend_errors: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cartstream");
+        let m = Self {
+            received: Family::default(),
+            accepted: Family::default(),
+            duplicate: Family::default(),
+            rejected: Family::default(),
+            unavailable: Family::default(),
+            errors: Family::default(),
+            ws_connections: Gauge::default(),
+            ws_closes: Family::default(),
+            commit_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            backend_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_received",
+            "Events received, by channel",
+            m.received.clone(),
+        );
+        registry.register(
+            "events_accepted",
+            "Events accepted (durably recorded), by channel",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Events answered duplicate, by channel",
+            m.duplicate.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events rejected by validation, by channel",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "events_unavailable",
+            "Events answered unavailable (not recorded, retryable), by channel",
+            m.unavailable.clone(),
+        );
+        registry.register(
+            "errors",
+            "Error replies sent to clients, by channel and code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "ws_connections",
+            "Open WebSocket connections",
+            m.ws_connections.clone(),
+        );
+        registry.register(
+            "ws_closes",
+            "WebSocket connections closed, by reason",
+            m.ws_closes.clone(),
+        );
+        registry.register(
+            "commit_batch_events",
+            "Events per committed group (one dedup claim and one store call)",
+            m.commit_batch_events.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Time to claim, store and confirm one group",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "backend_errors",
+            "Backend failures, by operation",
+            m.backend_errors.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn error(&self, channel: Channel, code: &str) {
+        self.errors
+            .get_or_create(&CodeLabels {
+                channel,
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn backend_error(&self, what: &str) {
+        self.backend_errors
+            .get_or_create(&ReasonLabels {
+                reason: what.to_owned(),
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
