@@ -269,7 +269,7 @@ impl Settings {
                 .map(|(field, errs)| {
                     let detail = errs
                         .iter()
-                        .map(|e| describe_validation(e))
+                        .map(describe_validation)
                         .collect::<Vec<_>>()
                         .join(", ");
                     format!("{field} (CARTSTREAM_{}): {detail}", field.to_uppercase())
@@ -431,6 +431,7 @@ mod tests {
         assert!(err.contains("/nonexistent/c.toml"), "{err}");
     }
 
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type
     fn run(vars: &[(&str, &str)], file: Option<&str>) -> Result<Settings, ConfigError> {
         let mut out = None;
         figment::Jail::expect_with(|jail| {

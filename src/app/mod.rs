@@ -3,3 +3,7 @@
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod rate_limit;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

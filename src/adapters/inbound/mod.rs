@@ -1,1 +1,5 @@
-//! Inbound adapters: HTTP and WebSocket.
+//! Inbound adapters: HTTP (OpenAPI) and WebSocket.
+
+pub mod http;
+pub mod wire;
+pub mod ws;

@@ -1,0 +1,434 @@
+//! The HTTP operations of PROTOCOL.md section 4, described for the OpenAPI document.
+
+use super::input::{EventTypeName, RawBatch, RawEvent};
+use crate::adapters::inbound::wire::{
+    batch_answer, rfc3339, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
+};
+use crate::app::ingest::Outcome;
+use crate::app::metrics::Channel;
+use crate::app::state::AppState;
+use crate::domain::Source;
+use crate::ports::EventQuery;
+use chrono::{DateTime, Utc};
+use poem::web::RemoteAddr;
+use poem_openapi::param::Query;
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Sending and reading cart events.
+    Events,
+    /// Health, readiness and metrics, for operators.
+    Operations,
+}
+
+pub struct Api {
+    pub state: Arc<AppState>,
+}
+
+/// The answer for one accepted or duplicate event.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct EventAck {
+    /// The id used for the event: the one sent, or the one derived or assigned.
+    pub event_id: String,
+    pub status: AckStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum AckStatus {
+    Accepted,
+    Duplicate,
+}
+
+#[derive(ApiResponse)]
+pub enum PostEventResponse {
+    /// Accepted: the event is durably recorded and will reach the store and every matching
+    /// route, whatever fails afterwards.
+    #[oai(status = 202)]
+    Accepted(Json<EventAck>),
+    /// Duplicate: an event with this `eventId` was accepted within the dedup window (24 hours
+    /// by default). It was not recorded again. Safe to treat as success.
+    #[oai(status = 200)]
+    Duplicate(Json<EventAck>),
+    /// `invalid_json`: the body is not JSON, or not a JSON object.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `unauthorized`: API keys are configured and none valid was sent.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `payload_too_large`: the body (after decompression) is over 64 KiB.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// `unsupported_media_type`: the content type is not JSON, or the content encoding is
+    /// not gzip.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// `validation_failed`: `details` lists every broken rule, field by field.
+    #[oai(status = 422)]
+    ValidationFailed(Json<ErrorBody>),
+    /// `rate_limited`: slow down; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// `unavailable`: the event could not be recorded durably right now and was not
+    /// accepted. Retry later with the same `eventId`.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum PostBatchResponse {
+    /// Per-event results in request order, with counts. Each event is judged on its own: one
+    /// bad event does not reject the others.
+    #[oai(status = 200)]
+    Ok(Json<BatchResult>),
+    /// `invalid_json` (body not a JSON object) or `invalid_message` (no `events` array, or 0
+    /// or more than 500 events).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `unauthorized`: API keys are configured and none valid was sent.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `payload_too_large`: the body (after decompression) is over 1 MiB.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// `unsupported_media_type`: the content type is not JSON, or the content encoding is
+    /// not gzip.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// `rate_limited`: slow down; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// `unavailable`: some events of the batch could not be recorded durably right now. Retry
+    /// the whole batch later; events of it that were recorded come back `duplicate`.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// Stored events.
+#[derive(Debug, Object)]
+pub struct EventList {
+    /// Newest `timestamp` first.
+    pub events: Vec<EventView>,
+}
+
+#[derive(ApiResponse)]
+pub enum GetEventsResponse {
+    #[oai(status = 200)]
+    Ok(Json<EventList>),
+    /// `invalid_parameter`: a query parameter is malformed or out of range.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `unauthorized`: API keys are configured and none valid was sent.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `unavailable`: the event store cannot be read right now.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(Debug, Object)]
+pub struct Health {
+    /// Always `ok` while the process serves.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ComponentStatus {
+    Up,
+    Down,
+}
+
+/// The state of one backend.
+#[derive(Debug, Object)]
+pub struct Component {
+    /// Which implementation serves it: `embedded`, `redis` or `clickhouse`.
+    pub backend: String,
+    pub status: ComponentStatus,
+    /// Why it is down.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Readiness {
+    /// `ready` when every component is up, else `not_ready`.
+    pub status: String,
+    pub event_store: Component,
+    pub dedup_store: Component,
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Every backend answers.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// At least one backend does not answer; the body says which.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn err(state: &AppState, code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
+    state.metrics.error(Channel::Http, code.as_str());
+    Json(ErrorBody::new(code, message))
+}
+
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+impl Api {
+    fn rate_limited(&self, addr: &RemoteAddr, events: usize) -> Option<(Json<ErrorBody>, u64)> {
+        let ip = addr.as_socket_addr()?.ip();
+        let wait = self.state.rate_limits.check_address(ip, events).err()?;
+        let mut body = err(
+            &self.state,
+            ErrorCode::RateLimited,
+            format!("too many events; retry after {} ms", wait.as_millis()),
+        );
+        body.0.retryable = true;
+        Some((body, retry_after_secs(wait).max(1)))
+    }
+}
+
+#[OpenApi]
+impl Api {
+    /// Send one event
+    ///
+    /// The answer is `202 accepted` once the event is durably recorded, or `200 duplicate`
+    /// when the same `eventId` was accepted before. Send an `eventId` to make retries safe.
+    /// The body may be gzip-compressed (`Content-Encoding: gzip`); the 64 KiB limit applies
+    /// after decompression too.
+    #[oai(path = "/events", method = "post", tag = "ApiTags::Events")]
+    async fn post_event(&self, addr: &RemoteAddr, body: Json<RawEvent>) -> PostEventResponse {
+        if let Some((body, secs)) = self.rate_limited(addr, 1) {
+            return PostEventResponse::RateLimited(body, secs);
+        }
+        let ingest = &self.state.ingest;
+        let item = ingest.validate(&Value::Object(body.0 .0));
+        let outcome = ingest.submit(vec![item], Source::Http).await.pop();
+        match outcome {
+            Some(Outcome::Accepted(id)) => PostEventResponse::Accepted(Json(EventAck {
+                event_id: id.into_string(),
+                status: AckStatus::Accepted,
+            })),
+            Some(Outcome::Duplicate(id)) => PostEventResponse::Duplicate(Json(EventAck {
+                event_id: id.into_string(),
+                status: AckStatus::Duplicate,
+            })),
+            Some(Outcome::Rejected(errors)) => {
+                self.state
+                    .metrics
+                    .error(Channel::Http, ErrorCode::ValidationFailed.as_str());
+                PostEventResponse::ValidationFailed(Json(ErrorBody::validation(errors)))
+            }
+            Some(Outcome::Unavailable(reason)) => {
+                PostEventResponse::Unavailable(err(&self.state, ErrorCode::Unavailable, reason))
+            }
+            None => PostEventResponse::Unavailable(err(
+                &self.state,
+                ErrorCode::InternalError,
+                "no outcome for the event",
+            )),
+        }
+    }
+
+    /// Send a batch of events
+    ///
+    /// `{"events": [...]}` with 1 to 500 events, answered per event in request order. One bad
+    /// event does not reject the others. The body may be gzip-compressed; the 1 MiB limit
+    /// applies after decompression too.
+    #[oai(path = "/events/batch", method = "post", tag = "ApiTags::Events")]
+    async fn post_batch(&self, addr: &RemoteAddr, body: Json<RawBatch>) -> PostBatchResponse {
+        let max = self.state.settings.max_batch_events;
+        let events = match body.0 .0.get("events") {
+            Some(Value::Array(events)) => events,
+            Some(_) => {
+                return PostBatchResponse::BadRequest(err(
+                    &self.state,
+                    ErrorCode::InvalidMessage,
+                    "events must be an array of events",
+                ))
+            }
+            None => {
+                return PostBatchResponse::BadRequest(err(
+                    &self.state,
+                    ErrorCode::InvalidMessage,
+                    "the body must be {\"events\": [...]}",
+                ))
+            }
+        };
+        if events.is_empty() || events.len() > max {
+            return PostBatchResponse::BadRequest(err(
+                &self.state,
+                ErrorCode::InvalidMessage,
+                format!("events must hold 1 to {max} events; got {}", events.len()),
+            ));
+        }
+        if let Some((body, secs)) = self.rate_limited(addr, events.len()) {
+            return PostBatchResponse::RateLimited(body, secs);
+        }
+        let ingest = &self.state.ingest;
+        let items = events.iter().map(|e| ingest.validate(e)).collect();
+        match batch_answer(ingest.submit(items, Source::Http).await) {
+            BatchAnswer::Results(r) => PostBatchResponse::Ok(Json(r)),
+            BatchAnswer::Unavailable(reason) => {
+                PostBatchResponse::Unavailable(err(&self.state, ErrorCode::Unavailable, reason))
+            }
+        }
+    }
+
+    /// Read stored events
+    ///
+    /// Newest `timestamp` first. Every filter is optional; `since` and `until` are inclusive
+    /// bounds on the event's `timestamp`.
+    #[oai(path = "/events", method = "get", tag = "ApiTags::Events")]
+    async fn get_events(
+        &self,
+        /// Only this user's events.
+        #[oai(name = "userId")]
+        user_id: Query<Option<String>>,
+        /// Only events of this type.
+        #[oai(name = "eventType")]
+        event_type: Query<Option<EventTypeName>>,
+        /// Only events at or after this instant (RFC 3339 with offset).
+        since: Query<Option<String>>,
+        /// Only events at or before this instant (RFC 3339 with offset).
+        until: Query<Option<String>>,
+        /// How many events at most, 1-1000. Default 100.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+    ) -> GetEventsResponse {
+        let parse = |name: &str,
+                     raw: &Option<String>|
+         -> Result<Option<DateTime<Utc>>, GetEventsResponse> {
+            raw.as_deref()
+                .map(|s| {
+                    DateTime::parse_from_rfc3339(s)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|_| {
+                            GetEventsResponse::BadRequest(err(
+                                &self.state,
+                                ErrorCode::InvalidParameter,
+                                format!("{name} must be an RFC 3339 date-time with an offset, e.g. 2025-08-10T03:27:04.123Z"),
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        let since = match parse("since", &since.0) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let until = match parse("until", &until.0) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        if let (Some(s), Some(u)) = (since, until) {
+            if s > u {
+                return GetEventsResponse::BadRequest(err(
+                    &self.state,
+                    ErrorCode::InvalidParameter,
+                    "since must not be after until",
+                ));
+            }
+        }
+        let query = EventQuery {
+            user_id: user_id.0,
+            event_type: event_type.0.map(Into::into),
+            since,
+            until,
+            limit: limit.0.unwrap_or(100) as usize,
+        };
+        match self.state.store.query(&query).await {
+            Ok(events) => GetEventsResponse::Ok(Json(EventList {
+                events: events.into_iter().map(EventView::from).collect(),
+            })),
+            Err(e) => {
+                tracing::warn!(cause = %e, "reading events failed");
+                GetEventsResponse::Unavailable(err(
+                    &self.state,
+                    ErrorCode::Unavailable,
+                    "the event store cannot be read right now; retry later",
+                ))
+            }
+        }
+    }
+
+    /// Liveness
+    ///
+    /// `200 {"status":"ok"}` while the process serves.
+    #[oai(path = "/health", method = "get", tag = "ApiTags::Operations")]
+    async fn health(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness
+    ///
+    /// `200` when the event store and the dedup store answer, else `503`; the body names each
+    /// component and its state.
+    #[oai(path = "/ready", method = "get", tag = "ApiTags::Operations")]
+    async fn ready(&self) -> ReadyResponse {
+        let s = &self.state;
+        let (store, dedup) = tokio::join!(
+            tokio::time::timeout(READY_TIMEOUT, s.store.check()),
+            tokio::time::timeout(READY_TIMEOUT, s.dedup.check()),
+        );
+        let component = |backend: &str, r: Result<Result<(), crate::ports::PortError>, _>| {
+            let error = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {READY_TIMEOUT:?}")),
+            };
+            Component {
+                backend: backend.to_owned(),
+                status: if error.is_none() {
+                    ComponentStatus::Up
+                } else {
+                    ComponentStatus::Down
+                },
+                error,
+            }
+        };
+        let event_store = component(s.store_kind, store);
+        let dedup_store = component(s.dedup_kind, dedup);
+        let up =
+            event_store.status == ComponentStatus::Up && dedup_store.status == ComponentStatus::Up;
+        let body = Readiness {
+            status: if up { "ready" } else { "not_ready" }.into(),
+            event_store,
+            dedup_store,
+        };
+        if up {
+            ReadyResponse::Ready(Json(body))
+        } else {
+            ReadyResponse::NotReady(Json(body))
+        }
+    }
+
+    /// Metrics
+    ///
+    /// Prometheus text exposition: events received, accepted, duplicate, rejected and
+    /// unavailable by channel, error replies by code, WebSocket connections, commit batch
+    /// sizes and latencies, backend failures.
+    #[oai(path = "/metrics", method = "get", tag = "ApiTags::Operations")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(self.state.metrics.render())
+    }
+}
+
+/// The server's time, as used in replies.
+pub fn server_time() -> String {
+    rfc3339(Utc::now())
+}

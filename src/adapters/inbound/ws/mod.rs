@@ -1,0 +1,395 @@
+//! `GET /events/stream`: the WebSocket channel.
+//!
+//! One task per connection `select!`s on the next frame, the next finished reply and the
+//! lifecycle (pings, shutdown). Each message is validated and submitted as it is read, and
+//! its reply future joins a `FuturesOrdered`, so clients can pipeline freely while replies
+//! leave strictly in arrival order. Reading pauses while `ws_max_in_flight` replies are
+//! pending, which pushes back on a client that sends faster than events are recorded.
+
+pub mod protocol;
+
+use crate::adapters::inbound::http::json_error;
+use crate::adapters::inbound::wire::{
+    batch_answer, details, rfc3339, BatchAnswer, ErrorBody, ErrorCode, ItemStatus,
+};
+use crate::app::ingest::Outcome;
+use crate::app::metrics::{Channel, ReasonLabels};
+use crate::app::rate_limit::ConnectionLimit;
+use crate::app::state::AppState;
+use crate::domain::Source;
+use futures_util::future::{self, BoxFuture, FutureExt};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use poem::http::{header, Method, StatusCode};
+use poem::{Endpoint, Request, Response};
+use protocol::{ClientMessage, Limits, Reply};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// How long a closing handshake may take once the close frame is sent.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The endpoint that upgrades `GET /events/stream`.
+pub fn endpoint(state: Arc<AppState>) -> impl Endpoint {
+    poem::endpoint::make(move |req: Request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, poem::Error>(upgrade(state, req)) }
+    })
+}
+
+fn upgrade(state: Arc<AppState>, req: Request) -> Response {
+    let header_is = |name: header::HeaderName, want: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
+        })
+    };
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let valid = req.method() == Method::GET
+        && header_is(header::UPGRADE, "websocket")
+        && header_is(header::CONNECTION, "upgrade")
+        && header_is(header::SEC_WEBSOCKET_VERSION, "13");
+    let (Some(key), true) = (key, valid) else {
+        return json_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new(
+                ErrorCode::InvalidMessage,
+                "this endpoint speaks WebSocket only: send a WebSocket upgrade (version 13)",
+            ),
+        );
+    };
+    if state.shutdown.is_cancelled() {
+        return json_error(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody::new(ErrorCode::Unavailable, "the server is shutting down"),
+        );
+    }
+    let Ok(on_upgrade) = req.take_upgrade() else {
+        return json_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new(
+                ErrorCode::InvalidMessage,
+                "the connection cannot be upgraded",
+            ),
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let max = state.settings.max_message_bytes;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let tracker = state.connections.clone();
+    tracker.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
+        Connection::new(state).run(ws).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .finish()
+}
+
+type ReplyFuture = BoxFuture<'static, String>;
+
+struct Connection {
+    id: String,
+    state: Arc<AppState>,
+    limit: Option<ConnectionLimit>,
+    in_flight: FuturesOrdered<ReplyFuture>,
+}
+
+/// Why the connection loop ended.
+enum Ending {
+    /// The client closed or vanished; nothing more can be sent.
+    Gone,
+    /// Answer what is in flight, then close with this code.
+    Close(CloseCode, &'static str),
+    /// Close at once without answering (the client stopped answering pings).
+    Abort(CloseCode, &'static str),
+}
+
+impl Connection {
+    fn new(state: Arc<AppState>) -> Self {
+        let id = format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        Self {
+            id,
+            limit: state.rate_limits.for_connection(),
+            state,
+            in_flight: FuturesOrdered::new(),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %self.id))]
+    async fn run<S>(mut self, mut ws: WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let metrics = Arc::clone(&self.state.metrics);
+        metrics.ws_connections.inc();
+        let ack = Reply::ConnectionAck {
+            connection_id: self.id.clone(),
+            protocol_version: protocol::PROTOCOL_VERSION,
+            server_time: rfc3339(chrono::Utc::now()),
+            limits: Limits {
+                max_message_bytes: self.state.settings.max_message_bytes,
+                max_batch_events: self.state.settings.max_batch_events,
+            },
+        };
+        let ending = match ws.send(Message::text(ack.to_text())).await {
+            Ok(()) => self.serve(&mut ws).await,
+            Err(_) => Ending::Gone,
+        };
+        let reason = match &ending {
+            Ending::Gone => "client_gone",
+            Ending::Close(CloseCode::Away, _) => "shutdown",
+            Ending::Close(CloseCode::Size, _) => "message_too_large",
+            Ending::Close(CloseCode::Invalid, _) => "invalid_utf8",
+            Ending::Close(..) => "protocol_error",
+            Ending::Abort(..) => "ping_timeout",
+        };
+        metrics
+            .ws_closes
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        match ending {
+            Ending::Gone => {
+                // Nobody to answer, but every submitted event is still recorded: the futures
+                // only carry replies, and the committer owns the events.
+            }
+            Ending::Close(code, why) => {
+                // Bounded, so a client that stops reading cannot hold shutdown hostage.
+                let drained =
+                    tokio::time::timeout(self.state.settings.shutdown_timeout, self.drain(&mut ws))
+                        .await;
+                if matches!(drained, Ok(Ok(()))) {
+                    close(&mut ws, code, why).await;
+                }
+            }
+            Ending::Abort(code, why) => close(&mut ws, code, why).await,
+        }
+        metrics.ws_connections.dec();
+        tracing::debug!(reason, "connection closed");
+    }
+
+    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>) -> Ending
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let settings = Arc::clone(&self.state.settings);
+        let shutdown = self.state.shutdown.clone();
+        let interval = settings.ws_ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unanswered = 0u32;
+        loop {
+            let can_read = self.in_flight.len() < settings.ws_max_in_flight;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    return Ending::Close(CloseCode::Away, "server shutting down");
+                }
+                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if self.send_ready(ws, reply).await.is_err() {
+                        return Ending::Gone;
+                    }
+                }
+                frame = ws.next(), if can_read => match frame {
+                    None | Some(Ok(Message::Close(_))) => return Ending::Gone,
+                    Some(Ok(Message::Text(text))) => {
+                        let reply = self.dispatch(text.as_str());
+                        self.in_flight.push_back(reply);
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = self.refuse(None, ErrorCode::InvalidJson,
+                            "binary frames are not supported; send each message as a JSON text frame");
+                        self.in_flight.push_back(reply);
+                    }
+                    Some(Ok(Message::Pong(_))) => unanswered = 0,
+                    // Pings are answered by tungstenite itself on the next write or read.
+                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                    Some(Err(WsError::Capacity(_))) => {
+                        return Ending::Close(CloseCode::Size, "message larger than maxMessageBytes");
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        return Ending::Close(CloseCode::Invalid, "text frame is not valid UTF-8");
+                    }
+                    Some(Err(WsError::Protocol(_))) => {
+                        return Ending::Close(CloseCode::Protocol, "WebSocket protocol error");
+                    }
+                    Some(Err(_)) => return Ending::Gone,
+                },
+                _ = ping.tick() => {
+                    if unanswered >= settings.ws_max_missed_pings {
+                        return Ending::Abort(CloseCode::Error, "no answer to pings");
+                    }
+                    unanswered += 1;
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return Ending::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `first` and every reply already finished behind it with one flush.
+    async fn send_ready<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        first: String,
+    ) -> Result<(), WsError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        ws.feed(Message::text(first)).await?;
+        while let Some(Some(next)) = self.in_flight.next().now_or_never() {
+            ws.feed(Message::text(next)).await?;
+        }
+        ws.flush().await
+    }
+
+    /// Answers everything still in flight, in order.
+    async fn drain<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), WsError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        while let Some(reply) = self.in_flight.next().await {
+            self.send_ready(ws, reply).await?;
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, request_id: Option<String>, code: ErrorCode, message: &str) -> ReplyFuture {
+        self.state.metrics.error(Channel::Ws, code.as_str());
+        future::ready(Reply::error(request_id, code, message).to_text()).boxed()
+    }
+
+    fn rate_limited(&self, request_id: &Option<String>, events: usize) -> Option<ReplyFuture> {
+        let wait = self.limit.as_ref()?.check(events).err()?;
+        self.state
+            .metrics
+            .error(Channel::Ws, ErrorCode::RateLimited.as_str());
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let reply = Reply::Error {
+            request_id: request_id.clone(),
+            code: ErrorCode::RateLimited,
+            message: format!("too many events; retry after {ms} ms"),
+            details: None,
+            retryable: true,
+            retry_after_ms: Some(ms),
+        };
+        Some(future::ready(reply.to_text()).boxed())
+    }
+
+    /// Handles one text message: refusals and pongs are ready at once; events are validated
+    /// and submitted now, and answered when recorded.
+    fn dispatch(&self, text: &str) -> ReplyFuture {
+        let message = match protocol::parse(text, self.state.settings.max_batch_events) {
+            Ok(m) => m,
+            Err(r) => return self.refuse(r.request_id, r.code, &r.message),
+        };
+        let ingest = &self.state.ingest;
+        let metrics = Arc::clone(&self.state.metrics);
+        match message {
+            ClientMessage::Ping { request_id } => future::ready(
+                Reply::Pong {
+                    request_id,
+                    server_time: rfc3339(chrono::Utc::now()),
+                }
+                .to_text(),
+            )
+            .boxed(),
+            ClientMessage::Event { request_id, data } => {
+                if let Some(limited) = self.rate_limited(&request_id, 1) {
+                    return limited;
+                }
+                let submitted = ingest.submit(vec![ingest.validate(&data)], Source::Ws);
+                async move {
+                    let reply = match submitted.await.pop() {
+                        Some(Outcome::Accepted(id)) => Reply::EventAck {
+                            request_id,
+                            event_id: id.into_string(),
+                            status: ItemStatus::Accepted,
+                        },
+                        Some(Outcome::Duplicate(id)) => Reply::EventAck {
+                            request_id,
+                            event_id: id.into_string(),
+                            status: ItemStatus::Duplicate,
+                        },
+                        Some(Outcome::Rejected(errors)) => Reply::Error {
+                            request_id,
+                            code: ErrorCode::ValidationFailed,
+                            message: "event is invalid".into(),
+                            details: Some(details(errors)),
+                            retryable: false,
+                            retry_after_ms: None,
+                        },
+                        Some(Outcome::Unavailable(reason)) => {
+                            Reply::error(request_id, ErrorCode::Unavailable, reason)
+                        }
+                        None => Reply::error(
+                            request_id,
+                            ErrorCode::InternalError,
+                            "no outcome for the event",
+                        ),
+                    };
+                    if let Reply::Error { code, .. } = &reply {
+                        metrics.error(Channel::Ws, code.as_str());
+                    }
+                    reply.to_text()
+                }
+                .boxed()
+            }
+            ClientMessage::Batch { request_id, data } => {
+                if let Some(limited) = self.rate_limited(&request_id, data.len()) {
+                    return limited;
+                }
+                let items = data.iter().map(|e| ingest.validate(e)).collect();
+                let submitted = ingest.submit(items, Source::Ws);
+                async move {
+                    let reply = match batch_answer(submitted.await) {
+                        BatchAnswer::Results(result) => Reply::BatchAck { request_id, result },
+                        BatchAnswer::Unavailable(reason) => {
+                            metrics.error(Channel::Ws, ErrorCode::Unavailable.as_str());
+                            Reply::error(request_id, ErrorCode::Unavailable, reason)
+                        }
+                    };
+                    reply.to_text()
+                }
+                .boxed()
+            }
+        }
+    }
+}
+
+/// Sends a close frame and waits (briefly) for the client's answer.
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if ws.close(Some(frame)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}

@@ -1,0 +1,27 @@
+//! What every inbound adapter shares: the use case, the stores for reads and readiness, the
+//! settings and the lifecycle signals. Built once in [`crate::app::startup`].
+
+use crate::app::config::Settings;
+use crate::app::ingest::Ingest;
+use crate::app::metrics::Metrics;
+use crate::app::rate_limit::RateLimits;
+use crate::ports::{DedupStore, EventStore};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct AppState {
+    pub ingest: Ingest,
+    pub store: Arc<dyn EventStore>,
+    pub dedup: Arc<dyn DedupStore>,
+    /// Names of the configured backends, for readiness (`embedded`, `clickhouse`, `redis`).
+    pub store_kind: &'static str,
+    pub dedup_kind: &'static str,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub rate_limits: RateLimits,
+    /// Cancelled when the server starts shutting down; connections then drain and close.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket connection task, so shutdown can wait for them to drain.
+    pub connections: TaskTracker,
+}
