@@ -365,6 +365,10 @@ fn describe(e: &PortError) -> String {
         PortError::Unavailable(_) | PortError::Failed(_) => {
             "the event could not be recorded durably right now; retry later".to_owned()
         }
+        PortError::Full(_) => {
+            "the server's local buffer is full while the event store catches up; retry later"
+                .to_owned()
+        }
     }
 }
 

@@ -5,10 +5,12 @@
 mod clock;
 mod dedup_store;
 mod event_store;
+mod journal;
 
 pub use clock::{Clock, SystemClock};
 pub use dedup_store::{Claim, DedupStore};
 pub use event_store::{EventQuery, EventStore};
+pub use journal::{Journal, JournalEntry, JournalStats};
 
 #[cfg(test)]
 pub use clock::MockClock;
@@ -16,6 +18,8 @@ pub use clock::MockClock;
 pub use dedup_store::MockDedupStore;
 #[cfg(test)]
 pub use event_store::MockEventStore;
+#[cfg(test)]
+pub use journal::MockJournal;
 
 /// What an outbound adapter reports when it cannot do its job. Adapters map their own
 /// infrastructure errors into this at their edge.
@@ -27,4 +31,7 @@ pub enum PortError {
     /// The backend answered, but not as the contract says (corrupt data, bad schema).
     #[error("backend failed: {0}")]
     Failed(String),
+    /// A bounded local resource (the journal) is full; it frees up as it drains.
+    #[error("full: {0}")]
+    Full(String),
 }

@@ -6,10 +6,11 @@
 //! blocking, so every call runs on tokio's blocking pool; the connections sit behind std
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
-use crate::domain::{CartEvent, DedupKey, EventType, Source, StoredEvent};
+use super::sqlite::{db_err, lock, open_conn, query_events, unix_ms, Row};
+use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{Claim, DedupStore, EventQuery, EventStore, PortError};
-use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use chrono::Utc;
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -65,24 +66,6 @@ struct Inner {
     read: Mutex<Connection>,
 }
 
-fn db_err(e: rusqlite::Error) -> PortError {
-    PortError::Unavailable(format!("embedded store: {e}"))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back),
-    // so a poisoned lock is still safe to use.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn unix_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
 fn now_ms() -> i64 {
     unix_ms(Utc::now())
 }
@@ -136,20 +119,6 @@ impl EmbeddedStore {
     }
 }
 
-fn open_conn(path: &Path) -> Result<Connection, PortError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(db_err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-        .map_err(db_err)?;
-    Ok(conn)
-}
-
 #[async_trait::async_trait]
 impl EventStore for EmbeddedStore {
     async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
@@ -191,49 +160,7 @@ impl EventStore for EmbeddedStore {
         let query = query.clone();
         self.blocking(move |inner| {
             let conn = lock(&inner.read);
-            let mut sql = String::from(
-                "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
-                 source, metadata FROM events WHERE 1=1",
-            );
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(u) = &query.user_id {
-                sql.push_str(" AND user_id = ?");
-                args.push(u.clone().into());
-            }
-            if let Some(t) = query.event_type {
-                sql.push_str(" AND event_type = ?");
-                args.push(t.as_str().to_owned().into());
-            }
-            if let Some(s) = query.since {
-                sql.push_str(" AND occurred_at >= ?");
-                args.push(unix_ms(s).into());
-            }
-            if let Some(u) = query.until {
-                sql.push_str(" AND occurred_at <= ?");
-                args.push(unix_ms(u).into());
-            }
-            sql.push_str(" ORDER BY occurred_at DESC, received_at DESC, event_id DESC LIMIT ?");
-            args.push((query.limit as i64).into());
-            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-            let rows = stmt
-                .query_map(params_from_iter(args), |r| {
-                    Ok(Row {
-                        event_id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        session_id: r.get(2)?,
-                        event_type: r.get(3)?,
-                        occurred_at: r.get(4)?,
-                        received_at: r.get(5)?,
-                        source: r.get(6)?,
-                        metadata: r.get(7)?,
-                    })
-                })
-                .map_err(db_err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row.map_err(db_err)?.into_stored()?);
-            }
-            Ok(out)
+            query_events(&conn, "events", &query)
         })
         .await
     }
@@ -344,57 +271,6 @@ impl EmbeddedStore {
             Ok(())
         })
         .await
-    }
-}
-
-/// An event as the `events` table holds it.
-struct Row {
-    event_id: String,
-    user_id: String,
-    session_id: Option<String>,
-    event_type: String,
-    occurred_at: i64,
-    received_at: i64,
-    source: String,
-    metadata: String,
-}
-
-impl From<&StoredEvent> for Row {
-    fn from(s: &StoredEvent) -> Self {
-        let e = &s.event;
-        Self {
-            event_id: e.event_id().as_str().to_owned(),
-            user_id: e.user_id().to_owned(),
-            session_id: e.session_id().map(str::to_owned),
-            event_type: e.event_type().as_str().to_owned(),
-            occurred_at: unix_ms(e.occurred_at()),
-            received_at: unix_ms(s.received_at),
-            source: s.source.as_str().to_owned(),
-            metadata: serde_json::to_string(e.metadata()).unwrap_or_else(|_| "{}".to_owned()),
-        }
-    }
-}
-
-impl Row {
-    fn into_stored(self) -> Result<StoredEvent, PortError> {
-        let corrupt = |what: &str| PortError::Failed(format!("embedded store: bad {what} in row"));
-        let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
-        let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
-        let metadata = serde_json::from_str(&self.metadata).map_err(|_| corrupt("metadata"))?;
-        let event = CartEvent::from_stored(
-            &self.event_id,
-            self.user_id,
-            self.session_id,
-            event_type,
-            from_ms(self.occurred_at),
-            metadata,
-        )
-        .map_err(|_| corrupt("event_id"))?;
-        Ok(StoredEvent {
-            event,
-            received_at: from_ms(self.received_at),
-            source,
-        })
     }
 }
 

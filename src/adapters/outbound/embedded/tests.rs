@@ -1,5 +1,6 @@
 use super::*;
-use crate::domain::{parse_event, EventId, ValidationPolicy};
+use crate::domain::{parse_event, EventId, EventType, Source, ValidationPolicy};
+use chrono::DateTime;
 use serde_json::json;
 
 fn event(id: &str, user: &str, t: &str, ts: &str) -> StoredEvent {

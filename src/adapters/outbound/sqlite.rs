@@ -1,0 +1,157 @@
+//! What the SQLite-backed adapters (the embedded store and the local journal) share: opening
+//! a durable connection, the row form of an event, and the `GET /events` query.
+
+use crate::domain::{CartEvent, EventType, Source, StoredEvent};
+use crate::ports::{EventQuery, PortError};
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params_from_iter, Connection, OpenFlags};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub(crate) fn db_err(e: rusqlite::Error) -> PortError {
+    PortError::Unavailable(format!("local database: {e}"))
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back),
+    // so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn unix_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+        .map_err(db_err)?;
+    Ok(conn)
+}
+
+/// Matching events of `table` (which has the `events` columns), newest first.
+pub(crate) fn query_events(
+    conn: &Connection,
+    table: &str,
+    query: &EventQuery,
+) -> Result<Vec<StoredEvent>, PortError> {
+    let mut sql = format!(
+        "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
+         source, metadata FROM {table} WHERE 1=1"
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(u) = &query.user_id {
+        sql.push_str(" AND user_id = ?");
+        args.push(u.clone().into());
+    }
+    if let Some(t) = query.event_type {
+        sql.push_str(" AND event_type = ?");
+        args.push(t.as_str().to_owned().into());
+    }
+    if let Some(s) = query.since {
+        sql.push_str(" AND occurred_at >= ?");
+        args.push(unix_ms(s).into());
+    }
+    if let Some(u) = query.until {
+        sql.push_str(" AND occurred_at <= ?");
+        args.push(unix_ms(u).into());
+    }
+    sql.push_str(" ORDER BY occurred_at DESC, received_at DESC, event_id DESC LIMIT ?");
+    args.push((query.limit as i64).into());
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let rows = stmt
+        .query_map(params_from_iter(args), Row::read)
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(db_err)?.into_stored()?);
+    }
+    Ok(out)
+}
+
+/// An event as the `events` table holds it.
+pub(crate) struct Row {
+    pub event_id: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub event_type: String,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    pub source: String,
+    pub metadata: String,
+}
+
+impl From<&StoredEvent> for Row {
+    fn from(s: &StoredEvent) -> Self {
+        let e = &s.event;
+        Self {
+            event_id: e.event_id().as_str().to_owned(),
+            user_id: e.user_id().to_owned(),
+            session_id: e.session_id().map(str::to_owned),
+            event_type: e.event_type().as_str().to_owned(),
+            occurred_at: unix_ms(e.occurred_at()),
+            received_at: unix_ms(s.received_at),
+            source: s.source.as_str().to_owned(),
+            metadata: serde_json::to_string(e.metadata()).unwrap_or_else(|_| "{}".to_owned()),
+        }
+    }
+}
+
+impl Row {
+    /// Reads the 8 event columns in table order.
+    pub fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            event_id: r.get(0)?,
+            user_id: r.get(1)?,
+            session_id: r.get(2)?,
+            event_type: r.get(3)?,
+            occurred_at: r.get(4)?,
+            received_at: r.get(5)?,
+            source: r.get(6)?,
+            metadata: r.get(7)?,
+        })
+    }
+
+    /// Bytes this row takes, roughly: what journal size limits count.
+    pub fn size(&self) -> usize {
+        self.event_id.len()
+            + self.user_id.len()
+            + self.session_id.as_ref().map_or(0, String::len)
+            + self.event_type.len()
+            + self.metadata.len()
+            + 32
+    }
+
+    pub fn into_stored(self) -> Result<StoredEvent, PortError> {
+        let corrupt = |what: &str| PortError::Failed(format!("embedded store: bad {what} in row"));
+        let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
+        let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
+        let metadata = serde_json::from_str(&self.metadata).map_err(|_| corrupt("metadata"))?;
+        let event = CartEvent::from_stored(
+            &self.event_id,
+            self.user_id,
+            self.session_id,
+            event_type,
+            from_ms(self.occurred_at),
+            metadata,
+        )
+        .map_err(|_| corrupt("event_id"))?;
+        Ok(StoredEvent {
+            event,
+            received_at: from_ms(self.received_at),
+            source,
+        })
+    }
+}

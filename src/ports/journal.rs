@@ -1,0 +1,52 @@
+use super::{EventQuery, PortError};
+use crate::domain::StoredEvent;
+use chrono::{DateTime, Utc};
+
+/// One journal entry: an accepted event not yet confirmed by the event store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// Increasing with append order; entries are read oldest first.
+    pub seq: i64,
+    pub event: StoredEvent,
+    /// What the entry counts for against the journal's size limit.
+    pub bytes: usize,
+}
+
+/// What the journal holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub entries: u64,
+    pub bytes: u64,
+    /// `receivedAt` of the oldest entry.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// The durable local buffer in front of a remote event store: an `accepted` ack waits only for
+/// [`append`](Journal::append); a forwarder moves entries on and removes them once stored.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    /// Appends a batch durably (it survives a crash once this returns `Ok`).
+    ///
+    /// # Errors
+    /// [`PortError::Full`] when the batch would pass the size limit (nothing is appended);
+    /// other errors when nothing could be written.
+    async fn append(&self, events: &[StoredEvent]) -> Result<(), PortError>;
+
+    /// The oldest entries, at most `max_entries` of them and about `max_bytes` (always at
+    /// least one entry when any exists).
+    async fn oldest(
+        &self,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<JournalEntry>, PortError>;
+
+    /// Removes every entry with `seq <= upto`.
+    async fn remove_through(&self, upto: i64) -> Result<(), PortError>;
+
+    /// Entries not yet forwarded that match `query`, newest first.
+    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError>;
+
+    /// Counts, kept in memory: cheap enough to call on every loop.
+    fn stats(&self) -> JournalStats;
+}
