@@ -67,6 +67,15 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Backend failures by what failed (`claim`, `store`, `confirm`, `release`).
     pub backend_errors: Family<ReasonLabels, Counter>,
+    /// Local journal: entries and bytes waiting, age of the oldest (the forwarder's lag).
+    pub journal_entries: Gauge,
+    pub journal_bytes: Gauge,
+    pub journal_oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// INSERTs sent to the remote event store, and the events they carried.
+    pub forwarded_inserts: Counter,
+    pub forwarded_events: Counter,
+    /// Failed forwarding attempts (each is retried).
+    pub flush_errors: Counter,
 }
 
 impl Metrics {
@@ -84,6 +93,12 @@ impl Metrics {
             commit_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             backend_errors: Family::default(),
+            journal_entries: Gauge::default(),
+            journal_bytes: Gauge::default(),
+            journal_oldest_age_seconds: Gauge::default(),
+            forwarded_inserts: Counter::default(),
+            forwarded_events: Counter::default(),
+            flush_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +156,36 @@ impl Metrics {
             "Backend failures, by operation",
             m.backend_errors.clone(),
         );
+        registry.register(
+            "journal_entries",
+            "Accepted events waiting in the local journal for the event store",
+            m.journal_entries.clone(),
+        );
+        registry.register(
+            "journal_bytes",
+            "Bytes of events waiting in the local journal",
+            m.journal_bytes.clone(),
+        );
+        registry.register(
+            "journal_oldest_age_seconds",
+            "Age of the oldest journal entry: how far the event store lags behind",
+            m.journal_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "forwarded_inserts",
+            "INSERTs sent to the event store by the forwarder",
+            m.forwarded_inserts.clone(),
+        );
+        registry.register(
+            "forwarded_events",
+            "Events moved from the journal to the event store",
+            m.forwarded_events.clone(),
+        );
+        registry.register(
+            "flush_errors",
+            "Failed attempts to forward journal entries (each is retried)",
+            m.flush_errors.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -159,6 +204,17 @@ impl Metrics {
                 code: code.to_owned(),
             })
             .inc();
+    }
+
+    pub fn set_journal(&self, stats: &crate::ports::JournalStats) {
+        self.journal_entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        self.journal_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        let age = stats.oldest.map_or(0.0, |t| {
+            (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        self.journal_oldest_age_seconds.set(age);
     }
 
     pub fn backend_error(&self, what: &str) {

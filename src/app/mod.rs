@@ -1,6 +1,7 @@
 //! Use cases, configuration, wiring, startup and shutdown.
 
 pub mod config;
+pub mod forwarder;
 pub mod ingest;
 pub mod metrics;
 pub mod rate_limit;

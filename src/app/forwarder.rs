@@ -1,0 +1,165 @@
+//! Recording through the local journal: [`JournaledStore`] is the event store the ingest use
+//! case sees when a remote store (ClickHouse) is configured. `insert` appends to the journal
+//! (so an ack waits for one local fsync, never for the remote store), and the [`Forwarder`]
+//! moves journal entries to the remote store in large batches, removing them only once the
+//! remote insert succeeded. A crash loses nothing: the journal is replayed on the next start,
+//! and the remote store's dedup-safe reads absorb a batch inserted twice.
+
+use crate::app::metrics::Metrics;
+use crate::domain::StoredEvent;
+use crate::ports::{EventQuery, EventStore, Journal, PortError};
+use chrono::Utc;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// When the forwarder flushes: whichever of rows, bytes or age is reached first.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    /// How long the oldest entry may wait for more to batch with.
+    pub interval: Duration,
+    /// Retry delays after a failed insert: from `backoff_min`, doubling, capped, with jitter.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// The event store of the ingest use case when a remote store is configured.
+pub struct JournaledStore {
+    journal: Arc<dyn Journal>,
+    remote: Arc<dyn EventStore>,
+    wake: Arc<Notify>,
+}
+
+impl JournaledStore {
+    pub fn new(journal: Arc<dyn Journal>, remote: Arc<dyn EventStore>, wake: Arc<Notify>) -> Self {
+        Self {
+            journal,
+            remote,
+            wake,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for JournaledStore {
+    async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+        self.journal.append(events).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The remote store's answer plus what is still in the journal, so a reader sees every
+    /// accepted event at once, not only after the next flush.
+    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+        let (remote, pending) = tokio::join!(self.remote.query(query), self.journal.query(query));
+        let mut events = remote?;
+        let seen: HashSet<String> = events
+            .iter()
+            .map(|e| e.event.event_id().as_str().to_owned())
+            .collect();
+        events.extend(
+            pending?
+                .into_iter()
+                .filter(|e| !seen.contains(e.event.event_id().as_str())),
+        );
+        events.sort_by(|a, b| {
+            (b.event.occurred_at(), b.received_at, b.event.event_id()).cmp(&(
+                a.event.occurred_at(),
+                a.received_at,
+                a.event.event_id(),
+            ))
+        });
+        events.truncate(query.limit);
+        Ok(events)
+    }
+
+    async fn check(&self) -> Result<(), PortError> {
+        self.remote.check().await
+    }
+}
+
+/// Drains the journal into the remote store.
+pub struct Forwarder {
+    pub journal: Arc<dyn Journal>,
+    pub remote: Arc<dyn EventStore>,
+    pub policy: FlushPolicy,
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Forwarder {
+    /// Runs until `stop` is cancelled and the journal is empty. After `stop`, it flushes
+    /// without waiting for batches to fill; the caller bounds how long it may keep trying.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = self.policy.backoff_min;
+        loop {
+            let stats = self.journal.stats();
+            self.metrics.set_journal(&stats);
+            let stopping = stop.is_cancelled();
+            if stats.entries == 0 {
+                if stopping {
+                    return;
+                }
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(self.policy.interval) => {}
+                }
+                continue;
+            }
+            let age = stats
+                .oldest
+                .and_then(|t| (Utc::now() - t).to_std().ok())
+                .unwrap_or_default();
+            let due = stopping
+                || stats.entries >= self.policy.max_rows as u64
+                || stats.bytes >= self.policy.max_bytes as u64
+                || age >= self.policy.interval;
+            if !due {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(self.policy.interval - age) => {}
+                }
+                continue;
+            }
+            match self.flush_once().await {
+                Ok(()) => backoff = self.policy.backoff_min,
+                Err(e) => {
+                    self.metrics.flush_errors.inc();
+                    tracing::warn!(cause = %e, retry_in = ?backoff, "forwarding to the event store failed");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(self.policy.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn flush_once(&self) -> Result<(), PortError> {
+        let entries = self
+            .journal
+            .oldest(self.policy.max_rows, self.policy.max_bytes)
+            .await?;
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        let events: Vec<StoredEvent> = entries.into_iter().map(|e| e.event).collect();
+        self.remote.insert(&events).await?;
+        self.metrics.forwarded_inserts.inc();
+        self.metrics.forwarded_events.inc_by(events.len() as u64);
+        // If this fails the batch is inserted again later: harmless, reads are dedup-safe.
+        self.journal.remove_through(last).await
+    }
+}
+
+/// Up to 50% less, so many instances recovering together do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(1.0 - rand::random::<f64>() * 0.5)
+}
+
+#[cfg(test)]
+mod tests;

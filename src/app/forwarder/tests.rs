@@ -1,0 +1,149 @@
+use super::*;
+use crate::adapters::outbound::journal::SqliteJournal;
+use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
+use crate::ports::MockEventStore;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn event(id: &str) -> StoredEvent {
+    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed"});
+    let now = Utc::now();
+    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
+        EventId::from_random_bytes([3; 16])
+    })
+    .unwrap();
+    StoredEvent {
+        event,
+        received_at: crate::domain::event::to_millis(now),
+        source: Source::Ws,
+    }
+}
+
+fn policy(max_rows: usize, interval_ms: u64) -> FlushPolicy {
+    FlushPolicy {
+        max_rows,
+        max_bytes: usize::MAX,
+        interval: Duration::from_millis(interval_ms),
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+    }
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn entries_are_forwarded_in_batches_and_removed_after_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path(), 1 << 30).unwrap());
+    let inserts = Arc::new(AtomicUsize::new(0));
+    let rows = Arc::new(AtomicUsize::new(0));
+    let mut remote = MockEventStore::new();
+    let (i2, r2) = (Arc::clone(&inserts), Arc::clone(&rows));
+    remote.expect_insert().returning(move |evs| {
+        i2.fetch_add(1, Ordering::SeqCst);
+        r2.fetch_add(evs.len(), Ordering::SeqCst);
+        Ok(())
+    });
+    let wake = Arc::new(Notify::new());
+    let store = JournaledStore::new(
+        journal.clone(),
+        Arc::new(MockEventStore::new()),
+        wake.clone(),
+    );
+    // 250 events appended before the forwarder starts: three batches of at most 100.
+    for chunk in (0..250).collect::<Vec<_>>().chunks(50) {
+        let evs: Vec<StoredEvent> = chunk.iter().map(|i| event(&format!("e{i}"))).collect();
+        store.insert(&evs).await.unwrap();
+    }
+    let stop = CancellationToken::new();
+    let fwd = Forwarder {
+        journal: journal.clone(),
+        remote: Arc::new(remote),
+        policy: policy(100, 60_000),
+        wake,
+        metrics: Arc::new(Metrics::new()),
+    };
+    let task = tokio::spawn(fwd.run(stop.clone()));
+    wait_for("two full batches", || rows.load(Ordering::SeqCst) >= 200).await;
+    assert_eq!(
+        inserts.load(Ordering::SeqCst),
+        2,
+        "the partial batch waits for the interval"
+    );
+    assert_eq!(journal.stats().entries, 50);
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        (inserts.load(Ordering::SeqCst), rows.load(Ordering::SeqCst)),
+        (3, 250),
+        "stop flushes the rest"
+    );
+    assert_eq!(journal.stats().entries, 0);
+}
+
+#[tokio::test]
+async fn a_failing_remote_is_retried_and_nothing_is_removed_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path(), 1 << 30).unwrap());
+    journal.append(&[event("a"), event("b")]).await.unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a2 = Arc::clone(&attempts);
+    let mut remote = MockEventStore::new();
+    remote.expect_insert().returning(move |evs| {
+        assert_eq!(evs.len(), 2, "the same batch every time");
+        if a2.fetch_add(1, Ordering::SeqCst) < 3 {
+            Err(PortError::Unavailable("down".into()))
+        } else {
+            Ok(())
+        }
+    });
+    let metrics = Arc::new(Metrics::new());
+    let fwd = Forwarder {
+        journal: journal.clone(),
+        remote: Arc::new(remote),
+        policy: policy(100, 0),
+        wake: Arc::new(Notify::new()),
+        metrics: Arc::clone(&metrics),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(fwd.run(stop.clone()));
+    wait_for("the journal to drain", || journal.stats().entries == 0).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    assert!(metrics.render().contains("cartstream_flush_errors_total 3"));
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn reads_see_journal_entries_and_remote_rows_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path(), 1 << 30).unwrap());
+    let a = event("a");
+    let b = event("b");
+    journal.append(&[a.clone(), b.clone()]).await.unwrap();
+    let mut remote = MockEventStore::new();
+    let a2 = a.clone();
+    remote
+        .expect_query()
+        .returning(move |_| Ok(vec![a2.clone()]));
+    let store = JournaledStore::new(journal, Arc::new(remote), Arc::new(Notify::new()));
+    let q = EventQuery {
+        user_id: None,
+        event_type: None,
+        since: None,
+        until: None,
+        limit: 10,
+    };
+    let got = store.query(&q).await.unwrap();
+    let mut ids: Vec<&str> = got.iter().map(|e| e.event.event_id().as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a", "b"]);
+}
