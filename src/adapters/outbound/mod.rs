@@ -1,3 +1,5 @@
 //! Outbound adapters: implementations of the ports.
 
 pub mod embedded;
+mod redact;
+pub mod redis;
