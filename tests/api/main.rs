@@ -1,0 +1,3 @@
+mod backends;
+mod clickhouse_store;
+mod redis_dedup;
