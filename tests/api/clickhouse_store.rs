@@ -275,3 +275,31 @@ async fn a_store_built_while_clickhouse_is_down_answers_unavailable_without_the_
         }
     }
 }
+
+#[tokio::test]
+async fn credentials_are_sent_and_a_wrong_password_is_never_echoed() {
+    let Some(url) = clickhouse_url_or_skip().await else {
+        return;
+    };
+    let mut config = ClickHouseConfig::new(url.clone());
+    config.user = Some("default".to_owned());
+    config.password = Some(String::new());
+    ClickHouseStore::new(config.clone())
+        .unwrap()
+        .check()
+        .await
+        .unwrap();
+
+    config.user = Some("cartstream_no_such_user".to_owned());
+    config.password = Some("hunter2".to_owned());
+    match ClickHouseStore::new(config).unwrap().check().await {
+        Err(PortError::Unavailable(msg)) => {
+            assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+            assert!(
+                msg.contains("cartstream_no_such_user"),
+                "the server's reason: {msg}"
+            );
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}

@@ -213,3 +213,108 @@ async fn a_store_built_while_redis_is_down_answers_unavailable_without_the_passw
         }
     }
 }
+
+/// A redis-server of this test's own on a free port, so it can be stopped and restarted
+/// without disturbing the shared one.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn start(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot run redis-server ({e}); run scripts/ensure-services.sh");
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("CI=true and {msg}");
+                }
+                eprintln!("\n*** SKIPPED: {msg} ***\n");
+                return None;
+            }
+        };
+        let own = Self {
+            port,
+            child: Some(child),
+        };
+        let client = redis::Client::open(own.url()).unwrap();
+        for _ in 0..100 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return Some(own);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("own redis-server on port {port} did not answer within 10 s");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_store_recovers_when_redis_comes_back() {
+    let port = free_port();
+    let Some(mut redis) = OwnRedis::start(port).await else {
+        return;
+    };
+    let store = RedisDedupStore::new(config(&redis.url(), "p:")).unwrap();
+    assert_eq!(
+        store.claim(&keys(&["a"]), HOLD).await.unwrap(),
+        [Claim::New]
+    );
+
+    redis.stop();
+    assert!(matches!(
+        store.claim(&keys(&["b"]), HOLD).await,
+        Err(PortError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.check().await,
+        Err(PortError::Unavailable(_))
+    ));
+
+    let Some(_redis) = OwnRedis::start(port).await else {
+        return;
+    };
+    // The pooled connection broke with the old server; it must not fail calls any more.
+    store.check().await.unwrap();
+    assert_eq!(
+        store.claim(&keys(&["a", "b"]), HOLD).await.unwrap(),
+        [Claim::New, Claim::New],
+        "the restarted Redis is empty"
+    );
+}

@@ -426,6 +426,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scripts_are_addressed_by_the_sha1_redis_computes() {
+        // `redis-cli SCRIPT LOAD "return 1"`
+        assert_eq!(
+            Lua::new("return 1").sha1,
+            "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+        );
+    }
+
+    #[test]
     fn a_bad_url_is_reported_without_the_password() {
         let err = RedisDedupStore::new(RedisDedupConfig::new("nope://u:hunter2@h")).unwrap_err();
         assert!(matches!(err, PortError::Failed(_)));
