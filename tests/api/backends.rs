@@ -131,3 +131,17 @@ fn blocking_post(url: &str, body: &str) -> std::io::Result<()> {
     s.read_to_end(&mut sink)?;
     Ok(())
 }
+
+/// A TCP server that accepts connections and never answers: a hung backend. Lives until the
+/// test's runtime ends.
+pub async fn silent_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}

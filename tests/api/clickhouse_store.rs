@@ -2,7 +2,7 @@
 //! see each event once, and a dead server answers `Unavailable`.
 
 use crate::backends::{
-    clickhouse_sql, clickhouse_url_or_skip, ThrowawayDatabase, DEAD_CLICKHOUSE_URL,
+    clickhouse_sql, clickhouse_url_or_skip, silent_server, ThrowawayDatabase, DEAD_CLICKHOUSE_URL,
 };
 use cartstream::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use cartstream::domain::{parse_event, EventId, EventType, Source, StoredEvent, ValidationPolicy};
@@ -302,4 +302,21 @@ async fn credentials_are_sent_and_a_wrong_password_is_never_echoed() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_hung_clickhouse_answers_unavailable_after_the_timeout() {
+    let addr = silent_server().await;
+    let mut config = ClickHouseConfig::new(format!("http://{addr}"));
+    config.request_timeout = Duration::from_millis(300);
+    let store = ClickHouseStore::new(config).unwrap();
+    let e = event("e-1", "u", "cart_viewed", "2025-08-10T03:00:00Z");
+    // Generous bound: only here so a regression fails instead of hanging the suite.
+    let result = tokio::time::timeout(Duration::from_secs(60), store.insert(&[e]))
+        .await
+        .expect("a hung ClickHouse must not hang the caller");
+    assert!(
+        matches!(result, Err(PortError::Unavailable(_))),
+        "{result:?}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `RedisDedupStore` against a real Redis: the same behaviour as the embedded store's dedup.
 
-use crate::backends::{redis_prefix, redis_url_or_skip, DEAD_REDIS_URL};
+use crate::backends::{redis_prefix, redis_url_or_skip, silent_server, DEAD_REDIS_URL};
 use bb8_redis::redis;
 use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use cartstream::domain::{DedupKey, EventId};
@@ -317,4 +317,21 @@ async fn the_store_recovers_when_redis_comes_back() {
         [Claim::New, Claim::New],
         "the restarted Redis is empty"
     );
+}
+
+#[tokio::test]
+async fn a_hung_redis_answers_unavailable_after_the_timeouts() {
+    let addr = silent_server().await;
+    let mut cfg = config(&format!("redis://:hunter2@{addr}"), "p:");
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.command_timeout = Duration::from_millis(300);
+    let store = RedisDedupStore::new(cfg).unwrap();
+    // Generous bound: only here so a regression fails instead of hanging the suite.
+    let result = tokio::time::timeout(Duration::from_secs(60), store.claim(&keys(&["k"]), HOLD))
+        .await
+        .expect("a hung Redis must not hang the caller");
+    match result {
+        Err(PortError::Unavailable(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }

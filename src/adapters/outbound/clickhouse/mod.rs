@@ -260,23 +260,28 @@ impl ClickHouseStore {
     }
 
     /// Creates the database and the table if missing. Idempotent; insert and query call it
-    /// themselves until it has succeeded once.
+    /// themselves until ClickHouse has answered it once.
     ///
     /// # Errors
     /// `Unavailable` when ClickHouse cannot be reached or refuses the DDL.
     pub async fn ensure_schema(&self) -> Result<(), PortError> {
+        self.create_schema()
+            .await
+            .map_err(|(what, e)| self.map_err(what, e))
+    }
+
+    async fn create_schema(&self) -> Result<(), (&'static str, clickhouse::error::Error)> {
         let db = format!(
             "CREATE DATABASE IF NOT EXISTS {}",
             quote(&self.inner.database)
         );
-        self.timed(
-            "create database",
-            self.inner.client.query_raw(&db).execute(),
-        )
-        .await?;
+        self.timed_raw(self.inner.client.query_raw(&db).execute())
+            .await
+            .map_err(|e| ("create database", e))?;
         let ddl = self.create_table_sql();
-        self.timed("create table", self.inner.client.query_raw(&ddl).execute())
-            .await?;
+        self.timed_raw(self.inner.client.query_raw(&ddl).execute())
+            .await
+            .map_err(|e| ("create table", e))?;
         self.inner.schema_ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -285,7 +290,28 @@ impl ClickHouseStore {
         if self.inner.schema_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.ensure_schema().await
+        match self.create_schema().await {
+            Ok(()) => Ok(()),
+            // The server answered but refused, e.g. a user allowed to insert and select but not
+            // to create: assume an operator created the table; the statement itself will fail
+            // clearly if not. Retrying the DDL on every call would only add round trips.
+            Err((what, e @ clickhouse::error::Error::BadResponse(_))) => {
+                let err = self.map_err(what, e);
+                tracing::warn!(cause = %err, "cannot create the ClickHouse schema; assuming it exists");
+                self.inner.schema_ready.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err((what, e)) => Err(self.map_err(what, e)),
+        }
+    }
+
+    async fn timed_raw<T>(
+        &self,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> clickhouse::error::Result<T> {
+        tokio::time::timeout(self.inner.timeout, fut)
+            .await
+            .unwrap_or(Err(clickhouse::error::Error::TimedOut))
     }
 
     async fn timed<T>(
@@ -293,11 +319,7 @@ impl ClickHouseStore {
         what: &str,
         fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
     ) -> Result<T, PortError> {
-        match tokio::time::timeout(self.inner.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.map_err(what, e)),
-            Err(_) => Err(self.map_err(what, clickhouse::error::Error::TimedOut)),
-        }
+        self.timed_raw(fut).await.map_err(|e| self.map_err(what, e))
     }
 
     fn map_err(&self, what: &str, e: clickhouse::error::Error) -> PortError {

@@ -7,13 +7,19 @@
 //!
 //! The scripts touch many keys at once, which Redis Cluster only allows when they hash to one
 //! slot; this adapter targets a single Redis (or a replicated primary), like the default setup.
+//!
+//! Like the embedded store, a hold is not owned by the request that took it: `release` frees any
+//! held key. So `hold` must outlast the slowest claim-to-confirm path; a request that overruns
+//! its hold and then releases could free a key another request has claimed since. And when a
+//! claim times out, Redis may still have taken its holds; they lapse after `hold`, and retries
+//! meanwhile see `InFlight`, never a false `Duplicate`.
 
 use super::redact::{redact_url, scrub, url_secrets};
 use crate::domain::DedupKey;
 use crate::ports::{Claim, DedupStore, PortError};
 use bb8_redis::bb8::{ManageConnection, Pool, RunError};
 use bb8_redis::redis::aio::MultiplexedConnection;
-use bb8_redis::redis::{self, FromRedisValue, RedisError};
+use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +99,8 @@ impl Lua {
 /// Where and how to reach Redis.
 #[derive(Clone)]
 pub struct RedisDedupConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]` (no TLS support is compiled in), or
+    /// `redis+unix:///path/to/socket`.
     pub url: String,
     /// Prepended to every key, e.g. `cartstream:dedup:`, so several deployments (or tests) can
     /// share one Redis.
@@ -139,7 +146,7 @@ pub struct RedisDedupStore {
 
 struct Inner {
     pool: Pool<Manager>,
-    /// Shared with the manager: why and when connecting last failed.
+    /// Shared with the manager: why connecting last failed, and who is waiting to hear it.
     connect_failures: Arc<ConnectFailures>,
     key_prefix: String,
     command_timeout: Duration,
@@ -174,6 +181,11 @@ impl RedisDedupStore {
         let connect_failures = Arc::new(ConnectFailures::default());
         let manager = Manager {
             client,
+            // The driver's own defaults (1 s to connect, 0.5 s per reply) would otherwise cut
+            // the configured timeouts short.
+            connection: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.command_timeout)),
             failures: Arc::clone(&connect_failures),
         };
         let pool = Pool::builder()
@@ -304,6 +316,7 @@ impl ConnectFailures {
 /// connect failures to waiting callers.
 struct Manager {
     client: redis::Client,
+    connection: AsyncConnectionConfig,
     failures: Arc<ConnectFailures>,
 }
 
@@ -312,7 +325,11 @@ impl ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        match self.client.get_multiplexed_async_connection().await {
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.connection)
+            .await
+        {
             Ok(conn) => Ok(Conn {
                 conn,
                 broken: AtomicBool::new(false),
