@@ -4,12 +4,18 @@
 //! `DateTime64` (so each instant is a `DateTime` for humans and partitioning plus an `Int64` of
 //! Unix milliseconds that holds the precise value), no `LowCardinality` (experimental there), no
 //! `TTL`, no server-side query parameters and no `RowBinaryWithNamesAndTypes` (so the client
-//! runs with validation off and binds parameters client-side, escaped). HTTP compression is off
-//! because 18.16 does not speak the `lz4` content encoding newer clients default to.
+//! runs with validation off and binds parameters client-side, escaped). The client's default
+//! LZ4 compression works on 18.16 as on current servers (the tests run with it).
 //!
 //! Retries of a batch insert may repeat rows, so the table is a `ReplacingMergeTree` keyed on
 //! `event_id` and every read uses `FINAL`: each event is seen once whether or not the
-//! background merge has run yet.
+//! background merge has run yet. Two limits of that engine, both needing an event id reused
+//! after its dedup window with different contents: rows are merged only within a partition (a
+//! month of `occurred_at`), and the row kept is the last inserted, where the embedded store keeps
+//! the first.
+//!
+//! Credentials go in [`ClickHouseConfig::user`] and [`ClickHouseConfig::password`] (sent as
+//! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
 
 use super::redact::{redact_url, scrub};
 use crate::domain::{CartEvent, EventType, Source, StoredEvent};
@@ -233,7 +239,7 @@ impl ClickHouseStore {
         let mut client = Client::default()
             .with_url(config.url.as_str())
             .with_validation(false)
-            .with_compression(Compression::None);
+            .with_compression(Compression::Lz4);
         if let Some(user) = &config.user {
             client = client.with_user(user.as_str());
         }
@@ -426,6 +432,29 @@ mod tests {
         cfg.database = "1db".to_owned();
         assert!(ClickHouseStore::new(cfg).is_err());
         assert!(ClickHouseStore::new(ClickHouseConfig::new("http://127.0.0.1:8123")).is_ok());
+    }
+
+    #[test]
+    fn the_documented_ddl_is_the_one_run() {
+        // The README quotes this statement: change both together.
+        assert_eq!(
+            create_table_sql("default", DEFAULT_TABLE),
+            "CREATE TABLE IF NOT EXISTS `default`.`cart_events` (
+    event_id        String,
+    user_id         String,
+    session_id      Nullable(String),
+    event_type      String,
+    metadata        String,
+    occurred_at     DateTime('UTC'),
+    occurred_at_ms  Int64,
+    received_at     DateTime('UTC'),
+    received_at_ms  Int64,
+    source          String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY event_id"
+        );
     }
 
     #[test]
