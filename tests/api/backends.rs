@@ -24,8 +24,14 @@ fn unreachable(what: &str, url: &str, cause: &str) -> Option<String> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true and {msg}");
     }
-    eprintln!("\n*** SKIPPED: {msg} ***\n");
+    loud_skip(&msg);
     None
+}
+
+/// Writes straight to the process's stderr: libtest captures `eprintln!`, and a skip nobody
+/// sees is as bad as a pass nobody earned.
+pub fn loud_skip(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {msg} ***\n");
 }
 
 /// The Redis to test against, or `None` (after a loud message) when it is down outside CI.

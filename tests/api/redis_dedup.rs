@@ -239,7 +239,7 @@ impl OwnRedis {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
                     panic!("CI=true and {msg}");
                 }
-                eprintln!("\n*** SKIPPED: {msg} ***\n");
+                crate::backends::loud_skip(&msg);
                 return None;
             }
         };
