@@ -1,8 +1,12 @@
-//! Black-box tests: the real server on a random port, driven over HTTP and WebSocket.
-//! One binary (modules, not files) so it links once.
+//! Black-box tests: the real server on a random port, driven over HTTP and WebSocket, and the
+//! production adapters against real Redis and ClickHouse. One binary (modules, not files) so
+//! it links once.
 
+mod backends;
+mod clickhouse_store;
 mod failing;
 mod helpers;
 mod http;
 mod openapi;
+mod redis_dedup;
 mod ws;

@@ -1,5 +1,8 @@
 //! Outbound adapters: implementations of the ports.
 
+pub mod clickhouse;
 pub mod embedded;
 pub mod journal;
+mod redact;
+pub mod redis;
 pub(crate) mod sqlite;

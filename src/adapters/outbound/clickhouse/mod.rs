@@ -1,0 +1,487 @@
+//! Events in ClickHouse, over its HTTP interface.
+//!
+//! The schema has to work on every server version the project supports, down to 18.16: no
+//! `DateTime64` (so each instant is a `DateTime` for humans and partitioning plus an `Int64` of
+//! Unix milliseconds that holds the precise value), no `LowCardinality` (experimental there), no
+//! `TTL`, no server-side query parameters and no `RowBinaryWithNamesAndTypes` (so the client
+//! runs with validation off and binds parameters client-side, escaped). The client's default
+//! LZ4 compression works on 18.16 as on current servers (the tests run with it).
+//!
+//! Retries of a batch insert may repeat rows, so the table is a `ReplacingMergeTree` keyed on
+//! `event_id` and every read uses `FINAL`: each event is seen once whether or not the
+//! background merge has run yet. Two limits of that engine, both needing an event id reused
+//! after its dedup window with different contents: rows are merged only within a partition (a
+//! month of `occurred_at`), and the row kept is the last inserted, where the embedded store keeps
+//! the first.
+//!
+//! Credentials go in [`ClickHouseConfig::user`] and [`ClickHouseConfig::password`] (sent as
+//! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
+
+use super::redact::{redact_url, scrub};
+use crate::domain::{CartEvent, EventType, Source, StoredEvent};
+use crate::ports::{EventQuery, EventStore, PortError};
+use chrono::{DateTime, TimeZone, Utc};
+use clickhouse::{Client, Compression};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The table's default name.
+pub const DEFAULT_TABLE: &str = "cart_events";
+
+/// The `CREATE TABLE` statement for `database.table`, exactly as [`ClickHouseStore`] runs it.
+///
+/// `occurred_at`/`received_at` are whole seconds for partitioning and human queries;
+/// `occurred_at_ms`/`received_at_ms` are the precise Unix milliseconds the service reads back.
+/// `session_id` is `NULL` when the event had none. `metadata` is the metadata object as compact
+/// JSON. Rows with the same `event_id` are duplicates of one event: read with `FINAL` (or
+/// `argMax`/`LIMIT 1 BY event_id`) to see each once.
+pub fn create_table_sql(database: &str, table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}.{} (
+    event_id        String,
+    user_id         String,
+    session_id      Nullable(String),
+    event_type      String,
+    metadata        String,
+    occurred_at     DateTime('UTC'),
+    occurred_at_ms  Int64,
+    received_at     DateTime('UTC'),
+    received_at_ms  Int64,
+    source          String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY event_id",
+        quote(database),
+        quote(table)
+    )
+}
+
+/// Where and how to reach ClickHouse.
+#[derive(Clone)]
+pub struct ClickHouseConfig {
+    /// The HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database that holds the table; created if missing.
+    pub database: String,
+    /// Table name; created if missing.
+    pub table: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// How long one request (insert, query, ping) may take before answering `Unavailable`.
+    pub request_timeout: Duration,
+}
+
+impl ClickHouseConfig {
+    /// Database `default`, table [`DEFAULT_TABLE`], no credentials, 10 s per request.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            database: "default".to_owned(),
+            table: DEFAULT_TABLE.to_owned(),
+            user: None,
+            password: None,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("database", &self.database)
+            .field("table", &self.table)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// [`EventStore`] over ClickHouse's HTTP interface.
+#[derive(Clone)]
+pub struct ClickHouseStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    database: String,
+    table: String,
+    /// `` `database`.`table` ``, ready to put in SQL.
+    qualified: String,
+    timeout: Duration,
+    shown_url: String,
+    secrets: Vec<String>,
+    schema_ready: AtomicBool,
+}
+
+impl fmt::Debug for ClickHouseStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseStore")
+            .field("url", &self.inner.shown_url)
+            .field("table", &self.inner.qualified)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One row of the table, in column order (RowBinary without validation is positional).
+#[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
+struct EventRow {
+    event_id: String,
+    user_id: String,
+    session_id: Option<String>,
+    event_type: String,
+    metadata: String,
+    /// `DateTime` is seconds since the epoch as `UInt32` on the wire.
+    occurred_at: u32,
+    occurred_at_ms: i64,
+    received_at: u32,
+    received_at_ms: i64,
+    source: String,
+}
+
+fn unix_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn datetime_secs(ms: i64) -> u32 {
+    // `DateTime` cannot hold instants outside 1970..2106; the `_ms` column stays exact.
+    u32::try_from(ms.div_euclid(1000).max(0)).unwrap_or(u32::MAX)
+}
+
+impl From<&StoredEvent> for EventRow {
+    fn from(s: &StoredEvent) -> Self {
+        let e = &s.event;
+        let occurred_at_ms = unix_ms(e.occurred_at());
+        let received_at_ms = unix_ms(s.received_at);
+        Self {
+            event_id: e.event_id().as_str().to_owned(),
+            user_id: e.user_id().to_owned(),
+            session_id: e.session_id().map(str::to_owned),
+            event_type: e.event_type().as_str().to_owned(),
+            metadata: serde_json::to_string(e.metadata()).unwrap_or_else(|_| "{}".to_owned()),
+            occurred_at: datetime_secs(occurred_at_ms),
+            occurred_at_ms,
+            received_at: datetime_secs(received_at_ms),
+            received_at_ms,
+            source: s.source.as_str().to_owned(),
+        }
+    }
+}
+
+impl EventRow {
+    fn into_stored(self) -> Result<StoredEvent, PortError> {
+        let corrupt = |what: &str| PortError::Failed(format!("clickhouse: bad {what} in row"));
+        let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
+        let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
+        let metadata = serde_json::from_str(&self.metadata).map_err(|_| corrupt("metadata"))?;
+        let event = CartEvent::from_stored(
+            &self.event_id,
+            self.user_id,
+            self.session_id,
+            event_type,
+            from_ms(self.occurred_at_ms),
+            metadata,
+        )
+        .map_err(|_| corrupt("event_id"))?;
+        Ok(StoredEvent {
+            event,
+            received_at: from_ms(self.received_at_ms),
+            source,
+        })
+    }
+}
+
+/// A ClickHouse identifier, backquoted. Names are checked in [`ClickHouseStore::new`], so no
+/// escaping is needed beyond the quotes.
+fn quote(name: &str) -> String {
+    format!("`{name}`")
+}
+
+fn check_identifier(what: &str, name: &str) -> Result<(), PortError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(PortError::Failed(format!(
+            "clickhouse {what} name {name:?} must be 1-64 of A-Z a-z 0-9 _, not starting with a digit"
+        )))
+    }
+}
+
+impl ClickHouseStore {
+    /// Builds the store without touching the network, so a ClickHouse that is down at startup
+    /// makes calls answer `Unavailable` instead of crashing the process. The database and table
+    /// are created on first use (or by [`ensure_schema`](Self::ensure_schema)).
+    ///
+    /// # Errors
+    /// `Failed` when the database or table name is not a plain identifier.
+    pub fn new(config: ClickHouseConfig) -> Result<Self, PortError> {
+        check_identifier("database", &config.database)?;
+        check_identifier("table", &config.table)?;
+        let mut secrets = super::redact::url_secrets(&config.url);
+        if let Some(p) = config.password.as_ref().filter(|p| !p.is_empty()) {
+            secrets.push(p.clone());
+        }
+        // No `with_database`: the database may not exist yet, and every statement names it.
+        let mut client = Client::default()
+            .with_url(config.url.as_str())
+            .with_validation(false)
+            .with_compression(Compression::Lz4);
+        if let Some(user) = &config.user {
+            client = client.with_user(user.as_str());
+        }
+        if let Some(password) = &config.password {
+            client = client.with_password(password.as_str());
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                qualified: format!("{}.{}", quote(&config.database), quote(&config.table)),
+                database: config.database,
+                table: config.table,
+                timeout: config.request_timeout,
+                shown_url: redact_url(&config.url),
+                secrets,
+                schema_ready: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The `CREATE TABLE` statement this store runs.
+    pub fn create_table_sql(&self) -> String {
+        create_table_sql(&self.inner.database, &self.inner.table)
+    }
+
+    /// Creates the database and the table if missing. Idempotent; insert and query call it
+    /// themselves until ClickHouse has answered it once.
+    ///
+    /// # Errors
+    /// `Unavailable` when ClickHouse cannot be reached or refuses the DDL.
+    pub async fn ensure_schema(&self) -> Result<(), PortError> {
+        self.create_schema()
+            .await
+            .map_err(|(what, e)| self.map_err(what, e))
+    }
+
+    async fn create_schema(&self) -> Result<(), (&'static str, clickhouse::error::Error)> {
+        let db = format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            quote(&self.inner.database)
+        );
+        self.timed_raw(self.inner.client.query_raw(&db).execute())
+            .await
+            .map_err(|e| ("create database", e))?;
+        let ddl = self.create_table_sql();
+        self.timed_raw(self.inner.client.query_raw(&ddl).execute())
+            .await
+            .map_err(|e| ("create table", e))?;
+        self.inner.schema_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn schema(&self) -> Result<(), PortError> {
+        if self.inner.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.create_schema().await {
+            Ok(()) => Ok(()),
+            // The server answered but refused, e.g. a user allowed to insert and select but not
+            // to create: assume an operator created the table; the statement itself will fail
+            // clearly if not. Retrying the DDL on every call would only add round trips.
+            Err((what, e @ clickhouse::error::Error::BadResponse(_))) => {
+                let err = self.map_err(what, e);
+                tracing::warn!(cause = %err, "cannot create the ClickHouse schema; assuming it exists");
+                self.inner.schema_ready.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err((what, e)) => Err(self.map_err(what, e)),
+        }
+    }
+
+    async fn timed_raw<T>(
+        &self,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> clickhouse::error::Result<T> {
+        tokio::time::timeout(self.inner.timeout, fut)
+            .await
+            .unwrap_or(Err(clickhouse::error::Error::TimedOut))
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, PortError> {
+        self.timed_raw(fut).await.map_err(|e| self.map_err(what, e))
+    }
+
+    fn map_err(&self, what: &str, e: clickhouse::error::Error) -> PortError {
+        use clickhouse::error::Error as E;
+        let msg = scrub(
+            &format!("clickhouse {what} at {}: {e}", self.inner.shown_url),
+            &self.inner.secrets,
+        );
+        match e {
+            // Unreachable, slow, or the server refused (its exceptions arrive as bad
+            // responses: overload, too many parts, a dropped table): worth retrying.
+            E::Network(_) | E::TimedOut | E::BadResponse(_) => PortError::Unavailable(msg),
+            _ => PortError::Failed(msg),
+        }
+    }
+
+    async fn do_insert(&self, rows: &[EventRow]) -> clickhouse::error::Result<()> {
+        let mut insert = self
+            .inner
+            .client
+            .insert_unescaped::<EventRow>(&self.inner.qualified)
+            .await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for ClickHouseStore {
+    async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.schema().await?;
+        let rows: Vec<EventRow> = events.iter().map(EventRow::from).collect();
+        self.timed("insert", self.do_insert(&rows)).await
+    }
+
+    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+        self.schema().await?;
+        // Only `?` placeholders and the checked table name go into the SQL text; values are
+        // bound (escaped client-side: 18.16 has no server-side parameters).
+        let mut sql = format!(
+            "SELECT ?fields FROM {} FINAL WHERE 1 = 1",
+            self.inner.qualified
+        );
+        if query.user_id.is_some() {
+            sql.push_str(" AND user_id = ?");
+        }
+        if query.event_type.is_some() {
+            sql.push_str(" AND event_type = ?");
+        }
+        if query.since.is_some() {
+            sql.push_str(" AND occurred_at_ms >= ?");
+        }
+        if query.until.is_some() {
+            sql.push_str(" AND occurred_at_ms <= ?");
+        }
+        sql.push_str(" ORDER BY occurred_at_ms DESC, received_at_ms DESC, event_id DESC LIMIT ?");
+        let mut q = self.inner.client.query(&sql);
+        if let Some(u) = &query.user_id {
+            q = q.bind(u.as_str());
+        }
+        if let Some(t) = query.event_type {
+            q = q.bind(t.as_str());
+        }
+        if let Some(s) = query.since {
+            q = q.bind(unix_ms(s));
+        }
+        if let Some(u) = query.until {
+            q = q.bind(unix_ms(u));
+        }
+        q = q.bind(u64::try_from(query.limit).unwrap_or(u64::MAX));
+        let rows: Vec<EventRow> = self.timed("query", q.fetch_all()).await?;
+        rows.into_iter().map(EventRow::into_stored).collect()
+    }
+
+    async fn check(&self) -> Result<(), PortError> {
+        let one: u8 = self
+            .timed("ping", self.inner.client.query("SELECT 1").fetch_one())
+            .await?;
+        if one == 1 {
+            Ok(())
+        } else {
+            Err(PortError::Failed(format!(
+                "clickhouse SELECT 1 answered {one}"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_plain_identifiers() {
+        let mut cfg = ClickHouseConfig::new("http://127.0.0.1:8123");
+        cfg.table = "events; DROP TABLE x".to_owned();
+        assert!(ClickHouseStore::new(cfg).is_err());
+        let mut cfg = ClickHouseConfig::new("http://127.0.0.1:8123");
+        cfg.database = "1db".to_owned();
+        assert!(ClickHouseStore::new(cfg).is_err());
+        assert!(ClickHouseStore::new(ClickHouseConfig::new("http://127.0.0.1:8123")).is_ok());
+    }
+
+    #[test]
+    fn the_documented_ddl_is_the_one_run() {
+        // The README quotes this statement: change both together.
+        assert_eq!(
+            create_table_sql("default", DEFAULT_TABLE),
+            "CREATE TABLE IF NOT EXISTS `default`.`cart_events` (
+    event_id        String,
+    user_id         String,
+    session_id      Nullable(String),
+    event_type      String,
+    metadata        String,
+    occurred_at     DateTime('UTC'),
+    occurred_at_ms  Int64,
+    received_at     DateTime('UTC'),
+    received_at_ms  Int64,
+    source          String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY event_id"
+        );
+    }
+
+    #[test]
+    fn the_ddl_names_the_configured_table_and_avoids_new_only_features() {
+        let store = ClickHouseStore::new(ClickHouseConfig::new("http://h:8123")).unwrap();
+        let ddl = store.create_table_sql();
+        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS `default`.`cart_events` ("));
+        for newer in ["DateTime64", "LowCardinality", "TTL", "JSON"] {
+            assert!(!ddl.contains(newer), "{newer} in {ddl}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let mut cfg = ClickHouseConfig::new("http://u:hunter2@h:8123");
+        cfg.password = Some("hunter3".to_owned());
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn datetime_seconds_are_clamped_and_floored() {
+        assert_eq!(datetime_secs(1_754_796_424_123), 1_754_796_424);
+        assert_eq!(datetime_secs(-5), 0);
+        assert_eq!(datetime_secs(i64::MAX), u32::MAX);
+    }
+}

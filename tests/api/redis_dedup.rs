@@ -1,0 +1,337 @@
+//! `RedisDedupStore` against a real Redis: the same behaviour as the embedded store's dedup.
+
+use crate::backends::{redis_prefix, redis_url_or_skip, silent_server, DEAD_REDIS_URL};
+use bb8_redis::redis;
+use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
+use cartstream::domain::{DedupKey, EventId};
+use cartstream::ports::{Claim, DedupStore, PortError};
+use std::time::Duration;
+
+const HOLD: Duration = Duration::from_secs(60);
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn keys(ks: &[&str]) -> Vec<DedupKey> {
+    ks.iter()
+        .map(|k| DedupKey::from(&EventId::parse(k).unwrap()))
+        .collect()
+}
+
+fn config(url: &str, prefix: &str) -> RedisDedupConfig {
+    let mut c = RedisDedupConfig::new(url);
+    c.key_prefix = prefix.to_owned();
+    c
+}
+
+/// A store on the test Redis under a fresh prefix, and the prefix.
+async fn store() -> Option<(RedisDedupStore, String)> {
+    let url = redis_url_or_skip().await?;
+    let prefix = redis_prefix();
+    Some((RedisDedupStore::new(config(&url, &prefix)).unwrap(), prefix))
+}
+
+async fn raw_conn() -> redis::aio::MultiplexedConnection {
+    let url = redis_url_or_skip().await.unwrap();
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn claims_across_calls_tell_new_in_flight_and_duplicate_apart() {
+    let Some((store, _)) = store().await else {
+        return;
+    };
+    assert_eq!(
+        store.claim(&keys(&["a", "b"]), HOLD).await.unwrap(),
+        [Claim::New, Claim::New]
+    );
+    assert_eq!(
+        store.claim(&keys(&["b", "c"]), HOLD).await.unwrap(),
+        [Claim::InFlight, Claim::New],
+        "a held key is in flight, not a duplicate"
+    );
+    store.confirm(&keys(&["a"]), WINDOW).await.unwrap();
+    assert_eq!(
+        store.claim(&keys(&["a", "c", "d"]), HOLD).await.unwrap(),
+        [Claim::Duplicate, Claim::InFlight, Claim::New]
+    );
+}
+
+#[tokio::test]
+async fn release_frees_held_keys_and_never_a_confirmed_one() {
+    let Some((store, _)) = store().await else {
+        return;
+    };
+    let ks = keys(&["k-1", "k-2"]);
+    store.claim(&ks, HOLD).await.unwrap();
+    store.confirm(&ks[..1], WINDOW).await.unwrap();
+    store.release(&ks).await.unwrap();
+    assert_eq!(
+        store.claim(&ks, HOLD).await.unwrap(),
+        [Claim::Duplicate, Claim::New],
+        "the confirmed key survives release; the released one is free"
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_a_prefix_see_each_others_claims() {
+    let Some((a, prefix)) = store().await else {
+        return;
+    };
+    let url = redis_url_or_skip().await.unwrap();
+    let b = RedisDedupStore::new(config(&url, &prefix)).unwrap();
+    let ks = keys(&["shared"]);
+    assert_eq!(a.claim(&ks, HOLD).await.unwrap(), [Claim::New]);
+    assert_eq!(b.claim(&ks, HOLD).await.unwrap(), [Claim::InFlight]);
+    a.confirm(&ks, WINDOW).await.unwrap();
+    assert_eq!(b.claim(&ks, HOLD).await.unwrap(), [Claim::Duplicate]);
+}
+
+#[tokio::test]
+async fn an_expired_hold_frees_the_key() {
+    let Some((store, _)) = store().await else {
+        return;
+    };
+    let ks = keys(&["k-1"]);
+    store.claim(&ks, Duration::from_millis(100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.claim(&ks, HOLD).await.unwrap(), [Claim::New]);
+}
+
+#[tokio::test]
+async fn the_window_expires() {
+    let Some((store, _)) = store().await else {
+        return;
+    };
+    let ks = keys(&["k-1"]);
+    store.claim(&ks, HOLD).await.unwrap();
+    store
+        .confirm(&ks, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(store.claim(&ks, HOLD).await.unwrap(), [Claim::Duplicate]);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(store.claim(&ks, HOLD).await.unwrap(), [Claim::New]);
+}
+
+#[tokio::test]
+async fn keys_live_under_the_prefix_with_the_window_as_ttl() {
+    let Some((store, prefix)) = store().await else {
+        return;
+    };
+    let ks = keys(&["e-1"]);
+    store.claim(&ks, HOLD).await.unwrap();
+    let mut conn = raw_conn().await;
+    let key = format!("{prefix}e-1");
+    let held: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(held, "p");
+    store.confirm(&ks, Duration::from_secs(3600)).await.unwrap();
+    let confirmed: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(confirmed, "c");
+    assert!(ttl > 60_000 && ttl <= 3_600_000, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_redis_forgets_them() {
+    let Some((store, _)) = store().await else {
+        return;
+    };
+    store.claim(&keys(&["x"]), HOLD).await.unwrap();
+    let mut conn = raw_conn().await;
+    // Other tests' calls meanwhile just take the EVAL fallback too.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&keys(&["x", "y"]), HOLD).await.unwrap(),
+        [Claim::InFlight, Claim::New]
+    );
+    store.release(&keys(&["x", "y"])).await.unwrap();
+    assert_eq!(
+        store.claim(&keys(&["x"]), HOLD).await.unwrap(),
+        [Claim::New]
+    );
+}
+
+#[tokio::test]
+async fn an_empty_slice_needs_no_redis() {
+    let store = RedisDedupStore::new(config(DEAD_REDIS_URL, "p:")).unwrap();
+    assert_eq!(store.claim(&[], HOLD).await.unwrap(), []);
+    store.confirm(&[], WINDOW).await.unwrap();
+    store.release(&[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn check_answers_when_redis_does() {
+    let Some((store, _)) = store().await else {
+        return;
+    };
+    store.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_built_while_redis_is_down_answers_unavailable_without_the_password() {
+    // Building must not touch the network, so startup survives a Redis outage.
+    let store = RedisDedupStore::new(config(DEAD_REDIS_URL, "p:")).unwrap();
+    let ks = keys(&["k"]);
+    // Generous bound: only here so a regression fails instead of hanging the suite.
+    let calls = async {
+        vec![
+            store.claim(&ks, HOLD).await.map(drop),
+            store.confirm(&ks, WINDOW).await,
+            store.release(&ks).await,
+            store.check().await,
+        ]
+    };
+    let results = tokio::time::timeout(Duration::from_secs(60), calls)
+        .await
+        .expect("calls against a dead Redis must fail, not hang");
+    for r in results {
+        match r {
+            Err(PortError::Unavailable(msg)) => {
+                assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+                assert!(msg.contains("127.0.0.1:1"), "names the backend: {msg}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+}
+
+/// A redis-server of this test's own on a free port, so it can be stopped and restarted
+/// without disturbing the shared one.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn start(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot run redis-server ({e}); run scripts/ensure-services.sh");
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("CI=true and {msg}");
+                }
+                crate::backends::loud_skip(&msg);
+                return None;
+            }
+        };
+        let own = Self {
+            port,
+            child: Some(child),
+        };
+        let client = redis::Client::open(own.url()).unwrap();
+        for _ in 0..100 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return Some(own);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("own redis-server on port {port} did not answer within 10 s");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_store_recovers_when_redis_comes_back() {
+    let port = free_port();
+    let Some(mut redis) = OwnRedis::start(port).await else {
+        return;
+    };
+    let store = RedisDedupStore::new(config(&redis.url(), "p:")).unwrap();
+    assert_eq!(
+        store.claim(&keys(&["a"]), HOLD).await.unwrap(),
+        [Claim::New]
+    );
+
+    redis.stop();
+    assert!(matches!(
+        store.claim(&keys(&["b"]), HOLD).await,
+        Err(PortError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.check().await,
+        Err(PortError::Unavailable(_))
+    ));
+
+    let Some(_redis) = OwnRedis::start(port).await else {
+        return;
+    };
+    // The pooled connection broke with the old server; it must not fail calls any more.
+    store.check().await.unwrap();
+    assert_eq!(
+        store.claim(&keys(&["a", "b"]), HOLD).await.unwrap(),
+        [Claim::New, Claim::New],
+        "the restarted Redis is empty"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_redis_answers_unavailable_after_the_timeouts() {
+    let addr = silent_server().await;
+    let mut cfg = config(&format!("redis://:hunter2@{addr}"), "p:");
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.command_timeout = Duration::from_millis(300);
+    let store = RedisDedupStore::new(cfg).unwrap();
+    // Generous bound: only here so a regression fails instead of hanging the suite.
+    let result = tokio::time::timeout(Duration::from_secs(60), store.claim(&keys(&["k"]), HOLD))
+        .await
+        .expect("a hung Redis must not hang the caller");
+    match result {
+        Err(PortError::Unavailable(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
