@@ -26,6 +26,12 @@ pub struct Settings {
     pub redis_key_prefix: String,
     #[validate(range(min = 1, max = 1024))]
     pub redis_pool_size: u32,
+    /// How long to wait for a Redis connection before answering `unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub redis_connect_timeout: Duration,
+    /// How long one Redis call may take before answering `unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub redis_command_timeout: Duration,
     /// ClickHouse HTTP endpoint for storage; unset: embedded.
     pub clickhouse_url: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
@@ -36,6 +42,26 @@ pub struct Settings {
     pub clickhouse_user: Option<String>,
     #[serde(default, skip_serializing, deserialize_with = "lenient_opt_string")]
     pub clickhouse_password: Option<String>,
+    /// How long one ClickHouse request may take.
+    #[serde(with = "humantime_serde")]
+    pub clickhouse_timeout: Duration,
+
+    /// Most bytes of accepted events the local journal holds while ClickHouse is behind or
+    /// down; when full, new events are answered `unavailable`.
+    #[validate(range(min = 4096))]
+    pub journal_max_bytes: u64,
+    /// The forwarder sends one INSERT per this many journal entries at most...
+    #[validate(range(min = 1, max = 1_000_000))]
+    pub forward_max_rows: usize,
+    /// ...or this many bytes...
+    #[validate(range(min = 1024))]
+    pub forward_max_bytes: usize,
+    /// ...or when the oldest entry has waited this long, whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub forward_interval: Duration,
+    /// Longest wait between retries while ClickHouse fails.
+    #[serde(with = "humantime_serde")]
+    pub forward_backoff_max: Duration,
     /// Log filter, e.g. `info` or `cartstream=debug`.
     pub log: String,
     pub log_format: LogFormat,
@@ -108,12 +134,20 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             redis_url: None,
             redis_key_prefix: "cartstream:dedup:".into(),
-            redis_pool_size: 16,
+            redis_pool_size: 8,
+            redis_connect_timeout: Duration::from_secs(2),
+            redis_command_timeout: Duration::from_secs(2),
             clickhouse_url: None,
             clickhouse_database: "default".into(),
             clickhouse_table: "cart_events".into(),
             clickhouse_user: None,
             clickhouse_password: None,
+            clickhouse_timeout: Duration::from_secs(10),
+            journal_max_bytes: 1 << 30,
+            forward_max_rows: 10_000,
+            forward_max_bytes: 16 << 20,
+            forward_interval: Duration::from_secs(1),
+            forward_backoff_max: Duration::from_secs(30),
             log: "info".into(),
             log_format: LogFormat::Text,
             max_message_bytes: 65_536,
@@ -200,11 +234,19 @@ const ENV_KEYS: &[&str] = &[
     "redis_url",
     "redis_key_prefix",
     "redis_pool_size",
+    "redis_connect_timeout",
+    "redis_command_timeout",
     "clickhouse_url",
     "clickhouse_database",
     "clickhouse_table",
     "clickhouse_user",
     "clickhouse_password",
+    "clickhouse_timeout",
+    "journal_max_bytes",
+    "forward_max_rows",
+    "forward_max_bytes",
+    "forward_interval",
+    "forward_backoff_max",
     "log",
     "log_format",
     "max_message_bytes",
@@ -282,6 +324,10 @@ impl Settings {
             ("dedup_window", self.dedup_window),
             ("dedup_hold", self.dedup_hold),
             ("ws_ping_interval", self.ws_ping_interval),
+            ("redis_connect_timeout", self.redis_connect_timeout),
+            ("redis_command_timeout", self.redis_command_timeout),
+            ("clickhouse_timeout", self.clickhouse_timeout),
+            ("forward_backoff_max", self.forward_backoff_max),
         ];
         for (name, d) in positive {
             if d.is_zero() {

@@ -2,43 +2,121 @@
 //! shutdown future resolves, then drains.
 
 use crate::adapters::inbound::http;
+use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use crate::adapters::outbound::embedded::EmbeddedStore;
+use crate::adapters::outbound::journal::SqliteJournal;
+use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
+use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
 use crate::app::config::Settings;
 use crate::app::ingest::{Committer, Ingest};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
 use crate::app::state::AppState;
-use crate::ports::{Clock, DedupStore, EventStore, PortError, SystemClock};
+use crate::ports::{Clock, DedupStore, EventStore, Journal, PortError, SystemClock};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::Server;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The outbound side of the application.
 pub struct Ports {
+    /// What the ingest use case records into (the journal, when a remote store is set).
     pub store: Arc<dyn EventStore>,
     pub dedup: Arc<dyn DedupStore>,
     pub clock: Arc<dyn Clock>,
     pub store_kind: &'static str,
     pub dedup_kind: &'static str,
+    /// The journal-to-remote-store path, when a remote store is configured.
+    pub forwarding: Option<Forwarding>,
+}
+
+/// What the forwarder needs; it is started with the application.
+pub struct Forwarding {
+    pub journal: Arc<dyn Journal>,
+    pub remote: Arc<dyn EventStore>,
+    pub wake: Arc<Notify>,
+    pub policy: FlushPolicy,
 }
 
 impl Ports {
-    /// The adapters the settings ask for: the embedded store unless backends are configured.
+    /// The adapters the settings ask for: Redis for dedup when `redis_url` is set, ClickHouse
+    /// behind the local journal when `clickhouse_url` is set, the embedded store otherwise.
+    /// Nothing here waits for a backend: one that is down makes the server not ready, not
+    /// unable to start.
     ///
     /// # Errors
-    /// When the embedded store cannot be opened.
+    /// When a local database cannot be opened or a backend setting is malformed.
     pub fn from_settings(settings: &Settings) -> Result<Self, StartupError> {
-        let embedded = EmbeddedStore::open(&settings.data_dir).map_err(StartupError::Store)?;
+        let embedded = || EmbeddedStore::open(&settings.data_dir).map_err(StartupError::Store);
+        let shared = match (&settings.redis_url, &settings.clickhouse_url) {
+            (Some(_), Some(_)) => None,
+            _ => Some(embedded()?),
+        };
+        let (dedup, dedup_kind): (Arc<dyn DedupStore>, _) = match &settings.redis_url {
+            Some(url) => {
+                let config = RedisDedupConfig {
+                    url: url.clone(),
+                    key_prefix: settings.redis_key_prefix.clone(),
+                    pool_size: settings.redis_pool_size,
+                    connect_timeout: settings.redis_connect_timeout,
+                    command_timeout: settings.redis_command_timeout,
+                };
+                let store = RedisDedupStore::new(config).map_err(StartupError::Backend)?;
+                (Arc::new(store), "redis")
+            }
+            None => (Arc::new(shared.clone().map_or_else(embedded, Ok)?), "embedded"),
+        };
+        let (store, store_kind, forwarding): (Arc<dyn EventStore>, _, _) =
+            match &settings.clickhouse_url {
+                Some(url) => {
+                    let config = ClickHouseConfig {
+                        url: url.clone(),
+                        database: settings.clickhouse_database.clone(),
+                        table: settings.clickhouse_table.clone(),
+                        user: settings.clickhouse_user.clone(),
+                        password: settings.clickhouse_password.clone(),
+                        request_timeout: settings.clickhouse_timeout,
+                    };
+                    let remote: Arc<dyn EventStore> =
+                        Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
+                    let journal: Arc<dyn Journal> = Arc::new(
+                        SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes)
+                            .map_err(StartupError::Store)?,
+                    );
+                    let wake = Arc::new(Notify::new());
+                    let store = JournaledStore::new(
+                        Arc::clone(&journal),
+                        Arc::clone(&remote),
+                        Arc::clone(&wake),
+                    );
+                    let policy = FlushPolicy {
+                        max_rows: settings.forward_max_rows,
+                        max_bytes: settings.forward_max_bytes,
+                        interval: settings.forward_interval,
+                        backoff_min: std::time::Duration::from_millis(100),
+                        backoff_max: settings.forward_backoff_max,
+                    };
+                    let forwarding = Forwarding {
+                        journal,
+                        remote,
+                        wake,
+                        policy,
+                    };
+                    (Arc::new(store), "clickhouse", Some(forwarding))
+                }
+                None => (Arc::new(shared.map_or_else(embedded, Ok)?), "embedded", None),
+            };
         Ok(Self {
-            store: Arc::new(embedded.clone()),
-            dedup: Arc::new(embedded),
+            store,
+            dedup,
             clock: Arc::new(SystemClock),
-            store_kind: "embedded",
-            dedup_kind: "embedded",
+            store_kind,
+            dedup_kind,
+            forwarding,
         })
     }
 }
@@ -50,8 +128,10 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the local store: {0}")]
     Store(PortError),
+    #[error("bad backend setting: {0}")]
+    Backend(PortError),
 }
 
 /// A bound, ready-to-run server.
@@ -61,6 +141,8 @@ pub struct Application {
     state: Arc<AppState>,
     committer_stop: CancellationToken,
     committer: tokio::task::JoinHandle<()>,
+    forwarder_stop: CancellationToken,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -104,6 +186,17 @@ impl Application {
             settings.ingest_max_batch,
             committer_stop.clone(),
         );
+        let forwarder_stop = CancellationToken::new();
+        let forwarder = ports.forwarding.map(|f| {
+            let forwarder = Forwarder {
+                journal: f.journal,
+                remote: f.remote,
+                policy: f.policy,
+                wake: f.wake,
+                metrics: Arc::clone(&metrics),
+            };
+            tokio::spawn(forwarder.run(forwarder_stop.clone()))
+        });
         let state = Arc::new(AppState {
             ingest,
             store: ports.store,
@@ -126,6 +219,8 @@ impl Application {
             state,
             committer_stop,
             committer,
+            forwarder_stop,
+            forwarder,
         })
     }
 
@@ -167,6 +262,16 @@ impl Application {
         }
         self.committer_stop.cancel();
         let _ = self.committer.await;
+        if let Some(forwarder) = self.forwarder {
+            // Flush the journal while the event store answers, within the grace period; what
+            // is left stays in the journal and is forwarded after the next start.
+            self.forwarder_stop.cancel();
+            let abort = forwarder.abort_handle();
+            if tokio::time::timeout(grace, forwarder).await.is_err() {
+                abort.abort();
+                tracing::warn!("the event store did not take the whole journal within {grace:?}; the rest is forwarded after the next start");
+            }
+        }
         tracing::info!("stopped");
         result
     }

@@ -176,6 +176,7 @@ pub fn embedded_ports(dir: &Path) -> Ports {
         clock: Arc::new(SystemClock),
         store_kind: "embedded",
         dedup_kind: "embedded",
+        forwarding: None,
     }
 }
 

@@ -8,5 +8,6 @@ mod failing;
 mod helpers;
 mod http;
 mod openapi;
+mod production;
 mod redis_dedup;
 mod ws;
