@@ -6,8 +6,8 @@ use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use crate::adapters::outbound::embedded::EmbeddedStore;
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
-use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
 use crate::app::config::Settings;
+use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
 use crate::app::ingest::{Committer, Ingest};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
@@ -68,7 +68,10 @@ impl Ports {
                 let store = RedisDedupStore::new(config).map_err(StartupError::Backend)?;
                 (Arc::new(store), "redis")
             }
-            None => (Arc::new(shared.clone().map_or_else(embedded, Ok)?), "embedded"),
+            None => (
+                Arc::new(shared.clone().map_or_else(embedded, Ok)?),
+                "embedded",
+            ),
         };
         let (store, store_kind, forwarding): (Arc<dyn EventStore>, _, _) =
             match &settings.clickhouse_url {
@@ -108,7 +111,11 @@ impl Ports {
                     };
                     (Arc::new(store), "clickhouse", Some(forwarding))
                 }
-                None => (Arc::new(shared.map_or_else(embedded, Ok)?), "embedded", None),
+                None => (
+                    Arc::new(shared.map_or_else(embedded, Ok)?),
+                    "embedded",
+                    None,
+                ),
             };
         Ok(Self {
             store,

@@ -65,3 +65,22 @@ async fn interactive_docs_are_served() {
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.text().await.unwrap().to_lowercase().contains("swagger"));
 }
+
+#[test]
+fn the_protocol_copy_in_docs_matches_the_team_spec() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = root.join("../shared/spec/PROTOCOL.md");
+    let Ok(original) = std::fs::read_to_string(&spec) else {
+        crate::backends::loud_skip(&format!(
+            "{} not present; cannot compare docs/PROTOCOL.md",
+            spec.display()
+        ));
+        return;
+    };
+    let copy = std::fs::read_to_string(root.join("docs/PROTOCOL.md")).unwrap();
+    assert!(
+        copy == original,
+        "docs/PROTOCOL.md differs from {}; copy it again",
+        spec.display()
+    );
+}

@@ -26,7 +26,12 @@ async fn backends_or_skip() -> Option<Backends> {
 }
 
 async fn spawn(b: &Backends) -> TestApp {
-    let (redis, ch, db, prefix) = (b.redis_url.clone(), b.db.url.clone(), b.db.name.clone(), b.prefix.clone());
+    let (redis, ch, db, prefix) = (
+        b.redis_url.clone(),
+        b.db.url.clone(),
+        b.db.name.clone(),
+        b.prefix.clone(),
+    );
     TestApp::spawn_with(move |s| {
         s.redis_url = Some(redis);
         s.redis_key_prefix = prefix;
@@ -53,7 +58,10 @@ async fn table_counts(b: &Backends) -> (u64, u64) {
 }
 
 async fn stored_ids(b: &Backends) -> HashSet<String> {
-    let sql = format!("SELECT event_id FROM `{}`.cart_events FINAL FORMAT TabSeparated", b.db.name);
+    let sql = format!(
+        "SELECT event_id FROM `{}`.cart_events FINAL FORMAT TabSeparated",
+        b.db.name
+    );
     clickhouse_sql(&b.db.url, &sql)
         .await
         .unwrap()
@@ -76,7 +84,9 @@ async fn wait_for_rows(b: &Backends, n: u64) -> (u64, u64) {
 
 #[tokio::test]
 async fn websocket_and_http_events_land_in_clickhouse_and_read_back() {
-    let Some(b) = backends_or_skip().await else { return };
+    let Some(b) = backends_or_skip().await else {
+        return;
+    };
     let app = spawn(&b).await;
     let (status, ready) = app.get_json("/ready").await;
     assert_eq!(status, 200, "{ready}");
@@ -85,7 +95,11 @@ async fn websocket_and_http_events_land_in_clickhouse_and_read_back() {
 
     let (mut ws, _) = app.ws().await;
     let ws_id = unique("ws");
-    send_json(&mut ws, &json!({"type": "cart_event", "data": item_added(&ws_id)})).await;
+    send_json(
+        &mut ws,
+        &json!({"type": "cart_event", "data": item_added(&ws_id)}),
+    )
+    .await;
     assert_eq!(recv_json(&mut ws).await["status"], "accepted");
     let http_id = unique("http");
     let mut e = item_added(&http_id);
@@ -95,19 +109,26 @@ async fn websocket_and_http_events_land_in_clickhouse_and_read_back() {
     e["metadata"]["note"] = json!("ünïcødé 🛒 корзина 购物车");
     // Readable at once, straight from the journal, before any flush.
     assert_eq!(app.post_event(&e).await.0, 202);
-    let (_, body) = app.get_json(&format!("/events?userId=user-1&limit=10")).await;
+    let (_, body) = app.get_json("/events?userId=user-1&limit=10").await;
     assert_eq!(body["events"].as_array().unwrap().len(), 2, "{body}");
 
     assert_eq!(wait_for_rows(&b, 2).await, (2, 2));
     // Duplicates across channels, now answered by Redis.
     assert_eq!(app.post_event(&item_added(&ws_id)).await.0, 200);
-    send_json(&mut ws, &json!({"type": "cart_event", "data": item_added(&http_id)})).await;
+    send_json(
+        &mut ws,
+        &json!({"type": "cart_event", "data": item_added(&http_id)}),
+    )
+    .await;
     assert_eq!(recv_json(&mut ws).await["status"], "duplicate");
 
     let (_, body) = app.get_json("/events?limit=10").await;
     let events = body["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
-    let http_event = events.iter().find(|v| v["eventId"] == http_id.as_str()).unwrap();
+    let http_event = events
+        .iter()
+        .find(|v| v["eventId"] == http_id.as_str())
+        .unwrap();
     assert_eq!(
         http_event["timestamp"],
         at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -117,11 +138,17 @@ async fn websocket_and_http_events_land_in_clickhouse_and_read_back() {
     assert_eq!(http_event["sessionId"], "sess-1");
     let sources = clickhouse_sql(
         &b.db.url,
-        &format!("SELECT source FROM `{}`.cart_events FINAL ORDER BY source FORMAT TabSeparated", b.db.name),
+        &format!(
+            "SELECT source FROM `{}`.cart_events FINAL ORDER BY source FORMAT TabSeparated",
+            b.db.name
+        ),
     )
     .await
     .unwrap();
-    assert_eq!(sources.split_whitespace().collect::<Vec<_>>(), ["http", "ws"]);
+    assert_eq!(
+        sources.split_whitespace().collect::<Vec<_>>(),
+        ["http", "ws"]
+    );
     app.stop().await.unwrap();
 }
 
@@ -137,7 +164,10 @@ async fn with_backends_down_the_server_starts_not_ready_and_never_claims_accepte
     assert_eq!(status, 503);
     assert_eq!(body["eventStore"]["status"], "down");
     assert_eq!(body["dedupStore"]["status"], "down");
-    assert!(!body.to_string().contains("hunter2"), "no secrets in readiness: {body}");
+    assert!(
+        !body.to_string().contains("hunter2"),
+        "no secrets in readiness: {body}"
+    );
     let (status, body) = app.post_event(&item_added(&unique("down"))).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["retryable"], true);
@@ -149,7 +179,9 @@ async fn with_backends_down_the_server_starts_not_ready_and_never_claims_accepte
 /// eventId once, and nothing else.
 #[tokio::test]
 async fn exactly_once_at_rest_under_concurrent_ws_and_http_load() {
-    let Some(b) = backends_or_skip().await else { return };
+    let Some(b) = backends_or_skip().await else {
+        return;
+    };
     let app = spawn(&b).await;
     const CLIENTS: usize = 6;
     const PER_CLIENT: usize = 500;
@@ -179,9 +211,20 @@ async fn exactly_once_at_rest_under_concurrent_ws_and_http_load() {
             tasks.push(tokio::spawn(async move {
                 let mut seen = Vec::new();
                 for chunk in events.chunks(25) {
-                    let r: Value = http.post(&url).json(&json!({"events": chunk})).send().await.unwrap().json().await.unwrap();
+                    let r: Value = http
+                        .post(&url)
+                        .json(&json!({"events": chunk}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
                     for (e, res) in chunk.iter().zip(r["results"].as_array().unwrap()) {
-                        seen.push((e["eventId"].as_str().unwrap().to_owned(), res["status"].as_str().unwrap().to_owned()));
+                        seen.push((
+                            e["eventId"].as_str().unwrap().to_owned(),
+                            res["status"].as_str().unwrap().to_owned(),
+                        ));
                     }
                 }
                 seen
@@ -191,7 +234,11 @@ async fn exactly_once_at_rest_under_concurrent_ws_and_http_load() {
             let (mut ws, _) = app.ws().await;
             tasks.push(tokio::spawn(async move {
                 for e in &events {
-                    ws.feed(Message::text(json!({"type": "cart_event", "data": e}).to_string())).await.unwrap();
+                    ws.feed(Message::text(
+                        json!({"type": "cart_event", "data": e}).to_string(),
+                    ))
+                    .await
+                    .unwrap();
                 }
                 ws.flush().await.unwrap();
                 let mut seen = Vec::new();
@@ -224,21 +271,42 @@ async fn exactly_once_at_rest_under_concurrent_ws_and_http_load() {
         }
     }
     let dups = statuses.get("duplicate").copied().unwrap_or(0);
-    assert!(dups >= CLIENTS * PER_CLIENT / 5 - pool.len(), "{statuses:?}");
+    assert!(
+        dups >= CLIENTS * PER_CLIENT / 5 - pool.len(),
+        "{statuses:?}"
+    );
     for id in &sent_from_pool {
-        assert!(accepted.contains(id), "every pooled id was accepted exactly once: {id}");
+        assert!(
+            accepted.contains(id),
+            "every pooled id was accepted exactly once: {id}"
+        );
     }
     let n = accepted.len() as u64;
-    assert_eq!(wait_for_rows(&b, n).await, (n, n), "count = uniqExact = accepted");
+    assert_eq!(
+        wait_for_rows(&b, n).await,
+        (n, n),
+        "count = uniqExact = accepted"
+    );
     assert_eq!(stored_ids(&b).await, accepted);
     assert!(rejected.iter().all(|id| !accepted.contains(id)));
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let inserts: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("cartstream_forwarded_inserts_total "))
         .unwrap()
         .parse()
         .unwrap();
-    assert!(inserts >= 1 && inserts < n / 10, "{inserts} INSERTs for {n} events: batched");
+    assert!(
+        inserts >= 1 && inserts < n / 10,
+        "{inserts} INSERTs for {n} events: batched"
+    );
     app.stop().await.unwrap();
 }
