@@ -82,6 +82,9 @@ pub struct Settings {
     /// How long an accepted eventId is remembered.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// While the dedup store (Redis) is down: `fail_open` keeps accepting and recognises
+    /// duplicates by reading the event store; `fail_closed` answers `unavailable`.
+    pub dedup_outage: crate::app::ingest::DedupOutage,
     /// How long a claimed eventId stays held while its event is being recorded; after a crash,
     /// a retry of that event is accepted once this has passed.
     #[serde(with = "humantime_serde")]
@@ -155,6 +158,7 @@ impl Default for Settings {
             max_event_body_bytes: 65_536,
             max_batch_body_bytes: 1_048_576,
             dedup_window: Duration::from_secs(24 * 3600),
+            dedup_outage: crate::app::ingest::DedupOutage::FailOpen,
             dedup_hold: Duration::from_secs(30),
             max_future_skew: Duration::from_secs(5 * 60),
             max_past_age: Duration::from_secs(30 * 24 * 3600),
@@ -255,6 +259,7 @@ const ENV_KEYS: &[&str] = &[
     "max_batch_body_bytes",
     "dedup_window",
     "dedup_hold",
+    "dedup_outage",
     "max_future_skew",
     "max_past_age",
     "ws_ping_interval",

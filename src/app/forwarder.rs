@@ -6,7 +6,7 @@
 //! and the remote store's dedup-safe reads absorb a batch inserted twice.
 
 use crate::app::metrics::Metrics;
-use crate::domain::StoredEvent;
+use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{EventQuery, EventStore, Journal, PortError};
 use chrono::Utc;
 use std::collections::HashSet;
@@ -50,6 +50,26 @@ impl EventStore for JournaledStore {
         self.journal.append(events).await?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Known when in the journal or in the remote store. The journal is asked first: when it
+    /// knows every key, the remote store (perhaps down) is not asked at all.
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        let mut known = self.journal.known(keys).await?;
+        let rest: Vec<DedupKey> = keys
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| !**k)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if rest.is_empty() {
+            return Ok(known);
+        }
+        let mut remote = self.remote.known(&rest).await?.into_iter();
+        for k in known.iter_mut().filter(|k| !**k) {
+            *k = remote.next().unwrap_or(false);
+        }
+        Ok(known)
     }
 
     /// The remote store's answer plus what is still in the journal, so a reader sees every

@@ -223,7 +223,25 @@ pub struct Committer {
     pub window: Duration,
     /// How long a claim holds a key before it is confirmed or released.
     pub hold: Duration,
+    /// What to do while the dedup store cannot answer.
+    pub outage: DedupOutage,
+    /// Until when the dedup store is not asked, after a failure: a down store must not cost
+    /// every group a timeout.
+    pub dedup_rest: std::sync::Mutex<Option<Instant>>,
 }
+
+/// What the committer does while the dedup store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupOutage {
+    /// Keep accepting: duplicates are recognised by the event store's dedup-safe reads.
+    FailOpen,
+    /// Answer `unavailable` (retryable) until the dedup store is back.
+    FailClosed,
+}
+
+/// How long the dedup store is left alone after a failure before it is tried again.
+const DEDUP_REST: Duration = Duration::from_secs(1);
 
 /// What became of each event of a group before the store call.
 enum Plan {
@@ -234,6 +252,21 @@ enum Plan {
 }
 
 impl Committer {
+    fn dedup_is_resting(&self) -> bool {
+        let rest = self
+            .dedup_rest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rest.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn dedup_failed(&self) {
+        *self
+            .dedup_rest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + DEDUP_REST);
+    }
+
     /// One outcome per event, in order.
     pub async fn commit(&self, events: Vec<(CartEvent, Source)>) -> Vec<Outcome> {
         let started = Instant::now();
@@ -261,7 +294,12 @@ impl Committer {
 
         let mut claimed: Vec<DedupKey> = Vec::with_capacity(keys.len());
         if !keys.is_empty() {
-            match self.dedup.claim(&keys, self.hold).await {
+            let claims = if self.dedup_is_resting() {
+                Err(PortError::Unavailable("resting after a failure".into()))
+            } else {
+                self.dedup.claim(&keys, self.hold).await
+            };
+            match claims {
                 Ok(claims) if claims.len() == keys.len() => {
                     for ((key, owner), claim) in keys.into_iter().zip(key_owner).zip(claims) {
                         match claim {
@@ -281,7 +319,33 @@ impl Committer {
                     }
                 }
                 Ok(_) => return self.fail_all(&events, "claim", "dedup store answered badly"),
-                Err(e) => return self.fail_all(&events, "claim", &describe(&e)),
+                Err(e) => {
+                    self.dedup_failed();
+                    match self.outage {
+                        DedupOutage::FailClosed => {
+                            return self.fail_all(&events, "claim", &describe(&e));
+                        }
+                        DedupOutage::FailOpen => {
+                            // The store's dedup-safe read decides instead. Nothing is claimed,
+                            // so nothing is confirmed or released later.
+                            self.metrics.dedup_fallback.inc_by(keys.len() as u64);
+                            match self.store.known(&keys).await {
+                                Ok(known) if known.len() == keys.len() => {
+                                    for (owner, known) in key_owner.into_iter().zip(known) {
+                                        if known {
+                                            let id = events[owner].0.event_id().clone();
+                                            plans[owner] = Plan::Answer(Outcome::Duplicate(id));
+                                        }
+                                    }
+                                }
+                                Ok(_) => {
+                                    return self.fail_all(&events, "known", "store answered badly")
+                                }
+                                Err(e) => return self.fail_all(&events, "known", &describe(&e)),
+                            }
+                        }
+                    }
+                }
             }
         }
 

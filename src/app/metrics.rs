@@ -76,6 +76,8 @@ pub struct Metrics {
     pub forwarded_events: Counter,
     /// Failed forwarding attempts (each is retried).
     pub flush_errors: Counter,
+    /// Dedup keys decided by the event store's reads because the dedup store was down.
+    pub dedup_fallback: Counter,
 }
 
 impl Metrics {
@@ -99,6 +101,7 @@ impl Metrics {
             forwarded_inserts: Counter::default(),
             forwarded_events: Counter::default(),
             flush_errors: Counter::default(),
+            dedup_fallback: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -185,6 +188,11 @@ impl Metrics {
             "flush_errors",
             "Failed attempts to forward journal entries (each is retried)",
             m.flush_errors.clone(),
+        );
+        registry.register(
+            "dedup_fallback",
+            "Dedup keys checked against the event store because the dedup store was down",
+            m.dedup_fallback.clone(),
         );
         Self { registry, ..m }
     }

@@ -185,6 +185,8 @@ impl Application {
             metrics: Arc::clone(&metrics),
             window: settings.dedup_window,
             hold: settings.dedup_hold,
+            outage: settings.dedup_outage,
+            dedup_rest: std::sync::Mutex::new(None),
         };
         let committer_stop = CancellationToken::new();
         let (ingest, committer) = Ingest::start(

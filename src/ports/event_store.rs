@@ -1,5 +1,5 @@
 use super::PortError;
-use crate::domain::{EventType, StoredEvent};
+use crate::domain::{DedupKey, EventType, StoredEvent};
 use chrono::{DateTime, Utc};
 
 /// Filters of `GET /events`. All bounds are inclusive, on the event's `timestamp`.
@@ -23,6 +23,10 @@ pub trait EventStore: Send + Sync {
     /// # Errors
     /// When the batch could not be recorded; then the caller must treat none of it as recorded.
     async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError>;
+
+    /// Which of `keys` belong to events already stored: a dedup-safe read, used as the dedup
+    /// fallback while the dedup store is down. `Ok(v)[i]` answers for `keys[i]`.
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError>;
 
     /// Stored events matching `query`, newest `timestamp` first, each event once.
     async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError>;

@@ -1,5 +1,5 @@
 use super::{EventQuery, PortError};
-use crate::domain::StoredEvent;
+use crate::domain::{DedupKey, StoredEvent};
 use chrono::{DateTime, Utc};
 
 /// One journal entry: an accepted event not yet confirmed by the event store.
@@ -43,6 +43,9 @@ pub trait Journal: Send + Sync {
 
     /// Removes every entry with `seq <= upto`.
     async fn remove_through(&self, upto: i64) -> Result<(), PortError>;
+
+    /// Which of `keys` have an entry not yet forwarded.
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError>;
 
     /// Entries not yet forwarded that match `query`, newest first.
     async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError>;

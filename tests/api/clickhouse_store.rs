@@ -320,3 +320,24 @@ async fn a_hung_clickhouse_answers_unavailable_after_the_timeout() {
         "{result:?}"
     );
 }
+
+#[tokio::test]
+async fn known_answers_which_ids_are_stored() {
+    let Some((store, _db)) = store().await else {
+        return;
+    };
+    store
+        .insert(&[
+            event("k-1", "u", "cart_viewed", "2025-08-10T03:00:00Z"),
+            event("k-1", "u", "cart_viewed", "2025-08-10T03:00:00Z"),
+            event("k:3", "u", "cart_viewed", "2025-08-10T03:00:00Z"),
+        ])
+        .await
+        .unwrap();
+    let keys: Vec<cartstream::domain::DedupKey> = ["k-1", "k-2", "k:3"]
+        .iter()
+        .map(|k| (&EventId::parse(k).unwrap()).into())
+        .collect();
+    assert_eq!(store.known(&keys).await.unwrap(), [true, false, true]);
+    assert_eq!(store.known(&[]).await.unwrap(), Vec::<bool>::new());
+}

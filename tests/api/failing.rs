@@ -2,7 +2,7 @@
 
 use crate::helpers::embedded_ports;
 use cartstream::app::startup::Ports;
-use cartstream::domain::StoredEvent;
+use cartstream::domain::{DedupKey, StoredEvent};
 use cartstream::ports::{EventQuery, EventStore, PortError};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +12,9 @@ pub struct FailingStore;
 #[async_trait::async_trait]
 impl EventStore for FailingStore {
     async fn insert(&self, _: &[StoredEvent]) -> Result<(), PortError> {
+        Err(PortError::Unavailable("injected failure".into()))
+    }
+    async fn known(&self, _: &[DedupKey]) -> Result<Vec<bool>, PortError> {
         Err(PortError::Unavailable("injected failure".into()))
     }
     async fn query(&self, _: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {

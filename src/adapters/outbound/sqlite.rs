@@ -41,6 +41,22 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
     Ok(conn)
 }
 
+/// Which of `keys` are an `event_id` in `table`.
+pub(crate) fn known_ids(
+    conn: &Connection,
+    table: &str,
+    keys: &[String],
+) -> Result<Vec<bool>, PortError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {table} WHERE event_id = ?1 LIMIT 1"
+        ))
+        .map_err(db_err)?;
+    keys.iter()
+        .map(|k| stmt.exists([k]).map_err(db_err))
+        .collect()
+}
+
 /// Matching events of `table` (which has the `events` columns), newest first.
 pub(crate) fn query_events(
     conn: &Connection,

@@ -19,6 +19,8 @@ fn committer(dedup: MockDedupStore, store: MockEventStore) -> Committer {
         metrics: Arc::new(Metrics::new()),
         window: Duration::from_secs(86_400),
         hold: Duration::from_secs(30),
+        outage: DedupOutage::FailClosed,
+        dedup_rest: std::sync::Mutex::new(None),
     }
 }
 
@@ -305,4 +307,56 @@ async fn a_partial_batch_keeps_order_across_rejections_and_groups() {
         matches!(late[0], Outcome::Unavailable(_)),
         "after shutdown nothing is claimed as accepted"
     );
+}
+
+#[tokio::test]
+async fn fail_open_decides_duplicates_by_the_store_and_rests_the_dedup_store() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .times(1)
+        .returning(|_, _| Err(PortError::Unavailable("redis down".into())));
+    dedup.expect_confirm().never();
+    dedup.expect_release().never();
+    let mut store = MockEventStore::new();
+    store
+        .expect_known()
+        .withf(|keys| key_strs(keys) == ["old", "new"] || key_strs(keys) == ["later"])
+        .returning(|keys| Ok(keys.iter().map(|k| k.as_str() == "old").collect()));
+    store
+        .expect_insert()
+        .withf(|evs| evs.len() == 1)
+        .times(2)
+        .returning(|_| Ok(()));
+    let mut c = committer(dedup, store);
+    c.outage = DedupOutage::FailOpen;
+    let out = c.commit(vec![ev("old"), ev("new")]).await;
+    assert_eq!(
+        out,
+        [Outcome::Duplicate(id("old")), Outcome::Accepted(id("new"))]
+    );
+    // Within the rest period the dedup store is not asked again (claim: times(1)).
+    let out = c.commit(vec![ev("later")]).await;
+    assert_eq!(out, [Outcome::Accepted(id("later"))]);
+    assert!(c
+        .metrics
+        .render()
+        .contains("cartstream_dedup_fallback_total 3"));
+}
+
+#[tokio::test]
+async fn fail_open_with_the_store_unreadable_claims_nothing_accepted() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|_, _| Err(PortError::Unavailable("redis down".into())));
+    let mut store = MockEventStore::new();
+    store
+        .expect_known()
+        .returning(|_| Err(PortError::Unavailable("store down too".into())));
+    store.expect_insert().never();
+    let mut c = committer(dedup, store);
+    c.outage = DedupOutage::FailOpen;
+    let out = c.commit(vec![ev("a")]).await;
+    assert!(matches!(out[0], Outcome::Unavailable(_)));
 }

@@ -18,7 +18,7 @@
 //! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
 
 use super::redact::{redact_url, scrub};
-use crate::domain::{CartEvent, EventType, Source, StoredEvent};
+use crate::domain::{CartEvent, DedupKey, EventType, Source, StoredEvent};
 use crate::ports::{EventQuery, EventStore, PortError};
 use chrono::{DateTime, TimeZone, Utc};
 use clickhouse::{Client, Compression};
@@ -364,6 +364,24 @@ impl EventStore for ClickHouseStore {
         self.schema().await?;
         let rows: Vec<EventRow> = events.iter().map(EventRow::from).collect();
         self.timed("insert", self.do_insert(&rows)).await
+    }
+
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.schema().await?;
+        // Existence needs no FINAL (any copy counts), and `IN (subquery)` lets the primary
+        // key (event_id) prune; 18.16 does not accept an array literal after IN.
+        let sql = format!(
+            "SELECT DISTINCT event_id FROM {} WHERE event_id IN (SELECT arrayJoin(?))",
+            self.inner.qualified
+        );
+        let ids: Vec<&str> = keys.iter().map(DedupKey::as_str).collect();
+        let q = self.inner.client.query(&sql).bind(ids);
+        let found: Vec<String> = self.timed("known", q.fetch_all()).await?;
+        let found: std::collections::HashSet<String> = found.into_iter().collect();
+        Ok(keys.iter().map(|k| found.contains(k.as_str())).collect())
     }
 
     async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {

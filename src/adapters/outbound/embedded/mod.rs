@@ -6,7 +6,7 @@
 //! blocking, so every call runs on tokio's blocking pool; the connections sit behind std
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
-use super::sqlite::{db_err, lock, open_conn, query_events, unix_ms, Row};
+use super::sqlite::{db_err, known_ids, lock, open_conn, query_events, unix_ms, Row};
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{Claim, DedupStore, EventQuery, EventStore, PortError};
 use chrono::Utc;
@@ -152,6 +152,15 @@ impl EventStore for EmbeddedStore {
                 }
             }
             tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+        self.blocking(move |inner| {
+            let conn = lock(&inner.read);
+            known_ids(&conn, "events", &keys)
         })
         .await
     }

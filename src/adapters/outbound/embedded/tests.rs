@@ -168,3 +168,17 @@ async fn a_reopened_store_remembers_events_and_confirmed_keys_but_not_holds() {
         "an unconfirmed hold dies with the process"
     );
 }
+
+#[tokio::test]
+async fn known_answers_which_ids_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    store
+        .insert(&[event("e-1", "u", "cart_viewed", "2025-08-10T03:00:00Z")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.known(&keys(&["e-0", "e-1"])).await.unwrap(),
+        [false, true]
+    );
+}

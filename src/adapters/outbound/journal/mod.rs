@@ -5,8 +5,10 @@
 //! gives crash-safe group commit (one fsync per appended batch) and needs no recovery code of
 //! ours. Counts are kept in memory so the forwarder can poll them on every loop for free.
 
-use crate::adapters::outbound::sqlite::{db_err, from_ms, lock, open_conn, query_events, Row};
-use crate::domain::StoredEvent;
+use crate::adapters::outbound::sqlite::{
+    db_err, from_ms, known_ids, lock, open_conn, query_events, Row,
+};
+use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{EventQuery, Journal, JournalEntry, JournalStats, PortError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -222,6 +224,15 @@ impl Journal for SqliteJournal {
             stats.bytes = stats.bytes.saturating_sub(bytes as u64);
             stats.oldest = oldest;
             Ok(())
+        })
+        .await
+    }
+
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+        self.blocking(move |inner| {
+            let conn = lock(&inner.read);
+            known_ids(&conn, "journal", &keys)
         })
         .await
     }
