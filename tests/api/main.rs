@@ -5,9 +5,11 @@
 mod backends;
 mod clickhouse_store;
 mod failing;
+mod faults;
 mod helpers;
 mod http;
 mod openapi;
 mod production;
+mod proxy;
 mod redis_dedup;
 mod ws;
