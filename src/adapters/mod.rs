@@ -1,4 +1,5 @@
-//! Inbound (HTTP, WebSocket) and outbound (stores) adapters.
+//! Inbound (HTTP, WebSocket) and outbound (stores, journal, route targets) adapters.
 
+pub mod event_json;
 pub mod inbound;
 pub mod outbound;

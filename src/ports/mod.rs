@@ -6,11 +6,13 @@ mod clock;
 mod dedup_store;
 mod event_store;
 mod journal;
+mod route_target;
 
 pub use clock::{Clock, SystemClock};
 pub use dedup_store::{Claim, DedupStore};
 pub use event_store::{EventQuery, EventStore};
 pub use journal::{Journal, JournalEntry, JournalStats};
+pub use route_target::{DeliveryError, RouteTarget};
 
 #[cfg(test)]
 pub use clock::MockClock;
@@ -20,6 +22,8 @@ pub use dedup_store::MockDedupStore;
 pub use event_store::MockEventStore;
 #[cfg(test)]
 pub use journal::MockJournal;
+#[cfg(test)]
+pub use route_target::MockRouteTarget;
 
 /// What an outbound adapter reports when it cannot do its job. Adapters map their own
 /// infrastructure errors into this at their edge.
