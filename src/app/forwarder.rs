@@ -10,6 +10,7 @@ use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{EventQuery, EventStore, Journal, PortError};
 use chrono::Utc;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -109,6 +110,9 @@ pub struct Forwarder {
     pub policy: FlushPolicy,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// How far routing has read the journal, when routes are configured: entries past it are
+    /// kept (though forwarded) until routing has taken them into the outbox.
+    pub routed_through: Option<Arc<AtomicI64>>,
 }
 
 impl Forwarder {
@@ -116,7 +120,19 @@ impl Forwarder {
     /// without waiting for batches to fill; the caller bounds how long it may keep trying.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = self.policy.backoff_min;
+        // Entries up to here are in the remote store; up to `removed`, gone from the journal.
+        let mut forwarded = 0i64;
+        let mut removed = 0i64;
         loop {
+            let removable = self.removable(forwarded);
+            if removable > removed {
+                match self.journal.remove_through(removable).await {
+                    Ok(()) => removed = removable,
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "removing forwarded journal entries failed")
+                    }
+                }
+            }
             let stats = self.journal.stats();
             self.metrics.set_journal(&stats);
             let stopping = stop.is_cancelled();
@@ -147,8 +163,22 @@ impl Forwarder {
                 }
                 continue;
             }
-            match self.flush_once().await {
-                Ok(()) => backoff = self.policy.backoff_min,
+            match self.flush_once(forwarded).await {
+                Ok(Some(last)) => {
+                    forwarded = last;
+                    backoff = self.policy.backoff_min;
+                }
+                Ok(None) => {
+                    // Everything is forwarded; what is left waits for routing to read it.
+                    if stopping && self.removable(forwarded) <= removed {
+                        return;
+                    }
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = stop.cancelled(), if !stopping => {}
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
                 Err(e) => {
                     self.metrics.flush_errors.inc();
                     tracing::warn!(cause = %e, retry_in = ?backoff, "forwarding to the event store failed");
@@ -159,20 +189,27 @@ impl Forwarder {
         }
     }
 
-    async fn flush_once(&self) -> Result<(), PortError> {
+    fn removable(&self, forwarded: i64) -> i64 {
+        match &self.routed_through {
+            Some(routed) => forwarded.min(routed.load(Ordering::Acquire)),
+            None => forwarded,
+        }
+    }
+
+    /// Forwards the next batch after `forwarded`; the last seq it forwarded, if any.
+    async fn flush_once(&self, forwarded: i64) -> Result<Option<i64>, PortError> {
         let entries = self
             .journal
-            .oldest(self.policy.max_rows, self.policy.max_bytes)
+            .oldest_after(forwarded, self.policy.max_rows, self.policy.max_bytes)
             .await?;
         let Some(last) = entries.last().map(|e| e.seq) else {
-            return Ok(());
+            return Ok(None);
         };
         let events: Vec<StoredEvent> = entries.into_iter().map(|e| e.event).collect();
         self.remote.insert(&events).await?;
         self.metrics.forwarded_inserts.inc();
         self.metrics.forwarded_events.inc_by(events.len() as u64);
-        // If this fails the batch is inserted again later: harmless, reads are dedup-safe.
-        self.journal.remove_through(last).await
+        Ok(Some(last))
     }
 }
 

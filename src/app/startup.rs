@@ -203,6 +203,7 @@ impl Application {
                 policy: f.policy,
                 wake: f.wake,
                 metrics: Arc::clone(&metrics),
+                routed_through: None,
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
         });

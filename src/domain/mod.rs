@@ -4,6 +4,7 @@
 pub mod dedup;
 pub mod error;
 pub mod event;
+pub mod routing;
 pub mod validation;
 
 pub use dedup::DedupKey;

@@ -33,10 +33,11 @@ pub trait Journal: Send + Sync {
     /// other errors when nothing could be written.
     async fn append(&self, events: &[StoredEvent]) -> Result<(), PortError>;
 
-    /// The oldest entries, at most `max_entries` of them and about `max_bytes` (always at
-    /// least one entry when any exists).
-    async fn oldest(
+    /// The oldest entries with `seq > after`, at most `max_entries` of them and about
+    /// `max_bytes` (always at least one entry when any exists).
+    async fn oldest_after(
         &self,
+        after: i64,
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<JournalEntry>, PortError>;

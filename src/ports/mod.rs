@@ -6,12 +6,14 @@ mod clock;
 mod dedup_store;
 mod event_store;
 mod journal;
+mod outbox;
 mod route_target;
 
 pub use clock::{Clock, SystemClock};
 pub use dedup_store::{Claim, DedupStore};
 pub use event_store::{EventQuery, EventStore};
 pub use journal::{Journal, JournalEntry, JournalStats};
+pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
 pub use route_target::{DeliveryError, RouteTarget};
 
 #[cfg(test)]
@@ -22,6 +24,8 @@ pub use dedup_store::MockDedupStore;
 pub use event_store::MockEventStore;
 #[cfg(test)]
 pub use journal::MockJournal;
+#[cfg(test)]
+pub use outbox::{MockEventFeed, MockOutbox};
 #[cfg(test)]
 pub use route_target::MockRouteTarget;
 

@@ -3,6 +3,7 @@
 pub mod clickhouse;
 pub mod embedded;
 pub mod journal;
+pub mod outbox;
 mod redact;
 pub mod redis;
 pub(crate) mod sqlite;

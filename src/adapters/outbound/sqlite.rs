@@ -41,6 +41,37 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
     Ok(conn)
 }
 
+/// Entries of `table` after position `after` (its `seq_column`), oldest first.
+pub(crate) fn feed_after(
+    conn: &Connection,
+    table: &str,
+    seq_column: &str,
+    after: i64,
+    max: usize,
+) -> Result<Vec<crate::ports::FeedEntry>, PortError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
+             source, metadata, {seq_column} FROM {table} WHERE {seq_column} > ?1
+             ORDER BY {seq_column} LIMIT ?2"
+        ))
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(rusqlite::params![after, max as i64], |r| {
+            Ok((Row::read(r)?, r.get::<_, i64>(8)?))
+        })
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (row, seq) = row.map_err(db_err)?;
+        out.push(crate::ports::FeedEntry {
+            seq,
+            event: row.into_stored()?,
+        });
+    }
+    Ok(out)
+}
+
 /// Which of `keys` are an `event_id` in `table`.
 pub(crate) fn known_ids(
     conn: &Connection,

@@ -70,6 +70,7 @@ async fn entries_are_forwarded_in_batches_and_removed_after_success() {
         policy: policy(100, 60_000),
         wake,
         metrics: Arc::new(Metrics::new()),
+        routed_through: None,
     };
     let task = tokio::spawn(fwd.run(stop.clone()));
     wait_for("two full batches", || rows.load(Ordering::SeqCst) >= 200).await;
@@ -112,6 +113,7 @@ async fn a_failing_remote_is_retried_and_nothing_is_removed_until_it_succeeds() 
         policy: policy(100, 0),
         wake: Arc::new(Notify::new()),
         metrics: Arc::clone(&metrics),
+        routed_through: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(fwd.run(stop.clone()));

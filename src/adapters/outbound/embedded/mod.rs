@@ -6,9 +6,9 @@
 //! blocking, so every call runs on tokio's blocking pool; the connections sit behind std
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
-use super::sqlite::{db_err, known_ids, lock, open_conn, query_events, unix_ms, Row};
+use super::sqlite::{db_err, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row};
 use crate::domain::{DedupKey, StoredEvent};
-use crate::ports::{Claim, DedupStore, EventQuery, EventStore, PortError};
+use crate::ports::{Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, PortError};
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -267,6 +267,34 @@ impl DedupStore for EmbeddedStore {
 
     async fn check(&self) -> Result<(), PortError> {
         EventStore::check(self).await
+    }
+}
+
+/// The `events` table in insertion order (its rowid): every event is recorded once, so every
+/// event is routed once.
+#[async_trait::async_trait]
+impl EventFeed for EmbeddedStore {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn head(&self) -> Result<i64, PortError> {
+        self.blocking(|inner| {
+            let conn = lock(&inner.read);
+            conn.query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn after(&self, after: i64, max: usize) -> Result<Vec<FeedEntry>, PortError> {
+        self.blocking(move |inner| {
+            let conn = lock(&inner.read);
+            feed_after(&conn, "events", "rowid", after, max)
+        })
+        .await
     }
 }
 

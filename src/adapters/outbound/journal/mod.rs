@@ -6,10 +6,12 @@
 //! ours. Counts are kept in memory so the forwarder can poll them on every loop for free.
 
 use crate::adapters::outbound::sqlite::{
-    db_err, from_ms, known_ids, lock, open_conn, query_events, Row,
+    db_err, feed_after, from_ms, known_ids, lock, open_conn, query_events, Row,
 };
 use crate::domain::{DedupKey, StoredEvent};
-use crate::ports::{EventQuery, Journal, JournalEntry, JournalStats, PortError};
+use crate::ports::{
+    EventFeed, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PortError,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -166,8 +168,9 @@ impl Journal for SqliteJournal {
         .await
     }
 
-    async fn oldest(
+    async fn oldest_after(
         &self,
+        after: i64,
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<JournalEntry>, PortError> {
@@ -176,11 +179,12 @@ impl Journal for SqliteJournal {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
-                     source, metadata, seq, bytes FROM journal ORDER BY seq LIMIT ?1",
+                     source, metadata, seq, bytes FROM journal WHERE seq > ?1
+                     ORDER BY seq LIMIT ?2",
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map([max_entries as i64], |r| {
+                .query_map([after, max_entries as i64], |r| {
                     Ok((Row::read(r)?, r.get::<_, i64>(8)?, r.get::<_, i64>(9)?))
                 })
                 .map_err(db_err)?;
@@ -248,6 +252,39 @@ impl Journal for SqliteJournal {
 
     fn stats(&self) -> JournalStats {
         *lock(&self.inner.stats)
+    }
+}
+
+/// The journal in append order. Entries are removed once forwarded, so the forwarder keeps
+/// those the router has not read yet (see `app::forwarder`).
+#[async_trait::async_trait]
+impl EventFeed for SqliteJournal {
+    fn name(&self) -> &'static str {
+        "journal"
+    }
+
+    async fn head(&self) -> Result<i64, PortError> {
+        self.blocking(|inner| {
+            let conn = lock(&inner.read);
+            // AUTOINCREMENT keeps the highest seq ever used in sqlite_sequence, even after the
+            // entries are gone.
+            conn.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM journal), 0),
+                            COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn after(&self, after: i64, max: usize) -> Result<Vec<FeedEntry>, PortError> {
+        self.blocking(move |inner| {
+            let conn = lock(&inner.read);
+            feed_after(&conn, "journal", "seq", after, max)
+        })
+        .await
     }
 }
 

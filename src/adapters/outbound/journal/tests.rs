@@ -40,12 +40,12 @@ async fn entries_come_back_oldest_first_and_are_removed_through_a_seq() {
     let stats = j.stats();
     assert_eq!(stats.entries, 3);
     assert_eq!(stats.oldest, Some(a.received_at));
-    let got = j.oldest(2, usize::MAX).await.unwrap();
+    let got = j.oldest_after(0, 2, usize::MAX).await.unwrap();
     assert_eq!(got.iter().map(|e| &e.event).collect::<Vec<_>>(), [&a, &b]);
     j.remove_through(got[1].seq).await.unwrap();
     assert_eq!(j.stats().entries, 1);
     assert_eq!(j.stats().oldest, Some(c.received_at));
-    assert_eq!(j.oldest(10, usize::MAX).await.unwrap()[0].event, c);
+    assert_eq!(j.oldest_after(0, 10, usize::MAX).await.unwrap()[0].event, c);
     assert_eq!(j.query(&q()).await.unwrap(), [c]);
 }
 
@@ -59,7 +59,7 @@ async fn byte_limits_cut_a_read_but_never_below_one_entry() {
     ])
     .await
     .unwrap();
-    assert_eq!(j.oldest(10, 1).await.unwrap().len(), 1);
+    assert_eq!(j.oldest_after(0, 10, 1).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -79,7 +79,7 @@ async fn a_full_journal_refuses_and_frees_up_as_it_drains() {
         .unwrap_err();
     assert!(matches!(err, PortError::Full(_)), "{err}");
     assert_eq!(j.stats().entries, 2, "nothing already in it is dropped");
-    let first = j.oldest(1, usize::MAX).await.unwrap();
+    let first = j.oldest_after(0, 1, usize::MAX).await.unwrap();
     j.remove_through(first[0].seq).await.unwrap();
     j.append(&[event("c", "2025-08-10T03:00:02Z")])
         .await
@@ -102,5 +102,5 @@ async fn a_reopened_journal_still_holds_its_entries() {
     let stats = j.stats();
     assert_eq!(stats.entries, 2);
     assert!(stats.bytes > 0);
-    assert_eq!(j.oldest(10, usize::MAX).await.unwrap().len(), 2);
+    assert_eq!(j.oldest_after(0, 10, usize::MAX).await.unwrap().len(), 2);
 }
