@@ -46,6 +46,11 @@ pub struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -78,6 +83,14 @@ pub struct Metrics {
     pub flush_errors: Counter,
     /// Dedup keys decided by the event store's reads because the dedup store was down.
     pub dedup_fallback: Counter,
+    /// Per route: events delivered, failed attempts, events dead-lettered, deliveries waiting,
+    /// dead letters kept, and the time from acceptance to confirmed delivery.
+    pub route_delivered: Family<RouteLabels, Counter>,
+    pub route_failures: Family<RouteLabels, Counter>,
+    pub route_dead_lettered: Family<RouteLabels, Counter>,
+    pub route_backlog: Family<RouteLabels, Gauge>,
+    pub route_dead_letters: Family<RouteLabels, Gauge>,
+    pub route_latency: Family<RouteLabels, Histogram>,
 }
 
 impl Metrics {
@@ -102,6 +115,14 @@ impl Metrics {
             forwarded_events: Counter::default(),
             flush_errors: Counter::default(),
             dedup_fallback: Counter::default(),
+            route_delivered: Family::default(),
+            route_failures: Family::default(),
+            route_dead_lettered: Family::default(),
+            route_backlog: Family::default(),
+            route_dead_letters: Family::default(),
+            route_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 20))
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +214,36 @@ impl Metrics {
             "dedup_fallback",
             "Dedup keys checked against the event store because the dedup store was down",
             m.dedup_fallback.clone(),
+        );
+        registry.register(
+            "route_delivered",
+            "Events delivered to a route's target",
+            m.route_delivered.clone(),
+        );
+        registry.register(
+            "route_failed_attempts",
+            "Failed delivery attempts (each retried or dead-lettered)",
+            m.route_failures.clone(),
+        );
+        registry.register(
+            "route_dead_lettered",
+            "Events moved to the dead-letter store",
+            m.route_dead_lettered.clone(),
+        );
+        registry.register(
+            "route_backlog",
+            "Deliveries waiting in the outbox",
+            m.route_backlog.clone(),
+        );
+        registry.register(
+            "route_dead_letters",
+            "Dead letters kept for the route",
+            m.route_dead_letters.clone(),
+        );
+        registry.register(
+            "route_delivery_latency_seconds",
+            "Time from acceptance to confirmed delivery",
+            m.route_latency.clone(),
         );
         Self { registry, ..m }
     }

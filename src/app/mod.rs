@@ -5,6 +5,7 @@ pub mod forwarder;
 pub mod ingest;
 pub mod metrics;
 pub mod rate_limit;
+pub mod routing;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

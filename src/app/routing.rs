@@ -1,0 +1,319 @@
+//! Routing accepted events to downstream targets, at least once, never on the ack path.
+//!
+//! The [`Router`] reads the durable record of accepted events (the feed) in order and enqueues
+//! one delivery per matching route into the outbox, moving its cursor in the same
+//! transaction. One worker per lane of each route then delivers from the outbox in batches,
+//! in order, retrying failures with capped exponential backoff and jitter; what keeps failing
+//! (or is refused for good) moves to the dead-letter store, from which operators replay it.
+
+use crate::app::metrics::Metrics;
+use crate::domain::routing::{partition, RouteRule};
+use crate::ports::{Delivery, EventFeed, Outbox, OutboxItem, RouteTarget};
+use chrono::{DateTime, Utc};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How one route delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Most events per `deliver` call.
+    pub batch_size: usize,
+    /// Failed attempts after which a delivery moves to the dead-letter store.
+    pub max_attempts: u32,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Ordered lanes delivered in parallel; one user's events always take the same lane.
+    pub lanes: u32,
+}
+
+/// What operators see of a route between restarts.
+#[derive(Debug, Default)]
+pub struct RouteStatus {
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Whether the latest attempt failed.
+    pub failing: AtomicBool,
+    pub last_error: Mutex<Option<(String, DateTime<Utc>)>>,
+    pub last_delivered_at: Mutex<Option<DateTime<Utc>>>,
+}
+
+/// A configured route.
+pub struct Route {
+    pub rule: RouteRule,
+    pub target: Arc<dyn RouteTarget>,
+    pub policy: RoutePolicy,
+    pub status: RouteStatus,
+    /// Wakes this route's workers when the router enqueued something.
+    pub wake: Notify,
+}
+
+impl Route {
+    pub fn new(rule: RouteRule, target: Arc<dyn RouteTarget>, policy: RoutePolicy) -> Self {
+        Self {
+            rule,
+            target,
+            policy,
+            status: RouteStatus::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.rule.name.as_str()
+    }
+}
+
+/// Everything routing runs on.
+pub struct Routing {
+    pub routes: Vec<Arc<Route>>,
+    pub outbox: Arc<dyn Outbox>,
+    pub feed: Arc<dyn EventFeed>,
+    /// Notified when events were recorded.
+    pub recorded: Arc<Notify>,
+    /// How far the feed has been taken into the outbox (the forwarder keeps journal entries
+    /// past it).
+    pub routed_through: Arc<AtomicI64>,
+    pub metrics: Arc<Metrics>,
+}
+
+const FEED_BATCH: usize = 1_000;
+const IDLE_POLL: Duration = Duration::from_millis(250);
+const ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+impl Routing {
+    /// Runs the router and every route's workers until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(Arc::clone(&self).route_feed(stop.clone()));
+        for route in &self.routes {
+            for lane in 0..route.policy.lanes.max(1) {
+                tasks.spawn(Arc::clone(&self).deliver_lane(Arc::clone(route), lane, stop.clone()));
+            }
+        }
+        tasks.spawn(Arc::clone(&self).report_backlog(stop.clone()));
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Where the router starts: its saved cursor, or (first run with routes) the feed's head,
+    /// saved at once so events recorded from now on are never skipped.
+    async fn start_cursor(&self, stop: &CancellationToken) -> Option<i64> {
+        let feed = self.feed.name();
+        loop {
+            let saved = match self.outbox.cursor(feed).await {
+                Ok(Some(c)) => return Some(c),
+                Ok(None) => match self.feed.head().await {
+                    Ok(head) => self.outbox.enqueue(feed, &[], head).await.map(|()| head),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match saved {
+                Ok(c) => return Some(c),
+                Err(e) => tracing::warn!(cause = %e, "routing cannot read its cursor; retrying"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(ERROR_PAUSE) => {}
+            }
+        }
+    }
+
+    async fn route_feed(self: Arc<Self>, stop: CancellationToken) {
+        let Some(mut cursor) = self.start_cursor(&stop).await else {
+            return;
+        };
+        self.routed_through.store(cursor, Ordering::Release);
+        let feed = self.feed.name();
+        while !stop.is_cancelled() {
+            let entries = match self.feed.after(cursor, FEED_BATCH).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "routing cannot read recorded events; retrying");
+                    pause(&stop, ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                tokio::select! {
+                    () = self.recorded.notified() => {}
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            };
+            let mut deliveries = Vec::new();
+            let mut touched = vec![false; self.routes.len()];
+            for entry in &entries {
+                for (i, route) in self.routes.iter().enumerate() {
+                    if route.rule.matcher.matches(&entry.event.event) {
+                        touched[i] = true;
+                        deliveries.push(Delivery {
+                            route: route.name().to_owned(),
+                            lane: partition(entry.event.event.user_id(), route.policy.lanes),
+                            event: entry.event.clone(),
+                        });
+                    }
+                }
+            }
+            if let Err(e) = self.outbox.enqueue(feed, &deliveries, last).await {
+                tracing::warn!(cause = %e, "enqueueing deliveries failed; retrying");
+                pause(&stop, ERROR_PAUSE).await;
+                continue;
+            }
+            cursor = last;
+            self.routed_through.store(cursor, Ordering::Release);
+            for (route, touched) in self.routes.iter().zip(touched) {
+                if touched {
+                    route.wake.notify_waiters();
+                }
+            }
+        }
+    }
+
+    async fn deliver_lane(self: Arc<Self>, route: Arc<Route>, lane: u32, stop: CancellationToken) {
+        let name = route.name().to_owned();
+        let labels = crate::app::metrics::RouteLabels {
+            route: name.clone(),
+        };
+        while !stop.is_cancelled() {
+            let items = match self.outbox.head(&name, lane, route.policy.batch_size).await {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::warn!(route = %name, cause = %e, "reading the outbox failed");
+                    pause(&stop, ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let now = Utc::now();
+            let Some(first) = items.first() else {
+                tokio::select! {
+                    () = route.wake.notified() => {}
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            if first.next_at > now {
+                // The lane's head is waiting out its backoff: nothing behind it may overtake.
+                let wait = (first.next_at - now).to_std().unwrap_or_default();
+                pause(&stop, wait).await;
+                continue;
+            }
+            let due: Vec<&OutboxItem> = items.iter().take_while(|i| i.next_at <= now).collect();
+            let events: Vec<_> = due.iter().map(|i| i.event.clone()).collect();
+            let ids: Vec<i64> = due.iter().map(|i| i.id).collect();
+            match route.target.deliver(&events).await {
+                Ok(()) => {
+                    let done = Utc::now();
+                    if let Err(e) = self.outbox.delivered(&ids).await {
+                        // Delivered again later: at least once.
+                        tracing::warn!(route = %name, cause = %e, "marking deliveries done failed");
+                    }
+                    route
+                        .status
+                        .delivered
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    route.status.failing.store(false, Ordering::Relaxed);
+                    *lock(&route.status.last_delivered_at) = Some(done);
+                    self.metrics
+                        .route_delivered
+                        .get_or_create(&labels)
+                        .inc_by(ids.len() as u64);
+                    let latency = self.metrics.route_latency.get_or_create(&labels);
+                    for e in &events {
+                        latency.observe(
+                            (done - e.received_at).num_milliseconds().max(0) as f64 / 1000.0,
+                        );
+                    }
+                }
+                Err(e) => {
+                    route.status.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    route.status.failing.store(true, Ordering::Relaxed);
+                    *lock(&route.status.last_error) = Some((e.message.clone(), Utc::now()));
+                    self.metrics.route_failures.get_or_create(&labels).inc();
+                    let (dead, retry): (Vec<&OutboxItem>, Vec<&OutboxItem>) = due
+                        .iter()
+                        .partition(|i| !e.retryable || i.attempts + 1 >= route.policy.max_attempts);
+                    tracing::warn!(route = %name, lane, cause = %e.message, events = due.len(),
+                        dead_lettered = dead.len(), "delivery failed");
+                    if !dead.is_empty() {
+                        let ids: Vec<i64> = dead.iter().map(|i| i.id).collect();
+                        match self.outbox.dead_letter(&ids, &e.message).await {
+                            Ok(()) => {
+                                route
+                                    .status
+                                    .dead_lettered
+                                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                                self.metrics
+                                    .route_dead_lettered
+                                    .get_or_create(&labels)
+                                    .inc_by(ids.len() as u64);
+                            }
+                            Err(err) => {
+                                tracing::warn!(route = %name, cause = %err, "dead-lettering failed")
+                            }
+                        }
+                    }
+                    if let Some(head) = retry.first() {
+                        let ids: Vec<i64> = retry.iter().map(|i| i.id).collect();
+                        let delay = backoff(&route.policy, head.attempts);
+                        let next =
+                            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                        if let Err(err) = self.outbox.retry_later(&ids, next, &e.message).await {
+                            tracing::warn!(route = %name, cause = %err, "scheduling a retry failed");
+                            pause(&stop, delay).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report_backlog(self: Arc<Self>, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            for route in &self.routes {
+                if let Ok(b) = self.outbox.backlog(route.name()).await {
+                    let labels = crate::app::metrics::RouteLabels {
+                        route: route.name().to_owned(),
+                    };
+                    self.metrics
+                        .route_backlog
+                        .get_or_create(&labels)
+                        .set(b.pending as i64);
+                    self.metrics
+                        .route_dead_letters
+                        .get_or_create(&labels)
+                        .set(b.dead as i64);
+                }
+            }
+            pause(&stop, Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter (down to half), for the attempt after `attempts`.
+pub fn backoff(policy: &RoutePolicy, attempts: u32) -> Duration {
+    let exp = policy
+        .backoff_min
+        .saturating_mul(1u32.checked_shl(attempts.min(30)).unwrap_or(u32::MAX));
+    let capped = exp.min(policy.backoff_max);
+    capped.mul_f64(1.0 - rand::random::<f64>() * 0.5)
+}
+
+async fn pause(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

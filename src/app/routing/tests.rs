@@ -1,0 +1,355 @@
+use super::*;
+use crate::adapters::outbound::embedded::EmbeddedStore;
+use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::domain::routing::{RouteMatch, RouteName};
+use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
+use crate::ports::{DeliveryError, EventStore};
+use serde_json::json;
+use std::sync::atomic::AtomicUsize;
+
+/// A target that records what it receives and fails the first `fail_first` calls.
+#[derive(Default)]
+struct Recorder {
+    received: Mutex<Vec<String>>,
+    calls: AtomicUsize,
+    fail_first: AtomicUsize,
+    permanent: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl RouteTarget for Recorder {
+    async fn deliver(&self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if n < self.fail_first.load(Ordering::SeqCst) {
+            return Err(if self.permanent.load(Ordering::SeqCst) {
+                DeliveryError::permanent("400 bad request")
+            } else {
+                DeliveryError::retryable("500 internal error")
+            });
+        }
+        let mut r = self.received.lock().unwrap();
+        r.extend(
+            events
+                .iter()
+                .map(|e| e.event.event_id().as_str().to_owned()),
+        );
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "recorder".into()
+    }
+}
+
+fn event(id: &str, user: &str, t: &str) -> StoredEvent {
+    let raw = json!({"eventId": id, "userId": user, "eventType": t,
+        "metadata": {"productId": "p", "cartValue": 1, "itemCount": 1}});
+    let now = Utc::now();
+    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
+        EventId::from_random_bytes([5; 16])
+    })
+    .unwrap();
+    StoredEvent {
+        event,
+        received_at: crate::domain::event::to_millis(now),
+        source: Source::Ws,
+    }
+}
+
+fn policy(max_attempts: u32, lanes: u32) -> RoutePolicy {
+    RoutePolicy {
+        batch_size: 10,
+        max_attempts,
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(40),
+        lanes,
+    }
+}
+
+struct Harness {
+    store: EmbeddedStore,
+    routing: Arc<Routing>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(dir: &std::path::Path, routes: Vec<Arc<Route>>) -> Harness {
+    let store = EmbeddedStore::open(dir).unwrap();
+    let routing = Arc::new(Routing {
+        routes,
+        outbox: Arc::new(SqliteOutbox::open(dir).unwrap()),
+        feed: Arc::new(store.clone()),
+        recorded: Arc::new(Notify::new()),
+        routed_through: Arc::new(AtomicI64::new(0)),
+        metrics: Arc::new(Metrics::new()),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&routing).run(stop.clone()));
+    Harness {
+        store,
+        routing,
+        stop,
+        task,
+    }
+}
+
+impl Harness {
+    async fn record(&self, events: &[StoredEvent]) {
+        self.store.insert(events).await.unwrap();
+        self.routing.recorded.notify_one();
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn route(name: &str, types: &[&str], target: Arc<Recorder>, policy: RoutePolicy) -> Arc<Route> {
+    let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+    Arc::new(Route::new(
+        RouteRule {
+            name: RouteName::parse(name).unwrap(),
+            matcher: RouteMatch::parse(&types).unwrap(),
+        },
+        target,
+        policy,
+    ))
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Lets the router save its starting cursor before events are recorded.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn matching_events_reach_each_route_in_order_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = Arc::new(Recorder::default());
+    let all = Arc::new(Recorder::default());
+    let h = start(
+        dir.path(),
+        vec![
+            route(
+                "checkout",
+                &["checkout_started"],
+                Arc::clone(&checkout),
+                policy(3, 1),
+            ),
+            route("all", &[], Arc::clone(&all), policy(3, 4)),
+        ],
+    );
+    settle().await;
+    let events: Vec<StoredEvent> = (0..30)
+        .map(|i| {
+            let t = if i % 3 == 0 {
+                "checkout_started"
+            } else {
+                "item_added"
+            };
+            event(&format!("e{i:02}"), &format!("user-{}", i % 5), t)
+        })
+        .collect();
+    for chunk in events.chunks(7) {
+        h.record(chunk).await;
+    }
+    wait_for("all 30", || all.received.lock().unwrap().len() == 30).await;
+    wait_for("10 checkouts", || {
+        checkout.received.lock().unwrap().len() == 10
+    })
+    .await;
+    let got = checkout.received.lock().unwrap().clone();
+    let want: Vec<String> = (0..30).step_by(3).map(|i| format!("e{i:02}")).collect();
+    assert_eq!(got, want, "one lane: the order they were recorded in");
+    // With four lanes, each user's events still arrive in order.
+    let all_got = all.received.lock().unwrap().clone();
+    for user in 0..5 {
+        let mine: Vec<&String> = all_got
+            .iter()
+            .filter(|id| id[1..].parse::<usize>().unwrap() % 5 == user)
+            .collect();
+        let mut sorted = mine.clone();
+        sorted.sort();
+        assert_eq!(mine, sorted, "user-{user} in order");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn failures_are_retried_until_they_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Arc::new(Recorder::default());
+    target.fail_first.store(3, Ordering::SeqCst);
+    let h = start(
+        dir.path(),
+        vec![route("r", &[], Arc::clone(&target), policy(10, 1))],
+    );
+    settle().await;
+    h.record(&[
+        event("a", "u", "cart_viewed"),
+        event("b", "u", "cart_viewed"),
+    ])
+    .await;
+    let status = &h.routing.routes[0].status;
+    wait_for("delivery", || status.delivered.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(target.received.lock().unwrap().len(), 2);
+    assert_eq!(target.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(status.failed_attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(status.delivered.load(Ordering::SeqCst), 2);
+    assert!(!status.failing.load(Ordering::SeqCst));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn after_max_attempts_deliveries_are_dead_lettered_and_replay_delivers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Arc::new(Recorder::default());
+    target.fail_first.store(3, Ordering::SeqCst);
+    let h = start(
+        dir.path(),
+        vec![route("r", &[], Arc::clone(&target), policy(3, 1))],
+    );
+    settle().await;
+    h.record(&[event("a", "u", "cart_viewed")]).await;
+    let outbox = Arc::clone(&h.routing.outbox);
+    for _ in 0..500 {
+        if !outbox
+            .dead_letters(None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dead = outbox.dead_letters(None, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].attempts, dead[0].last_error.as_str()),
+        (3, "500 internal error")
+    );
+    assert!(target.received.lock().unwrap().is_empty());
+    assert_eq!(outbox.replay(Some("r".into()), None).await.unwrap(), 1);
+    h.routing.routes[0].wake.notify_waiters();
+    wait_for("the replayed delivery", || {
+        target.received.lock().unwrap().len() == 1
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_is_dead_lettered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Arc::new(Recorder::default());
+    target.fail_first.store(1, Ordering::SeqCst);
+    target.permanent.store(true, Ordering::SeqCst);
+    let h = start(
+        dir.path(),
+        vec![route("r", &[], Arc::clone(&target), policy(10, 1))],
+    );
+    settle().await;
+    h.record(&[event("a", "u", "cart_viewed")]).await;
+    let outbox = Arc::clone(&h.routing.outbox);
+    wait_for("a dead letter", || {
+        h.routing.routes[0]
+            .status
+            .dead_lettered
+            .load(Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    assert_eq!(
+        outbox.dead_letters(None, None, 10).await.unwrap()[0].attempts,
+        1
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn undelivered_events_are_delivered_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = Arc::new(Recorder::default());
+    down.fail_first.store(usize::MAX, Ordering::SeqCst);
+    let h = start(
+        dir.path(),
+        vec![route("r", &[], Arc::clone(&down), policy(1000, 1))],
+    );
+    settle().await;
+    h.record(&[
+        event("a", "u", "cart_viewed"),
+        event("b", "v", "cart_viewed"),
+    ])
+    .await;
+    wait_for("a failed attempt", || down.calls.load(Ordering::SeqCst) > 0).await;
+    h.stop().await;
+
+    let up = Arc::new(Recorder::default());
+    let h = start(
+        dir.path(),
+        vec![route("r", &[], Arc::clone(&up), policy(1000, 1))],
+    );
+    wait_for("delivery after restart", || {
+        up.received.lock().unwrap().len() == 2
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn events_recorded_before_routes_existed_are_not_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .insert(&[event("old", "u", "cart_viewed")])
+            .await
+            .unwrap();
+    }
+    let target = Arc::new(Recorder::default());
+    let h = start(
+        dir.path(),
+        vec![route("r", &[], Arc::clone(&target), policy(3, 1))],
+    );
+    settle().await;
+    h.record(&[event("new", "u", "cart_viewed")]).await;
+    wait_for("the new event", || {
+        target.received.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(target.received.lock().unwrap()[0], "new");
+    h.stop().await;
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap_with_jitter() {
+    let p = RoutePolicy {
+        batch_size: 1,
+        max_attempts: 10,
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        lanes: 1,
+    };
+    for (attempts, full) in [
+        (0, 100),
+        (1, 200),
+        (2, 400),
+        (3, 800),
+        (4, 1000),
+        (40, 1000),
+    ] {
+        let d = backoff(&p, attempts).as_millis() as u64;
+        assert!(d <= full && d >= full / 2, "attempt {attempts}: {d} ms");
+    }
+}
