@@ -111,6 +111,10 @@ pub struct Settings {
     /// Burst allowed above the rate; 0 = one second's worth.
     pub rate_limit_burst: u32,
 
+    /// Guards the operator API (`/routes`, `/dead-letters`) when set.
+    #[serde(default, skip_serializing, deserialize_with = "lenient_opt_string")]
+    pub admin_key: Option<String>,
+
     /// API keys; empty = no authentication. In the environment: comma-separated.
     #[serde(default, deserialize_with = "string_or_list", skip_serializing)]
     pub api_keys: Vec<String>,
@@ -168,6 +172,7 @@ impl Default for Settings {
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             api_keys: Vec::new(),
+            admin_key: None,
             ingest_max_batch: 4096,
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -268,6 +273,7 @@ const ENV_KEYS: &[&str] = &[
     "rate_limit_per_second",
     "rate_limit_burst",
     "api_keys",
+    "admin_key",
     "ingest_max_batch",
     "shutdown_timeout",
 ];

@@ -228,6 +228,8 @@ pub struct Committer {
     /// Until when the dedup store is not asked, after a failure: a down store must not cost
     /// every group a timeout.
     pub dedup_rest: std::sync::Mutex<Option<Instant>>,
+    /// Told whenever events were recorded (routing reads them from the store's feed).
+    pub recorded: Arc<tokio::sync::Notify>,
 }
 
 /// What the committer does while the dedup store cannot answer.
@@ -374,6 +376,9 @@ impl Committer {
                 }
                 return self.finish(&events, plans, Some(describe(&e)), started);
             }
+        }
+        if !to_store.is_empty() {
+            self.recorded.notify_one();
         }
         if !claimed.is_empty() {
             if let Err(e) = self.dedup.confirm(&claimed, self.window).await {

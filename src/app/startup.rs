@@ -178,6 +178,7 @@ impl Application {
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(addr);
         let metrics = Arc::new(Metrics::new());
+        let recorded = Arc::new(Notify::new());
         let committer = Committer {
             dedup: Arc::clone(&ports.dedup),
             store: Arc::clone(&ports.store),
@@ -187,6 +188,7 @@ impl Application {
             hold: settings.dedup_hold,
             outage: settings.dedup_outage,
             dedup_rest: std::sync::Mutex::new(None),
+            recorded: Arc::clone(&recorded),
         };
         let committer_stop = CancellationToken::new();
         let (ingest, committer) = Ingest::start(
@@ -222,6 +224,7 @@ impl Application {
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            routing: None,
         });
         Ok(Self {
             acceptor,

@@ -24,4 +24,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every WebSocket connection task, so shutdown can wait for them to drain.
     pub connections: TaskTracker,
+    /// Routes, when configured.
+    pub routing: Option<Arc<crate::app::routing::Routing>>,
 }

@@ -21,6 +21,7 @@ fn committer(dedup: MockDedupStore, store: MockEventStore) -> Committer {
         hold: Duration::from_secs(30),
         outage: DedupOutage::FailClosed,
         dedup_rest: std::sync::Mutex::new(None),
+        recorded: Arc::new(tokio::sync::Notify::new()),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod api;
 mod body;
 pub mod input;
+pub mod operator;
 
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
 use crate::adapters::inbound::ws;
@@ -36,9 +37,14 @@ again: treat it as success. A rejected event comes back with every broken rule, 
 PROTOCOL.md, section 3.";
 
 /// The OpenAPI service for `state`. The document it serves does not depend on the state.
-pub fn openapi(state: Arc<AppState>) -> OpenApiService<api::Api, ()> {
-    OpenApiService::new(api::Api { state }, "cartstream", env!("CARGO_PKG_VERSION"))
-        .description(DESCRIPTION)
+pub fn openapi(state: Arc<AppState>) -> OpenApiService<(api::Api, operator::OperatorApi), ()> {
+    let apis = (
+        api::Api {
+            state: Arc::clone(&state),
+        },
+        operator::OperatorApi { state },
+    );
+    OpenApiService::new(apis, "cartstream", env!("CARGO_PKG_VERSION")).description(DESCRIPTION)
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in under `openapi/`.
@@ -72,6 +78,16 @@ async fn guard<E: Endpoint>(
     mut req: Request,
 ) -> poem::Result<Response> {
     let path = req.uri().path();
+    if is_operator(path) && !admin_authorized(&state, &req) {
+        return Ok(json_error(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "the admin key is required: Authorization: Bearer <admin key> or X-Admin-Key: <admin key>",
+            ),
+        ));
+    }
     if is_protected(path) && !authorized(&state, &req) {
         return Ok(json_error(
             &state,
@@ -114,6 +130,25 @@ async fn guard<E: Endpoint>(
         }
     }
     ep.call(req).await.map(IntoResponse::into_response)
+}
+
+fn is_operator(path: &str) -> bool {
+    path == "/routes" || path == "/dead-letters" || path.starts_with("/dead-letters/")
+}
+
+fn admin_authorized(state: &AppState, req: &Request) -> bool {
+    let Some(admin) = &state.settings.admin_key else {
+        return true;
+    };
+    let header_key = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let bearer = header_key(header::AUTHORIZATION.as_str())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let direct = header_key("x-admin-key").map(str::trim);
+    [bearer, direct]
+        .into_iter()
+        .flatten()
+        .any(|k| constant_time_eq(admin.as_bytes(), k.as_bytes()))
 }
 
 fn is_protected(path: &str) -> bool {

@@ -1,0 +1,323 @@
+//! The operator API for routes: their state, and the dead-letter store.
+
+use crate::adapters::inbound::wire::{rfc3339, ErrorBody, ErrorCode, EventView};
+use crate::app::metrics::Channel;
+use crate::app::routing::Routing;
+use crate::app::state::AppState;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+#[derive(Tags)]
+enum OperatorTags {
+    /// Routes and dead letters, for operators. Needs the admin key when one is configured.
+    Routing,
+}
+
+pub struct OperatorApi {
+    pub state: Arc<AppState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum RouteState {
+    /// The latest attempt succeeded (or none was needed).
+    Ok,
+    /// The latest attempt failed; deliveries are being retried.
+    Retrying,
+}
+
+/// The latest failure of a route.
+#[derive(Debug, Object)]
+pub struct LastError {
+    pub message: String,
+    pub at: String,
+}
+
+/// One configured route.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RouteView {
+    pub name: String,
+    /// Event types the route takes; `["*"]` for all.
+    pub event_types: Vec<String>,
+    /// The target, without secrets.
+    pub target: String,
+    pub state: RouteState,
+    /// Deliveries waiting.
+    pub backlog: u64,
+    /// Dead letters kept.
+    pub dead_letters: u64,
+    /// Since the server started: events delivered, failed attempts, events dead-lettered.
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    pub dead_lettered: u64,
+    #[oai(skip_serializing_if_is_none)]
+    pub last_error: Option<LastError>,
+    #[oai(skip_serializing_if_is_none)]
+    pub last_delivered_at: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct RouteList {
+    pub routes: Vec<RouteView>,
+}
+
+/// A delivery that failed for good.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct DeadLetterView {
+    pub id: i64,
+    pub route: String,
+    /// The event, as `GET /events` shows it.
+    pub event: EventView,
+    pub attempts: u32,
+    pub last_error: String,
+    pub failed_at: String,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct DeadLetterPage {
+    /// Oldest first.
+    pub dead_letters: Vec<DeadLetterView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next: Option<i64>,
+}
+
+/// Which dead letters to deliver again: those of a route, or these ids (of that route, if
+/// both are given).
+#[derive(Debug, Object)]
+pub struct ReplayRequest {
+    pub route: Option<String>,
+    pub ids: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Object)]
+pub struct ReplayResult {
+    /// How many dead letters went back to be delivered.
+    pub replayed: u64,
+}
+
+#[derive(ApiResponse)]
+pub enum RoutesResponse {
+    #[oai(status = 200)]
+    Ok(Json<RouteList>),
+    /// `unauthorized`: an admin key is configured and none valid was sent.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `unavailable`: the outbox cannot be read right now.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeadLettersResponse {
+    #[oai(status = 200)]
+    Ok(Json<DeadLetterPage>),
+    /// `invalid_parameter`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ReplayResponse {
+    #[oai(status = 200)]
+    Ok(Json<ReplayResult>),
+    /// `invalid_message`: neither `route` nor `ids` given.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteResponse {
+    /// Deleted.
+    #[oai(status = 204)]
+    Deleted,
+    /// `not_found`: no dead letter with that id.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+impl OperatorApi {
+    fn routing(&self) -> Option<&Arc<Routing>> {
+        self.state.routing.as_ref()
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
+        self.state.metrics.error(Channel::Http, code.as_str());
+        Json(ErrorBody::new(code, message))
+    }
+
+    fn unavailable(&self, e: &crate::ports::PortError) -> Json<ErrorBody> {
+        tracing::warn!(cause = %e, "outbox unreadable");
+        self.error(
+            ErrorCode::Unavailable,
+            "the outbox cannot be read right now; retry later",
+        )
+    }
+}
+
+#[OpenApi]
+impl OperatorApi {
+    /// List routes
+    ///
+    /// Every configured route with its state, backlog, dead letters, counts since the server
+    /// started and latest error.
+    #[oai(path = "/routes", method = "get", tag = "OperatorTags::Routing")]
+    async fn routes(&self) -> RoutesResponse {
+        let Some(routing) = self.routing() else {
+            return RoutesResponse::Ok(Json(RouteList { routes: Vec::new() }));
+        };
+        let mut routes = Vec::with_capacity(routing.routes.len());
+        for route in &routing.routes {
+            let backlog = match routing.outbox.backlog(route.name()).await {
+                Ok(b) => b,
+                Err(e) => return RoutesResponse::Unavailable(self.unavailable(&e)),
+            };
+            let s = &route.status;
+            let failing = s.failing.load(Ordering::Relaxed);
+            let last_error = s
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let last_delivered_at = *s
+                .last_delivered_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            routes.push(RouteView {
+                name: route.name().to_owned(),
+                event_types: route.rule.matcher.describe(),
+                target: route.target.describe(),
+                state: if failing && backlog.pending > 0 {
+                    RouteState::Retrying
+                } else {
+                    RouteState::Ok
+                },
+                backlog: backlog.pending,
+                dead_letters: backlog.dead,
+                delivered: s.delivered.load(Ordering::Relaxed),
+                failed_attempts: s.failed_attempts.load(Ordering::Relaxed),
+                dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+                last_error: last_error.map(|(message, at)| LastError {
+                    message,
+                    at: rfc3339(at),
+                }),
+                last_delivered_at: last_delivered_at.map(rfc3339),
+            });
+        }
+        RoutesResponse::Ok(Json(RouteList { routes }))
+    }
+
+    /// List dead letters
+    ///
+    /// Deliveries that failed for good, oldest first, a page at a time.
+    #[oai(path = "/dead-letters", method = "get", tag = "OperatorTags::Routing")]
+    async fn dead_letters(
+        &self,
+        /// Only this route's.
+        route: Query<Option<String>>,
+        /// Only ids above this one (the `next` of the previous page).
+        after: Query<Option<i64>>,
+        /// Page size, 1-1000. Default 100.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+    ) -> DeadLettersResponse {
+        let Some(routing) = self.routing() else {
+            return DeadLettersResponse::Ok(Json(DeadLetterPage {
+                dead_letters: Vec::new(),
+                next: None,
+            }));
+        };
+        let limit = limit.0.unwrap_or(100) as usize;
+        match routing.outbox.dead_letters(route.0, after.0, limit).await {
+            Ok(letters) => {
+                let next = (letters.len() == limit)
+                    .then(|| letters.last().map(|d| d.id))
+                    .flatten();
+                DeadLettersResponse::Ok(Json(DeadLetterPage {
+                    dead_letters: letters
+                        .into_iter()
+                        .map(|d| DeadLetterView {
+                            id: d.id,
+                            route: d.route,
+                            event: EventView::from(d.event),
+                            attempts: d.attempts,
+                            last_error: d.last_error,
+                            failed_at: rfc3339(d.failed_at),
+                        })
+                        .collect(),
+                    next,
+                }))
+            }
+            Err(e) => DeadLettersResponse::Unavailable(self.unavailable(&e)),
+        }
+    }
+
+    /// Replay dead letters
+    ///
+    /// Moves dead letters back to be delivered again, from scratch (attempts reset): all of a
+    /// route's, or the given ids.
+    #[oai(
+        path = "/dead-letters/replay",
+        method = "post",
+        tag = "OperatorTags::Routing"
+    )]
+    async fn replay(&self, body: Json<ReplayRequest>) -> ReplayResponse {
+        let ReplayRequest { route, ids } = body.0;
+        if route.is_none() && ids.is_none() {
+            return ReplayResponse::BadRequest(self.error(
+                ErrorCode::InvalidMessage,
+                "name what to replay: {\"route\": \"...\"} and/or {\"ids\": [...]}",
+            ));
+        }
+        let Some(routing) = self.routing() else {
+            return ReplayResponse::Ok(Json(ReplayResult { replayed: 0 }));
+        };
+        match routing.outbox.replay(route, ids).await {
+            Ok(replayed) => {
+                for r in &routing.routes {
+                    r.wake.notify_waiters();
+                }
+                ReplayResponse::Ok(Json(ReplayResult { replayed }))
+            }
+            Err(e) => ReplayResponse::Unavailable(self.unavailable(&e)),
+        }
+    }
+
+    /// Delete a dead letter
+    ///
+    /// Drops it for good.
+    #[oai(
+        path = "/dead-letters/:id",
+        method = "delete",
+        tag = "OperatorTags::Routing"
+    )]
+    async fn delete(&self, id: Path<i64>) -> DeleteResponse {
+        let not_found = || format!("no dead letter with id {}", id.0);
+        let Some(routing) = self.routing() else {
+            return DeleteResponse::NotFound(self.error(ErrorCode::NotFound, not_found()));
+        };
+        match routing.outbox.delete_dead_letter(id.0).await {
+            Ok(true) => DeleteResponse::Deleted,
+            Ok(false) => DeleteResponse::NotFound(self.error(ErrorCode::NotFound, not_found())),
+            Err(e) => DeleteResponse::Unavailable(self.unavailable(&e)),
+        }
+    }
+}
