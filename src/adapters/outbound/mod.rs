@@ -6,3 +6,4 @@ pub mod journal;
 mod redact;
 pub mod redis;
 pub(crate) mod sqlite;
+pub mod targets;
