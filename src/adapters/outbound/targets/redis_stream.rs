@@ -176,7 +176,12 @@ impl RouteTarget for RedisStreamTarget {
                 pipe.query_async(&mut conn).await
             })
             .await
-            .map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            .map_err(|e| match e {
+                // The pool's messages already name the server; the variant adds nothing here.
+                PortError::Unavailable(m) | PortError::Failed(m) | PortError::Full(m) => {
+                    DeliveryError::retryable(m)
+                }
+            })?;
         if ids.len() == events.len() {
             Ok(())
         } else {
