@@ -49,8 +49,22 @@ fn verify_signature(secret: &[u8], header: &str, body: &[u8], now: u64) -> bool 
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
         mac.update(format!("{t}.").as_bytes());
         mac.update(body);
-        mac.verify_slice(&sig).is_ok()
+        mac.verify_slice(&sig).is_ok() // constant time
     })
+}
+
+#[test]
+fn the_docs_quote_the_verification_the_tests_use() {
+    let function = |text: &str| {
+        let start = text.find("fn verify_signature(").expect("verify_signature");
+        let len = text[start..].find("\n}\n").expect("end of function") + 2;
+        text[start..start + len].to_owned()
+    };
+    assert_eq!(
+        function(include_str!("../../docs/routing.md")),
+        function(include_str!("targets.rs")),
+        "docs/routing.md and tests/api/targets.rs verify signatures differently"
+    );
 }
 
 fn now() -> u64 {
@@ -217,6 +231,24 @@ async fn without_a_secret_there_is_no_signature_header() {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].header("x-cartstream-signature"), None);
     assert_eq!(requests[0].header("x-cartstream-event-count"), Some("1"));
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_as_basic_auth() {
+    let receiver = Receiver::start(200).await;
+    let url = receiver.url.replace("http://", "http://cart:pa%20ss@");
+    let target = webhook(&url, |_| {});
+    deliver(&target, &events(1)).await.unwrap();
+    assert_eq!(
+        receiver.requests()[0].header("authorization"),
+        // base64("cart:pa ss")
+        Some("Basic Y2FydDpwYSBzcw==")
+    );
+    assert!(
+        !target.describe().contains("cart:"),
+        "{}",
+        target.describe()
+    );
 }
 
 #[tokio::test]
