@@ -94,12 +94,13 @@ impl fmt::Debug for RedisStreamTarget {
 
 impl RedisStreamTarget {
     /// Builds the target without touching the network (but within a Tokio runtime, which the
-    /// connection pool needs): a Redis that is down at startup makes
-    /// deliveries fail (and be retried) instead of stopping the service.
+    /// connection pool needs): a Redis that is down at startup makes deliveries fail (and be
+    /// retried) instead of stopping the service.
     ///
     /// # Errors
     /// `Failed` when there is no URL (neither `url` nor `default_redis_url`), the URL does not
-    /// parse, the stream name is empty or `maxlen` is 0. Messages never contain the password.
+    /// parse, the stream name is empty, `maxlen` is 0 or `timeout` is zero. Messages never
+    /// contain the password.
     pub fn new(
         config: RedisStreamConfig,
         default_redis_url: Option<&str>,
@@ -118,6 +119,11 @@ impl RedisStreamTarget {
         if config.maxlen == 0 {
             return Err(PortError::Failed(
                 "redis_stream `maxlen` must be at least 1".to_owned(),
+            ));
+        }
+        if config.timeout.is_zero() {
+            return Err(PortError::Failed(
+                "redis_stream `timeout` must be more than 0s".to_owned(),
             ));
         }
         let pool = RedisPool::new(&PoolSettings {
@@ -240,6 +246,9 @@ mod tests {
         assert!(RedisStreamTarget::new(RedisStreamConfig::new(""), Some("redis://h")).is_err());
         let mut c = RedisStreamConfig::new("s");
         c.maxlen = 0;
+        assert!(RedisStreamTarget::new(c, Some("redis://h")).is_err());
+        let mut c = RedisStreamConfig::new("s");
+        c.timeout = Duration::ZERO;
         assert!(RedisStreamTarget::new(c, Some("redis://h")).is_err());
     }
 }

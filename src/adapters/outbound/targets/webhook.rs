@@ -115,7 +115,8 @@ impl WebhookTarget {
     /// Validates the configuration and builds the HTTP client; nothing is sent yet.
     ///
     /// # Errors
-    /// `Failed` for a URL that is not http(s), an empty secret, or a header name or value that
+    /// `Failed` for a URL that is not http(s), an empty secret, a zero timeout, or a header name
+    /// or value that
     /// is not valid HTTP (or one the target sets itself). Messages never contain the secret,
     /// header values or URL credentials.
     pub fn new(config: WebhookConfig) -> Result<Self, PortError> {
@@ -128,6 +129,11 @@ impl WebhookTarget {
             return Err(PortError::Failed(format!(
                 "webhook url {shown_url:?} must be http:// or https://"
             )));
+        }
+        if config.timeout.is_zero() {
+            return Err(PortError::Failed(
+                "webhook timeout must be more than 0s".to_owned(),
+            ));
         }
         if let Some(query) = url.query() {
             secrets.push(query.to_owned());
@@ -491,6 +497,9 @@ mod tests {
         assert!(WebhookTarget::new(WebhookConfig::new("ftp://example.com/x")).is_err());
         let mut c = WebhookConfig::new("https://example.com");
         c.secret = Some(String::new());
+        assert!(WebhookTarget::new(c).is_err());
+        let mut c = WebhookConfig::new("https://example.com");
+        c.timeout = Duration::ZERO;
         assert!(WebhookTarget::new(c).is_err());
     }
 }
