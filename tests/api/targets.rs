@@ -102,6 +102,8 @@ fn events(n: usize) -> Vec<StoredEvent> {
 }
 
 struct Recorded {
+    /// The client's address: the same for requests on one pooled connection.
+    peer: String,
     headers: HeaderMap,
     body: Vec<u8>,
 }
@@ -158,6 +160,7 @@ impl Receiver {
 async fn record(req: &Request, body: Body, state: Data<&Arc<ReceiverState>>) -> Response {
     let body = body.into_vec().await.unwrap();
     state.requests.lock().unwrap().push(Recorded {
+        peer: req.remote_addr().to_string(),
         headers: req.headers().clone(),
         body,
     });
@@ -264,6 +267,10 @@ async fn unbatched_sends_one_signed_request_per_event_in_order() {
 
     let requests = receiver.requests();
     assert_eq!(requests.len(), 3);
+    assert!(
+        requests.iter().all(|r| r.peer == requests[0].peer),
+        "one pooled connection"
+    );
     for (r, e) in requests.iter().zip(&batch) {
         assert_eq!(r.json(), event_json(e));
         assert_eq!(r.header("x-cartstream-event-count"), Some("1"));

@@ -191,6 +191,7 @@ impl WebhookTarget {
             .map_err(|e| self.send_error(&e))?;
         let status = response.status();
         if status.is_success() {
+            drain(response).await;
             return Ok(());
         }
         let snippet = body_snippet(response).await;
@@ -338,6 +339,18 @@ fn error_chain(e: &reqwest::Error) -> String {
         out = e.to_string();
     }
     out
+}
+
+/// Reads a small answer to its end, so its connection goes back to the pool; a large one is
+/// dropped with its connection rather than downloaded.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while read < 64 * 1024 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            _ => break,
+        }
+    }
 }
 
 /// The start of a refusing receiver's body, on one line, for the error message.
