@@ -2,6 +2,8 @@
 //! test Redis for streams. Signatures are checked the way a receiver would check them.
 
 use crate::backends::{random_suffix, redis_url_or_skip, DEAD_REDIS_URL};
+use crate::faults::host_port;
+use crate::proxy::FaultProxy;
 use bb8_redis::redis;
 use cartstream::adapters::event_json::event_json;
 use cartstream::adapters::outbound::targets::{
@@ -464,6 +466,30 @@ async fn maxlen_trims_the_stream_approximately() {
     let got = entries(&url, &stream.key).await;
     let newest = &got.last().unwrap().1;
     assert_eq!(newest[0], ("eventId".to_owned(), "e599".to_owned()));
+}
+
+#[tokio::test]
+async fn a_delivery_is_one_round_trip_whatever_its_size() {
+    let Some(url) = redis_url_or_skip().await else {
+        return;
+    };
+    let proxy = FaultProxy::start(host_port(&url)).await;
+    let stream = Stream::new(&url);
+    let mut config = RedisStreamConfig::new(stream.key.clone());
+    config.url = Some(proxy.url("redis"));
+    config.timeout = Duration::from_secs(30);
+    let target = RedisStreamTarget::new(config, None).unwrap();
+    // Connect (a few round trips of its own) before the path gets slow.
+    deliver(&target, &events(1)).await.unwrap();
+
+    // 1 s per round trip: one pipeline takes about that, an XADD per event 20 s.
+    proxy.slow(Duration::from_millis(500));
+    tokio::time::timeout(Duration::from_secs(8), target.deliver(&events(20)))
+        .await
+        .expect("20 events in one round trip, not one per event")
+        .unwrap();
+
+    assert_eq!(entries(&url, &stream.key).await.len(), 21);
 }
 
 #[tokio::test]
