@@ -116,9 +116,8 @@ impl WebhookTarget {
     ///
     /// # Errors
     /// `Failed` for a URL that is not http(s), an empty secret, a zero timeout, or a header name
-    /// or value that
-    /// is not valid HTTP (or one the target sets itself). Messages never contain the secret,
-    /// header values or URL credentials.
+    /// or value that is not valid HTTP (or one the target sets itself). Messages never contain
+    /// the secret, header values or URL credentials.
     pub fn new(config: WebhookConfig) -> Result<Self, PortError> {
         let shown_url = shown_url_of(&config.url);
         let mut secrets = url_secrets(&config.url);
@@ -199,7 +198,7 @@ impl WebhookTarget {
     }
 
     fn send_error(&self, e: &reqwest::Error) -> DeliveryError {
-        // `without_url`: reqwest's messages name the full URL, query string and all.
+        // The causes only: reqwest's own message names the full URL, query string and all.
         let cause = if e.is_timeout() {
             "no answer within the timeout".to_owned()
         } else if e.is_connect() {
