@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
-fn host_port(url: &str) -> SocketAddr {
+pub(crate) fn host_port(url: &str) -> SocketAddr {
     use std::net::ToSocketAddrs;
     let rest = url.split("://").nth(1).unwrap();
     let hp = rest.rsplit('@').next().unwrap().trim_end_matches('/');

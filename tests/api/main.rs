@@ -12,4 +12,5 @@ mod openapi;
 mod production;
 mod proxy;
 mod redis_dedup;
+mod targets;
 mod ws;

@@ -7,3 +7,4 @@ pub mod outbox;
 mod redact;
 pub mod redis;
 pub(crate) mod sqlite;
+pub mod targets;

@@ -14,18 +14,17 @@
 //! claim times out, Redis may still have taken its holds; they lapse after `hold`, and retries
 //! meanwhile see `InFlight`, never a false `Duplicate`.
 
-use super::redact::{redact_url, scrub, url_secrets};
+pub(crate) mod pool;
+
+use super::redact::redact_url;
 use crate::domain::DedupKey;
 use crate::ports::{Claim, DedupStore, PortError};
-use bb8_redis::bb8::{ManageConnection, Pool, RunError};
 use bb8_redis::redis::aio::MultiplexedConnection;
-use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
+use bb8_redis::redis::{self, FromRedisValue, RedisError};
+use pool::{PoolSettings, RedisPool};
 use std::fmt;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Per key: `SET key "p" NX PX hold`; when the key exists, its value tells a confirmed event
 /// (`"c"`) from one still held (`"p"`). Returns 0 (new), 1 (duplicate) or 2 (in flight) per key.
@@ -145,21 +144,14 @@ pub struct RedisDedupStore {
 }
 
 struct Inner {
-    pool: Pool<Manager>,
-    /// Shared with the manager: why connecting last failed, and who is waiting to hear it.
-    connect_failures: Arc<ConnectFailures>,
+    pool: RedisPool,
     key_prefix: String,
-    command_timeout: Duration,
-    /// The URL without its password, for error messages.
-    shown_url: String,
-    /// Scrubbed from every error message, in case a driver ever echoes it.
-    secrets: Vec<String>,
 }
 
 impl fmt::Debug for RedisDedupStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisDedupStore")
-            .field("url", &self.inner.shown_url)
+            .field("url", &self.inner.pool.shown_url())
             .field("key_prefix", &self.inner.key_prefix)
             .finish_non_exhaustive()
     }
@@ -173,40 +165,16 @@ impl RedisDedupStore {
     /// # Errors
     /// `Failed` when the URL cannot be parsed; the message never contains the password.
     pub fn new(config: RedisDedupConfig) -> Result<Self, PortError> {
-        let shown_url = redact_url(&config.url);
-        let secrets = url_secrets(&config.url);
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            PortError::Failed(scrub(&format!("bad Redis URL {shown_url}: {e}"), &secrets))
+        let pool = RedisPool::new(&PoolSettings {
+            url: &config.url,
+            pool_size: config.pool_size,
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
         })?;
-        let connect_failures = Arc::new(ConnectFailures::default());
-        let manager = Manager {
-            client,
-            // The driver's own defaults (1 s to connect, 0.5 s per reply) would otherwise cut
-            // the configured timeouts short.
-            connection: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.command_timeout)),
-            failures: Arc::clone(&connect_failures),
-        };
-        let pool = Pool::builder()
-            .max_size(config.pool_size.max(1))
-            .min_idle(None)
-            .connection_timeout(config.connect_timeout)
-            // A PING per checkout would double the round trips; broken connections are
-            // recognised by their errors instead (see `Manager::has_broken`).
-            .test_on_check_out(false)
-            // Report a refused connection now instead of retrying until the timeout; the
-            // caller decides about retries.
-            .retry_connection(false)
-            .build_unchecked(manager);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
-                connect_failures,
                 key_prefix: config.key_prefix,
-                command_timeout: config.command_timeout,
-                shown_url,
-                secrets,
             }),
         })
     }
@@ -215,141 +183,6 @@ impl RedisDedupStore {
         keys.iter()
             .map(|k| format!("{}{}", self.inner.key_prefix, k.as_str()))
             .collect()
-    }
-
-    /// Runs `op` on a pooled connection, bounding the connection wait by the connect timeout
-    /// and the command by the command timeout.
-    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, PortError>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let inner = &self.inner;
-        // bb8 connects in a background task and lets `get` wait for the whole timeout even when
-        // that task failed at once; listening for the failure answers a down Redis right away.
-        let failed = inner.connect_failures.notify.notified();
-        tokio::pin!(failed);
-        failed.as_mut().enable();
-        let pooled = tokio::select! {
-            got = inner.pool.get() => got.map_err(|e| match e {
-                RunError::User(e) => self.unavailable(what, &e),
-                RunError::TimedOut => self.unavailable(
-                    what,
-                    &format!("no connection within the connect timeout{}",
-                        inner.connect_failures.last()),
-                ),
-            })?,
-            () = &mut failed => {
-                return Err(self.unavailable(
-                    what,
-                    &format!("cannot connect{}", inner.connect_failures.last()),
-                ));
-            }
-        };
-        let result = tokio::time::timeout(inner.command_timeout, op(pooled.conn.clone())).await;
-        // Still holding `pooled`: a connection marked broken here is dropped by the pool when
-        // `pooled` goes, instead of failing the next caller too.
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_unrecoverable_error()
-                    || e.is_timeout()
-                {
-                    pooled.broken.store(true, Ordering::Relaxed);
-                }
-                Err(self.unavailable(what, &e))
-            }
-            Err(_) => {
-                // A reply may still arrive on a multiplexed connection, but one that stalls is
-                // not worth keeping.
-                pooled.broken.store(true, Ordering::Relaxed);
-                Err(self.unavailable(
-                    what,
-                    &format!("no answer within {:?}", inner.command_timeout),
-                ))
-            }
-        }
-    }
-
-    fn unavailable(&self, what: &str, cause: &dyn fmt::Display) -> PortError {
-        PortError::Unavailable(scrub(
-            &format!("redis {what} at {}: {cause}", self.inner.shown_url),
-            &self.inner.secrets,
-        ))
-    }
-}
-
-/// A pooled multiplexed connection and whether a command on it failed at the connection level.
-/// Multiplexed connections do not reconnect by themselves, so a broken one must leave the pool.
-struct Conn {
-    conn: MultiplexedConnection,
-    broken: AtomicBool,
-}
-
-#[derive(Default)]
-struct ConnectFailures {
-    notify: Notify,
-    last: Mutex<Option<String>>,
-}
-
-impl ConnectFailures {
-    fn record(&self, e: &RedisError) {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-        self.notify.notify_waiters();
-    }
-
-    /// `": <last error>"`, or nothing.
-    fn last(&self) -> String {
-        self.last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default()
-    }
-}
-
-/// Like `bb8_redis::RedisConnectionManager`, but it drops connections that broke and reports
-/// connect failures to waiting callers.
-struct Manager {
-    client: redis::Client,
-    connection: AsyncConnectionConfig,
-    failures: Arc<ConnectFailures>,
-}
-
-impl ManageConnection for Manager {
-    type Connection = Conn;
-    type Error = RedisError;
-
-    async fn connect(&self) -> Result<Conn, RedisError> {
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.connection)
-            .await
-        {
-            Ok(conn) => Ok(Conn {
-                conn,
-                broken: AtomicBool::new(false),
-            }),
-            Err(e) => {
-                self.failures.record(&e);
-                Err(e)
-            }
-        }
-    }
-
-    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn.conn)
-            .await
-            .map(drop)
-    }
-
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        *conn.broken.get_mut()
     }
 }
 
@@ -367,6 +200,8 @@ impl DedupStore for RedisDedupStore {
         let full = self.full_keys(keys);
         let hold_ms = millis(hold);
         let codes: Vec<u8> = self
+            .inner
+            .pool
             .run("claim", |mut conn| async move {
                 CLAIM.invoke(&mut conn, &full, &[hold_ms]).await
             })
@@ -397,19 +232,21 @@ impl DedupStore for RedisDedupStore {
         }
         let full = self.full_keys(keys);
         let window_ms = millis(window);
-        self.run("confirm", |mut conn| async move {
-            let mut pipe = redis::pipe();
-            for key in &full {
-                pipe.cmd("SET")
-                    .arg(key)
-                    .arg("c")
-                    .arg("PX")
-                    .arg(window_ms)
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await
+        self.inner
+            .pool
+            .run("confirm", |mut conn| async move {
+                let mut pipe = redis::pipe();
+                for key in &full {
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg("c")
+                        .arg("PX")
+                        .arg(window_ms)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await
     }
 
     async fn release(&self, keys: &[DedupKey]) -> Result<(), PortError> {
@@ -417,24 +254,28 @@ impl DedupStore for RedisDedupStore {
             return Ok(());
         }
         let full = self.full_keys(keys);
-        self.run("release", |mut conn| async move {
-            RELEASE.invoke::<i64>(&mut conn, &full, &[]).await.map(drop)
-        })
-        .await
+        self.inner
+            .pool
+            .run("release", |mut conn| async move {
+                RELEASE.invoke::<i64>(&mut conn, &full, &[]).await.map(drop)
+            })
+            .await
     }
 
     async fn check(&self) -> Result<(), PortError> {
-        self.run("ping", |mut conn| async move {
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        })
-        .await
-        .and_then(|pong| {
-            if pong == "PONG" {
-                Ok(())
-            } else {
-                Err(PortError::Failed(format!("redis PING answered {pong:?}")))
-            }
-        })
+        self.inner
+            .pool
+            .run("ping", |mut conn| async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
+            .await
+            .and_then(|pong| {
+                if pong == "PONG" {
+                    Ok(())
+                } else {
+                    Err(PortError::Failed(format!("redis PING answered {pong:?}")))
+                }
+            })
     }
 }
 
