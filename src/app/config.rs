@@ -12,7 +12,7 @@ use validator::Validate;
 /// Every setting. Environment variable = `CARTSTREAM_` + the field name in upper case
 /// (`max_message_bytes` is `CARTSTREAM_MAX_MESSAGE_BYTES`); the config file uses the field
 /// names as TOML keys. Durations are written like `30s`, `5m`, `24h`, `30days`.
-#[derive(Debug, Clone, Serialize, Deserialize, Validate, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Address and port to listen on.
@@ -119,12 +119,72 @@ pub struct Settings {
     #[serde(default, deserialize_with = "string_or_list", skip_serializing)]
     pub api_keys: Vec<String>,
 
+    /// Routes: where accepted events are delivered (configuration file only).
+    #[serde(default, skip_serializing)]
+    pub routes: Vec<RouteSettings>,
+
     /// Most events the committer groups into one claim + one store call.
     #[validate(range(min = 1, max = 1_000_000))]
     pub ingest_max_batch: usize,
     /// How long shutdown may take to answer what was received and flush.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+}
+
+/// One route of the configuration file:
+///
+/// ```toml
+/// [[routes]]
+/// name = "checkout-webhook"
+/// event_types = ["checkout_started", "checkout_completed"]   # omit (or "*") for all
+/// [routes.target]
+/// kind = "webhook"
+/// url = "https://example.com/hooks/cart"
+/// secret = "…"
+/// ```
+#[derive(Debug, Clone, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    pub name: String,
+    /// Event types the route takes; empty or `["*"]` for all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    pub target: crate::adapters::outbound::targets::TargetConfig,
+    /// Most events per delivery.
+    #[serde(default = "defaults::batch_size")]
+    #[validate(range(min = 1, max = 10_000))]
+    pub batch_size: usize,
+    /// Failed attempts after which a delivery is dead-lettered.
+    #[serde(default = "defaults::max_attempts")]
+    #[validate(range(min = 1, max = 1_000))]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::backoff_min", with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(default = "defaults::backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Ordered lanes delivered in parallel (one user's events always share a lane).
+    #[serde(default = "defaults::concurrency")]
+    #[validate(range(min = 1, max = 64))]
+    pub concurrency: u32,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn batch_size() -> usize {
+        100
+    }
+    pub fn max_attempts() -> u32 {
+        10
+    }
+    pub fn backoff_min() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn backoff_max() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn concurrency() -> u32 {
+        4
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -173,6 +233,7 @@ impl Default for Settings {
             rate_limit_burst: 0,
             api_keys: Vec::new(),
             admin_key: None,
+            routes: Vec::new(),
             ingest_max_batch: 4096,
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -316,20 +377,16 @@ impl Settings {
 
     fn check(&self) -> Result<(), ConfigError> {
         if let Err(errors) = self.validate() {
-            let mut parts: Vec<String> = errors
-                .field_errors()
-                .into_iter()
-                .map(|(field, errs)| {
-                    let detail = errs
-                        .iter()
-                        .map(describe_validation)
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    format!("{field} (CARTSTREAM_{}): {detail}", field.to_uppercase())
-                })
-                .collect();
-            parts.sort();
-            return Err(ConfigError::Invalid(parts.join("; ")));
+            return Err(ConfigError::Invalid(describe_errors(&errors, |field| {
+                format!("{field} (CARTSTREAM_{})", field.to_uppercase())
+            })));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Err(errors) = route.validate() {
+                return Err(ConfigError::Invalid(describe_errors(&errors, |field| {
+                    format!("routes[{i}].{field}")
+                })));
+            }
         }
         let positive = [
             ("dedup_window", self.dedup_window),
@@ -345,6 +402,25 @@ impl Settings {
                 return Err(ConfigError::Invalid(format!(
                     "{name} (CARTSTREAM_{}): must be longer than zero",
                     name.to_uppercase()
+                )));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            crate::domain::routing::RouteName::parse(&route.name)
+                .map_err(|e| ConfigError::Invalid(format!("{at}.name: {e}")))?;
+            if !names.insert(route.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.name: route {:?} is defined twice",
+                    route.name
+                )));
+            }
+            crate::domain::routing::RouteMatch::parse(&route.event_types)
+                .map_err(|e| ConfigError::Invalid(format!("{at}.event_types: {e}")))?;
+            if route.backoff_min.is_zero() || route.backoff_max < route.backoff_min {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: backoff_min must be above zero and at most backoff_max"
                 )));
             }
         }
@@ -391,6 +467,23 @@ fn describe(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+fn describe_errors(errors: &validator::ValidationErrors, name: impl Fn(&str) -> String) -> String {
+    let mut parts: Vec<String> = errors
+        .field_errors()
+        .into_iter()
+        .map(|(field, errs)| {
+            let detail = errs
+                .iter()
+                .map(describe_validation)
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{}: {detail}", name(&field))
+        })
+        .collect();
+    parts.sort();
+    parts.join("; ")
 }
 
 fn describe_validation(e: &validator::ValidationError) -> String {

@@ -5,18 +5,24 @@ use crate::adapters::inbound::http;
 use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use crate::adapters::outbound::embedded::EmbeddedStore;
 use crate::adapters::outbound::journal::SqliteJournal;
+use crate::adapters::outbound::outbox::SqliteOutbox;
 use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
+use crate::adapters::outbound::targets::build_target;
+use crate::app::config::RouteSettings;
 use crate::app::config::Settings;
 use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
 use crate::app::ingest::{Committer, Ingest};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
+use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::app::state::AppState;
-use crate::ports::{Clock, DedupStore, EventStore, Journal, PortError, SystemClock};
+use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
+use crate::ports::{Clock, DedupStore, EventFeed, EventStore, Journal, PortError, SystemClock};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::Server;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +38,10 @@ pub struct Ports {
     pub dedup_kind: &'static str,
     /// The journal-to-remote-store path, when a remote store is configured.
     pub forwarding: Option<Forwarding>,
+    /// The durable record of accepted events in order, which routing reads.
+    pub feed: Arc<dyn EventFeed>,
+    /// Configured routes (none: routing does not run).
+    pub routes: Vec<Arc<Route>>,
 }
 
 /// What the forwarder needs; it is started with the application.
@@ -73,7 +83,7 @@ impl Ports {
                 "embedded",
             ),
         };
-        let (store, store_kind, forwarding): (Arc<dyn EventStore>, _, _) =
+        let (store, store_kind, forwarding, feed): (Arc<dyn EventStore>, _, _, Arc<dyn EventFeed>) =
             match &settings.clickhouse_url {
                 Some(url) => {
                     let config = ClickHouseConfig {
@@ -86,10 +96,11 @@ impl Ports {
                     };
                     let remote: Arc<dyn EventStore> =
                         Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
-                    let journal: Arc<dyn Journal> = Arc::new(
+                    let sqlite_journal =
                         SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes)
-                            .map_err(StartupError::Store)?,
-                    );
+                            .map_err(StartupError::Store)?;
+                    let feed: Arc<dyn EventFeed> = Arc::new(sqlite_journal.clone());
+                    let journal: Arc<dyn Journal> = Arc::new(sqlite_journal);
                     let wake = Arc::new(Notify::new());
                     let store = JournaledStore::new(
                         Arc::clone(&journal),
@@ -109,14 +120,18 @@ impl Ports {
                         wake,
                         policy,
                     };
-                    (Arc::new(store), "clickhouse", Some(forwarding))
+                    (Arc::new(store), "clickhouse", Some(forwarding), feed)
                 }
-                None => (
-                    Arc::new(shared.map_or_else(embedded, Ok)?),
-                    "embedded",
-                    None,
-                ),
+                None => {
+                    let store = shared.map_or_else(embedded, Ok)?;
+                    (Arc::new(store.clone()), "embedded", None, Arc::new(store))
+                }
             };
+        let routes = settings
+            .routes
+            .iter()
+            .map(|r| build_route(r, settings.redis_url.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             store,
             dedup,
@@ -124,8 +139,30 @@ impl Ports {
             store_kind,
             dedup_kind,
             forwarding,
+            feed,
+            routes,
         })
     }
+}
+
+fn build_route(
+    r: &RouteSettings,
+    default_redis_url: Option<&str>,
+) -> Result<Arc<Route>, StartupError> {
+    let bad = |e: String| StartupError::Route(r.name.clone(), e);
+    let rule = RouteRule {
+        name: RouteName::parse(&r.name).map_err(bad)?,
+        matcher: RouteMatch::parse(&r.event_types).map_err(bad)?,
+    };
+    let target = build_target(&r.target, default_redis_url).map_err(|e| bad(e.to_string()))?;
+    let policy = RoutePolicy {
+        batch_size: r.batch_size,
+        max_attempts: r.max_attempts,
+        backoff_min: r.backoff_min,
+        backoff_max: r.backoff_max,
+        lanes: r.concurrency,
+    };
+    Ok(Arc::new(Route::new(rule, target, policy)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +176,8 @@ pub enum StartupError {
     Store(PortError),
     #[error("bad backend setting: {0}")]
     Backend(PortError),
+    #[error("route {0:?}: {1}")]
+    Route(String, String),
 }
 
 /// A bound, ready-to-run server.
@@ -150,6 +189,8 @@ pub struct Application {
     committer: tokio::task::JoinHandle<()>,
     forwarder_stop: CancellationToken,
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    routing_stop: CancellationToken,
+    routing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -197,6 +238,23 @@ impl Application {
             settings.ingest_max_batch,
             committer_stop.clone(),
         );
+        let routing = if ports.routes.is_empty() {
+            None
+        } else {
+            let outbox = SqliteOutbox::open(&settings.data_dir).map_err(StartupError::Store)?;
+            Some(Arc::new(Routing {
+                routes: ports.routes,
+                outbox: Arc::new(outbox),
+                feed: ports.feed,
+                recorded: Arc::clone(&recorded),
+                routed_through: Arc::new(AtomicI64::new(0)),
+                metrics: Arc::clone(&metrics),
+            }))
+        };
+        let routing_stop = CancellationToken::new();
+        let routing_task = routing
+            .as_ref()
+            .map(|r| tokio::spawn(Arc::clone(r).run(routing_stop.clone())));
         let forwarder_stop = CancellationToken::new();
         let forwarder = ports.forwarding.map(|f| {
             let forwarder = Forwarder {
@@ -205,7 +263,7 @@ impl Application {
                 policy: f.policy,
                 wake: f.wake,
                 metrics: Arc::clone(&metrics),
-                routed_through: None,
+                routed_through: routing.as_ref().map(|r| Arc::clone(&r.routed_through)),
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
         });
@@ -224,7 +282,7 @@ impl Application {
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
-            routing: None,
+            routing,
         });
         Ok(Self {
             acceptor,
@@ -234,6 +292,8 @@ impl Application {
             committer,
             forwarder_stop,
             forwarder,
+            routing_stop,
+            routing: routing_task,
         })
     }
 
@@ -275,6 +335,11 @@ impl Application {
         }
         self.committer_stop.cancel();
         let _ = self.committer.await;
+        if let Some(routing) = self.routing {
+            // Undelivered events stay in the outbox and go out after the next start.
+            self.routing_stop.cancel();
+            let _ = tokio::time::timeout(grace, routing).await;
+        }
         if let Some(forwarder) = self.forwarder {
             // Flush the journal while the event store answers, within the grace period; what
             // is left stays in the journal and is forwarded after the next start.

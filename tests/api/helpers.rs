@@ -172,11 +172,13 @@ pub fn embedded_ports(dir: &Path) -> Ports {
     let store = EmbeddedStore::open(dir).unwrap();
     Ports {
         store: Arc::new(store.clone()),
-        dedup: Arc::new(store),
+        dedup: Arc::new(store.clone()),
         clock: Arc::new(SystemClock),
         store_kind: "embedded",
         dedup_kind: "embedded",
         forwarding: None,
+        feed: Arc::new(store.clone()),
+        routes: Vec::new(),
     }
 }
 

@@ -12,5 +12,6 @@ mod openapi;
 mod production;
 mod proxy;
 mod redis_dedup;
+mod routing;
 mod targets;
 mod ws;

@@ -26,6 +26,11 @@ async fn backends_or_skip() -> Option<Backends> {
 }
 
 async fn spawn(b: &Backends) -> TestApp {
+    spawn_routed(b, None).await
+}
+
+/// With `webhook`, every event is also routed there (reading the journal as its feed).
+async fn spawn_routed(b: &Backends, webhook: Option<String>) -> TestApp {
     let (redis, ch, db, prefix) = (
         b.redis_url.clone(),
         b.db.url.clone(),
@@ -33,6 +38,20 @@ async fn spawn(b: &Backends) -> TestApp {
         b.prefix.clone(),
     );
     TestApp::spawn_with(move |s| {
+        if let Some(url) = webhook {
+            s.routes = vec![cartstream::app::config::RouteSettings {
+                name: "all".into(),
+                event_types: vec![],
+                target: cartstream::adapters::outbound::targets::TargetConfig::Webhook(
+                    cartstream::adapters::outbound::targets::WebhookConfig::new(url),
+                ),
+                batch_size: 100,
+                max_attempts: 10,
+                backoff_min: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(100),
+                concurrency: 2,
+            }];
+        }
         s.redis_url = Some(redis);
         s.redis_key_prefix = prefix;
         s.clickhouse_url = Some(ch);
@@ -87,7 +106,8 @@ async fn websocket_and_http_events_land_in_clickhouse_and_read_back() {
     let Some(b) = backends_or_skip().await else {
         return;
     };
-    let app = spawn(&b).await;
+    let receiver = crate::targets::Receiver::start(200).await;
+    let app = spawn_routed(&b, Some(receiver.url.clone())).await;
     let (status, ready) = app.get_json("/ready").await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["eventStore"]["backend"], "clickhouse");
@@ -148,6 +168,24 @@ async fn websocket_and_http_events_land_in_clickhouse_and_read_back() {
     assert_eq!(
         sources.split_whitespace().collect::<Vec<_>>(),
         ["http", "ws"]
+    );
+    // Routed from the journal: both events reached the webhook too.
+    let mut routed = std::collections::HashSet::new();
+    for _ in 0..500 {
+        routed = receiver
+            .requests()
+            .iter()
+            .flat_map(|r| r.json()["events"].as_array().unwrap().clone())
+            .map(|e| e["eventId"].as_str().unwrap().to_owned())
+            .collect();
+        if routed.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        routed,
+        [ws_id.clone(), http_id.clone()].into_iter().collect()
     );
     app.stop().await.unwrap();
 }

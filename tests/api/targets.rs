@@ -30,7 +30,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// must carry a timestamp within 300 s of `now` and a `v1` HMAC-SHA256 of `"<t>.<raw body>"`
 /// under `secret`. Compared in constant time; several `v1` values (a secret being rotated)
 /// pass when any matches.
-fn verify_signature(secret: &[u8], header: &str, body: &[u8], now: u64) -> bool {
+pub(crate) fn verify_signature(secret: &[u8], header: &str, body: &[u8], now: u64) -> bool {
     let mut t = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
@@ -69,7 +69,7 @@ fn the_docs_quote_the_verification_the_tests_use() {
     );
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -103,39 +103,39 @@ fn events(n: usize) -> Vec<StoredEvent> {
         .collect()
 }
 
-struct Recorded {
+pub(crate) struct Recorded {
     /// The client's address: the same for requests on one pooled connection.
-    peer: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
+    pub peer: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
 }
 
 impl Recorded {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 }
 
 #[derive(Default)]
-struct ReceiverState {
-    requests: Mutex<Vec<Recorded>>,
-    status: AtomicU16,
-    delay_ms: AtomicU64,
+pub(crate) struct ReceiverState {
+    pub requests: Mutex<Vec<Recorded>>,
+    pub status: AtomicU16,
+    pub delay_ms: AtomicU64,
 }
 
 /// A webhook receiver on 127.0.0.1:0 that records every request and answers `status` (after
 /// `delay_ms`), with a short text body and, for 3xx, a `Location` back to itself.
-struct Receiver {
-    url: String,
-    state: Arc<ReceiverState>,
+pub(crate) struct Receiver {
+    pub url: String,
+    pub state: Arc<ReceiverState>,
 }
 
 impl Receiver {
-    async fn start(status: u16) -> Self {
+    pub async fn start(status: u16) -> Self {
         let state = Arc::new(ReceiverState::default());
         state.status.store(status, Ordering::SeqCst);
         let acceptor = TcpListener::bind("127.0.0.1:0")
@@ -153,7 +153,7 @@ impl Receiver {
         }
     }
 
-    fn requests(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
+    pub fn requests(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
         self.state.requests.lock().unwrap()
     }
 }
@@ -350,13 +350,13 @@ async fn a_receiver_slower_than_the_timeout_is_retryable() {
 }
 
 /// A stream key no other test uses, deleted when the guard goes (even on panic).
-struct Stream {
-    url: String,
-    key: String,
+pub(crate) struct Stream {
+    pub url: String,
+    pub key: String,
 }
 
 impl Stream {
-    fn new(url: &str) -> Self {
+    pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
             key: format!("cartstream-test:{}:stream", random_suffix()),
@@ -381,9 +381,9 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-type Entry = (String, Vec<(String, String)>);
+pub(crate) type Entry = (String, Vec<(String, String)>);
 
-async fn entries(url: &str, key: &str) -> Vec<Entry> {
+pub(crate) async fn entries(url: &str, key: &str) -> Vec<Entry> {
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
