@@ -9,6 +9,12 @@
 //! ulimit -n 65536; cargo run --release --example cartstream-bench -- idle --connections 5000
 //! ```
 //!
+//! Open files: `idle` with N connections needs N + a few descriptors in this process and in the
+//! server, so raise `ulimit -n` in the shell that starts each (the default soft limit is often
+//! 1024; where the hard limit is lower than 65536, as in a container, use the hard limit:
+//! `ulimit -n $(ulimit -Hn)`). A connection refused with "Too many open files" is counted as a
+//! failure and the report says so.
+//!
 //! Every reply is checked: one per message, in order (its `requestId` is the one sent), of the
 //! right type, and with the status the event deserves (`accepted` for a fresh valid event,
 //! `duplicate` for an id that was already acknowledged `accepted`, rejected /
