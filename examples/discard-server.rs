@@ -5,15 +5,26 @@
 //! ```sh
 //! CARTSTREAM_LISTEN=127.0.0.1:3001 cargo run --release --example discard-server
 //! ```
+//!
+//! With `DISCARD_WITH_JOURNAL=1` the local journal (under `CARTSTREAM_DATA_DIR`) sits in front
+//! of the discarding store exactly as it sits in front of ClickHouse: the difference between
+//! the two runs is what the journal costs.
 
+use cartstream::adapters::outbound::journal::SqliteJournal;
 use cartstream::app::config::Settings;
+use cartstream::app::forwarder::{FlushPolicy, JournaledStore};
+use cartstream::app::startup::Forwarding;
 use cartstream::app::startup::{shutdown_signal, Application, Ports};
 use cartstream::app::telemetry;
 use cartstream::domain::{DedupKey, StoredEvent};
-use cartstream::ports::{Claim, DedupStore, EventQuery, EventStore, PortError, SystemClock};
+use cartstream::ports::{
+    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, Journal, PortError,
+    SystemClock,
+};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Stores nothing and says it did.
 struct DiscardStore;
@@ -23,11 +34,28 @@ impl EventStore for DiscardStore {
     async fn insert(&self, _events: &[StoredEvent]) -> Result<(), PortError> {
         Ok(())
     }
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        Ok(vec![false; keys.len()])
+    }
     async fn query(&self, _query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
         Ok(Vec::new())
     }
     async fn check(&self) -> Result<(), PortError> {
         Ok(())
+    }
+}
+
+/// Nothing recorded, nothing to route.
+#[async_trait::async_trait]
+impl EventFeed for DiscardStore {
+    fn name(&self) -> &'static str {
+        "discard"
+    }
+    async fn head(&self) -> Result<i64, PortError> {
+        Ok(0)
+    }
+    async fn after(&self, _after: i64, _max: usize) -> Result<Vec<FeedEntry>, PortError> {
+        Ok(Vec::new())
     }
 }
 
@@ -60,13 +88,45 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
+    let with_journal = std::env::var("DISCARD_WITH_JOURNAL").is_ok_and(|v| v == "1");
+    let (store, forwarding, feed): (Arc<dyn EventStore>, _, Arc<dyn EventFeed>) = if with_journal {
+        let journal = match SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("discard-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shared: Arc<dyn Journal> = Arc::new(journal.clone());
+        let wake = Arc::new(Notify::new());
+        let remote: Arc<dyn EventStore> = Arc::new(DiscardStore);
+        let store =
+            JournaledStore::new(Arc::clone(&shared), Arc::clone(&remote), Arc::clone(&wake));
+        let forwarding = Forwarding {
+            journal: shared,
+            remote,
+            wake,
+            policy: FlushPolicy {
+                max_rows: settings.forward_max_rows,
+                max_bytes: settings.forward_max_bytes,
+                interval: settings.forward_interval,
+                backoff_min: Duration::from_millis(100),
+                backoff_max: settings.forward_backoff_max,
+            },
+        };
+        (Arc::new(store), Some(forwarding), Arc::new(journal))
+    } else {
+        (Arc::new(DiscardStore), None, Arc::new(DiscardStore))
+    };
     let ports = Ports {
-        store: Arc::new(DiscardStore),
+        store,
         dedup: Arc::new(ForgetfulDedup),
         clock: Arc::new(SystemClock),
         store_kind: "discard",
         dedup_kind: "discard",
-        forwarding: None,
+        forwarding,
+        feed,
+        routes: Vec::new(),
     };
     let app = match Application::build_with(settings, ports).await {
         Ok(app) => app,
