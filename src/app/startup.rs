@@ -3,7 +3,7 @@
 
 use crate::adapters::inbound::http;
 use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
-use crate::adapters::outbound::embedded::EmbeddedStore;
+use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
 use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
@@ -64,6 +64,16 @@ impl Ports {
         let embedded = || EmbeddedStore::open(&settings.data_dir).map_err(StartupError::Store);
         let shared = match (&settings.redis_url, &settings.clickhouse_url) {
             (Some(_), Some(_)) => None,
+            // Events and dedup state in the same store: dedup reads the events themselves.
+            (None, None) => Some(
+                EmbeddedStore::open_with(
+                    &settings.data_dir,
+                    DedupMode::Events {
+                        window: settings.dedup_window,
+                    },
+                )
+                .map_err(StartupError::Store)?,
+            ),
             _ => Some(embedded()?),
         };
         let (dedup, dedup_kind): (Arc<dyn DedupStore>, _) = match &settings.redis_url {

@@ -36,7 +36,12 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
     )
     .map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+    // 16 MiB of page cache (the default is 2 MiB): index pages of a growing table stay in
+    // memory instead of being read back from disk on every insert.
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16384;
+         PRAGMA temp_store=MEMORY;",
+    )
         .map_err(db_err)?;
     Ok(conn)
 }

@@ -83,7 +83,10 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
     };
     let accept = derive_accept_key(key.as_bytes());
     let max = state.settings.max_message_bytes;
+    // An 8 KiB read buffer (tungstenite preallocates 128 KiB per connection): larger frames
+    // still grow it, and thousands of idle connections stay cheap.
     let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let tracker = state.connections.clone();

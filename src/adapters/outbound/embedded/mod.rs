@@ -59,9 +59,26 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
+/// Where the embedded dedup store remembers accepted ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupMode {
+    /// In its own `dedup` table, with an expiry per key (when events are stored elsewhere).
+    Table,
+    /// In the `events` table itself, when this store also stores the events: an id is a
+    /// duplicate when its event was received within `window`. Saves a write and two index
+    /// updates per event, and cannot disagree with what is stored.
+    Events { window: Duration },
+}
+
 struct Inner {
     path: PathBuf,
+    mode: DedupMode,
     write: Mutex<WriteState>,
+    /// Confirmations go through their own connection with `synchronous=NORMAL`: they need no
+    /// fsync of their own. Losing the last confirmations to a power cut only means a retry
+    /// of those events is answered `accepted` again, and the store keeps one copy of each
+    /// (inserts are idempotent per event id, and only new rows are routed).
+    confirm: Mutex<WriteState>,
     claims: Mutex<ClaimState>,
     read: Mutex<Connection>,
 }
@@ -76,6 +93,14 @@ impl EmbeddedStore {
     /// # Errors
     /// When the directory cannot be created or the database cannot be opened.
     pub fn open(data_dir: &Path) -> Result<Self, PortError> {
+        Self::open_with(data_dir, DedupMode::Table)
+    }
+
+    /// Like [`open`](Self::open), choosing where dedup state lives.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or the database cannot be opened.
+    pub fn open_with(data_dir: &Path, mode: DedupMode) -> Result<Self, PortError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             PortError::Unavailable(format!(
                 "cannot create data dir {}: {e}",
@@ -85,13 +110,22 @@ impl EmbeddedStore {
         let path = data_dir.join("cartstream.db");
         let write = open_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
+        let confirm = open_conn(&path)?;
+        confirm
+            .execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(db_err)?;
         let claims = open_conn(&path)?;
         let read = open_conn(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                mode,
                 write: Mutex::new(WriteState {
                     conn: write,
+                    last_purge: Instant::now(),
+                }),
+                confirm: Mutex::new(WriteState {
+                    conn: confirm,
                     last_purge: Instant::now(),
                 }),
                 claims: Mutex::new(ClaimState {
@@ -192,9 +226,15 @@ impl DedupStore for EmbeddedStore {
             let now = Instant::now();
             let now_ms = now_ms();
             let ClaimState { conn, pending } = &mut *state;
-            let mut stmt = conn
-                .prepare_cached("SELECT expires_at FROM dedup WHERE key = ?1")
-                .map_err(db_err)?;
+            // Either way the query answers "until when is this id remembered".
+            let (sql, extra_ms) = match inner.mode {
+                DedupMode::Table => ("SELECT expires_at FROM dedup WHERE key = ?1", 0),
+                DedupMode::Events { window } => (
+                    "SELECT received_at FROM events WHERE event_id = ?1",
+                    window.as_millis().min(i64::MAX as u128) as i64,
+                ),
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
             let mut out = Vec::with_capacity(keys.len());
             for key in keys {
                 if pending.get(&key).is_some_and(|until| *until > now) {
@@ -202,9 +242,10 @@ impl DedupStore for EmbeddedStore {
                     continue;
                 }
                 let expires: Option<i64> = stmt
-                    .query_row([&key], |r| r.get(0))
+                    .query_row([&key], |r| r.get::<_, i64>(0))
                     .optional()
-                    .map_err(db_err)?;
+                    .map_err(db_err)?
+                    .map(|t| t.saturating_add(extra_ms));
                 if expires.is_some_and(|e| e > now_ms) {
                     out.push(Claim::Duplicate);
                 } else {
@@ -224,11 +265,16 @@ impl DedupStore for EmbeddedStore {
         if keys.is_empty() {
             return Ok(());
         }
+        if matches!(self.inner.mode, DedupMode::Events { .. }) {
+            // Recording the events was the confirmation.
+            let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+            return self.drop_pending(keys).await;
+        }
         let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
         let expires_at = now_ms().saturating_add(window.as_millis().min(i64::MAX as u128) as i64);
         let confirmed = keys.clone();
         self.blocking(move |inner| {
-            let mut state = lock(&inner.write);
+            let mut state = lock(&inner.confirm);
             let purge = state.last_purge.elapsed() >= PURGE_EVERY;
             let tx = state.conn.transaction().map_err(db_err)?;
             {

@@ -182,3 +182,32 @@ async fn known_answers_which_ids_are_stored() {
         [false, true]
     );
 }
+
+#[tokio::test]
+async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open_with(
+        dir.path(),
+        DedupMode::Events {
+            window: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let hold = Duration::from_secs(30);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut fresh = event("e-1", "u", "cart_viewed", &now);
+    fresh.received_at = chrono::Utc::now();
+    let mut old = event("e-old", "u", "cart_viewed", &now);
+    old.received_at = chrono::Utc::now() - chrono::Duration::hours(2);
+    assert_eq!(store.claim(&keys(&["e-1"]), hold).await.unwrap(), [Claim::New]);
+    assert_eq!(store.claim(&keys(&["e-1"]), hold).await.unwrap(), [Claim::InFlight]);
+    store.insert(&[fresh, old]).await.unwrap();
+    store.confirm(&keys(&["e-1"]), Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(
+        store.claim(&keys(&["e-1", "e-old", "e-2"]), hold).await.unwrap(),
+        [Claim::Duplicate, Claim::New, Claim::New],
+        "an event received outside the window is no longer a duplicate"
+    );
+    store.release(&keys(&["e-old", "e-2"])).await.unwrap();
+    assert_eq!(store.claim(&keys(&["e-2"]), hold).await.unwrap(), [Claim::New]);
+}
