@@ -7,7 +7,8 @@
 
 use crate::app::metrics::{Channel, ChannelLabels, Metrics};
 use crate::domain::{
-    parse_event, CartEvent, DedupKey, EventId, FieldError, Source, StoredEvent, ValidationPolicy,
+    parse_event_owned, CartEvent, DedupKey, EventId, FieldError, Source, StoredEvent,
+    ValidationPolicy,
 };
 use crate::ports::{Claim, Clock, DedupStore, EventStore, PortError};
 use serde_json::Value;
@@ -78,8 +79,8 @@ impl Ingest {
     }
 
     /// Validates one raw event against the rules, by the server's clock now.
-    pub fn validate(&self, raw: &Value) -> Item {
-        parse_event(raw, &self.inner.policy, self.inner.clock.now(), || {
+    pub fn validate(&self, raw: Value) -> Item {
+        parse_event_owned(raw, &self.inner.policy, self.inner.clock.now(), || {
             EventId::from_random_bytes(rand::random())
         })
     }
@@ -352,14 +353,16 @@ impl Committer {
         }
 
         let received_at = crate::domain::event::to_millis(self.clock.now());
+        // The ids answer the clients; the events themselves move into the store call.
+        let ids: Vec<EventId> = events.iter().map(|(e, _)| e.event_id().clone()).collect();
         let to_store: Vec<StoredEvent> = events
-            .iter()
+            .into_iter()
             .zip(&plans)
             .filter(|(_, p)| matches!(p, Plan::Store))
             .map(|((event, source), _)| StoredEvent {
-                event: event.clone(),
+                event,
                 received_at,
-                source: *source,
+                source,
             })
             .collect();
         if !to_store.is_empty() {
@@ -374,7 +377,7 @@ impl Committer {
                         tracing::warn!(cause = %e, "releasing dedup claims failed");
                     }
                 }
-                return self.finish(&events, plans, Some(describe(&e)), started);
+                return self.finish(&ids, plans, Some(describe(&e)), started);
             }
         }
         if !to_store.is_empty() {
@@ -389,12 +392,12 @@ impl Committer {
                 tracing::warn!(cause = %e, keys = claimed.len(), "confirming dedup claims failed");
             }
         }
-        self.finish(&events, plans, None, started)
+        self.finish(&ids, plans, None, started)
     }
 
     fn finish(
         &self,
-        events: &[(CartEvent, Source)],
+        ids: &[EventId],
         plans: Vec<Plan>,
         store_failure: Option<String>,
         started: Instant,
@@ -403,7 +406,7 @@ impl Committer {
         for (i, plan) in plans.into_iter().enumerate() {
             let outcome = match plan {
                 Plan::Store => match &store_failure {
-                    None => Outcome::Accepted(events[i].0.event_id().clone()),
+                    None => Outcome::Accepted(ids[i].clone()),
                     Some(reason) => Outcome::Unavailable(reason.clone()),
                 },
                 Plan::Answer(o) => o,

@@ -40,7 +40,18 @@ pub fn parse_event(
     now: DateTime<Utc>,
     fresh_id: impl FnOnce() -> EventId,
 ) -> Result<CartEvent, Vec<FieldError>> {
-    let Some(obj) = raw.as_object() else {
+    parse_event_owned(raw.clone(), policy, now, fresh_id)
+}
+
+/// [`parse_event`] taking the raw event by value, so its metadata is moved, not copied: the
+/// form the ingest hot path uses.
+pub fn parse_event_owned(
+    raw: Value,
+    policy: &ValidationPolicy,
+    now: DateTime<Utc>,
+    fresh_id: impl FnOnce() -> EventId,
+) -> Result<CartEvent, Vec<FieldError>> {
+    let Value::Object(mut obj) = raw else {
         return Err(vec![FieldError::invalid_type("", "a JSON object")]);
     };
     let mut errors = Vec::new();
@@ -137,10 +148,13 @@ pub fn parse_event(
         return Err(errors);
     }
     // Every branch that left one of these `None` pushed an error, so all are present here.
-    let (Some(user_id), Some(event_type), Some(metadata)) = (user_id, event_type, metadata) else {
+    let (Some(user_id), Some(event_type), true) = (user_id, event_type, metadata.is_some()) else {
         return Err(vec![FieldError::invalid_type("", "a JSON object")]);
     };
-    let metadata = metadata.clone();
+    let metadata = match obj.remove("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
     let occurred_at = timestamp.unwrap_or_else(|| to_millis(now));
     let (event_id, id_origin) = match (event_id, timestamp) {
         (Some(id), _) => (id, IdOrigin::Client),

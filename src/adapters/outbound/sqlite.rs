@@ -42,7 +42,7 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16384;
          PRAGMA temp_store=MEMORY;",
     )
-        .map_err(db_err)?;
+    .map_err(db_err)?;
     Ok(conn)
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::domain::parse_event;
 use crate::ports::{MockClock, MockDedupStore, MockEventStore};
 use chrono::{TimeZone, Utc};
 use mockall::predicate::always;
@@ -262,19 +263,19 @@ async fn a_partial_batch_keeps_order_across_rejections_and_groups() {
         stop.clone(),
     );
     let items = vec![
-        ingest.validate(&json!({"eventId": "ok-1", "userId": "u", "eventType": "cart_viewed"})),
-        ingest.validate(&json!({"eventId": "bad", "eventType": "cart_viewed"})),
-        ingest.validate(&json!({"eventId": "dup", "userId": "u", "eventType": "cart_viewed"})),
-        ingest.validate(&json!([])),
-        ingest.validate(&json!({"eventId": "ok-2", "userId": "u", "eventType": "cart_viewed"})),
+        ingest.validate(json!({"eventId": "ok-1", "userId": "u", "eventType": "cart_viewed"})),
+        ingest.validate(json!({"eventId": "bad", "eventType": "cart_viewed"})),
+        ingest.validate(json!({"eventId": "dup", "userId": "u", "eventType": "cart_viewed"})),
+        ingest.validate(json!([])),
+        ingest.validate(json!({"eventId": "ok-2", "userId": "u", "eventType": "cart_viewed"})),
     ];
     let first = ingest.submit(items, Source::Http);
-    let second = ingest.submit(
-        vec![
-            ingest.validate(&json!({"eventId": "ok-1", "userId": "u", "eventType": "cart_viewed"}))
-        ],
-        Source::Ws,
-    );
+    let second =
+        ingest.submit(
+            vec![ingest
+                .validate(json!({"eventId": "ok-1", "userId": "u", "eventType": "cart_viewed"}))],
+            Source::Ws,
+        );
     let out = first.await;
     assert_eq!(out[0], Outcome::Accepted(id("ok-1")));
     assert!(matches!(&out[1], Outcome::Rejected(e) if e[0].field == "userId"));
@@ -300,7 +301,7 @@ async fn a_partial_batch_keeps_order_across_rejections_and_groups() {
     task.await.unwrap();
     let late = ingest
         .submit(
-            vec![ingest.validate(&json!({"userId": "u", "eventType": "cart_viewed"}))],
+            vec![ingest.validate(json!({"userId": "u", "eventType": "cart_viewed"}))],
             Source::Http,
         )
         .await;

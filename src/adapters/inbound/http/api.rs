@@ -214,7 +214,7 @@ impl Api {
             return PostEventResponse::RateLimited(body, secs);
         }
         let ingest = &self.state.ingest;
-        let item = ingest.validate(&Value::Object(body.0 .0));
+        let item = ingest.validate(Value::Object(body.0 .0));
         let outcome = ingest.submit(vec![item], Source::Http).await.pop();
         match outcome {
             Some(Outcome::Accepted(id)) => PostEventResponse::Accepted(Json(EventAck {
@@ -250,7 +250,8 @@ impl Api {
     #[oai(path = "/events/batch", method = "post", tag = "ApiTags::Events")]
     async fn post_batch(&self, addr: &RemoteAddr, body: Json<RawBatch>) -> PostBatchResponse {
         let max = self.state.settings.max_batch_events;
-        let events = match body.0 .0.get("events") {
+        let mut body = body.0 .0;
+        let events = match body.remove("events") {
             Some(Value::Array(events)) => events,
             Some(_) => {
                 return PostBatchResponse::BadRequest(err(
@@ -278,7 +279,7 @@ impl Api {
             return PostBatchResponse::RateLimited(body, secs);
         }
         let ingest = &self.state.ingest;
-        let items = events.iter().map(|e| ingest.validate(e)).collect();
+        let items = events.into_iter().map(|e| ingest.validate(e)).collect();
         match batch_answer(ingest.submit(items, Source::Http).await) {
             BatchAnswer::Results(r) => PostBatchResponse::Ok(Json(r)),
             BatchAnswer::Unavailable(reason) => {

@@ -320,7 +320,7 @@ impl Connection {
                 if let Some(limited) = self.rate_limited(&request_id, 1) {
                     return limited;
                 }
-                let submitted = ingest.submit(vec![ingest.validate(&data)], Source::Ws);
+                let submitted = ingest.submit(vec![ingest.validate(data)], Source::Ws);
                 async move {
                     let reply = match submitted.await.pop() {
                         Some(Outcome::Accepted(id)) => Reply::EventAck {
@@ -361,7 +361,7 @@ impl Connection {
                 if let Some(limited) = self.rate_limited(&request_id, data.len()) {
                     return limited;
                 }
-                let items = data.iter().map(|e| ingest.validate(e)).collect();
+                let items = data.into_iter().map(|e| ingest.validate(e)).collect();
                 let submitted = ingest.submit(items, Source::Ws);
                 async move {
                     let reply = match batch_answer(submitted.await) {

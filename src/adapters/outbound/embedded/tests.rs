@@ -199,15 +199,30 @@ async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
     fresh.received_at = chrono::Utc::now();
     let mut old = event("e-old", "u", "cart_viewed", &now);
     old.received_at = chrono::Utc::now() - chrono::Duration::hours(2);
-    assert_eq!(store.claim(&keys(&["e-1"]), hold).await.unwrap(), [Claim::New]);
-    assert_eq!(store.claim(&keys(&["e-1"]), hold).await.unwrap(), [Claim::InFlight]);
-    store.insert(&[fresh, old]).await.unwrap();
-    store.confirm(&keys(&["e-1"]), Duration::from_secs(3600)).await.unwrap();
     assert_eq!(
-        store.claim(&keys(&["e-1", "e-old", "e-2"]), hold).await.unwrap(),
+        store.claim(&keys(&["e-1"]), hold).await.unwrap(),
+        [Claim::New]
+    );
+    assert_eq!(
+        store.claim(&keys(&["e-1"]), hold).await.unwrap(),
+        [Claim::InFlight]
+    );
+    store.insert(&[fresh, old]).await.unwrap();
+    store
+        .confirm(&keys(&["e-1"]), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&keys(&["e-1", "e-old", "e-2"]), hold)
+            .await
+            .unwrap(),
         [Claim::Duplicate, Claim::New, Claim::New],
         "an event received outside the window is no longer a duplicate"
     );
     store.release(&keys(&["e-old", "e-2"])).await.unwrap();
-    assert_eq!(store.claim(&keys(&["e-2"]), hold).await.unwrap(), [Claim::New]);
+    assert_eq!(
+        store.claim(&keys(&["e-2"]), hold).await.unwrap(),
+        [Claim::New]
+    );
 }
