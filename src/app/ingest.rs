@@ -171,14 +171,27 @@ impl Ingest {
     }
 }
 
+/// Groups in flight at once: one claiming, one storing, one confirming. Claims and stores
+/// still happen in arrival order (see [`Pipeline`]).
+const PIPELINE_DEPTH: u32 = 3;
+
 async fn run_committer(
     committer: Committer,
     mut rx: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,
     stop: CancellationToken,
 ) {
+    let committer = Arc::new(committer);
+    let pipeline = Arc::new(Pipeline::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(PIPELINE_DEPTH as usize));
     let mut jobs: Vec<Job> = Vec::new();
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        // Taken before the group is gathered: the group claims only after the previous one
+        // has claimed, so claims follow arrival order.
+        let claim_turn = Arc::clone(&pipeline.claim).lock_owned().await;
         let first = tokio::select! {
             biased;
             job = rx.recv() => job,
@@ -206,9 +219,56 @@ async fn run_committer(
             shape.push((job.events.len(), job.reply));
             events.extend(job.events.into_iter().map(|e| (e, job.source)));
         }
-        let mut outcomes = committer.commit(events).await.into_iter();
-        for (len, reply) in shape {
-            let _ = reply.send(outcomes.by_ref().take(len).collect());
+        let (committer, pipeline) = (Arc::clone(&committer), Arc::clone(&pipeline));
+        tokio::spawn(async move {
+            let mut outcomes = committer
+                .commit_in(&pipeline, claim_turn, events)
+                .await
+                .into_iter();
+            for (len, reply) in shape {
+                let _ = reply.send(outcomes.by_ref().take(len).collect());
+            }
+            drop(slot);
+        });
+    }
+    // Wait for the groups still in flight.
+    let _ = slots.acquire_many(PIPELINE_DEPTH).await;
+}
+
+/// Keeps overlapping groups in order. A group takes the `claim` turn to claim its keys, then
+/// the `store` turn (before giving the claim turn back) to record its events, so claims and
+/// stores both follow arrival order while one group's claim overlaps the previous group's
+/// store and confirm. `settled` remembers, until their confirm is done, the keys of groups
+/// that have stored (or failed to): a later group that finds such a key still held in the
+/// dedup store learns here whether it is a duplicate.
+#[derive(Default)]
+pub struct Pipeline {
+    claim: Arc<tokio::sync::Mutex<()>>,
+    store: Arc<tokio::sync::Mutex<()>>,
+    settled: std::sync::Mutex<HashMap<DedupKey, (u64, bool)>>,
+    next_group: std::sync::atomic::AtomicU64,
+}
+
+impl Pipeline {
+    fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<DedupKey, (u64, bool)>> {
+        self.settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn settle(&self, group: u64, keys: &[DedupKey], recorded: bool) {
+        let mut settled = self.settled();
+        for k in keys {
+            settled.insert(k.clone(), (group, recorded));
+        }
+    }
+
+    fn forget(&self, group: u64, keys: &[DedupKey]) {
+        let mut settled = self.settled();
+        for k in keys {
+            if settled.get(k).is_some_and(|(g, _)| *g == group) {
+                settled.remove(k);
+            }
         }
     }
 }
@@ -270,8 +330,23 @@ impl Committer {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + DEDUP_REST);
     }
 
-    /// One outcome per event, in order.
+    /// One outcome per event, in order: one group committed on its own.
     pub async fn commit(&self, events: Vec<(CartEvent, Source)>) -> Vec<Outcome> {
+        let pipeline = Pipeline::default();
+        let turn = Arc::clone(&pipeline.claim).lock_owned().await;
+        self.commit_in(&pipeline, turn, events).await
+    }
+
+    /// Commits one group holding the claim turn of `pipeline`.
+    async fn commit_in(
+        &self,
+        pipeline: &Pipeline,
+        claim_turn: tokio::sync::OwnedMutexGuard<()>,
+        events: Vec<(CartEvent, Source)>,
+    ) -> Vec<Outcome> {
+        let group = pipeline
+            .next_group
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
         self.metrics
             .commit_batch_events
@@ -296,6 +371,7 @@ impl Committer {
         }
 
         let mut claimed: Vec<DedupKey> = Vec::with_capacity(keys.len());
+        let mut held: Vec<(usize, DedupKey)> = Vec::new();
         if !keys.is_empty() {
             let claims = if self.dedup_is_resting() {
                 Err(PortError::Unavailable("resting after a failure".into()))
@@ -311,13 +387,7 @@ impl Committer {
                                 let id = events[owner].0.event_id().clone();
                                 plans[owner] = Plan::Answer(Outcome::Duplicate(id));
                             }
-                            Claim::InFlight => {
-                                plans[owner] = Plan::Answer(Outcome::Unavailable(
-                                    "an event with this eventId is being recorded right now; \
-                                     retry shortly"
-                                        .into(),
-                                ));
-                            }
+                            Claim::InFlight => held.push((owner, key)),
                         }
                     }
                 }
@@ -352,6 +422,25 @@ impl Committer {
             }
         }
 
+        // Wait for the previous group to record its events, then let the next group claim.
+        let store_turn = Arc::clone(&pipeline.store).lock_owned().await;
+        drop(claim_turn);
+        if !held.is_empty() {
+            let settled = pipeline.settled();
+            for (owner, key) in held {
+                plans[owner] = Plan::Answer(match settled.get(&key) {
+                    // An earlier group of this process recorded it: a repeat.
+                    Some((_, true)) => Outcome::Duplicate(events[owner].0.event_id().clone()),
+                    // Held elsewhere (another instance, or a claim a crash left behind), or
+                    // by a group whose store failed: it may or may not end up recorded.
+                    _ => Outcome::Unavailable(
+                        "an event with this eventId is being recorded right now; retry shortly"
+                            .into(),
+                    ),
+                });
+            }
+        }
+
         let received_at = crate::domain::event::to_millis(self.clock.now());
         // The ids answer the clients; the events themselves move into the store call.
         let ids: Vec<EventId> = events.iter().map(|(e, _)| e.event_id().clone()).collect();
@@ -367,6 +456,8 @@ impl Committer {
             .collect();
         if !to_store.is_empty() {
             if let Err(e) = self.store.insert(&to_store).await {
+                pipeline.settle(group, &claimed, false);
+                drop(store_turn);
                 self.metrics.backend_error("store");
                 tracing::warn!(cause = %e, events = to_store.len(), "store failed; releasing claims");
                 if !claimed.is_empty() {
@@ -377,9 +468,12 @@ impl Committer {
                         tracing::warn!(cause = %e, "releasing dedup claims failed");
                     }
                 }
+                pipeline.forget(group, &claimed);
                 return self.finish(&ids, plans, Some(describe(&e)), started);
             }
         }
+        pipeline.settle(group, &claimed, true);
+        drop(store_turn);
         if !to_store.is_empty() {
             self.recorded.notify_one();
         }
@@ -392,6 +486,7 @@ impl Committer {
                 tracing::warn!(cause = %e, keys = claimed.len(), "confirming dedup claims failed");
             }
         }
+        pipeline.forget(group, &claimed);
         self.finish(&ids, plans, None, started)
     }
 

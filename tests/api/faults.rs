@@ -404,7 +404,8 @@ async fn a_full_journal_answers_unavailable_keeps_what_it_has_and_recovers() {
     .await;
     proxy.cut();
     let acked = Arc::new(AtomicUsize::new(0));
-    let answers = ws_client(app.ws_url(), 1, 400, Duration::ZERO, acked).await;
+    // Small bursts: the journal refuses a whole group when it does not fit.
+    let answers = ws_client(app.ws_url(), 40, 10, Duration::from_millis(5), acked).await;
     let accepted = answers.with("accepted");
     let refused = answers.with("error:unavailable");
     assert!(

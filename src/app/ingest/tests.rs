@@ -362,3 +362,74 @@ async fn fail_open_with_the_store_unreadable_claims_nothing_accepted() {
     let out = c.commit(vec![ev("a")]).await;
     assert!(matches!(out[0], Outcome::Unavailable(_)));
 }
+
+/// An event store that takes its time, so consecutive groups overlap.
+struct SlowStore(crate::adapters::outbound::embedded::EmbeddedStore);
+
+#[async_trait::async_trait]
+impl EventStore for SlowStore {
+    async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.0.insert(events).await
+    }
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        self.0.known(keys).await
+    }
+    async fn query(&self, q: &crate::ports::EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+        self.0.query(q).await
+    }
+    async fn check(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_claimed_while_the_first_is_being_stored_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = crate::adapters::outbound::embedded::EmbeddedStore::open(dir.path()).unwrap();
+    let committer = Committer {
+        dedup: Arc::new(embedded.clone()),
+        store: Arc::new(SlowStore(embedded.clone())),
+        clock: Arc::new(crate::ports::SystemClock),
+        metrics: Arc::new(Metrics::new()),
+        window: Duration::from_secs(3600),
+        hold: Duration::from_secs(30),
+        outage: DedupOutage::FailClosed,
+        dedup_rest: std::sync::Mutex::new(None),
+        recorded: Arc::new(tokio::sync::Notify::new()),
+    };
+    let stop = CancellationToken::new();
+    let (ingest, task) = Ingest::start(
+        committer,
+        ValidationPolicy::protocol_default(),
+        100,
+        stop.clone(),
+    );
+    let event = || json!({"eventId": "x", "userId": "u", "eventType": "cart_viewed"});
+    let first = ingest.submit(vec![ingest.validate(event())], Source::Ws);
+    // The first group is now claiming or storing; the second claims while it stores.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let started = std::time::Instant::now();
+    let second = ingest.submit(vec![ingest.validate(event())], Source::Http);
+    let third = ingest.submit(
+        vec![ingest.validate(json!({"eventId": "y", "userId": "u", "eventType": "cart_viewed"}))],
+        Source::Http,
+    );
+    assert_eq!(first.await, [Outcome::Accepted(id("x"))]);
+    assert_eq!(second.await, [Outcome::Duplicate(id("x"))]);
+    assert_eq!(third.await, [Outcome::Accepted(id("y"))]);
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    stop.cancel();
+    task.await.unwrap();
+    let stored = embedded
+        .query(&crate::ports::EventQuery {
+            user_id: None,
+            event_type: None,
+            since: None,
+            until: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2, "x once, y once");
+}

@@ -391,8 +391,18 @@ where
     if ws.close(Some(frame)).await.is_err() {
         return;
     }
+    // Read (and drop) whatever the client still sends until it closes: a socket closed with
+    // unread bytes (the rest of an oversized frame, say) is reset, and a reset can destroy
+    // the close frame and the last replies before the client reads them.
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Some(Ok(_)) = ws.next().await {}
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match ws.get_mut().read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     })
     .await;
 }
