@@ -221,18 +221,25 @@ async fn run_committer(
         }
         let (committer, pipeline) = (Arc::clone(&committer), Arc::clone(&pipeline));
         tokio::spawn(async move {
-            let mut outcomes = committer
-                .commit_in(&pipeline, claim_turn, events)
-                .await
-                .into_iter();
+            let (outcomes, confirmation) = committer.commit_in(&pipeline, claim_turn, events).await;
+            let mut outcomes = outcomes.into_iter();
             for (len, reply) in shape {
                 let _ = reply.send(outcomes.by_ref().take(len).collect());
+            }
+            if let Some(c) = confirmation {
+                committer.confirm(&pipeline, c).await;
             }
             drop(slot);
         });
     }
     // Wait for the groups still in flight.
     let _ = slots.acquire_many(PIPELINE_DEPTH).await;
+}
+
+/// Keys a group claimed and recorded, to confirm after its answers went out.
+struct Confirmation {
+    group: u64,
+    keys: Vec<DedupKey>,
 }
 
 /// Keeps overlapping groups in order. A group takes the `claim` turn to claim its keys, then
@@ -330,20 +337,25 @@ impl Committer {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + DEDUP_REST);
     }
 
-    /// One outcome per event, in order: one group committed on its own.
+    /// One outcome per event, in order: one group committed on its own, confirm included.
     pub async fn commit(&self, events: Vec<(CartEvent, Source)>) -> Vec<Outcome> {
         let pipeline = Pipeline::default();
         let turn = Arc::clone(&pipeline.claim).lock_owned().await;
-        self.commit_in(&pipeline, turn, events).await
+        let (outcomes, confirmation) = self.commit_in(&pipeline, turn, events).await;
+        if let Some(c) = confirmation {
+            self.confirm(&pipeline, c).await;
+        }
+        outcomes
     }
 
-    /// Commits one group holding the claim turn of `pipeline`.
+    /// Commits one group holding the claim turn of `pipeline`: the outcomes, and the keys to
+    /// confirm once they are sent.
     async fn commit_in(
         &self,
         pipeline: &Pipeline,
         claim_turn: tokio::sync::OwnedMutexGuard<()>,
         events: Vec<(CartEvent, Source)>,
-    ) -> Vec<Outcome> {
+    ) -> (Vec<Outcome>, Option<Confirmation>) {
         let group = pipeline
             .next_group
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -391,12 +403,17 @@ impl Committer {
                         }
                     }
                 }
-                Ok(_) => return self.fail_all(&events, "claim", "dedup store answered badly"),
+                Ok(_) => {
+                    return (
+                        self.fail_all(&events, "claim", "dedup store answered badly"),
+                        None,
+                    )
+                }
                 Err(e) => {
                     self.dedup_failed();
                     match self.outage {
                         DedupOutage::FailClosed => {
-                            return self.fail_all(&events, "claim", &describe(&e));
+                            return (self.fail_all(&events, "claim", &describe(&e)), None);
                         }
                         DedupOutage::FailOpen => {
                             // The store's dedup-safe read decides instead. Nothing is claimed,
@@ -412,9 +429,13 @@ impl Committer {
                                     }
                                 }
                                 Ok(_) => {
-                                    return self.fail_all(&events, "known", "store answered badly")
+                                    let o = self.fail_all(&events, "known", "store answered badly");
+                                    return (o, None);
                                 }
-                                Err(e) => return self.fail_all(&events, "known", &describe(&e)),
+                                Err(e) => {
+                                    let o = self.fail_all(&events, "known", &describe(&e));
+                                    return (o, None);
+                                }
                             }
                         }
                     }
@@ -426,18 +447,44 @@ impl Committer {
         let store_turn = Arc::clone(&pipeline.store).lock_owned().await;
         drop(claim_turn);
         if !held.is_empty() {
-            let settled = pipeline.settled();
-            for (owner, key) in held {
-                plans[owner] = Plan::Answer(match settled.get(&key) {
-                    // An earlier group of this process recorded it: a repeat.
-                    Some((_, true)) => Outcome::Duplicate(events[owner].0.event_id().clone()),
-                    // Held elsewhere (another instance, or a claim a crash left behind), or
-                    // by a group whose store failed: it may or may not end up recorded.
-                    _ => Outcome::Unavailable(
-                        "an event with this eventId is being recorded right now; retry shortly"
-                            .into(),
-                    ),
-                });
+            // An earlier group of this process that recorded the key makes this a repeat.
+            // Otherwise its holder may have confirmed or released it since our claim, so ask
+            // again; a key still held then is held elsewhere (another instance, or a claim a
+            // crash left behind), and the event may or may not end up recorded.
+            let mut again: Vec<(usize, DedupKey)> = Vec::new();
+            {
+                let settled = pipeline.settled();
+                for (owner, key) in held {
+                    if matches!(settled.get(&key), Some((_, true))) {
+                        let id = events[owner].0.event_id().clone();
+                        plans[owner] = Plan::Answer(Outcome::Duplicate(id));
+                    } else {
+                        again.push((owner, key));
+                    }
+                }
+            }
+            if !again.is_empty() {
+                let keys: Vec<DedupKey> = again.iter().map(|(_, k)| k.clone()).collect();
+                let claims = match self.dedup.claim(&keys, self.hold).await {
+                    Ok(c) if c.len() == keys.len() => c,
+                    _ => vec![Claim::InFlight; keys.len()],
+                };
+                for ((owner, key), claim) in again.into_iter().zip(claims) {
+                    match claim {
+                        Claim::New => claimed.push(key),
+                        Claim::Duplicate => {
+                            let id = events[owner].0.event_id().clone();
+                            plans[owner] = Plan::Answer(Outcome::Duplicate(id));
+                        }
+                        Claim::InFlight => {
+                            plans[owner] = Plan::Answer(Outcome::Unavailable(
+                                "an event with this eventId is being recorded right now; \
+                                 retry shortly"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
             }
         }
 
@@ -469,7 +516,7 @@ impl Committer {
                     }
                 }
                 pipeline.forget(group, &claimed);
-                return self.finish(&ids, plans, Some(describe(&e)), started);
+                return (self.finish(&ids, plans, Some(describe(&e)), started), None);
             }
         }
         pipeline.settle(group, &claimed, true);
@@ -477,17 +524,30 @@ impl Committer {
         if !to_store.is_empty() {
             self.recorded.notify_one();
         }
-        if !claimed.is_empty() {
-            if let Err(e) = self.dedup.confirm(&claimed, self.window).await {
+        // The events are durable: the answers can go out now. Confirming the keys follows;
+        // until it lands, `settled` answers repeats that find them still held.
+        let outcomes = self.finish(&ids, plans, None, started);
+        (
+            outcomes,
+            Some(Confirmation {
+                group,
+                keys: claimed,
+            }),
+        )
+    }
+
+    /// Confirms the keys of a recorded group, then forgets them in `pipeline`.
+    async fn confirm(&self, pipeline: &Pipeline, c: Confirmation) {
+        if !c.keys.is_empty() {
+            if let Err(e) = self.dedup.confirm(&c.keys, self.window).await {
                 // The events are durable, so they are accepted. Their keys stay held until the
                 // hold runs out; after that a retry would be stored again, which the stores
                 // absorb because inserts are idempotent per event id.
                 self.metrics.backend_error("confirm");
-                tracing::warn!(cause = %e, keys = claimed.len(), "confirming dedup claims failed");
+                tracing::warn!(cause = %e, keys = c.keys.len(), "confirming dedup claims failed");
             }
         }
-        pipeline.forget(group, &claimed);
-        self.finish(&ids, plans, None, started)
+        pipeline.forget(c.group, &c.keys);
     }
 
     fn finish(
