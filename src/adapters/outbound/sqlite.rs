@@ -46,6 +46,31 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
     Ok(conn)
 }
 
+/// `data_dir/file`, creating `data_dir` if needed.
+pub(crate) fn db_path(data_dir: &Path, file: &str) -> Result<std::path::PathBuf, PortError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        PortError::Unavailable(format!(
+            "cannot create data dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    Ok(data_dir.join(file))
+}
+
+/// Runs `f` on tokio's blocking pool: rusqlite calls block, and the connections behind `inner`
+/// are std mutexes locked only inside such closures.
+pub(crate) async fn blocking<I, T, F>(inner: &std::sync::Arc<I>, f: F) -> Result<T, PortError>
+where
+    I: Send + Sync + 'static,
+    T: Send + 'static,
+    F: FnOnce(&I) -> Result<T, PortError> + Send + 'static,
+{
+    let inner = std::sync::Arc::clone(inner);
+    tokio::task::spawn_blocking(move || f(&inner))
+        .await
+        .map_err(|e| PortError::Failed(format!("local database task failed: {e}")))?
+}
+
 /// Entries of `table` after position `after` (its `seq_column`), oldest first.
 pub(crate) fn feed_after(
     conn: &Connection,

@@ -6,7 +6,9 @@
 //! blocking, so every call runs on tokio's blocking pool; the connections sit behind std
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
-use super::sqlite::{db_err, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row};
+use super::sqlite::{
+    blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row,
+};
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, PortError};
 use chrono::Utc;
@@ -101,13 +103,7 @@ impl EmbeddedStore {
     /// # Errors
     /// When the directory cannot be created or the database cannot be opened.
     pub fn open_with(data_dir: &Path, mode: DedupMode) -> Result<Self, PortError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            PortError::Unavailable(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let path = data_dir.join("cartstream.db");
+        let path = db_path(data_dir, "cartstream.db")?;
         let write = open_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
         let confirm = open_conn(&path)?;
@@ -146,10 +142,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, PortError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| PortError::Failed(format!("embedded store task failed: {e}")))?
+        blocking(&self.inner, f).await
     }
 }
 

@@ -6,7 +6,7 @@
 //! ours. Counts are kept in memory so the forwarder can poll them on every loop for free.
 
 use crate::adapters::outbound::sqlite::{
-    db_err, feed_after, from_ms, known_ids, lock, open_conn, query_events, Row,
+    blocking, db_err, db_path, feed_after, from_ms, known_ids, lock, open_conn, query_events, Row,
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
@@ -50,13 +50,7 @@ impl SqliteJournal {
     /// # Errors
     /// When the directory or database cannot be opened.
     pub fn open(data_dir: &Path, max_bytes: u64) -> Result<Self, PortError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            PortError::Unavailable(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let path = data_dir.join("journal.db");
+        let path = db_path(data_dir, "journal.db")?;
         let write = open_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
         let read = open_conn(&path)?;
@@ -76,10 +70,7 @@ impl SqliteJournal {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, PortError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| PortError::Failed(format!("journal task failed: {e}")))?
+        blocking(&self.inner, f).await
     }
 }
 

@@ -2,7 +2,9 @@
 //! dead-letter store, and how far each event feed has been read. Enqueueing and moving the
 //! cursor happen in one transaction, so routing never skips nor doubles an event over a crash.
 
-use crate::adapters::outbound::sqlite::{db_err, from_ms, lock, open_conn, unix_ms, Row};
+use crate::adapters::outbound::sqlite::{
+    blocking, db_err, db_path, from_ms, lock, open_conn, unix_ms, Row,
+};
 use crate::ports::{DeadLetter, Delivery, Outbox, OutboxItem, PortError, RouteBacklog};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -69,13 +71,7 @@ impl SqliteOutbox {
     /// # Errors
     /// When the directory or database cannot be opened.
     pub fn open(data_dir: &Path) -> Result<Self, PortError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            PortError::Unavailable(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let path = data_dir.join("outbox.db");
+        let path = db_path(data_dir, "outbox.db")?;
         let write = open_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
         let read = open_conn(&path)?;
@@ -92,10 +88,7 @@ impl SqliteOutbox {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, PortError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| PortError::Failed(format!("outbox task failed: {e}")))?
+        blocking(&self.inner, f).await
     }
 }
 
