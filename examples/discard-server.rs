@@ -8,7 +8,8 @@
 //!
 //! With `DISCARD_WITH_JOURNAL=1` the local journal (under `CARTSTREAM_DATA_DIR`) sits in front
 //! of the discarding store exactly as it sits in front of ClickHouse: the difference between
-//! the two runs is what the journal costs.
+//! the two runs is what the journal costs. With `DISCARD_WITH_REDIS=redis://…` dedup runs on
+//! that Redis (under `CARTSTREAM_REDIS_KEY_PREFIX`) instead of forgetting: what Redis costs.
 
 use cartstream::adapters::outbound::journal::SqliteJournal;
 use cartstream::app::config::Settings;
@@ -118,9 +119,23 @@ async fn main() -> ExitCode {
     } else {
         (Arc::new(DiscardStore), None, Arc::new(DiscardStore))
     };
+    let dedup: Arc<dyn DedupStore> = match std::env::var("DISCARD_WITH_REDIS") {
+        Ok(url) => {
+            let mut config = cartstream::adapters::outbound::redis::RedisDedupConfig::new(url);
+            config.key_prefix = settings.redis_key_prefix.clone();
+            match cartstream::adapters::outbound::redis::RedisDedupStore::new(config) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    eprintln!("discard-server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(_) => Arc::new(ForgetfulDedup),
+    };
     let ports = Ports {
         store,
-        dedup: Arc::new(ForgetfulDedup),
+        dedup,
         clock: Arc::new(SystemClock),
         store_kind: "discard",
         dedup_kind: "discard",
