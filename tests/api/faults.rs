@@ -466,6 +466,28 @@ async fn a_full_journal_answers_unavailable_keeps_what_it_has_and_recovers() {
     assert_eq!(ch.ids().await, accepted_all);
 }
 
+/// Four WebSocket clients sending 5,000 events each, pipelined in bursts, against `proc`;
+/// returns once `n` events are acked, with the clients still sending.
+async fn load_until_acked(proc: &Process, n: usize) -> Vec<tokio::task::JoinHandle<Answers>> {
+    let ws_url = proc.url.replace("http://", "ws://") + "/events/stream";
+    let acked = Arc::new(AtomicUsize::new(0));
+    let clients = (0..4)
+        .map(|_| {
+            tokio::spawn(ws_client(
+                ws_url.clone(),
+                50,
+                100,
+                Duration::from_millis(5),
+                Arc::clone(&acked),
+            ))
+        })
+        .collect();
+    while acked.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clients
+}
+
 /// The real binary, as operators run it.
 struct Process {
     child: tokio::process::Child,
@@ -537,22 +559,7 @@ async fn kill_9_under_load_then_restart_loses_nothing_acked_and_retries_are_not_
     let prefix = redis_prefix();
     let env = production_env(&ch, dir.path(), &redis_url, &prefix);
     let mut proc = start_binary(&env).await;
-    let ws_url = proc.url.replace("http://", "ws://") + "/events/stream";
-    let acked = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(ws_client(
-                ws_url.clone(),
-                50,
-                100,
-                Duration::from_millis(5),
-                Arc::clone(&acked),
-            ))
-        })
-        .collect();
-    while acked.load(Ordering::SeqCst) < 3000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let clients = load_until_acked(&proc, 3000).await;
     proc.child.start_kill().unwrap(); // SIGKILL
     proc.child.wait().await.unwrap();
     let mut all = Vec::new();
@@ -641,22 +648,7 @@ async fn sigterm_under_load_exits_0_after_answering_and_flushing() {
     env.push(("CARTSTREAM_FORWARD_INTERVAL", "1h".into()));
     env.push(("CARTSTREAM_FORWARD_MAX_ROWS", "1000000".into()));
     let mut proc = start_binary(&env).await;
-    let ws_url = proc.url.replace("http://", "ws://") + "/events/stream";
-    let acked = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(ws_client(
-                ws_url.clone(),
-                50,
-                100,
-                Duration::from_millis(5),
-                Arc::clone(&acked),
-            ))
-        })
-        .collect();
-    while acked.load(Ordering::SeqCst) < 2000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let clients = load_until_acked(&proc, 2000).await;
     let pid = proc.child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
