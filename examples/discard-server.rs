@@ -23,6 +23,10 @@ use cartstream::ports::{
     SystemClock,
 };
 use std::process::ExitCode;
+
+/// The same allocator as the service, so the ceiling measures the same code.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
