@@ -61,20 +61,23 @@ impl Ports {
     /// # Errors
     /// When a local database cannot be opened or a backend setting is malformed.
     pub fn from_settings(settings: &Settings) -> Result<Self, StartupError> {
-        let embedded = || EmbeddedStore::open(&settings.data_dir).map_err(StartupError::Store);
-        let shared = match (&settings.redis_url, &settings.clickhouse_url) {
-            (Some(_), Some(_)) => None,
-            // Events and dedup state in the same store: dedup reads the events themselves.
-            (None, None) => Some(
-                EmbeddedStore::open_with(
-                    &settings.data_dir,
-                    DedupMode::Events {
-                        window: settings.dedup_window,
-                    },
-                )
-                .map_err(StartupError::Store)?,
-            ),
-            _ => Some(embedded()?),
+        // One embedded store, opened only if a side needs it. When it holds both the events
+        // and the dedup state, dedup reads the events themselves.
+        let mode = match (&settings.redis_url, &settings.clickhouse_url) {
+            (None, None) => DedupMode::Events {
+                window: settings.dedup_window,
+            },
+            _ => DedupMode::Table,
+        };
+        let mut opened: Option<EmbeddedStore> = None;
+        let mut embedded = || -> Result<EmbeddedStore, StartupError> {
+            if let Some(store) = &opened {
+                return Ok(store.clone());
+            }
+            let store =
+                EmbeddedStore::open_with(&settings.data_dir, mode).map_err(StartupError::Store)?;
+            opened = Some(store.clone());
+            Ok(store)
         };
         let (dedup, dedup_kind): (Arc<dyn DedupStore>, _) = match &settings.redis_url {
             Some(url) => {
@@ -88,10 +91,7 @@ impl Ports {
                 let store = RedisDedupStore::new(config).map_err(StartupError::Backend)?;
                 (Arc::new(store), "redis")
             }
-            None => (
-                Arc::new(shared.clone().map_or_else(embedded, Ok)?),
-                "embedded",
-            ),
+            None => (Arc::new(embedded()?), "embedded"),
         };
         let (store, store_kind, forwarding, feed): (Arc<dyn EventStore>, _, _, Arc<dyn EventFeed>) =
             match &settings.clickhouse_url {
@@ -133,7 +133,7 @@ impl Ports {
                     (Arc::new(store), "clickhouse", Some(forwarding), feed)
                 }
                 None => {
-                    let store = shared.map_or_else(embedded, Ok)?;
+                    let store = embedded()?;
                     (Arc::new(store.clone()), "embedded", None, Arc::new(store))
                 }
             };
