@@ -18,7 +18,7 @@ pub fn event_json(s: &StoredEvent) -> Value {
         "timestamp".into(),
         Value::from(e.occurred_at().to_rfc3339_opts(SecondsFormat::Millis, true)),
     );
-    m.insert("metadata".into(), Value::Object(e.metadata().clone()));
+    m.insert("metadata".into(), Value::Object(e.metadata().to_object()));
     m.insert(
         "receivedAt".into(),
         Value::from(s.received_at.to_rfc3339_opts(SecondsFormat::Millis, true)),

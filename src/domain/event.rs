@@ -11,6 +11,12 @@ pub fn is_event_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
 }
 
+/// [`is_event_id_char`] for one byte: every allowed character is ASCII, so a byte outside
+/// ASCII (part of a longer character) is never allowed.
+fn is_event_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+}
+
 pub const EVENT_ID_MAX: usize = 64;
 pub const USER_ID_MAX: usize = 128;
 pub const SESSION_ID_MAX: usize = 128;
@@ -28,13 +34,13 @@ impl EventId {
         if raw.len() > EVENT_ID_MAX {
             // All allowed characters are one byte, so a byte count above the limit that consists
             // only of allowed characters is too long; anything else is a format error.
-            return Err(if raw.chars().all(is_event_id_char) {
+            return Err(if raw.bytes().all(is_event_id_byte) {
                 super::FieldCode::TooLong
             } else {
                 super::FieldCode::InvalidFormat
             });
         }
-        if !raw.chars().all(is_event_id_char) {
+        if !raw.bytes().all(is_event_id_byte) {
             return Err(super::FieldCode::InvalidFormat);
         }
         Ok(Self(raw.to_owned()))
@@ -153,7 +159,43 @@ pub struct CartEvent {
     pub(super) session_id: Option<String>,
     pub(super) event_type: EventType,
     pub(super) occurred_at: DateTime<Utc>,
-    pub(super) metadata: Map<String, Value>,
+    pub(super) metadata: Metadata,
+}
+
+/// An event's `metadata`: a JSON object, kept as the compact JSON text validation measured.
+///
+/// Every store writes this text as it is and reads it back as it is, so an event moving
+/// through the journal into ClickHouse is never parsed or serialized again on the way; only a
+/// reader that needs the object (`GET /events`, a route target) parses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata(pub(super) String);
+
+impl Metadata {
+    /// The compact JSON of a validated object.
+    pub(super) fn from_object(m: &Map<String, Value>) -> Self {
+        // Serializing a `Map` of `Value`s cannot fail.
+        Self(serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned()))
+    }
+
+    /// Text a store wrote from [`Metadata::as_json`]. Stores hold only validated events, so
+    /// this trusts it apart from being a JSON object's text at all.
+    pub fn from_stored(json: String) -> Result<Self, super::FieldCode> {
+        if json.starts_with('{') && json.ends_with('}') {
+            Ok(Self(json))
+        } else {
+            Err(super::FieldCode::InvalidType)
+        }
+    }
+
+    /// The object as compact JSON, e.g. `{"productId":"p-1","quantity":2}`.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// The object itself, parsed from the text (keys in the order they were sent).
+    pub fn to_object(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
 }
 
 impl CartEvent {
@@ -176,7 +218,7 @@ impl CartEvent {
     pub fn occurred_at(&self) -> DateTime<Utc> {
         self.occurred_at
     }
-    pub fn metadata(&self) -> &Map<String, Value> {
+    pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
 
@@ -193,7 +235,7 @@ impl CartEvent {
         session_id: Option<String>,
         event_type: EventType,
         occurred_at: DateTime<Utc>,
-        metadata: Map<String, Value>,
+        metadata: Metadata,
     ) -> Result<Self, super::FieldCode> {
         Ok(Self {
             event_id: EventId::parse(event_id)?,

@@ -3,7 +3,8 @@
 use super::dedup::fingerprint_id;
 use super::error::{FieldCode, FieldError};
 use super::event::{
-    to_millis, CartEvent, EventId, EventType, IdOrigin, EVENT_ID_MAX, SESSION_ID_MAX, USER_ID_MAX,
+    to_millis, CartEvent, EventId, EventType, IdOrigin, Metadata, EVENT_ID_MAX, SESSION_ID_MAX,
+    USER_ID_MAX,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
@@ -51,7 +52,7 @@ pub fn parse_event_owned(
     now: DateTime<Utc>,
     fresh_id: impl FnOnce() -> EventId,
 ) -> Result<CartEvent, Vec<FieldError>> {
-    let Value::Object(mut obj) = raw else {
+    let Value::Object(obj) = raw else {
         return Err(vec![FieldError::invalid_type("", "a JSON object")]);
     };
     let mut errors = Vec::new();
@@ -129,10 +130,12 @@ pub fn parse_event_owned(
     };
 
     let empty = Map::new();
+    // The compact text of a metadata object that passed the shape checks.
+    let mut metadata_json = None;
     let metadata = match obj.get("metadata") {
         None => Some(&empty),
         Some(Value::Object(m)) => {
-            check_metadata_shape(m, &mut errors);
+            metadata_json = check_metadata_shape(m, &mut errors);
             Some(m)
         }
         Some(_) => {
@@ -148,21 +151,21 @@ pub fn parse_event_owned(
         return Err(errors);
     }
     // Every branch that left one of these `None` pushed an error, so all are present here.
-    let (Some(user_id), Some(event_type), true) = (user_id, event_type, metadata.is_some()) else {
+    let (Some(user_id), Some(event_type), Some(metadata)) = (user_id, event_type, metadata) else {
         return Err(vec![FieldError::invalid_type("", "a JSON object")]);
-    };
-    let metadata = match obj.remove("metadata") {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
     };
     let occurred_at = timestamp.unwrap_or_else(|| to_millis(now));
     let (event_id, id_origin) = match (event_id, timestamp) {
         (Some(id), _) => (id, IdOrigin::Client),
         (None, Some(ts)) => (
-            fingerprint_id(&user_id, session_id.as_deref(), event_type, ts, &metadata),
+            fingerprint_id(&user_id, session_id.as_deref(), event_type, ts, metadata),
             IdOrigin::Fingerprint,
         ),
         (None, None) => (fresh_id(), IdOrigin::Generated),
+    };
+    let metadata = match metadata_json {
+        Some(json) => Metadata(json),
+        None => Metadata::from_object(metadata),
     };
     Ok(CartEvent {
         event_id,
@@ -270,8 +273,15 @@ fn describe(d: Duration) -> String {
     }
 }
 
-fn check_metadata_shape(m: &Map<String, Value>, errors: &mut Vec<FieldError>) {
-    let size = compact_json_len_object(m);
+/// Checks size and depth; the compact JSON text when both hold (the form the event keeps).
+fn check_metadata_shape(m: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    let too_deep = object_depth_exceeds(m, 1, METADATA_MAX_DEPTH);
+    // A well-shaped object is serialized once, here, and measured by its text; a too-deep one
+    // only measured.
+    let json = (!too_deep).then(|| serde_json::to_string(m).unwrap_or_default());
+    let size = json
+        .as_ref()
+        .map_or_else(|| compact_json_len_object(m), String::len);
     if size > METADATA_MAX_BYTES {
         errors.push(FieldError::new(
             "metadata",
@@ -279,7 +289,7 @@ fn check_metadata_shape(m: &Map<String, Value>, errors: &mut Vec<FieldError>) {
             format!("metadata is {size} bytes as compact JSON; the limit is {METADATA_MAX_BYTES}"),
         ));
     }
-    if object_depth_exceeds(m, 1, METADATA_MAX_DEPTH) {
+    if too_deep {
         errors.push(FieldError::new(
             "metadata",
             FieldCode::TooDeep,
@@ -288,6 +298,7 @@ fn check_metadata_shape(m: &Map<String, Value>, errors: &mut Vec<FieldError>) {
             ),
         ));
     }
+    json.filter(|_| size <= METADATA_MAX_BYTES)
 }
 
 /// Length of the compact JSON form, without building it.

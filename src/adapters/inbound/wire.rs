@@ -242,7 +242,7 @@ impl From<StoredEvent> for EventView {
             session_id: e.session_id().map(str::to_owned),
             event_type: e.event_type().as_str().to_owned(),
             timestamp: e.occurred_at().to_rfc3339_opts(SecondsFormat::Millis, true),
-            metadata: serde_json::Value::Object(e.metadata().clone()),
+            metadata: serde_json::Value::Object(e.metadata().to_object()),
             received_at: s.received_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         }
     }

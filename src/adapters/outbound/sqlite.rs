@@ -1,7 +1,7 @@
 //! What the SQLite-backed adapters (the embedded store and the local journal) share: opening
 //! a durable connection, the row form of an event, and the `GET /events` query.
 
-use crate::domain::{CartEvent, EventType, Source, StoredEvent};
+use crate::domain::{CartEvent, EventType, Metadata, Source, StoredEvent};
 use crate::ports::{EventQuery, PortError};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params_from_iter, Connection, OpenFlags};
@@ -181,7 +181,7 @@ impl From<&StoredEvent> for Row {
             occurred_at: unix_ms(e.occurred_at()),
             received_at: unix_ms(s.received_at),
             source: s.source.as_str().to_owned(),
-            metadata: serde_json::to_string(e.metadata()).unwrap_or_else(|_| "{}".to_owned()),
+            metadata: e.metadata().as_json().to_owned(),
         }
     }
 }
@@ -215,7 +215,7 @@ impl Row {
         let corrupt = |what: &str| PortError::Failed(format!("embedded store: bad {what} in row"));
         let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
         let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
-        let metadata = serde_json::from_str(&self.metadata).map_err(|_| corrupt("metadata"))?;
+        let metadata = Metadata::from_stored(self.metadata).map_err(|_| corrupt("metadata"))?;
         let event = CartEvent::from_stored(
             &self.event_id,
             self.user_id,

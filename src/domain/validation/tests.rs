@@ -71,7 +71,7 @@ fn the_protocol_example_is_valid() {
         now() + Duration::milliseconds(123),
         "timestamp kept to the millisecond"
     );
-    assert_eq!(e.metadata()["price"], json!(29.99));
+    assert_eq!(e.metadata().to_object()["price"], json!(29.99));
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn ids_are_derived_or_generated_when_absent() {
 #[test]
 fn metadata_defaults_to_empty_and_must_be_an_object() {
     let e = parse(json!({"userId": "u", "eventType": "cart_viewed"})).unwrap();
-    assert!(e.metadata().is_empty());
+    assert_eq!(e.metadata().as_json(), "{}");
     assert_eq!(
         codes(json!({"userId": "u", "eventType": "cart_viewed", "metadata": [1]})),
         one("metadata", FieldCode::InvalidType)
@@ -346,7 +346,7 @@ fn required_metadata_per_event_type() {
         json!({"productId": "p", "quantity": 0}),
     ))
     .unwrap();
-    assert_eq!(e.metadata()["quantity"], json!(0));
+    assert_eq!(e.metadata().to_object()["quantity"], json!(0));
     assert!(parse(base(
         "checkout_completed",
         json!({"orderId": "o", "cartValue": 0})
@@ -506,6 +506,41 @@ proptest! {
     fn arbitrary_json_never_panics(s in "\\PC{0,200}") {
         if let Ok(v) = serde_json::from_str::<Value>(&s) {
             let _ = parse(v);
+        }
+    }
+}
+
+#[test]
+fn metadata_is_kept_as_the_compact_json_it_was_measured_by() {
+    let raw = json!({"userId": "u", "eventType": "item_added",
+                     "metadata": {"productId": "p-1", "zeta": [1, {"a": null}], "alpha": "ü\n"}});
+    let e = parse(raw.clone()).unwrap();
+    // Keys in the order sent, no spaces, escapes as serde_json writes them.
+    assert_eq!(
+        e.metadata().as_json(),
+        r#"{"productId":"p-1","zeta":[1,{"a":null}],"alpha":"ü\n"}"#
+    );
+    assert_eq!(Value::Object(e.metadata().to_object()), raw["metadata"]);
+}
+
+#[test]
+fn metadata_at_the_size_limit_is_kept_whole_and_one_byte_more_is_rejected() {
+    // {"productId":"p","pad":""} is 26 bytes before the padding.
+    for (pad, ok) in [
+        (METADATA_MAX_BYTES - 26, true),
+        (METADATA_MAX_BYTES - 25, false),
+    ] {
+        let raw = json!({"userId": "u", "eventType": "item_added",
+                         "metadata": {"productId": "p", "pad": "x".repeat(pad)}});
+        match parse(raw.clone()) {
+            Ok(e) => {
+                assert!(ok);
+                assert_eq!(e.metadata().as_json().len(), METADATA_MAX_BYTES);
+            }
+            Err(errs) => {
+                assert!(!ok);
+                assert_eq!(errs[0].code, FieldCode::TooLarge, "{errs:?}");
+            }
         }
     }
 }

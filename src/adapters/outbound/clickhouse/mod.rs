@@ -18,7 +18,7 @@
 //! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
 
 use super::redact::{redact_url, scrub};
-use crate::domain::{CartEvent, DedupKey, EventType, Source, StoredEvent};
+use crate::domain::{CartEvent, DedupKey, EventType, Metadata, Source, StoredEvent};
 use crate::ports::{EventQuery, EventStore, PortError};
 use chrono::{DateTime, TimeZone, Utc};
 use clickhouse::{Client, Compression};
@@ -168,7 +168,7 @@ impl From<&StoredEvent> for EventRow {
             user_id: e.user_id().to_owned(),
             session_id: e.session_id().map(str::to_owned),
             event_type: e.event_type().as_str().to_owned(),
-            metadata: serde_json::to_string(e.metadata()).unwrap_or_else(|_| "{}".to_owned()),
+            metadata: e.metadata().as_json().to_owned(),
             occurred_at: datetime_secs(occurred_at_ms),
             occurred_at_ms,
             received_at: datetime_secs(received_at_ms),
@@ -183,7 +183,7 @@ impl EventRow {
         let corrupt = |what: &str| PortError::Failed(format!("clickhouse: bad {what} in row"));
         let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
         let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
-        let metadata = serde_json::from_str(&self.metadata).map_err(|_| corrupt("metadata"))?;
+        let metadata = Metadata::from_stored(self.metadata).map_err(|_| corrupt("metadata"))?;
         let event = CartEvent::from_stored(
             &self.event_id,
             self.user_id,

@@ -92,7 +92,7 @@ async fn delivered_retried_and_dead_lettered_items() {
         (2, "gave up")
     );
     assert_eq!(dead[0].event.event.event_id().as_str(), "e2");
-    assert_eq!(dead[0].event.event.metadata()["k"], "ü");
+    assert_eq!(dead[0].event.event.metadata().to_object()["k"], "ü");
     assert_eq!(
         o.backlog("a").await.unwrap(),
         RouteBacklog {
