@@ -201,16 +201,6 @@ impl Row {
         })
     }
 
-    /// Bytes this row takes, roughly: what journal size limits count.
-    pub fn size(&self) -> usize {
-        self.event_id.len()
-            + self.user_id.len()
-            + self.session_id.as_ref().map_or(0, String::len)
-            + self.event_type.len()
-            + self.metadata.len()
-            + 32
-    }
-
     pub fn into_stored(self) -> Result<StoredEvent, PortError> {
         let corrupt = |what: &str| PortError::Failed(format!("embedded store: bad {what} in row"));
         let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;

@@ -65,7 +65,8 @@ async fn byte_limits_cut_a_read_but_never_below_one_entry() {
 #[tokio::test]
 async fn a_full_journal_refuses_and_frees_up_as_it_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let one = Row::from(&event("a", "2025-08-10T03:00:00Z")).size() as u64;
+    // What one such entry counts for, as the journal measures it.
+    let one = encode(&[event("a", "2025-08-10T03:00:00Z")]).sizes[0] as u64;
     let j = SqliteJournal::open(dir.path(), one * 2).unwrap();
     j.append(&[
         event("a", "2025-08-10T03:00:00Z"),
@@ -103,4 +104,161 @@ async fn a_reopened_journal_still_holds_its_entries() {
     assert_eq!(stats.entries, 2);
     assert!(stats.bytes > 0);
     assert_eq!(j.oldest_after(0, 10, usize::MAX).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn removal_inside_a_batch_hides_its_entries_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        event("a", "2025-08-10T03:00:00Z"),
+        event("b", "2025-08-10T03:00:01Z"),
+        event("c", "2025-08-10T03:00:02Z"),
+    );
+    let full;
+    {
+        let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+        j.append(&[a.clone(), b.clone(), c.clone()]).await.unwrap();
+        full = j.stats().bytes;
+        let first = j.oldest_after(0, 1, usize::MAX).await.unwrap();
+        assert_eq!(first[0].event, a);
+        j.remove_through(first[0].seq).await.unwrap();
+        let stats = j.stats();
+        assert_eq!(stats.entries, 2);
+        assert_eq!(stats.bytes, full - first[0].bytes as u64);
+        assert_eq!(j.known(&[key("a"), key("b")]).await.unwrap(), [false, true]);
+    }
+    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+    let stats = j.stats();
+    assert_eq!(stats.entries, 2, "the removed entry stays removed");
+    assert!(stats.bytes < full);
+    let rest = j.oldest_after(0, 10, usize::MAX).await.unwrap();
+    assert_eq!(rest.iter().map(|e| &e.event).collect::<Vec<_>>(), [&b, &c]);
+    assert_eq!(j.query(&q()).await.unwrap(), [c.clone(), b.clone()]);
+    let feed = EventFeed::after(&j, 0, 10).await.unwrap();
+    assert_eq!(feed.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    j.remove_through(3).await.unwrap();
+    assert_eq!(j.stats(), JournalStats::default());
+}
+
+#[tokio::test]
+async fn seqs_keep_rising_after_everything_was_removed_and_the_journal_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+        j.append(&[
+            event("a", "2025-08-10T03:00:00Z"),
+            event("b", "2025-08-10T03:00:01Z"),
+        ])
+        .await
+        .unwrap();
+        j.remove_through(2).await.unwrap();
+        assert_eq!(j.stats().entries, 0);
+    }
+    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        j.head().await.unwrap(),
+        2,
+        "routing cursors must stay valid"
+    );
+    j.append(&[event("c", "2025-08-10T03:00:02Z")])
+        .await
+        .unwrap();
+    let got = j.oldest_after(0, 10, usize::MAX).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+    assert_eq!(j.head().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn reads_cut_inside_batches_and_go_on_where_they_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+    let events: Vec<StoredEvent> = (0..7)
+        .map(|i| event(&format!("e{i}"), "2025-08-10T03:00:00Z"))
+        .collect();
+    j.append(&events[..3]).await.unwrap();
+    j.append(&events[3..]).await.unwrap();
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let got = j.oldest_after(after, 2, usize::MAX).await.unwrap();
+        let Some(last) = got.last() else { break };
+        after = last.seq;
+        seen.extend(got.into_iter().map(|e| e.event));
+    }
+    assert_eq!(seen, events);
+    let two = j.oldest_after(1, 2, usize::MAX).await.unwrap();
+    assert_eq!(two.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    let feed = EventFeed::after(&j, 2, 3).await.unwrap();
+    assert_eq!(feed.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_journal_of_one_row_per_event_is_migrated_with_its_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        event("a", "2025-08-10T03:00:00Z"),
+        event("b", "2025-08-10T03:00:01Z"),
+    );
+    {
+        // The layout journals had before batches were stored whole, with entries 1-3
+        // appended and entry 1 forwarded and removed.
+        let conn = Connection::open(dir.path().join("journal.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE journal (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
+                user_id TEXT NOT NULL, session_id TEXT, event_type TEXT NOT NULL,
+                occurred_at INTEGER NOT NULL, received_at INTEGER NOT NULL, source TEXT NOT NULL,
+                metadata TEXT NOT NULL, bytes INTEGER NOT NULL);",
+        )
+        .unwrap();
+        for (seq, e) in [(1, &a), (2, &a), (3, &b)] {
+            let r = Row::from(e);
+            conn.execute(
+                "INSERT INTO journal VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 10)",
+                params![
+                    seq,
+                    r.event_id,
+                    r.user_id,
+                    r.session_id,
+                    r.event_type,
+                    r.occurred_at,
+                    r.received_at,
+                    r.source,
+                    r.metadata
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute("DELETE FROM journal WHERE seq = 1", [])
+            .unwrap();
+    }
+    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+    let got = j.oldest_after(0, 10, usize::MAX).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(got.iter().map(|e| &e.event).collect::<Vec<_>>(), [&a, &b]);
+    assert_eq!(j.stats().entries, 2);
+    j.append(&[event("c", "2025-08-10T03:00:02Z")])
+        .await
+        .unwrap();
+    assert_eq!(j.head().await.unwrap(), 4);
+    drop(j);
+    // Opening again finds nothing left to migrate and the same entries.
+    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.stats().entries, 3);
+}
+
+#[test]
+fn a_blob_of_another_format_is_refused_not_misread() {
+    let mut blob = encode(&[event("a", "2025-08-10T03:00:00Z")]).bytes;
+    assert!(decode(&blob, 1).is_ok());
+    blob[0] = FORMAT + 1;
+    assert!(decode(&blob, 1).is_err());
+    assert!(
+        decode(&[FORMAT], 1).is_err(),
+        "a truncated batch is an error"
+    );
+}
+
+fn key(id: &str) -> DedupKey {
+    DedupKey::of(&event(id, "2025-08-10T03:00:00Z").event).unwrap()
 }
