@@ -388,7 +388,10 @@ impl Committer {
             let claims = if self.dedup_is_resting() {
                 Err(PortError::Unavailable("resting after a failure".into()))
             } else {
-                self.dedup.claim(&keys, self.hold).await
+                let t = Instant::now();
+                let claims = self.dedup.claim(&keys, self.hold).await;
+                self.metrics.claim_seconds.observe(t.elapsed().as_secs_f64());
+                claims
             };
             match claims {
                 Ok(claims) if claims.len() == keys.len() => {
@@ -502,7 +505,10 @@ impl Committer {
             })
             .collect();
         if !to_store.is_empty() {
-            if let Err(e) = self.store.insert(&to_store).await {
+            let t = Instant::now();
+            let stored = self.store.insert(&to_store).await;
+            self.metrics.store_seconds.observe(t.elapsed().as_secs_f64());
+            if let Err(e) = stored {
                 pipeline.settle(group, &claimed, false);
                 drop(store_turn);
                 self.metrics.backend_error("store");

@@ -70,6 +70,9 @@ pub struct Metrics {
     /// Events per committed group (one claim + one store call).
     pub commit_batch_events: Histogram,
     pub commit_seconds: Histogram,
+    /// The two calls a group waits for: its dedup claim and its store call.
+    pub claim_seconds: Histogram,
+    pub store_seconds: Histogram,
     /// Backend failures by what failed (`claim`, `store`, `confirm`, `release`).
     pub backend_errors: Family<ReasonLabels, Counter>,
     /// Local journal: entries and bytes waiting, age of the oldest (the forwarder's lag).
@@ -107,6 +110,8 @@ impl Metrics {
             ws_closes: Family::default(),
             commit_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            claim_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            store_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             backend_errors: Family::default(),
             journal_entries: Gauge::default(),
             journal_bytes: Gauge::default(),
@@ -174,6 +179,16 @@ impl Metrics {
             "commit_seconds",
             "Time to claim, store and confirm one group",
             m.commit_seconds.clone(),
+        );
+        registry.register(
+            "claim_seconds",
+            "Time of one group's dedup claim call",
+            m.claim_seconds.clone(),
+        );
+        registry.register(
+            "store_seconds",
+            "Time of one group's store call (the journal append, with ClickHouse configured)",
+            m.store_seconds.clone(),
         );
         registry.register(
             "backend_errors",
