@@ -211,7 +211,7 @@ impl Default for Settings {
             clickhouse_password: None,
             clickhouse_timeout: Duration::from_secs(10),
             journal_max_bytes: 1 << 30,
-            forward_max_rows: 10_000,
+            forward_max_rows: 50_000,
             forward_max_bytes: 16 << 20,
             forward_interval: Duration::from_secs(1),
             forward_backoff_max: Duration::from_secs(30),
