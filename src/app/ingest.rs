@@ -390,7 +390,9 @@ impl Committer {
             } else {
                 let t = Instant::now();
                 let claims = self.dedup.claim(&keys, self.hold).await;
-                self.metrics.claim_seconds.observe(t.elapsed().as_secs_f64());
+                self.metrics
+                    .claim_seconds
+                    .observe(t.elapsed().as_secs_f64());
                 claims
             };
             match claims {
@@ -507,7 +509,9 @@ impl Committer {
         if !to_store.is_empty() {
             let t = Instant::now();
             let stored = self.store.insert(&to_store).await;
-            self.metrics.store_seconds.observe(t.elapsed().as_secs_f64());
+            self.metrics
+                .store_seconds
+                .observe(t.elapsed().as_secs_f64());
             if let Err(e) = stored {
                 pipeline.settle(group, &claimed, false);
                 drop(store_turn);
