@@ -7,7 +7,8 @@
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
 use super::sqlite::{
-    blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row,
+    blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms,
+    Checkpointer, Row,
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, PortError};
@@ -83,6 +84,7 @@ struct Inner {
     confirm: Mutex<WriteState>,
     claims: Mutex<ClaimState>,
     read: Mutex<Connection>,
+    _checkpoints: Checkpointer,
 }
 
 fn now_ms() -> i64 {
@@ -112,6 +114,7 @@ impl EmbeddedStore {
             .map_err(db_err)?;
         let claims = open_conn(&path)?;
         let read = open_conn(&path)?;
+        let checkpoints = Checkpointer::start(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -129,6 +132,7 @@ impl EmbeddedStore {
                     pending: HashMap::new(),
                 }),
                 read: Mutex::new(read),
+                _checkpoints: checkpoints,
             }),
         })
     }

@@ -13,7 +13,9 @@
 //! restarts too. Counts and the batches' headers are kept in memory, so the forwarder can
 //! poll them on every loop for free.
 
-use crate::adapters::outbound::sqlite::{blocking, db_err, db_path, from_ms, lock, open_conn, Row};
+use crate::adapters::outbound::sqlite::{
+    blocking, db_err, db_path, from_ms, lock, open_conn, Checkpointer, Row,
+};
 use crate::domain::{CartEvent, DedupKey, EventType, Metadata, Source, StoredEvent};
 use crate::ports::{
     EventFeed, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PortError,
@@ -189,6 +191,7 @@ struct Inner {
     read: Mutex<Connection>,
     state: Mutex<State>,
     max_bytes: u64,
+    _checkpoints: Checkpointer,
 }
 
 impl SqliteJournal {
@@ -210,6 +213,7 @@ impl SqliteJournal {
                 read: Mutex::new(read),
                 state: Mutex::new(state),
                 max_bytes,
+                _checkpoints: Checkpointer::start(&path)?,
             }),
         })
     }
