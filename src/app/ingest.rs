@@ -7,8 +7,8 @@
 
 use crate::app::metrics::{Channel, ChannelLabels, Metrics};
 use crate::domain::{
-    parse_event_owned, CartEvent, DedupKey, EventId, FieldError, Source, StoredEvent,
-    ValidationPolicy,
+    parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, FieldError, Source,
+    StoredEvent, ValidationPolicy,
 };
 use crate::ports::{Claim, Clock, DedupStore, EventStore, PortError};
 use serde_json::Value;
@@ -81,6 +81,13 @@ impl Ingest {
     /// Validates one raw event against the rules, by the server's clock now.
     pub fn validate(&self, raw: Value) -> Item {
         parse_event_owned(raw, &self.inner.policy, self.inner.clock.now(), || {
+            EventId::from_random_bytes(rand::random())
+        })
+    }
+
+    /// Validates one event given by its fields, by the server's clock now.
+    pub fn validate_fields(&self, fields: EventFields) -> Item {
+        parse_fields(fields, &self.inner.policy, self.inner.clock.now(), || {
             EventId::from_random_bytes(rand::random())
         })
     }

@@ -44,8 +44,7 @@ pub fn parse_event(
     parse_event_owned(raw.clone(), policy, now, fresh_id)
 }
 
-/// [`parse_event`] taking the raw event by value, so its metadata is moved, not copied: the
-/// form the ingest hot path uses.
+/// [`parse_event`] taking the raw event by value: the form the WebSocket path uses.
 pub fn parse_event_owned(
     raw: Value,
     policy: &ValidationPolicy,
@@ -55,9 +54,60 @@ pub fn parse_event_owned(
     let Value::Object(obj) = raw else {
         return Err(vec![FieldError::invalid_type("", "a JSON object")]);
     };
+    parse_fields(EventFields::from_object(obj), policy, now, fresh_id)
+}
+
+/// The fields of one event object as sent, each the JSON value the client gave: `None` when
+/// the key is absent, `Some(Value::Null)` for a `null`. Other keys are not kept, since no rule
+/// reads them. A wire parser can fill this straight from the bytes, without building the
+/// event object first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFields {
+    pub event_id: Option<Value>,
+    pub user_id: Option<Value>,
+    pub session_id: Option<Value>,
+    pub event_type: Option<Value>,
+    pub timestamp: Option<Value>,
+    pub metadata: Option<Value>,
+}
+
+impl EventFields {
+    pub fn from_object(mut obj: Map<String, Value>) -> Self {
+        let mut take = |k: &str| obj.remove(k);
+        Self {
+            event_id: take("eventId"),
+            user_id: take("userId"),
+            session_id: take("sessionId"),
+            event_type: take("eventType"),
+            timestamp: take("timestamp"),
+            metadata: take("metadata"),
+        }
+    }
+
+    /// The slot of the field with this JSON name, if it is one of the event's fields.
+    pub fn slot(&mut self, name: &str) -> Option<&mut Option<Value>> {
+        match name {
+            "eventId" => Some(&mut self.event_id),
+            "userId" => Some(&mut self.user_id),
+            "sessionId" => Some(&mut self.session_id),
+            "eventType" => Some(&mut self.event_type),
+            "timestamp" => Some(&mut self.timestamp),
+            "metadata" => Some(&mut self.metadata),
+            _ => None,
+        }
+    }
+}
+
+/// Validates one event object given by its fields; see [`parse_event`].
+pub fn parse_fields(
+    fields: EventFields,
+    policy: &ValidationPolicy,
+    now: DateTime<Utc>,
+    fresh_id: impl FnOnce() -> EventId,
+) -> Result<CartEvent, Vec<FieldError>> {
     let mut errors = Vec::new();
 
-    let event_id = match obj.get("eventId") {
+    let event_id = match fields.event_id.as_ref() {
         None => None,
         Some(Value::String(s)) => match EventId::parse(s) {
             Ok(id) => Some(id),
@@ -72,7 +122,7 @@ pub fn parse_event_owned(
         }
     };
 
-    let user_id = match obj.get("userId") {
+    let user_id = match fields.user_id.as_ref() {
         None => {
             errors.push(FieldError::required("userId"));
             None
@@ -84,7 +134,7 @@ pub fn parse_event_owned(
         }
     };
 
-    let session_id = match obj.get("sessionId") {
+    let session_id = match fields.session_id.as_ref() {
         None => None,
         Some(Value::String(s)) => {
             check_identifier("sessionId", s, SESSION_ID_MAX, false, &mut errors)
@@ -95,7 +145,7 @@ pub fn parse_event_owned(
         }
     };
 
-    let event_type = match obj.get("eventType") {
+    let event_type = match fields.event_type.as_ref() {
         None => {
             errors.push(FieldError::required("eventType"));
             None
@@ -117,7 +167,7 @@ pub fn parse_event_owned(
         }
     };
 
-    let timestamp = match obj.get("timestamp") {
+    let timestamp = match fields.timestamp.as_ref() {
         None => None,
         Some(Value::String(s)) => check_timestamp(s, policy, now, &mut errors),
         Some(_) => {
@@ -132,7 +182,7 @@ pub fn parse_event_owned(
     let empty = Map::new();
     // The compact text of a metadata object that passed the shape checks.
     let mut metadata_json = None;
-    let metadata = match obj.get("metadata") {
+    let metadata = match fields.metadata.as_ref() {
         None => Some(&empty),
         Some(Value::Object(m)) => {
             metadata_json = check_metadata_shape(m, &mut errors);

@@ -1,13 +1,13 @@
 //! The HTTP operations of PROTOCOL.md section 4, described for the OpenAPI document.
 
-use super::input::{EventTypeName, RawBatch, RawEvent};
+use super::input::{BatchBody, BatchEvents, EventTypeName, RawEvent};
 use crate::adapters::inbound::wire::{
     batch_answer, rfc3339, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
 };
 use crate::app::ingest::Outcome;
 use crate::app::metrics::Channel;
 use crate::app::state::AppState;
-use crate::domain::Source;
+use crate::domain::{FieldError, Source};
 use crate::ports::EventQuery;
 use chrono::{DateTime, Utc};
 use poem::web::RemoteAddr;
@@ -248,19 +248,18 @@ impl Api {
     /// event does not reject the others. The body may be gzip-compressed; the 1 MiB limit
     /// applies after decompression too.
     #[oai(path = "/events/batch", method = "post", tag = "ApiTags::Events")]
-    async fn post_batch(&self, addr: &RemoteAddr, body: Json<RawBatch>) -> PostBatchResponse {
+    async fn post_batch(&self, addr: &RemoteAddr, body: BatchBody) -> PostBatchResponse {
         let max = self.state.settings.max_batch_events;
-        let mut body = body.0 .0;
-        let events = match body.remove("events") {
-            Some(Value::Array(events)) => events,
-            Some(_) => {
+        let events = match body.0 {
+            BatchEvents::Items(events) => events,
+            BatchEvents::NotAnArray => {
                 return PostBatchResponse::BadRequest(err(
                     &self.state,
                     ErrorCode::InvalidMessage,
                     "events must be an array of events",
                 ))
             }
-            None => {
+            BatchEvents::Missing => {
                 return PostBatchResponse::BadRequest(err(
                     &self.state,
                     ErrorCode::InvalidMessage,
@@ -279,7 +278,13 @@ impl Api {
             return PostBatchResponse::RateLimited(body, secs);
         }
         let ingest = &self.state.ingest;
-        let items = events.into_iter().map(|e| ingest.validate(e)).collect();
+        let items = events
+            .into_iter()
+            .map(|e| match e {
+                Some(fields) => ingest.validate_fields(fields),
+                None => Err(vec![FieldError::invalid_type("", "a JSON object")]),
+            })
+            .collect();
         match batch_answer(ingest.submit(items, Source::Http).await) {
             BatchAnswer::Results(r) => PostBatchResponse::Ok(Json(r)),
             BatchAnswer::Unavailable(reason) => {
