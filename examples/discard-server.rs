@@ -145,6 +145,7 @@ async fn main() -> ExitCode {
         dedup_kind: "discard",
         forwarding,
         feed,
+        retired_feed: None,
         routes: Vec::new(),
     };
     let app = match Application::build_with(settings, ports).await {

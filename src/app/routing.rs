@@ -8,7 +8,7 @@
 
 use crate::app::metrics::Metrics;
 use crate::domain::routing::{partition, RouteRule};
-use crate::ports::{Delivery, EventFeed, Outbox, OutboxItem, RouteTarget};
+use crate::ports::{Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteTarget};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,6 +72,11 @@ pub struct Routing {
     pub routes: Vec<Arc<Route>>,
     pub outbox: Arc<dyn Outbox>,
     pub feed: Arc<dyn EventFeed>,
+    /// A feed read before `feed` took its place (the embedded store's events table, before a
+    /// journal stood in front of it), with its head when the process started: what it holds
+    /// past its saved cursor up to there is routed before anything of `feed`, once; then its
+    /// cursor is set to [`RETIRED`]. (Entries past that head came through `feed`.)
+    pub retired: Option<(Arc<dyn EventFeed>, i64)>,
     /// Notified when events were recorded.
     pub recorded: Arc<Notify>,
     /// How far the feed has been taken into the outbox (the forwarder keeps journal entries
@@ -81,6 +86,8 @@ pub struct Routing {
 }
 
 const FEED_BATCH: usize = 1_000;
+/// The saved cursor of a retired feed: nothing is left to route from it.
+pub const RETIRED: i64 = i64::MAX;
 const IDLE_POLL: Duration = Duration::from_millis(250);
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
 
@@ -123,10 +130,15 @@ impl Routing {
     }
 
     async fn route_feed(self: Arc<Self>, stop: CancellationToken) {
+        // The new feed's cursor is saved first, so nothing recorded while the retired feed
+        // is caught up is skipped.
         let Some(mut cursor) = self.start_cursor(&stop).await else {
             return;
         };
         self.routed_through.store(cursor, Ordering::Release);
+        if let Some((retired, through)) = &self.retired {
+            self.catch_up(retired.as_ref(), *through, &stop).await;
+        }
         let feed = self.feed.name();
         while !stop.is_cancelled() {
             let entries = match self.feed.after(cursor, FEED_BATCH).await {
@@ -145,33 +157,83 @@ impl Routing {
                 }
                 continue;
             };
-            let mut deliveries = Vec::new();
-            let mut touched = vec![false; self.routes.len()];
-            for entry in &entries {
-                for (i, route) in self.routes.iter().enumerate() {
-                    if route.rule.matcher.matches(&entry.event.event) {
-                        touched[i] = true;
-                        deliveries.push(Delivery {
-                            route: route.name().to_owned(),
-                            lane: partition(entry.event.event.user_id(), route.policy.lanes),
-                            event: entry.event.clone(),
-                        });
-                    }
+            if self.enqueue(feed, &entries, last, &stop).await {
+                cursor = last;
+                self.routed_through.store(cursor, Ordering::Release);
+            }
+        }
+    }
+
+    /// Routes what `retired` holds past its saved cursor up to `through`, then retires it. A
+    /// feed with no saved cursor was never routed from, so there is nothing to catch up.
+    async fn catch_up(&self, retired: &dyn EventFeed, through: i64, stop: &CancellationToken) {
+        let feed = retired.name();
+        while !stop.is_cancelled() {
+            let cursor = match self.outbox.cursor(feed).await {
+                Ok(None | Some(RETIRED)) => return,
+                Ok(Some(c)) => c,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "routing cannot read its cursor; retrying");
+                    pause(stop, ERROR_PAUSE).await;
+                    continue;
                 }
+            };
+            let entries = match retired.after(cursor, FEED_BATCH).await {
+                Ok(mut e) => {
+                    e.retain(|e| e.seq <= through);
+                    e
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "routing cannot read recorded events; retrying");
+                    pause(stop, ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let last = entries.last().map_or(RETIRED, |e| e.seq);
+            if self.enqueue(feed, &entries, last, stop).await && last == RETIRED {
+                tracing::info!(
+                    feed,
+                    "routing caught up with the feed it read before; retired it"
+                );
+                return;
             }
-            if let Err(e) = self.outbox.enqueue(feed, &deliveries, last).await {
-                tracing::warn!(cause = %e, "enqueueing deliveries failed; retrying");
-                pause(&stop, ERROR_PAUSE).await;
-                continue;
-            }
-            cursor = last;
-            self.routed_through.store(cursor, Ordering::Release);
-            for (route, touched) in self.routes.iter().zip(touched) {
-                if touched {
-                    route.wake.notify_waiters();
+        }
+    }
+
+    /// Enqueues the deliveries `entries` make and saves `cursor` for `feed`, in one step;
+    /// false (after a pause) when that failed.
+    async fn enqueue(
+        &self,
+        feed: &str,
+        entries: &[FeedEntry],
+        cursor: i64,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut deliveries = Vec::new();
+        let mut touched = vec![false; self.routes.len()];
+        for entry in entries {
+            for (i, route) in self.routes.iter().enumerate() {
+                if route.rule.matcher.matches(&entry.event.event) {
+                    touched[i] = true;
+                    deliveries.push(Delivery {
+                        route: route.name().to_owned(),
+                        lane: partition(entry.event.event.user_id(), route.policy.lanes),
+                        event: entry.event.clone(),
+                    });
                 }
             }
         }
+        if let Err(e) = self.outbox.enqueue(feed, &deliveries, cursor).await {
+            tracing::warn!(cause = %e, "enqueueing deliveries failed; retrying");
+            pause(stop, ERROR_PAUSE).await;
+            return false;
+        }
+        for (route, touched) in self.routes.iter().zip(touched) {
+            if touched {
+                route.wake.notify_waiters();
+            }
+        }
+        true
     }
 
     async fn deliver_lane(self: Arc<Self>, route: Arc<Route>, lane: u32, stop: CancellationToken) {

@@ -40,6 +40,10 @@ pub struct Ports {
     pub forwarding: Option<Forwarding>,
     /// The durable record of accepted events in order, which routing reads.
     pub feed: Arc<dyn EventFeed>,
+    /// A feed routing read in earlier versions of this setup, with its head now: what it
+    /// holds past its saved cursor is routed first, then it is retired (see
+    /// [`Routing::retired`]).
+    pub retired_feed: Option<(Arc<dyn EventFeed>, i64)>,
     /// Configured routes (none: routing does not run).
     pub routes: Vec<Arc<Route>>,
 }
@@ -50,6 +54,33 @@ pub struct Forwarding {
     pub remote: Arc<dyn EventStore>,
     pub wake: Arc<Notify>,
     pub policy: FlushPolicy,
+}
+
+/// The local journal in front of `remote`: the store the ingest use case sees, what the
+/// forwarder needs, and the journal as a feed.
+fn journaled(
+    settings: &Settings,
+    remote: Arc<dyn EventStore>,
+) -> Result<(Arc<dyn EventStore>, Forwarding, SqliteJournal), StartupError> {
+    let sqlite_journal = SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes)
+        .map_err(StartupError::Store)?;
+    let journal: Arc<dyn Journal> = Arc::new(sqlite_journal.clone());
+    let wake = Arc::new(Notify::new());
+    let store = JournaledStore::new(Arc::clone(&journal), Arc::clone(&remote), Arc::clone(&wake));
+    let policy = FlushPolicy {
+        max_rows: settings.forward_max_rows,
+        max_bytes: settings.forward_max_bytes,
+        interval: settings.forward_interval,
+        backoff_min: std::time::Duration::from_millis(100),
+        backoff_max: settings.forward_backoff_max,
+    };
+    let forwarding = Forwarding {
+        journal,
+        remote,
+        wake,
+        policy,
+    };
+    Ok((Arc::new(store), forwarding, sqlite_journal))
 }
 
 impl Ports {
@@ -93,50 +124,64 @@ impl Ports {
             }
             None => (Arc::new(embedded()?), "embedded"),
         };
-        let (store, store_kind, forwarding, feed): (Arc<dyn EventStore>, _, _, Arc<dyn EventFeed>) =
-            match &settings.clickhouse_url {
-                Some(url) => {
-                    let config = ClickHouseConfig {
-                        url: url.clone(),
-                        database: settings.clickhouse_database.clone(),
-                        table: settings.clickhouse_table.clone(),
-                        user: settings.clickhouse_user.clone(),
-                        password: settings.clickhouse_password.clone(),
-                        request_timeout: settings.clickhouse_timeout,
-                    };
-                    let remote: Arc<dyn EventStore> =
-                        Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
-                    let sqlite_journal =
-                        SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes)
-                            .map_err(StartupError::Store)?;
-                    let feed: Arc<dyn EventFeed> = Arc::new(sqlite_journal.clone());
-                    let journal: Arc<dyn Journal> = Arc::new(sqlite_journal);
-                    let wake = Arc::new(Notify::new());
-                    let store = JournaledStore::new(
-                        Arc::clone(&journal),
-                        Arc::clone(&remote),
-                        Arc::clone(&wake),
-                    );
-                    let policy = FlushPolicy {
-                        max_rows: settings.forward_max_rows,
-                        max_bytes: settings.forward_max_bytes,
-                        interval: settings.forward_interval,
-                        backoff_min: std::time::Duration::from_millis(100),
-                        backoff_max: settings.forward_backoff_max,
-                    };
-                    let forwarding = Forwarding {
-                        journal,
-                        remote,
-                        wake,
-                        policy,
-                    };
-                    (Arc::new(store), "clickhouse", Some(forwarding), feed)
+        #[allow(clippy::type_complexity)]
+        let (store, store_kind, forwarding, feed, retired_feed): (
+            Arc<dyn EventStore>,
+            _,
+            _,
+            Arc<dyn EventFeed>,
+            Option<(Arc<dyn EventFeed>, i64)>,
+        ) = match &settings.clickhouse_url {
+            Some(url) => {
+                let config = ClickHouseConfig {
+                    url: url.clone(),
+                    database: settings.clickhouse_database.clone(),
+                    table: settings.clickhouse_table.clone(),
+                    user: settings.clickhouse_user.clone(),
+                    password: settings.clickhouse_password.clone(),
+                    request_timeout: settings.clickhouse_timeout,
+                };
+                let remote: Arc<dyn EventStore> =
+                    Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
+                let (store, forwarding, journal) = journaled(settings, remote)?;
+                (
+                    store,
+                    "clickhouse",
+                    Some(forwarding),
+                    Arc::new(journal),
+                    None,
+                )
+            }
+            None => {
+                // The events table, indexed by event id and user, takes events in the
+                // forwarder's large batches: written one commit group at a time, its
+                // random index pages made the embedded store disk-bound. Acks wait for
+                // the journal's sequential append, as with ClickHouse.
+                let local = embedded()?;
+                let (store, forwarding, journal) =
+                    journaled(settings, Arc::new(local.clone()) as Arc<dyn EventStore>)?;
+                if matches!(mode, DedupMode::Events { .. }) {
+                    // Events the journal still holds are duplicates before they reach
+                    // the table.
+                    local.remember_recorded(journal.pending_ids().map_err(StartupError::Store)?);
                 }
-                None => {
-                    let store = embedded()?;
-                    (Arc::new(store.clone()), "embedded", None, Arc::new(store))
-                }
-            };
+                // Routing reads the journal, so events are routed as soon as they are
+                // acked. Before the journal, it read the events table: what that still
+                // holds unrouted is routed first.
+                // Taken before the forwarder runs: rows past it came through the journal. (A
+                // crash before the catch-up is done makes the next start take it again, later:
+                // then some events may be routed twice, never skipped.)
+                let through = local.last_rowid().map_err(StartupError::Store)?;
+                let retired: Arc<dyn EventFeed> = Arc::new(local);
+                (
+                    store,
+                    "embedded",
+                    Some(forwarding),
+                    Arc::new(journal),
+                    Some((retired, through)),
+                )
+            }
+        };
         let routes = settings
             .routes
             .iter()
@@ -150,6 +195,7 @@ impl Ports {
             dedup_kind,
             forwarding,
             feed,
+            retired_feed,
             routes,
         })
     }
@@ -256,6 +302,7 @@ impl Application {
                 routes: ports.routes,
                 outbox: Arc::new(outbox),
                 feed: ports.feed,
+                retired: ports.retired_feed,
                 recorded: Arc::clone(&recorded),
                 routed_through: Arc::new(AtomicI64::new(0)),
                 metrics: Arc::clone(&metrics),

@@ -131,6 +131,12 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
     /// Opens a WebSocket and returns it with its `connection_ack`.
     pub async fn ws(&self) -> (Ws, Value) {
         let (mut ws, _) = tokio_tungstenite::connect_async(self.ws_url())
@@ -178,6 +184,7 @@ pub fn embedded_ports(dir: &Path) -> Ports {
         dedup_kind: "embedded",
         forwarding: None,
         feed: Arc::new(store.clone()),
+        retired_feed: None,
         routes: Vec::new(),
     }
 }

@@ -612,3 +612,59 @@ async fn a_non_websocket_request_to_the_stream_is_a_json_error() {
     assert_eq!(status, 400);
     assert_error(&body, "invalid_message", false);
 }
+
+/// What a crash leaves when events were acked but not yet moved from the journal into the
+/// embedded store's events table: the restarted server answers them `duplicate`, shows them,
+/// and moves them into the table once.
+#[tokio::test]
+async fn events_a_crash_left_in_the_journal_are_kept_and_still_duplicates() {
+    use cartstream::adapters::outbound::journal::SqliteJournal;
+    use cartstream::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
+    use cartstream::ports::Journal;
+
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique("in-journal");
+    {
+        let now = chrono::Utc::now();
+        let event = parse_event(
+            &item_added(&id),
+            &ValidationPolicy::protocol_default(),
+            now,
+            || EventId::from_random_bytes([5; 16]),
+        )
+        .unwrap();
+        let journal = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+        journal
+            .append(&[StoredEvent {
+                event,
+                received_at: now,
+                source: Source::Http,
+            }])
+            .await
+            .unwrap();
+    }
+    let app = TestApp::spawn_in(dir.path()).await;
+    assert_eq!(
+        app.post_event(&item_added(&id)).await,
+        (200, json!({"eventId": id, "status": "duplicate"}))
+    );
+    let (_, body) = app.get_json("/events").await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 1);
+    // Moved into the table (the forwarder's interval is 1 s), and still one event.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, metrics) = app.get_text("/metrics").await;
+        if metrics.contains("cartstream_journal_entries 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "journal not drained");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.post_event(&item_added(&id)).await.1["status"],
+        "duplicate"
+    );
+    let (_, body) = app.get_json("/events").await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 1);
+    app.stop().await.unwrap();
+}

@@ -79,6 +79,7 @@ fn start(dir: &std::path::Path, routes: Vec<Arc<Route>>) -> Harness {
         routes,
         outbox: Arc::new(SqliteOutbox::open(dir).unwrap()),
         feed: Arc::new(store.clone()),
+        retired: None,
         recorded: Arc::new(Notify::new()),
         routed_through: Arc::new(AtomicI64::new(0)),
         metrics: Arc::new(Metrics::new()),
@@ -352,4 +353,68 @@ fn backoff_doubles_up_to_the_cap_with_jitter() {
         let d = backoff(&p, attempts).as_millis() as u64;
         assert!(d <= full && d >= full / 2, "attempt {attempts}: {d} ms");
     }
+}
+
+/// A setup whose routing read the embedded events table now reads a journal in front of it:
+/// what the table held unrouted when the process started is routed first, then the table's
+/// cursor is retired, and rows that came later (through the journal) are not routed twice.
+#[tokio::test]
+async fn a_retired_feed_is_caught_up_once_then_the_new_feed_is_routed() {
+    use crate::adapters::outbound::journal::SqliteJournal;
+    use crate::ports::{Journal, Outbox};
+
+    let dir = tempfile::tempdir().unwrap();
+    let table = EmbeddedStore::open(dir.path()).unwrap();
+    let outbox = Arc::new(SqliteOutbox::open(dir.path()).unwrap());
+    // The old router had taken the table through its first row.
+    table
+        .insert(&[event("old-1", "u", "cart_viewed")])
+        .await
+        .unwrap();
+    outbox.enqueue("embedded", &[], 1).await.unwrap();
+    table
+        .insert(&[
+            event("old-2", "u", "cart_viewed"),
+            event("old-3", "u", "cart_viewed"),
+        ])
+        .await
+        .unwrap();
+    let through = table.last_rowid().unwrap();
+    // Rows past `through` came through the journal, which routing reads itself.
+    table
+        .insert(&[event("new-1", "u", "cart_viewed")])
+        .await
+        .unwrap();
+    let journal = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+
+    let target = Arc::new(Recorder::default());
+    let routing = Arc::new(Routing {
+        routes: vec![route("r", &[], Arc::clone(&target), policy(3, 1))],
+        outbox: Arc::clone(&outbox) as Arc<dyn Outbox>,
+        feed: Arc::new(journal.clone()),
+        retired: Some((Arc::new(table.clone()), through)),
+        recorded: Arc::new(Notify::new()),
+        routed_through: Arc::new(AtomicI64::new(0)),
+        metrics: Arc::new(Metrics::new()),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&routing).run(stop.clone()));
+    settle().await;
+    journal
+        .append(&[event("new-1", "u", "cart_viewed")])
+        .await
+        .unwrap();
+    routing.recorded.notify_one();
+    wait_for("three deliveries", || {
+        target.received.lock().unwrap().len() == 3
+    })
+    .await;
+    settle().await;
+    assert_eq!(
+        *target.received.lock().unwrap(),
+        ["old-2", "old-3", "new-1"]
+    );
+    assert_eq!(outbox.cursor("embedded").await.unwrap(), Some(RETIRED));
+    stop.cancel();
+    task.await.unwrap();
 }

@@ -49,6 +49,13 @@ struct ClaimState {
     /// Keys claimed but not yet confirmed or released, with when the hold ends. Held only in
     /// memory on purpose: a crash between claim and commit must leave nothing behind.
     pending: HashMap<String, Instant>,
+    /// In `DedupMode::Events`: keys whose events are recorded (in the journal in front of
+    /// this store) but not yet in the `events` table, until when they are remembered. A key
+    /// leaves when its event reaches the table.
+    recorded: HashMap<String, Instant>,
+    /// Keys whose events reached the table while still claimed (the journal was drained
+    /// before the claim was confirmed): their confirmation has nothing left to remember.
+    indexed_early: std::collections::HashSet<String>,
 }
 
 struct WriteState {
@@ -130,6 +137,8 @@ impl EmbeddedStore {
                 claims: Mutex::new(ClaimState {
                     conn: claims,
                     pending: HashMap::new(),
+                    recorded: HashMap::new(),
+                    indexed_early: std::collections::HashSet::new(),
                 }),
                 read: Mutex::new(read),
                 _checkpoints: checkpoints,
@@ -182,7 +191,20 @@ impl EventStore for EmbeddedStore {
                     .map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
+            tx.commit().map_err(db_err)?;
+            drop(state);
+            if matches!(inner.mode, DedupMode::Events { .. }) {
+                // The table answers for these keys from now on.
+                let mut claims = lock(&inner.claims);
+                for r in &rows {
+                    if claims.recorded.remove(&r.event_id).is_none()
+                        && claims.pending.contains_key(&r.event_id)
+                    {
+                        claims.indexed_early.insert(r.event_id.clone());
+                    }
+                }
+            }
+            Ok(())
         })
         .await
     }
@@ -222,7 +244,12 @@ impl DedupStore for EmbeddedStore {
             let mut state = lock(&inner.claims);
             let now = Instant::now();
             let now_ms = now_ms();
-            let ClaimState { conn, pending } = &mut *state;
+            let ClaimState {
+                conn,
+                pending,
+                recorded,
+                ..
+            } = &mut *state;
             // Either way the query answers "until when is this id remembered".
             let (sql, extra_ms) = match inner.mode {
                 DedupMode::Table => ("SELECT expires_at FROM dedup WHERE key = ?1", 0),
@@ -236,6 +263,10 @@ impl DedupStore for EmbeddedStore {
             for key in keys {
                 if pending.get(&key).is_some_and(|until| *until > now) {
                     out.push(Claim::InFlight);
+                    continue;
+                }
+                if recorded.get(&key).is_some_and(|until| *until > now) {
+                    out.push(Claim::Duplicate);
                     continue;
                 }
                 let expires: Option<i64> = stmt
@@ -253,6 +284,9 @@ impl DedupStore for EmbeddedStore {
             if pending.len() > 100_000 {
                 pending.retain(|_, until| *until > now);
             }
+            if recorded.len() > 1_000_000 {
+                recorded.retain(|_, until| *until > now);
+            }
             Ok(out)
         })
         .await
@@ -262,10 +296,23 @@ impl DedupStore for EmbeddedStore {
         if keys.is_empty() {
             return Ok(());
         }
-        if matches!(self.inner.mode, DedupMode::Events { .. }) {
-            // Recording the events was the confirmation.
+        if let DedupMode::Events { window } = self.inner.mode {
+            // Recording the events was the confirmation; until they reach the `events` table,
+            // the keys are remembered here.
             let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
-            return self.drop_pending(keys).await;
+            return self
+                .blocking(move |inner| {
+                    let mut state = lock(&inner.claims);
+                    let until = Instant::now() + window;
+                    for k in keys {
+                        state.pending.remove(&k);
+                        if !state.indexed_early.remove(&k) {
+                            state.recorded.insert(k, until);
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
         }
         let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
         let expires_at = now_ms().saturating_add(window.as_millis().min(i64::MAX as u128) as i64);
@@ -342,6 +389,32 @@ impl EventFeed for EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// The highest rowid of the `events` table (its feed's head), read now; a blocking read,
+    /// for startup.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn last_rowid(&self) -> Result<i64, PortError> {
+        let conn = lock(&self.inner.read);
+        conn.query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)
+    }
+
+    /// Remembers ids as recorded (duplicates from now on, for the dedup window) whose events
+    /// are not in the `events` table yet: at startup, the ids a journal in front of this
+    /// store still holds.
+    pub fn remember_recorded(&self, ids: impl IntoIterator<Item = String>) {
+        if let DedupMode::Events { window } = self.inner.mode {
+            let until = Instant::now() + window;
+            let mut claims = lock(&self.inner.claims);
+            for id in ids {
+                claims.recorded.insert(id, until);
+            }
+        }
+    }
+
     async fn drop_pending(&self, keys: Vec<String>) -> Result<(), PortError> {
         self.blocking(move |inner| {
             let mut state = lock(&inner.claims);

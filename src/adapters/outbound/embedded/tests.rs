@@ -247,3 +247,61 @@ async fn commits_leave_the_wal_to_the_checkpoint_thread_which_copies_it_within_s
     }
     assert_eq!(store.query(&q()).await.unwrap().len(), 100);
 }
+
+/// With a journal in front, an event is confirmed before it reaches the `events` table (or,
+/// when the forwarder is quick, after): either way it is a duplicate all along, and nothing
+/// is remembered for it once the table has it.
+#[tokio::test]
+async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_secs(3600);
+    let store = EmbeddedStore::open_with(dir.path(), DedupMode::Events { window }).unwrap();
+    let hold = Duration::from_secs(30);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut e = event("late", "u", "cart_viewed", &now);
+    e.received_at = chrono::Utc::now();
+    let remembered = |s: &EmbeddedStore| {
+        let c = lock(&s.inner.claims);
+        (c.recorded.len(), c.indexed_early.len())
+    };
+
+    // Confirmed first (the journal has it), in the table later.
+    assert_eq!(
+        store.claim(&keys(&["late"]), hold).await.unwrap(),
+        [Claim::New]
+    );
+    store.confirm(&keys(&["late"]), window).await.unwrap();
+    assert_eq!(
+        store.claim(&keys(&["late"]), hold).await.unwrap(),
+        [Claim::Duplicate]
+    );
+    assert_eq!(remembered(&store), (1, 0));
+    store.insert(std::slice::from_ref(&e)).await.unwrap();
+    assert_eq!(remembered(&store), (0, 0), "the table answers now");
+    assert_eq!(
+        store.claim(&keys(&["late"]), hold).await.unwrap(),
+        [Claim::Duplicate]
+    );
+
+    // In the table first, confirmed later.
+    let mut early = event("early", "u", "cart_viewed", &now);
+    early.received_at = chrono::Utc::now();
+    assert_eq!(
+        store.claim(&keys(&["early"]), hold).await.unwrap(),
+        [Claim::New]
+    );
+    store.insert(&[early]).await.unwrap();
+    store.confirm(&keys(&["early"]), window).await.unwrap();
+    assert_eq!(remembered(&store), (0, 0), "nothing left to remember");
+    assert_eq!(
+        store.claim(&keys(&["early"]), hold).await.unwrap(),
+        [Claim::Duplicate]
+    );
+
+    // Ids a journal still held at startup.
+    store.remember_recorded(["held".to_owned()]);
+    assert_eq!(
+        store.claim(&keys(&["held"]), hold).await.unwrap(),
+        [Claim::Duplicate]
+    );
+}

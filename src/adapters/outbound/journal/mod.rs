@@ -226,6 +226,25 @@ impl SqliteJournal {
         blocking(&self.inner, f).await
     }
 
+    /// The ids of every entry, in order; a blocking read, for startup.
+    ///
+    /// # Errors
+    /// When the journal cannot be read.
+    pub fn pending_ids(&self) -> Result<Vec<String>, PortError> {
+        let start = {
+            let state = lock(&self.inner.state);
+            match state.batches.front() {
+                Some(b) => (b.first_seq, state.removed_through),
+                None => return Ok(Vec::new()),
+            }
+        };
+        let conn = lock(&self.inner.read);
+        scan_batches(&conn, start.0, start.1, Vec::new(), |ids, _, e, _| {
+            ids.push(e.event_id.into_owned());
+            Ok(true)
+        })
+    }
+
     /// Folds `f` over the entries with `seq > after`, oldest first, until it returns false.
     async fn scan<S, F>(&self, after: i64, init: S, f: F) -> Result<S, PortError>
     where
