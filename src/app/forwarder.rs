@@ -7,7 +7,7 @@
 
 use crate::app::metrics::Metrics;
 use crate::domain::{DedupKey, StoredEvent};
-use crate::ports::{EventQuery, EventStore, Journal, PortError};
+use crate::ports::{newest_first, EventQuery, EventStore, Journal, PortError};
 use chrono::Utc;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -87,13 +87,7 @@ impl EventStore for JournaledStore {
                 .into_iter()
                 .filter(|e| !seen.contains(e.event.event_id().as_str())),
         );
-        events.sort_by(|a, b| {
-            (b.event.occurred_at(), b.received_at, b.event.event_id()).cmp(&(
-                a.event.occurred_at(),
-                a.received_at,
-                a.event.event_id(),
-            ))
-        });
+        events.sort_by(newest_first);
         events.truncate(query.limit);
         Ok(events)
     }

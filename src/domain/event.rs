@@ -249,6 +249,42 @@ impl CartEvent {
     }
 }
 
+/// An event as a store keeps it, field by field, to rebuild it from.
+pub struct StoredFields<'a> {
+    pub event_id: &'a str,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub event_type: &'a str,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub source: &'a str,
+    /// The metadata object as compact JSON.
+    pub metadata: String,
+}
+
+impl StoredFields<'_> {
+    /// The event again; the error names the field that is not as a store writes it.
+    pub fn into_stored(self) -> Result<StoredEvent, &'static str> {
+        let event_type = EventType::parse(self.event_type).ok_or("event_type")?;
+        let source = Source::parse(self.source).ok_or("source")?;
+        let metadata = Metadata::from_stored(self.metadata).map_err(|_| "metadata")?;
+        let event = CartEvent::from_stored(
+            self.event_id,
+            self.user_id,
+            self.session_id,
+            event_type,
+            self.occurred_at,
+            metadata,
+        )
+        .map_err(|_| "event_id")?;
+        Ok(StoredEvent {
+            event,
+            received_at: self.received_at,
+            source,
+        })
+    }
+}
+
 /// An accepted event as it is stored and read back: the event plus where and when it arrived.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {

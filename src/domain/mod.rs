@@ -9,5 +9,7 @@ pub mod validation;
 
 pub use dedup::DedupKey;
 pub use error::{FieldCode, FieldError};
-pub use event::{CartEvent, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent};
+pub use event::{
+    CartEvent, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent, StoredFields,
+};
 pub use validation::{parse_event, parse_event_owned, parse_fields, EventFields, ValidationPolicy};

@@ -13,6 +13,16 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
+/// The order [`EventStore::query`] answers in: newest `timestamp` first, then the latest
+/// received, then by id.
+pub fn newest_first(a: &StoredEvent, b: &StoredEvent) -> std::cmp::Ordering {
+    (b.event.occurred_at(), b.received_at, b.event.event_id()).cmp(&(
+        a.event.occurred_at(),
+        a.received_at,
+        a.event.event_id(),
+    ))
+}
+
 /// Where accepted events are kept and read back.
 #[cfg_attr(test, mockall::automock)]
 #[async_trait::async_trait]

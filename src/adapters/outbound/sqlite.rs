@@ -1,7 +1,7 @@
 //! What the SQLite-backed adapters (the embedded store and the local journal) share: opening
 //! a durable connection, the row form of an event, and the `GET /events` query.
 
-use crate::domain::{CartEvent, EventType, Metadata, Source, StoredEvent};
+use crate::domain::{StoredEvent, StoredFields};
 use crate::ports::{EventQuery, PortError};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params_from_iter, Connection, OpenFlags};
@@ -242,23 +242,17 @@ impl Row {
     }
 
     pub fn into_stored(self) -> Result<StoredEvent, PortError> {
-        let corrupt = |what: &str| PortError::Failed(format!("embedded store: bad {what} in row"));
-        let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
-        let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
-        let metadata = Metadata::from_stored(self.metadata).map_err(|_| corrupt("metadata"))?;
-        let event = CartEvent::from_stored(
-            &self.event_id,
-            self.user_id,
-            self.session_id,
-            event_type,
-            from_ms(self.occurred_at),
-            metadata,
-        )
-        .map_err(|_| corrupt("event_id"))?;
-        Ok(StoredEvent {
-            event,
+        StoredFields {
+            event_id: &self.event_id,
+            user_id: self.user_id,
+            session_id: self.session_id,
+            event_type: &self.event_type,
+            occurred_at: from_ms(self.occurred_at),
             received_at: from_ms(self.received_at),
-            source,
-        })
+            source: &self.source,
+            metadata: self.metadata,
+        }
+        .into_stored()
+        .map_err(|what| PortError::Failed(format!("embedded store: bad {what} in row")))
     }
 }

@@ -18,7 +18,7 @@
 //! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
 
 use super::redact::{redact_url, scrub};
-use crate::domain::{CartEvent, DedupKey, EventType, Metadata, Source, StoredEvent};
+use crate::domain::{DedupKey, StoredEvent, StoredFields};
 use crate::ports::{EventQuery, EventStore, PortError};
 use chrono::{DateTime, TimeZone, Utc};
 use clickhouse::{Client, Compression};
@@ -180,24 +180,18 @@ impl From<&StoredEvent> for EventRow {
 
 impl EventRow {
     fn into_stored(self) -> Result<StoredEvent, PortError> {
-        let corrupt = |what: &str| PortError::Failed(format!("clickhouse: bad {what} in row"));
-        let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
-        let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
-        let metadata = Metadata::from_stored(self.metadata).map_err(|_| corrupt("metadata"))?;
-        let event = CartEvent::from_stored(
-            &self.event_id,
-            self.user_id,
-            self.session_id,
-            event_type,
-            from_ms(self.occurred_at_ms),
-            metadata,
-        )
-        .map_err(|_| corrupt("event_id"))?;
-        Ok(StoredEvent {
-            event,
+        StoredFields {
+            event_id: &self.event_id,
+            user_id: self.user_id,
+            session_id: self.session_id,
+            event_type: &self.event_type,
+            occurred_at: from_ms(self.occurred_at_ms),
             received_at: from_ms(self.received_at_ms),
-            source,
-        })
+            source: &self.source,
+            metadata: self.metadata,
+        }
+        .into_stored()
+        .map_err(|what| PortError::Failed(format!("clickhouse: bad {what} in row")))
     }
 }
 

@@ -16,9 +16,9 @@
 use crate::adapters::outbound::sqlite::{
     blocking, db_err, db_path, from_ms, lock, open_conn, Checkpointer, Row,
 };
-use crate::domain::{CartEvent, DedupKey, EventType, Metadata, Source, StoredEvent};
+use crate::domain::{DedupKey, StoredEvent, StoredFields};
 use crate::ports::{
-    EventFeed, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PortError,
+    newest_first, EventFeed, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PortError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -82,24 +82,18 @@ impl<'a> Encoded<'a> {
     }
 
     fn into_stored(self) -> Result<StoredEvent, PortError> {
-        let event_type = EventType::parse(&self.event_type).ok_or_else(|| corrupt("event_type"))?;
-        let source = Source::parse(&self.source).ok_or_else(|| corrupt("source"))?;
-        let metadata =
-            Metadata::from_stored(self.metadata.into_owned()).map_err(|_| corrupt("metadata"))?;
-        let event = CartEvent::from_stored(
-            &self.event_id,
-            self.user_id.into_owned(),
-            self.session_id.map(Cow::into_owned),
-            event_type,
-            from_ms(self.occurred_at),
-            metadata,
-        )
-        .map_err(|_| corrupt("event_id"))?;
-        Ok(StoredEvent {
-            event,
+        StoredFields {
+            event_id: &self.event_id,
+            user_id: self.user_id.into_owned(),
+            session_id: self.session_id.map(Cow::into_owned),
+            event_type: &self.event_type,
+            occurred_at: from_ms(self.occurred_at),
             received_at: from_ms(self.received_at),
-            source,
-        })
+            source: &self.source,
+            metadata: self.metadata.into_owned(),
+        }
+        .into_stored()
+        .map_err(corrupt)
     }
 }
 
@@ -578,13 +572,7 @@ impl Journal for SqliteJournal {
                 Ok(true)
             })
             .await?;
-        events.sort_by(|a, b| {
-            (b.event.occurred_at(), b.received_at, b.event.event_id()).cmp(&(
-                a.event.occurred_at(),
-                a.received_at,
-                a.event.event_id(),
-            ))
-        });
+        events.sort_by(newest_first);
         events.truncate(query.limit);
         Ok(events)
     }
