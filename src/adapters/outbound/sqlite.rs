@@ -37,53 +37,13 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
     .map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
     // 16 MiB of page cache (the default is 2 MiB): index pages of a growing table stay in
-    // memory instead of being read back from disk on every insert. No connection checkpoints
-    // the WAL by itself: a [`Checkpointer`] does, off the commit path.
+    // memory instead of being read back from disk on every insert.
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16384;
-         PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=0;",
+         PRAGMA temp_store=MEMORY;",
     )
     .map_err(db_err)?;
     Ok(conn)
-}
-
-/// How often a [`Checkpointer`] copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// Checkpoints the WAL of one database file from a thread of its own, so that no commit (and
-/// so no ack) waits for one. SQLite's automatic checkpoint runs inside whichever commit
-/// passes 1,000 WAL pages (4 MB), and copies every page then: on the embedded store, whose
-/// random event-id index dirties a page per event, that was a second write of everything, in
-/// the ack path. Once a second, a page that many commits changed is copied once. A passive
-/// checkpoint never blocks writers or readers, and the WAL keeps every commit durable
-/// meanwhile. Every adapter that opens a file with [`open_conn`] holds one for it; the
-/// thread ends when this is dropped.
-pub(crate) struct Checkpointer {
-    _stop: std::sync::mpsc::Sender<()>,
-}
-
-impl Checkpointer {
-    pub(crate) fn start(path: &Path) -> Result<Self, PortError> {
-        let conn = open_conn(path)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let name = path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into());
-        std::thread::Builder::new()
-            .name(format!("checkpoint {name}"))
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(cause = %e, file = %name, "WAL checkpoint failed");
-                    }
-                }
-            })
-            .map_err(|e| PortError::Failed(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Self { _stop: stop })
-    }
 }
 
 /// `data_dir/file`, creating `data_dir` if needed.

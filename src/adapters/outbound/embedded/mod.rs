@@ -7,8 +7,7 @@
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
 use super::sqlite::{
-    blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms,
-    Checkpointer, Row,
+    blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row,
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, PortError};
@@ -91,7 +90,6 @@ struct Inner {
     confirm: Mutex<WriteState>,
     claims: Mutex<ClaimState>,
     read: Mutex<Connection>,
-    _checkpoints: Checkpointer,
 }
 
 fn now_ms() -> i64 {
@@ -121,7 +119,6 @@ impl EmbeddedStore {
             .map_err(db_err)?;
         let claims = open_conn(&path)?;
         let read = open_conn(&path)?;
-        let checkpoints = Checkpointer::start(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -141,7 +138,6 @@ impl EmbeddedStore {
                     indexed_early: std::collections::HashSet::new(),
                 }),
                 read: Mutex::new(read),
-                _checkpoints: checkpoints,
             }),
         })
     }

@@ -227,27 +227,6 @@ async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
     );
 }
 
-#[tokio::test]
-async fn commits_leave_the_wal_to_the_checkpoint_thread_which_copies_it_within_seconds() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let db = dir.path().join("cartstream.db");
-    let before = std::fs::metadata(&db).unwrap().len();
-    let events: Vec<StoredEvent> = (0..2000)
-        .map(|i| event(&format!("e{i}"), "u", "cart_viewed", "2025-08-10T03:00:00Z"))
-        .collect();
-    store.insert(&events).await.unwrap();
-    // No commit checkpoints by itself, so the new pages are only in the WAL for now...
-    assert_eq!(std::fs::metadata(&db).unwrap().len(), before);
-    // ...until the checkpoint thread copies them into the database file.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&db).unwrap().len() == before {
-        assert!(Instant::now() < deadline, "no checkpoint within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(store.query(&q()).await.unwrap().len(), 100);
-}
-
 /// With a journal in front, an event is confirmed before it reaches the `events` table (or,
 /// when the forwarder is quick, after): either way it is a duplicate all along, and nothing
 /// is remembered for it once the table has it.

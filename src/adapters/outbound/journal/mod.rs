@@ -13,9 +13,7 @@
 //! restarts too. Counts and the batches' headers are kept in memory, so the forwarder can
 //! poll them on every loop for free.
 
-use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_conn, Checkpointer, Row,
-};
+use crate::adapters::outbound::sqlite::{blocking, db_err, db_path, from_ms, lock, open_conn, Row};
 use crate::domain::{DedupKey, StoredEvent, StoredFields};
 use crate::ports::{
     newest_first, EventFeed, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PortError,
@@ -185,7 +183,6 @@ struct Inner {
     read: Mutex<Connection>,
     state: Mutex<State>,
     max_bytes: u64,
-    _checkpoints: Checkpointer,
 }
 
 impl SqliteJournal {
@@ -207,7 +204,6 @@ impl SqliteJournal {
                 read: Mutex::new(read),
                 state: Mutex::new(state),
                 max_bytes,
-                _checkpoints: Checkpointer::start(&path)?,
             }),
         })
     }

@@ -3,7 +3,7 @@
 //! cursor happen in one transaction, so routing never skips nor doubles an event over a crash.
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_conn, unix_ms, Checkpointer, Row,
+    blocking, db_err, db_path, from_ms, lock, open_conn, unix_ms, Row,
 };
 use crate::ports::{DeadLetter, Delivery, Outbox, OutboxItem, PortError, RouteBacklog};
 use chrono::{DateTime, Utc};
@@ -63,7 +63,6 @@ pub struct SqliteOutbox {
 struct Inner {
     write: Mutex<Connection>,
     read: Mutex<Connection>,
-    _checkpoints: Checkpointer,
 }
 
 impl SqliteOutbox {
@@ -80,7 +79,6 @@ impl SqliteOutbox {
             inner: Arc::new(Inner {
                 write: Mutex::new(write),
                 read: Mutex::new(read),
-                _checkpoints: Checkpointer::start(&path)?,
             }),
         })
     }
