@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Compares two server builds in one sitting: for ROUNDS rounds, each build in turn runs the
+# issue's key runs, each on a fresh server (new data dir, ClickHouse database and Redis key
+# prefix), so neither build inherits the other's data. Interleaving makes the machine's noise
+# hit both alike: compare the two builds' figures within a round.
+#
+# Usage: scripts/bench-ab.sh OLD_BINARY NEW_BINARY [ROUNDS]   (default 2 rounds)
+#   e.g. git worktree add /tmp/old <rev> && (cd /tmp/old && cargo build --release)
+#        cargo build --release --examples
+#        scripts/bench-ab.sh /tmp/old/target/release/cartstream target/release/cartstream
+# Needs Redis and ClickHouse (scripts/ensure-services.sh). Listens on 127.0.0.1:3101.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OLD="$1"; NEW="$2"; ROUNDS="${3:-2}"
+BENCH="${BENCH:-target/release/examples/cartstream-bench}"
+URL=http://127.0.0.1:3101
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# run BINARY embedded|rc BENCH-ARGS...: one server, one cartstream-bench run, cleaned up.
+run() {
+    local bin="$1" backend="$2"; shift 2
+    local dir tag pid
+    dir=$(mktemp -d)
+    tag=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    local env=(CARTSTREAM_DATA_DIR="$dir" CARTSTREAM_LISTEN=127.0.0.1:3101 CARTSTREAM_LOG=warn)
+    if [ "$backend" = rc ]; then
+        env+=(CARTSTREAM_REDIS_URL=redis://127.0.0.1:6379 CARTSTREAM_REDIS_KEY_PREFIX="bench:$tag:"
+              CARTSTREAM_CLICKHOUSE_URL=http://127.0.0.1:8123 CARTSTREAM_CLICKHOUSE_DATABASE="bench_$tag")
+    fi
+    env "${env[@]}" "$bin" >"$dir.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do curl -fs "$URL/ready" >/dev/null && break; sleep 0.1; done
+    "$BENCH" "$@" --url "$URL" --server-pid "$pid" --warmup 2s --duration 8s | grep -vE '^\{' || true
+    kill -TERM "$pid"; wait "$pid" || true
+    if [ "$backend" = rc ]; then
+        curl -fsS --data-binary "DROP DATABASE IF EXISTS bench_$tag" http://127.0.0.1:8123/ || true
+        redis-cli --scan --pattern "bench:$tag:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
+    fi
+    rm -rf "$dir" "$dir.log"
+}
+
+for round in $(seq "$ROUNDS"); do
+    for which in old new; do
+        bin=$OLD; [ "$which" = new ] && bin=$NEW
+        echo "### round $round, $which build ($bin), $(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg)"
+        echo "## Redis + ClickHouse, WS pipelined";   run "$bin" rc ws --connections 8 --window 64
+        echo "## Redis + ClickHouse, WS closed loop"; run "$bin" rc ws --connections 8 --window 1
+        echo "## Redis + ClickHouse, HTTP batch";     run "$bin" rc http-batch --concurrency 8 --batch-size 100
+        echo "## embedded, WS pipelined";             run "$bin" embedded ws --connections 8 --window 64
+    done
+done
