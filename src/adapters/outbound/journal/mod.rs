@@ -148,9 +148,14 @@ impl Header {
     }
 }
 
-/// The in-memory state: the batches still stored, oldest first, and the marks.
+/// The in-memory state: the batches still stored, oldest first, their totals, and the marks.
+/// The totals are kept as batches come and go: stats are read on every append, and a journal
+/// filled during an outage can hold millions of small batches.
 struct State {
     batches: VecDeque<Header>,
+    /// Entries and encoded bytes of every batch in `batches`, removed entries included.
+    entries: i64,
+    bytes: u64,
     head: i64,
     removed_through: i64,
     /// Encoded bytes of removed entries in the first batch (removed only in part).
@@ -158,16 +163,45 @@ struct State {
 }
 
 impl State {
+    fn new(batches: VecDeque<Header>, head: i64, removed_through: i64, removed_bytes: u64) -> Self {
+        Self {
+            entries: batches.iter().map(|b| b.count).sum(),
+            bytes: batches.iter().map(|b| b.bytes).sum(),
+            batches,
+            head,
+            removed_through,
+            removed_bytes,
+        }
+    }
+
+    fn push(&mut self, batch: Header) {
+        self.entries += batch.count;
+        self.bytes += batch.bytes;
+        self.head = batch.last_seq();
+        self.batches.push_back(batch);
+    }
+
+    /// Forgets the first `whole` batches.
+    fn drain(&mut self, whole: usize) {
+        for b in self.batches.drain(..whole) {
+            self.entries -= b.count;
+            self.bytes -= b.bytes;
+        }
+    }
+
+    /// The index of the first batch with entries past `after`: batches are in seq order.
+    fn first_after(&self, after: i64) -> usize {
+        self.batches.partition_point(|b| b.last_seq() <= after)
+    }
+
     fn stats(&self) -> JournalStats {
-        let total: u64 = self.batches.iter().map(|b| b.bytes).sum();
-        let entries: i64 = self
-            .batches
-            .iter()
-            .map(|b| (b.last_seq() - b.first_seq.max(self.removed_through + 1) + 1).max(0))
-            .sum();
+        // Only the first batch can be removed in part.
+        let removed = self.batches.front().map_or(0, |b| {
+            (self.removed_through - b.first_seq + 1).clamp(0, b.count)
+        });
         JournalStats {
-            entries: entries as u64,
-            bytes: total.saturating_sub(self.removed_bytes),
+            entries: (self.entries - removed) as u64,
+            bytes: self.bytes.saturating_sub(self.removed_bytes),
             oldest: self.batches.front().map(|b| from_ms(b.oldest)),
         }
     }
@@ -246,7 +280,7 @@ impl SqliteJournal {
                 let state = lock(&inner.state);
                 let after = after.max(state.removed_through);
                 // The batch holding `after + 1`, or the first one after it.
-                match state.batches.iter().find(|b| b.last_seq() > after) {
+                match state.batches.get(state.first_after(after)) {
                     Some(b) => (b.first_seq, after),
                     None => return Ok(init),
                 }
@@ -321,12 +355,7 @@ fn load_state(conn: &Connection) -> Result<State, PortError> {
         Some(b) if b.first_seq <= removed_through => removed_bytes_of(conn, b, removed_through)?,
         _ => 0,
     };
-    Ok(State {
-        batches,
-        head,
-        removed_through,
-        removed_bytes,
-    })
+    Ok(State::new(batches, head, removed_through, removed_bytes))
 }
 
 /// Encoded bytes of the entries of `batch` with `seq <= through`.
@@ -455,8 +484,7 @@ impl Journal for SqliteJournal {
                 bytes,
                 oldest,
             };
-            state.head = header.last_seq();
-            state.batches.push_back(header);
+            state.push(header);
             Ok(())
         })
         .await
@@ -495,11 +523,7 @@ impl Journal for SqliteJournal {
             let (head, through, whole, partial, last_whole_first) = {
                 let state = lock(&inner.state);
                 let through = upto.min(state.head).max(state.removed_through);
-                let whole = state
-                    .batches
-                    .iter()
-                    .take_while(|b| b.last_seq() <= through)
-                    .count();
+                let whole = state.first_after(through);
                 let partial = state
                     .batches
                     .get(whole)
@@ -531,7 +555,7 @@ impl Journal for SqliteJournal {
             };
             tx.commit().map_err(db_err)?;
             let mut state = lock(&inner.state);
-            state.batches.drain(..whole);
+            state.drain(whole);
             state.removed_through = through;
             state.removed_bytes = removed_bytes;
             Ok(())

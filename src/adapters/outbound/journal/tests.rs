@@ -286,3 +286,30 @@ async fn the_wal_stays_bounded_under_a_steady_stream_of_small_appends() {
     // would be over 24 MiB if the WAL were never reused.
     assert!(wal < 8 << 20, "WAL is {wal} bytes");
 }
+
+#[tokio::test]
+async fn counts_follow_every_removal_point_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
+    for b in 0..10 {
+        let batch: Vec<StoredEvent> = (0..3)
+            .map(|i| event(&format!("b{b}e{i}"), "2025-08-10T03:00:00Z"))
+            .collect();
+        j.append(&batch).await.unwrap();
+    }
+    let full = j.stats().bytes;
+    for through in [1, 2, 3, 7, 15, 16, 29, 30] {
+        j.remove_through(through).await.unwrap();
+        let stats = j.stats();
+        assert_eq!(stats.entries, 30 - through as u64, "through {through}");
+        let rest = j.oldest_after(0, 100, usize::MAX).await.unwrap();
+        assert_eq!(rest.len() as u64, stats.entries);
+        assert_eq!(
+            rest.first().map(|e| e.seq),
+            (through < 30).then_some(through + 1)
+        );
+        let left: u64 = rest.iter().map(|e| e.bytes as u64).sum();
+        assert_eq!(stats.bytes, left, "through {through}");
+        assert!(stats.bytes <= full);
+    }
+}
