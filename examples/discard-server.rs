@@ -11,16 +11,12 @@
 //! the two runs is what the journal costs. With `DISCARD_WITH_REDIS=redis://…` dedup runs on
 //! that Redis (under `CARTSTREAM_REDIS_KEY_PREFIX`) instead of forgetting: what Redis costs.
 
-use cartstream::adapters::outbound::journal::SqliteJournal;
 use cartstream::app::config::Settings;
-use cartstream::app::forwarder::{FlushPolicy, JournaledStore};
-use cartstream::app::startup::Forwarding;
-use cartstream::app::startup::{shutdown_signal, Application, Ports};
+use cartstream::app::startup::{journaled, shutdown_signal, Application, Ports};
 use cartstream::app::telemetry;
 use cartstream::domain::{DedupKey, StoredEvent};
 use cartstream::ports::{
-    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, Journal, PortError,
-    SystemClock,
+    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, PortError, SystemClock,
 };
 use std::process::ExitCode;
 
@@ -29,7 +25,6 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Stores nothing and says it did.
 struct DiscardStore;
@@ -95,31 +90,14 @@ async fn main() -> ExitCode {
     telemetry::init(&settings);
     let with_journal = std::env::var("DISCARD_WITH_JOURNAL").is_ok_and(|v| v == "1");
     let (store, forwarding, feed): (Arc<dyn EventStore>, _, Arc<dyn EventFeed>) = if with_journal {
-        let journal = match SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes) {
-            Ok(j) => j,
+        // The service's own journal wiring, with a remote store that discards.
+        match journaled(&settings, Arc::new(DiscardStore)) {
+            Ok((store, forwarding, journal)) => (store, Some(forwarding), Arc::new(journal)),
             Err(e) => {
                 eprintln!("discard-server: {e}");
                 return ExitCode::FAILURE;
             }
-        };
-        let shared: Arc<dyn Journal> = Arc::new(journal.clone());
-        let wake = Arc::new(Notify::new());
-        let remote: Arc<dyn EventStore> = Arc::new(DiscardStore);
-        let store =
-            JournaledStore::new(Arc::clone(&shared), Arc::clone(&remote), Arc::clone(&wake));
-        let forwarding = Forwarding {
-            journal: shared,
-            remote,
-            wake,
-            policy: FlushPolicy {
-                max_rows: settings.forward_max_rows,
-                max_bytes: settings.forward_max_bytes,
-                interval: settings.forward_interval,
-                backoff_min: Duration::from_millis(100),
-                backoff_max: settings.forward_backoff_max,
-            },
-        };
-        (Arc::new(store), Some(forwarding), Arc::new(journal))
+        }
     } else {
         (Arc::new(DiscardStore), None, Arc::new(DiscardStore))
     };

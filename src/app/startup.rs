@@ -57,8 +57,11 @@ pub struct Forwarding {
 }
 
 /// The local journal in front of `remote`: the store the ingest use case sees, what the
-/// forwarder needs, and the journal as a feed.
-fn journaled(
+/// forwarder needs, and the journal (a feed for routing).
+///
+/// # Errors
+/// When the journal cannot be opened.
+pub fn journaled(
     settings: &Settings,
     remote: Arc<dyn EventStore>,
 ) -> Result<(Arc<dyn EventStore>, Forwarding, SqliteJournal), StartupError> {
