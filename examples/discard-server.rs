@@ -16,7 +16,7 @@ use cartstream::app::startup::{journaled, shutdown_signal, Application, Ports};
 use cartstream::app::telemetry;
 use cartstream::domain::{DedupKey, StoredEvent};
 use cartstream::ports::{
-    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, PortError, SystemClock,
+    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, Lease, PortError, SystemClock,
 };
 use std::process::ExitCode;
 
@@ -24,7 +24,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Stores nothing and says it did.
 struct DiscardStore;
@@ -64,13 +63,13 @@ struct ForgetfulDedup;
 
 #[async_trait::async_trait]
 impl DedupStore for ForgetfulDedup {
-    async fn claim(&self, keys: &[DedupKey], _hold: Duration) -> Result<Vec<Claim>, PortError> {
+    async fn claim(&self, _lease: &Lease, keys: &[DedupKey]) -> Result<Vec<Claim>, PortError> {
         Ok(vec![Claim::New; keys.len()])
     }
-    async fn confirm(&self, _keys: &[DedupKey], _window: Duration) -> Result<(), PortError> {
+    async fn confirm(&self, _lease: &Lease, _keys: &[DedupKey]) -> Result<(), PortError> {
         Ok(())
     }
-    async fn release(&self, _keys: &[DedupKey]) -> Result<(), PortError> {
+    async fn release(&self, _lease: &Lease, _keys: &[DedupKey]) -> Result<(), PortError> {
         Ok(())
     }
     async fn check(&self) -> Result<(), PortError> {

@@ -10,7 +10,7 @@ use crate::domain::{
     parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, FieldError, Source,
     StoredEvent, ValidationPolicy,
 };
-use crate::ports::{Claim, Clock, DedupStore, EventStore, PortError};
+use crate::ports::{Claim, Clock, DedupStore, EventStore, Lease, PortError};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -246,6 +246,7 @@ async fn run_committer(
 /// Keys a group claimed and recorded, to confirm after its answers went out.
 struct Confirmation {
     group: u64,
+    lease: Lease,
     keys: Vec<DedupKey>,
 }
 
@@ -366,6 +367,11 @@ impl Committer {
         let group = pipeline
             .next_group
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lease = Lease {
+            id: rand::random(),
+            hold: self.hold,
+            window: self.window,
+        };
         let started = Instant::now();
         self.metrics
             .commit_batch_events
@@ -396,7 +402,7 @@ impl Committer {
                 Err(PortError::Unavailable("resting after a failure".into()))
             } else {
                 let t = Instant::now();
-                let claims = self.dedup.claim(&keys, self.hold).await;
+                let claims = self.dedup.claim(&lease, &keys).await;
                 self.metrics
                     .claim_seconds
                     .observe(t.elapsed().as_secs_f64());
@@ -477,7 +483,7 @@ impl Committer {
             }
             if !again.is_empty() {
                 let keys: Vec<DedupKey> = again.iter().map(|(_, k)| k.clone()).collect();
-                let claims = match self.dedup.claim(&keys, self.hold).await {
+                let claims = match self.dedup.claim(&lease, &keys).await {
                     Ok(c) if c.len() == keys.len() => c,
                     _ => vec![Claim::InFlight; keys.len()],
                 };
@@ -525,7 +531,7 @@ impl Committer {
                 self.metrics.backend_error("store");
                 tracing::warn!(cause = %e, events = to_store.len(), "store failed; releasing claims");
                 if !claimed.is_empty() {
-                    if let Err(e) = self.dedup.release(&claimed).await {
+                    if let Err(e) = self.dedup.release(&lease, &claimed).await {
                         // The hold runs out by itself; until then a retry gets `unavailable`,
                         // never a false `duplicate`.
                         self.metrics.backend_error("release");
@@ -548,6 +554,7 @@ impl Committer {
             outcomes,
             Some(Confirmation {
                 group,
+                lease,
                 keys: claimed,
             }),
         )
@@ -556,7 +563,7 @@ impl Committer {
     /// Confirms the keys of a recorded group, then forgets them in `pipeline`.
     async fn confirm(&self, pipeline: &Pipeline, c: Confirmation) {
         if !c.keys.is_empty() {
-            if let Err(e) = self.dedup.confirm(&c.keys, self.window).await {
+            if let Err(e) = self.dedup.confirm(&c.lease, &c.keys).await {
                 // The events are durable, so they are accepted. Their keys stay held until the
                 // hold runs out; after that a retry would be stored again, which the stores
                 // absorb because inserts are idempotent per event id.

@@ -10,7 +10,7 @@ mod outbox;
 mod route_target;
 
 pub use clock::{Clock, SystemClock};
-pub use dedup_store::{Claim, DedupStore};
+pub use dedup_store::{Claim, DedupStore, Lease};
 pub use event_store::{newest_first, EventQuery, EventStore};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};

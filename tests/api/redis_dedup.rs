@@ -4,7 +4,7 @@ use crate::backends::{redis_prefix, redis_url_or_skip, silent_server, DEAD_REDIS
 use bb8_redis::redis;
 use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use cartstream::domain::{DedupKey, EventId};
-use cartstream::ports::{Claim, DedupStore, PortError};
+use cartstream::ports::{Claim, DedupStore, Lease, PortError};
 use std::time::Duration;
 
 const HOLD: Duration = Duration::from_secs(60);
@@ -14,6 +14,19 @@ fn keys(ks: &[&str]) -> Vec<DedupKey> {
     ks.iter()
         .map(|k| DedupKey::from(&EventId::parse(k).unwrap()))
         .collect()
+}
+
+/// A fresh lease, as the committer takes one per group.
+fn lease() -> Lease {
+    lease_for(HOLD, WINDOW)
+}
+
+fn lease_for(hold: Duration, window: Duration) -> Lease {
+    Lease {
+        id: rand::random(),
+        hold,
+        window,
+    }
 }
 
 fn config(url: &str, prefix: &str) -> RedisDedupConfig {
@@ -38,40 +51,74 @@ async fn raw_conn() -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
 #[tokio::test]
 async fn claims_across_calls_tell_new_in_flight_and_duplicate_apart() {
     let Some((store, _)) = store().await else {
         return;
     };
+    let (first, second) = (lease(), lease());
     assert_eq!(
-        store.claim(&keys(&["a", "b"]), HOLD).await.unwrap(),
+        store.claim(&first, &keys(&["a", "b"])).await.unwrap(),
         [Claim::New, Claim::New]
     );
     assert_eq!(
-        store.claim(&keys(&["b", "c"]), HOLD).await.unwrap(),
+        store.claim(&second, &keys(&["b", "c"])).await.unwrap(),
         [Claim::InFlight, Claim::New],
         "a held key is in flight, not a duplicate"
     );
-    store.confirm(&keys(&["a"]), WINDOW).await.unwrap();
+    store.confirm(&first, &keys(&["a", "b"])).await.unwrap();
     assert_eq!(
-        store.claim(&keys(&["a", "c", "d"]), HOLD).await.unwrap(),
-        [Claim::Duplicate, Claim::InFlight, Claim::New]
+        store
+            .claim(&lease(), &keys(&["a", "b", "c", "d"]))
+            .await
+            .unwrap(),
+        [
+            Claim::Duplicate,
+            Claim::Duplicate,
+            Claim::InFlight,
+            Claim::New
+        ],
+        "one confirmation answers for every key of its lease"
     );
 }
 
 #[tokio::test]
-async fn release_frees_held_keys_and_never_a_confirmed_one() {
+async fn release_frees_the_leases_keys_and_never_a_confirmed_or_foreign_one() {
     let Some((store, _)) = store().await else {
         return;
     };
-    let ks = keys(&["k-1", "k-2"]);
-    store.claim(&ks, HOLD).await.unwrap();
-    store.confirm(&ks[..1], WINDOW).await.unwrap();
-    store.release(&ks).await.unwrap();
+    let (confirmed, released, other) = (lease(), lease(), lease());
+    store.claim(&confirmed, &keys(&["k-1"])).await.unwrap();
+    store.confirm(&confirmed, &keys(&["k-1"])).await.unwrap();
+    store.claim(&other, &keys(&["k-3"])).await.unwrap();
     assert_eq!(
-        store.claim(&ks, HOLD).await.unwrap(),
-        [Claim::Duplicate, Claim::New],
-        "the confirmed key survives release; the released one is free"
+        store
+            .claim(&released, &keys(&["k-1", "k-2", "k-3"]))
+            .await
+            .unwrap(),
+        [Claim::Duplicate, Claim::New, Claim::InFlight]
+    );
+    // Given every key, as a careless caller might: only k-2 is the lease's to free.
+    store
+        .release(&released, &keys(&["k-1", "k-2", "k-3"]))
+        .await
+        .unwrap();
+    store.release(&confirmed, &keys(&["k-1"])).await.unwrap();
+    assert_eq!(
+        store
+            .claim(&lease(), &keys(&["k-1", "k-2", "k-3"]))
+            .await
+            .unwrap(),
+        [Claim::Duplicate, Claim::New, Claim::InFlight],
+        "the confirmed key survives release; the released one is free; another lease's stays held"
     );
 }
 
@@ -83,21 +130,36 @@ async fn instances_sharing_a_prefix_see_each_others_claims() {
     let url = redis_url_or_skip().await.unwrap();
     let b = RedisDedupStore::new(config(&url, &prefix)).unwrap();
     let ks = keys(&["shared"]);
-    assert_eq!(a.claim(&ks, HOLD).await.unwrap(), [Claim::New]);
-    assert_eq!(b.claim(&ks, HOLD).await.unwrap(), [Claim::InFlight]);
-    a.confirm(&ks, WINDOW).await.unwrap();
-    assert_eq!(b.claim(&ks, HOLD).await.unwrap(), [Claim::Duplicate]);
+    let held = lease();
+    assert_eq!(a.claim(&held, &ks).await.unwrap(), [Claim::New]);
+    assert_eq!(b.claim(&lease(), &ks).await.unwrap(), [Claim::InFlight]);
+    a.confirm(&held, &ks).await.unwrap();
+    assert_eq!(b.claim(&lease(), &ks).await.unwrap(), [Claim::Duplicate]);
 }
 
 #[tokio::test]
-async fn an_expired_hold_frees_the_key() {
+async fn an_expired_hold_frees_the_key_and_the_late_holder_cannot_take_it_back() {
     let Some((store, _)) = store().await else {
         return;
     };
     let ks = keys(&["k-1"]);
-    store.claim(&ks, Duration::from_millis(100)).await.unwrap();
+    let crashed = lease_for(Duration::from_millis(100), WINDOW);
+    assert_eq!(store.claim(&crashed, &ks).await.unwrap(), [Claim::New]);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(store.claim(&ks, HOLD).await.unwrap(), [Claim::New]);
+    let taker = lease();
+    assert_eq!(
+        store.claim(&taker, &ks).await.unwrap(),
+        [Claim::New],
+        "taken over"
+    );
+    // The first holder wakes up and gives up: the key is the taker's now.
+    store.release(&crashed, &ks).await.unwrap();
+    assert_eq!(store.claim(&lease(), &ks).await.unwrap(), [Claim::InFlight]);
+    store.confirm(&taker, &ks).await.unwrap();
+    assert_eq!(
+        store.claim(&lease(), &ks).await.unwrap(),
+        [Claim::Duplicate]
+    );
 }
 
 #[tokio::test]
@@ -106,44 +168,89 @@ async fn the_window_expires() {
         return;
     };
     let ks = keys(&["k-1"]);
-    store.claim(&ks, HOLD).await.unwrap();
-    store
-        .confirm(&ks, Duration::from_millis(300))
-        .await
-        .unwrap();
-    assert_eq!(store.claim(&ks, HOLD).await.unwrap(), [Claim::Duplicate]);
+    let short = lease_for(HOLD, Duration::from_millis(300));
+    store.claim(&short, &ks).await.unwrap();
+    store.confirm(&short, &ks).await.unwrap();
+    assert_eq!(
+        store.claim(&lease(), &ks).await.unwrap(),
+        [Claim::Duplicate]
+    );
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(store.claim(&ks, HOLD).await.unwrap(), [Claim::New]);
+    assert_eq!(store.claim(&lease(), &ks).await.unwrap(), [Claim::New]);
 }
 
 #[tokio::test]
-async fn keys_live_under_the_prefix_with_the_window_as_ttl() {
+async fn keys_live_under_the_prefix_and_the_lease_outlives_its_keys() {
     let Some((store, prefix)) = store().await else {
         return;
     };
-    let ks = keys(&["e-1"]);
-    store.claim(&ks, HOLD).await.unwrap();
+    let ks = keys(&["e-1", "e-2"]);
+    let day = lease_for(HOLD, Duration::from_secs(3600));
+    store.claim(&day, &ks).await.unwrap();
     let mut conn = raw_conn().await;
-    let key = format!("{prefix}e-1");
-    let held: String = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(held, "p");
-    store.confirm(&ks, Duration::from_secs(3600)).await.unwrap();
-    let confirmed: String = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(confirmed, "c");
-    assert!(ttl > 60_000 && ttl <= 3_600_000, "ttl {ttl}");
+    let id = format!("{:032x}", day.id);
+    let lease_key = format!("{prefix}#{id}");
+    for k in ["e-1", "e-2"] {
+        let key = format!("{prefix}{k}");
+        assert_eq!(get(&mut conn, &key).await.as_deref(), Some(id.as_str()));
+        let ttl = pttl(&mut conn, &key).await;
+        assert!(ttl > 3_500_000 && ttl <= 3_600_000, "event key ttl {ttl}");
+    }
+    assert_eq!(get(&mut conn, &lease_key).await.as_deref(), Some("p"));
+    let ttl = pttl(&mut conn, &lease_key).await;
+    assert!(ttl > 0 && ttl <= 60_000, "held lease ttl {ttl}");
+
+    store.confirm(&day, &ks).await.unwrap();
+    assert_eq!(get(&mut conn, &lease_key).await.as_deref(), Some("c"));
+    let lease_ttl = pttl(&mut conn, &lease_key).await;
+    let key_ttl = pttl(&mut conn, &format!("{prefix}e-1")).await;
+    assert!(
+        lease_ttl >= key_ttl && lease_ttl <= 3_600_000,
+        "lease ttl {lease_ttl}, key ttl {key_ttl}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_that_finds_only_duplicates_leaves_no_lease_behind() {
+    let Some((store, prefix)) = store().await else {
+        return;
+    };
+    let ks = keys(&["d-1"]);
+    let first = lease();
+    store.claim(&first, &ks).await.unwrap();
+    store.confirm(&first, &ks).await.unwrap();
+    let again = lease();
+    assert_eq!(store.claim(&again, &ks).await.unwrap(), [Claim::Duplicate]);
+    let mut conn = raw_conn().await;
+    assert_eq!(
+        get(&mut conn, &format!("{prefix}#{:032x}", again.id)).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn keys_written_by_earlier_versions_still_read_as_held_and_confirmed() {
+    let Some((store, prefix)) = store().await else {
+        return;
+    };
+    let mut conn = raw_conn().await;
+    for (k, v) in [("old-held", "p"), ("old-confirmed", "c"), ("foreign", "x")] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}{k}"))
+            .arg(v)
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .claim(&lease(), &keys(&["old-held", "old-confirmed", "foreign"]))
+            .await
+            .unwrap(),
+        [Claim::InFlight, Claim::Duplicate, Claim::InFlight]
+    );
 }
 
 #[tokio::test]
@@ -151,7 +258,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
     let Some((store, _)) = store().await else {
         return;
     };
-    store.claim(&keys(&["x"]), HOLD).await.unwrap();
+    store.claim(&lease(), &keys(&["x"])).await.unwrap();
     let mut conn = raw_conn().await;
     // Other tests' calls meanwhile just take the EVAL fallback too.
     let _: () = redis::cmd("SCRIPT")
@@ -159,13 +266,19 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    let second = lease();
     assert_eq!(
-        store.claim(&keys(&["x", "y"]), HOLD).await.unwrap(),
+        store.claim(&second, &keys(&["x", "y"])).await.unwrap(),
         [Claim::InFlight, Claim::New]
     );
-    store.release(&keys(&["x", "y"])).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    store.release(&second, &keys(&["y"])).await.unwrap();
     assert_eq!(
-        store.claim(&keys(&["x"]), HOLD).await.unwrap(),
+        store.claim(&lease(), &keys(&["y"])).await.unwrap(),
         [Claim::New]
     );
 }
@@ -173,9 +286,9 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
 #[tokio::test]
 async fn an_empty_slice_needs_no_redis() {
     let store = RedisDedupStore::new(config(DEAD_REDIS_URL, "p:")).unwrap();
-    assert_eq!(store.claim(&[], HOLD).await.unwrap(), []);
-    store.confirm(&[], WINDOW).await.unwrap();
-    store.release(&[]).await.unwrap();
+    assert_eq!(store.claim(&lease(), &[]).await.unwrap(), []);
+    store.confirm(&lease(), &[]).await.unwrap();
+    store.release(&lease(), &[]).await.unwrap();
 }
 
 #[tokio::test]
@@ -191,12 +304,13 @@ async fn a_store_built_while_redis_is_down_answers_unavailable_without_the_passw
     // Building must not touch the network, so startup survives a Redis outage.
     let store = RedisDedupStore::new(config(DEAD_REDIS_URL, "p:")).unwrap();
     let ks = keys(&["k"]);
+    let l = lease();
     // Generous bound: only here so a regression fails instead of hanging the suite.
     let calls = async {
         vec![
-            store.claim(&ks, HOLD).await.map(drop),
-            store.confirm(&ks, WINDOW).await,
-            store.release(&ks).await,
+            store.claim(&l, &ks).await.map(drop),
+            store.confirm(&l, &ks).await,
+            store.release(&l, &ks).await,
             store.check().await,
         ]
     };
@@ -293,13 +407,13 @@ async fn the_store_recovers_when_redis_comes_back() {
     };
     let store = RedisDedupStore::new(config(&redis.url(), "p:")).unwrap();
     assert_eq!(
-        store.claim(&keys(&["a"]), HOLD).await.unwrap(),
+        store.claim(&lease(), &keys(&["a"])).await.unwrap(),
         [Claim::New]
     );
 
     redis.stop();
     assert!(matches!(
-        store.claim(&keys(&["b"]), HOLD).await,
+        store.claim(&lease(), &keys(&["b"])).await,
         Err(PortError::Unavailable(_))
     ));
     assert!(matches!(
@@ -313,7 +427,7 @@ async fn the_store_recovers_when_redis_comes_back() {
     // The pooled connection broke with the old server; it must not fail calls any more.
     store.check().await.unwrap();
     assert_eq!(
-        store.claim(&keys(&["a", "b"]), HOLD).await.unwrap(),
+        store.claim(&lease(), &keys(&["a", "b"])).await.unwrap(),
         [Claim::New, Claim::New],
         "the restarted Redis is empty"
     );
@@ -327,9 +441,12 @@ async fn a_hung_redis_answers_unavailable_after_the_timeouts() {
     cfg.command_timeout = Duration::from_millis(300);
     let store = RedisDedupStore::new(cfg).unwrap();
     // Generous bound: only here so a regression fails instead of hanging the suite.
-    let result = tokio::time::timeout(Duration::from_secs(60), store.claim(&keys(&["k"]), HOLD))
-        .await
-        .expect("a hung Redis must not hang the caller");
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.claim(&lease(), &keys(&["k"])),
+    )
+    .await
+    .expect("a hung Redis must not hang the caller");
     match result {
         Err(PortError::Unavailable(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
         other => panic!("expected Unavailable, got {other:?}"),

@@ -54,6 +54,11 @@ fn id(s: &str) -> EventId {
     EventId::parse(s).unwrap()
 }
 
+thread_local! {
+    /// The lease a mocked claim saw, for the confirm that follows it (one runtime thread).
+    static CLAIMED_UNDER: std::cell::Cell<Option<u128>> = const { std::cell::Cell::new(None) };
+}
+
 fn key_strs(keys: &[DedupKey]) -> Vec<String> {
     keys.iter().map(|k| k.as_str().to_owned()).collect()
 }
@@ -63,13 +68,20 @@ async fn new_events_are_claimed_stored_and_confirmed_in_one_call_each() {
     let mut dedup = MockDedupStore::new();
     dedup
         .expect_claim()
-        .withf(|keys, hold| key_strs(keys) == ["a", "b"] && *hold == Duration::from_secs(30))
+        .withf(|lease, keys| {
+            key_strs(keys) == ["a", "b"]
+                && lease.hold == Duration::from_secs(30)
+                && lease.window == Duration::from_secs(86_400)
+        })
         .times(1)
-        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+        .returning(|lease, k| {
+            CLAIMED_UNDER.with(|c| c.set(Some(lease.id)));
+            Ok(vec![Claim::New; k.len()])
+        });
     dedup
         .expect_confirm()
-        .withf(|keys, window| {
-            key_strs(keys) == ["a", "b"] && *window == Duration::from_secs(86_400)
+        .withf(|lease, keys| {
+            key_strs(keys) == ["a", "b"] && CLAIMED_UNDER.with(|c| c.get()) == Some(lease.id)
         })
         .times(1)
         .returning(|_, _| Ok(()));
@@ -94,7 +106,7 @@ async fn a_duplicate_is_answered_and_not_stored() {
         .returning(|_, _| Ok(vec![Claim::Duplicate, Claim::New]));
     dedup
         .expect_confirm()
-        .withf(|keys, _| key_strs(keys) == ["b"])
+        .withf(|_, keys| key_strs(keys) == ["b"])
         .times(1)
         .returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
@@ -128,12 +140,12 @@ async fn a_store_failure_releases_the_claims_so_a_retry_is_not_a_false_duplicate
     let mut dedup = MockDedupStore::new();
     dedup
         .expect_claim()
-        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+        .returning(|_, k| Ok(vec![Claim::New; k.len()]));
     dedup
         .expect_release()
-        .withf(|keys| key_strs(keys) == ["a", "b"])
+        .withf(|_, keys| key_strs(keys) == ["a", "b"])
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
     dedup.expect_confirm().never();
     let mut store = MockEventStore::new();
     store
@@ -170,7 +182,7 @@ async fn a_confirm_failure_still_accepts_the_durable_events() {
     let mut dedup = MockDedupStore::new();
     dedup
         .expect_claim()
-        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+        .returning(|_, k| Ok(vec![Claim::New; k.len()]));
     dedup
         .expect_confirm()
         .returning(|_, _| Err(PortError::Unavailable("gone".into())));
@@ -202,8 +214,8 @@ async fn repeats_inside_one_group_are_claimed_once_and_answered_duplicate() {
     let mut dedup = MockDedupStore::new();
     dedup
         .expect_claim()
-        .withf(|keys, _| key_strs(keys) == ["a", "b"])
-        .returning(|k, _| Ok(vec![Claim::New; k.len()]));
+        .withf(|_, keys| key_strs(keys) == ["a", "b"])
+        .returning(|_, k| Ok(vec![Claim::New; k.len()]));
     dedup.expect_confirm().returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
     store
@@ -241,7 +253,7 @@ async fn a_partial_batch_keeps_order_across_rejections_and_groups() {
     dedup
         .expect_claim()
         .with(always(), always())
-        .returning(|k, _| {
+        .returning(|_, k| {
             Ok(k.iter()
                 .map(|k| {
                     if k.as_str() == "dup" {

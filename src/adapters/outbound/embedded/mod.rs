@@ -10,7 +10,9 @@ use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row,
 };
 use crate::domain::{DedupKey, StoredEvent};
-use crate::ports::{Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, PortError};
+use crate::ports::{
+    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, Lease, PortError,
+};
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -45,9 +47,10 @@ const PURGE_EVERY: Duration = Duration::from_secs(30);
 
 struct ClaimState {
     conn: Connection,
-    /// Keys claimed but not yet confirmed or released, with when the hold ends. Held only in
-    /// memory on purpose: a crash between claim and commit must leave nothing behind.
-    pending: HashMap<String, Instant>,
+    /// Keys claimed but not yet confirmed or released, with when the hold ends and the lease
+    /// holding them. Held only in memory on purpose: a crash between claim and commit must
+    /// leave nothing behind.
+    pending: HashMap<String, (Instant, u128)>,
     /// In `DedupMode::Events`: keys whose events are recorded (in the journal in front of
     /// this store) but not yet in the `events` table, until when they are remembered. A key
     /// leaves when its event reaches the table.
@@ -234,7 +237,8 @@ impl EventStore for EmbeddedStore {
 
 #[async_trait::async_trait]
 impl DedupStore for EmbeddedStore {
-    async fn claim(&self, keys: &[DedupKey], hold: Duration) -> Result<Vec<Claim>, PortError> {
+    async fn claim(&self, lease: &Lease, keys: &[DedupKey]) -> Result<Vec<Claim>, PortError> {
+        let (hold, lease_id) = (lease.hold, lease.id);
         let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
         self.blocking(move |inner| {
             let mut state = lock(&inner.claims);
@@ -257,7 +261,7 @@ impl DedupStore for EmbeddedStore {
             let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
             let mut out = Vec::with_capacity(keys.len());
             for key in keys {
-                if pending.get(&key).is_some_and(|until| *until > now) {
+                if pending.get(&key).is_some_and(|(until, _)| *until > now) {
                     out.push(Claim::InFlight);
                     continue;
                 }
@@ -273,12 +277,12 @@ impl DedupStore for EmbeddedStore {
                 if expires.is_some_and(|e| e > now_ms) {
                     out.push(Claim::Duplicate);
                 } else {
-                    pending.insert(key, now + hold);
+                    pending.insert(key, (now + hold, lease_id));
                     out.push(Claim::New);
                 }
             }
             if pending.len() > 100_000 {
-                pending.retain(|_, until| *until > now);
+                pending.retain(|_, (until, _)| *until > now);
             }
             if recorded.len() > 1_000_000 {
                 recorded.retain(|_, until| *until > now);
@@ -288,7 +292,8 @@ impl DedupStore for EmbeddedStore {
         .await
     }
 
-    async fn confirm(&self, keys: &[DedupKey], window: Duration) -> Result<(), PortError> {
+    async fn confirm(&self, lease: &Lease, keys: &[DedupKey]) -> Result<(), PortError> {
+        let (window, lease_id) = (lease.window, lease.id);
         if keys.is_empty() {
             return Ok(());
         }
@@ -301,7 +306,7 @@ impl DedupStore for EmbeddedStore {
                     let mut state = lock(&inner.claims);
                     let until = Instant::now() + window;
                     for k in keys {
-                        state.pending.remove(&k);
+                        unpend(&mut state.pending, &k, lease_id);
                         if !state.indexed_early.remove(&k) {
                             state.recorded.insert(k, until);
                         }
@@ -343,12 +348,12 @@ impl DedupStore for EmbeddedStore {
         })
         .await?;
         // Only now that the keys are durable may they stop being in flight.
-        self.drop_pending(keys).await
+        self.drop_pending(keys, lease_id).await
     }
 
-    async fn release(&self, keys: &[DedupKey]) -> Result<(), PortError> {
+    async fn release(&self, lease: &Lease, keys: &[DedupKey]) -> Result<(), PortError> {
         let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
-        self.drop_pending(keys).await
+        self.drop_pending(keys, lease.id).await
     }
 
     async fn check(&self) -> Result<(), PortError> {
@@ -411,15 +416,23 @@ impl EmbeddedStore {
         }
     }
 
-    async fn drop_pending(&self, keys: Vec<String>) -> Result<(), PortError> {
+    /// Ends the holds `lease` still has on `keys`.
+    async fn drop_pending(&self, keys: Vec<String>, lease: u128) -> Result<(), PortError> {
         self.blocking(move |inner| {
             let mut state = lock(&inner.claims);
             for k in &keys {
-                state.pending.remove(k);
+                unpend(&mut state.pending, k, lease);
             }
             Ok(())
         })
         .await
+    }
+}
+
+/// Ends `lease`'s hold on `key`; a hold another lease took since (after ours ran out) stays.
+fn unpend(pending: &mut HashMap<String, (Instant, u128)>, key: &str, lease: u128) {
+    if pending.get(key).is_some_and(|(_, holder)| *holder == lease) {
+        pending.remove(key);
     }
 }
 

@@ -22,6 +22,18 @@ fn event(id: &str, user: &str, t: &str, ts: &str) -> StoredEvent {
     }
 }
 
+const HOLD: Duration = Duration::from_secs(30);
+const WINDOW: Duration = Duration::from_secs(3600);
+
+/// A lease of its own; the embedded store keeps the phase per key, so ids do not matter.
+fn lease(hold: Duration, window: Duration) -> Lease {
+    Lease {
+        id: rand::random(),
+        hold,
+        window,
+    }
+}
+
 fn q() -> EventQuery {
     EventQuery {
         user_id: None,
@@ -100,19 +112,18 @@ async fn claims_are_held_until_confirmed_or_released() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let hold = Duration::from_secs(60);
     let day = Duration::from_secs(86_400);
+    let (a, b) = (lease(hold, day), lease(hold, day));
     let ks = keys(&["k-1", "k-2"]);
+    assert_eq!(store.claim(&a, &ks[..1]).await.unwrap(), [Claim::New]);
+    assert_eq!(store.claim(&b, &ks[1..]).await.unwrap(), [Claim::New]);
     assert_eq!(
-        store.claim(&ks, hold).await.unwrap(),
-        [Claim::New, Claim::New]
-    );
-    assert_eq!(
-        store.claim(&ks, hold).await.unwrap(),
+        store.claim(&lease(hold, day), &ks).await.unwrap(),
         [Claim::InFlight, Claim::InFlight]
     );
-    store.confirm(&ks[..1], day).await.unwrap();
-    store.release(&ks[1..]).await.unwrap();
+    store.confirm(&a, &ks[..1]).await.unwrap();
+    store.release(&b, &ks[1..]).await.unwrap();
     assert_eq!(
-        store.claim(&ks, hold).await.unwrap(),
+        store.claim(&lease(hold, day), &ks).await.unwrap(),
         [Claim::Duplicate, Claim::New],
         "a released key is free again"
     );
@@ -123,10 +134,16 @@ async fn an_expired_hold_frees_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let ks = keys(&["k-1"]);
-    store.claim(&ks, Duration::from_millis(20)).await.unwrap();
+    store
+        .claim(&lease(Duration::from_millis(20), WINDOW), &ks)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(40)).await;
     assert_eq!(
-        store.claim(&ks, Duration::from_secs(1)).await.unwrap(),
+        store
+            .claim(&lease(Duration::from_secs(1), WINDOW), &ks)
+            .await
+            .unwrap(),
         [Claim::New]
     );
 }
@@ -137,11 +154,18 @@ async fn the_window_expires() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let ks = keys(&["k-1"]);
     let hold = Duration::from_secs(5);
-    store.claim(&ks, hold).await.unwrap();
-    store.confirm(&ks, Duration::from_millis(30)).await.unwrap();
-    assert_eq!(store.claim(&ks, hold).await.unwrap(), [Claim::Duplicate]);
+    let short = lease(hold, Duration::from_millis(30));
+    store.claim(&short, &ks).await.unwrap();
+    store.confirm(&short, &ks).await.unwrap();
+    assert_eq!(
+        store.claim(&lease(hold, WINDOW), &ks).await.unwrap(),
+        [Claim::Duplicate]
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(store.claim(&ks, hold).await.unwrap(), [Claim::New]);
+    assert_eq!(
+        store.claim(&lease(hold, WINDOW), &ks).await.unwrap(),
+        [Claim::New]
+    );
 }
 
 #[tokio::test]
@@ -154,16 +178,18 @@ async fn a_reopened_store_remembers_events_and_confirmed_keys_but_not_holds() {
             .insert(&[event("e-1", "u", "cart_viewed", "2025-08-10T03:00:00Z")])
             .await
             .unwrap();
-        store.claim(&keys(&["e-1", "e-2"]), hold).await.unwrap();
-        store
-            .confirm(&keys(&["e-1"]), Duration::from_secs(600))
-            .await
-            .unwrap();
+        let (confirmed, held) = (lease(hold, WINDOW), lease(hold, WINDOW));
+        store.claim(&confirmed, &keys(&["e-1"])).await.unwrap();
+        store.claim(&held, &keys(&["e-2"])).await.unwrap();
+        store.confirm(&confirmed, &keys(&["e-1"])).await.unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.query(&q()).await.unwrap().len(), 1);
     assert_eq!(
-        store.claim(&keys(&["e-1", "e-2"]), hold).await.unwrap(),
+        store
+            .claim(&lease(hold, WINDOW), &keys(&["e-1", "e-2"]))
+            .await
+            .unwrap(),
         [Claim::Duplicate, Claim::New],
         "an unconfirmed hold dies with the process"
     );
@@ -199,30 +225,38 @@ async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
     fresh.received_at = chrono::Utc::now();
     let mut old = event("e-old", "u", "cart_viewed", &now);
     old.received_at = chrono::Utc::now() - chrono::Duration::hours(2);
+    let first = lease(hold, WINDOW);
     assert_eq!(
-        store.claim(&keys(&["e-1"]), hold).await.unwrap(),
+        store.claim(&first, &keys(&["e-1"])).await.unwrap(),
         [Claim::New]
     );
     assert_eq!(
-        store.claim(&keys(&["e-1"]), hold).await.unwrap(),
+        store
+            .claim(&lease(hold, WINDOW), &keys(&["e-1"]))
+            .await
+            .unwrap(),
         [Claim::InFlight]
     );
     store.insert(&[fresh, old]).await.unwrap();
-    store
-        .confirm(&keys(&["e-1"]), Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let second = lease(hold, WINDOW);
+    store.confirm(&first, &keys(&["e-1"])).await.unwrap();
     assert_eq!(
         store
-            .claim(&keys(&["e-1", "e-old", "e-2"]), hold)
+            .claim(&second, &keys(&["e-1", "e-old", "e-2"]))
             .await
             .unwrap(),
         [Claim::Duplicate, Claim::New, Claim::New],
         "an event received outside the window is no longer a duplicate"
     );
-    store.release(&keys(&["e-old", "e-2"])).await.unwrap();
+    store
+        .release(&second, &keys(&["e-old", "e-2"]))
+        .await
+        .unwrap();
     assert_eq!(
-        store.claim(&keys(&["e-2"]), hold).await.unwrap(),
+        store
+            .claim(&lease(hold, WINDOW), &keys(&["e-2"]))
+            .await
+            .unwrap(),
         [Claim::New]
     );
 }
@@ -245,42 +279,82 @@ async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_ta
     };
 
     // Confirmed first (the journal has it), in the table later.
+    let late = lease(hold, window);
     assert_eq!(
-        store.claim(&keys(&["late"]), hold).await.unwrap(),
+        store.claim(&late, &keys(&["late"])).await.unwrap(),
         [Claim::New]
     );
-    store.confirm(&keys(&["late"]), window).await.unwrap();
+    store.confirm(&late, &keys(&["late"])).await.unwrap();
     assert_eq!(
-        store.claim(&keys(&["late"]), hold).await.unwrap(),
+        store
+            .claim(&lease(hold, WINDOW), &keys(&["late"]))
+            .await
+            .unwrap(),
         [Claim::Duplicate]
     );
     assert_eq!(remembered(&store), (1, 0));
     store.insert(std::slice::from_ref(&e)).await.unwrap();
     assert_eq!(remembered(&store), (0, 0), "the table answers now");
     assert_eq!(
-        store.claim(&keys(&["late"]), hold).await.unwrap(),
+        store
+            .claim(&lease(hold, WINDOW), &keys(&["late"]))
+            .await
+            .unwrap(),
         [Claim::Duplicate]
     );
 
     // In the table first, confirmed later.
     let mut early = event("early", "u", "cart_viewed", &now);
     early.received_at = chrono::Utc::now();
+    let early_lease = lease(hold, window);
     assert_eq!(
-        store.claim(&keys(&["early"]), hold).await.unwrap(),
+        store.claim(&early_lease, &keys(&["early"])).await.unwrap(),
         [Claim::New]
     );
     store.insert(&[early]).await.unwrap();
-    store.confirm(&keys(&["early"]), window).await.unwrap();
+    store
+        .confirm(&early_lease, &keys(&["early"]))
+        .await
+        .unwrap();
     assert_eq!(remembered(&store), (0, 0), "nothing left to remember");
     assert_eq!(
-        store.claim(&keys(&["early"]), hold).await.unwrap(),
+        store
+            .claim(&lease(hold, WINDOW), &keys(&["early"]))
+            .await
+            .unwrap(),
         [Claim::Duplicate]
     );
 
     // Ids a journal still held at startup.
     store.remember_recorded(["held".to_owned()]);
     assert_eq!(
-        store.claim(&keys(&["held"]), hold).await.unwrap(),
+        store
+            .claim(&lease(hold, WINDOW), &keys(&["held"]))
+            .await
+            .unwrap(),
         [Claim::Duplicate]
+    );
+}
+
+#[tokio::test]
+async fn a_lease_ends_only_its_own_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let ks = keys(&["k-1"]);
+    let late = lease(Duration::from_millis(20), WINDOW);
+    store.claim(&late, &ks).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let taker = lease(HOLD, WINDOW);
+    assert_eq!(store.claim(&taker, &ks).await.unwrap(), [Claim::New]);
+    // The holder whose hold ran out gives up: the taker's hold stays.
+    store.release(&late, &ks).await.unwrap();
+    assert_eq!(
+        store.claim(&lease(HOLD, WINDOW), &ks).await.unwrap(),
+        [Claim::InFlight]
+    );
+    store.release(&taker, &ks).await.unwrap();
+    assert_eq!(
+        store.claim(&lease(HOLD, WINDOW), &ks).await.unwrap(),
+        [Claim::New]
     );
 }

@@ -1,24 +1,34 @@
 //! Dedup state in Redis, shared by every cartstream instance.
 //!
-//! A key's value says its phase: `"p"` while a request holds it (with the hold as its TTL) and
-//! `"c"` once its event is recorded (with the dedup window as its TTL). Every call is one round
-//! trip for the whole slice: claims and releases are Lua scripts, so each key's
-//! check-and-set is atomic; confirmations are a pipeline.
+//! Each claimed event key holds the id of the lease that claimed it, and lives for the dedup
+//! window from the claim. The lease's own key, `{prefix}#{lease id}` (`#` is never in an event
+//! id), says the phase for all of them at once: `"p"` while held (with the hold as its TTL), `"c"`
+//! once the events are recorded (with the window as its TTL, so it outlives its event keys).
+//! So a claim costs one `SET NX` per key and a confirmation one `SET` per group, whatever its
+//! size. Claims and releases are Lua scripts, so each key's check-and-set is atomic; every call
+//! is one round trip.
 //!
-//! The scripts touch many keys at once, which Redis Cluster only allows when they hash to one
-//! slot; this adapter targets a single Redis (or a replicated primary), like the default setup.
+//! An event key whose lease key is gone was left by a holder that crashed (its hold ran out)
+//! or released it: the next claim takes it over. Values `"p"` and `"c"` in event keys, which
+//! earlier versions wrote, still read as held and as confirmed.
 //!
-//! Like the embedded store, a hold is not owned by the request that took it: `release` frees any
-//! held key. So `hold` must outlast the slowest claim-to-confirm path; a request that overruns
-//! its hold and then releases could free a key another request has claimed since. And when a
-//! claim times out, Redis may still have taken its holds; they lapse after `hold`, and retries
-//! meanwhile see `InFlight`, never a false `Duplicate`.
+//! The scripts touch keys they are not given (the lease keys of other holders), which Redis
+//! Cluster does not allow; this adapter targets a single Redis (or a replicated primary), like
+//! the default setup. It also needs Redis not to evict keys (`maxmemory-policy noeviction`, the
+//! default): an evicted lease key makes its events look abandoned, so a retry would be recorded
+//! twice (the stores absorb that, since inserts are idempotent per event id, but it is not
+//! answered `duplicate`).
+//!
+//! When a holder overruns its hold (a store slower than `hold`), its keys look abandoned and
+//! another request may take them over and record the same events again; the stores absorb that
+//! as above. When a claim times out, Redis may still have taken its keys; they lapse after
+//! `hold`, and retries meanwhile see `InFlight`, never a false `Duplicate`.
 
 pub(crate) mod pool;
 
 use super::redact::redact_url;
 use crate::domain::DedupKey;
-use crate::ports::{Claim, DedupStore, PortError};
+use crate::ports::{Claim, DedupStore, Lease, PortError};
 use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::redis::{self, FromRedisValue, RedisError};
 use pool::{PoolSettings, RedisPool};
@@ -26,32 +36,59 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-/// Per key: `SET key "p" NX PX hold`; when the key exists, its value tells a confirmed event
-/// (`"c"`) from one still held (`"p"`). Returns 0 (new), 1 (duplicate) or 2 (in flight) per key.
-/// A value this adapter never writes counts as in flight: neither `accepted` nor `duplicate`
+/// KEYS[1] is the lease key, KEYS[2..] the event keys; ARGV is the lease id, the hold and the
+/// window in ms, and the prefix of lease keys. Per event key: `SET key id NX PX window`; when the
+/// key exists, its holder's lease key tells a confirmed event from one still held, or from one
+/// abandoned, which is taken over. Returns 0 (new), 1 (duplicate) or 2 (in flight) per key. A
+/// value this adapter never writes counts as in flight: neither `accepted` nor `duplicate`
 /// would be a safe answer for it.
 const CLAIM_LUA: &str = r#"
+local id, hold, window, leases = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('SET', key, 'p', 'NX', 'PX', ARGV[1]) then
-    out[i] = 0
-  elseif redis.call('GET', key) == 'c' then
-    out[i] = 1
-  else
-    out[i] = 2
+local held = false
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local code = 0
+  if not redis.call('SET', key, id, 'NX', 'PX', window) then
+    local holder = redis.call('GET', key)
+    if holder == 'c' then
+      code = 1
+    elseif holder == 'p' or not holder or #holder ~= #id then
+      code = 2
+    else
+      local phase = redis.call('GET', leases .. holder)
+      if phase == 'c' then
+        code = 1
+      elseif phase then
+        code = 2
+      else
+        redis.call('SET', key, id, 'PX', window)
+      end
+    end
   end
+  if code == 0 and not held then
+    redis.call('SET', KEYS[1], 'p', 'PX', hold)
+    held = true
+  end
+  out[i - 1] = code
 end
 return out
 "#;
 
-/// Deletes only keys still held: a key confirmed meanwhile (by this or any instance) stays.
+/// KEYS[1] is the lease key, KEYS[2..] the event keys; ARGV[1] is the lease id. Unless the
+/// lease was confirmed, deletes it and the event keys it still holds; keys taken over by
+/// another lease stay.
 const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == 'c' then
+  return 0
+end
 local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == 'p' then
-    n = n + redis.call('DEL', key)
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    n = n + redis.call('DEL', KEYS[i])
   end
 end
+redis.call('DEL', KEYS[1])
 return n
 "#;
 
@@ -79,7 +116,7 @@ impl Lua {
         &self,
         conn: &mut MultiplexedConnection,
         keys: &[String],
-        args: &[u64],
+        args: &[&str],
     ) -> Result<T, RedisError> {
         let call = |command: &str, script: &str| {
             let mut cmd = redis::cmd(command);
@@ -179,11 +216,30 @@ impl RedisDedupStore {
         })
     }
 
-    fn full_keys(&self, keys: &[DedupKey]) -> Vec<String> {
-        keys.iter()
-            .map(|k| format!("{}{}", self.inner.key_prefix, k.as_str()))
-            .collect()
+    /// The lease's key, then the event keys, as the scripts take them.
+    fn script_keys(&self, lease: &Lease, keys: &[DedupKey]) -> Vec<String> {
+        let prefix = &self.inner.key_prefix;
+        let mut full = Vec::with_capacity(keys.len() + 1);
+        full.push(self.lease_key(lease));
+        full.extend(keys.iter().map(|k| format!("{prefix}{}", k.as_str())));
+        full
     }
+
+    fn lease_key(&self, lease: &Lease) -> String {
+        format!(
+            "{}{LEASE_MARK}{}",
+            self.inner.key_prefix,
+            lease_value(lease)
+        )
+    }
+}
+
+/// Between the prefix and a lease id in a lease's key; never part of an event id.
+const LEASE_MARK: char = '#';
+
+/// What event keys hold: the lease id as 32 hex digits.
+fn lease_value(lease: &Lease) -> String {
+    format!("{:032x}", lease.id)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -193,17 +249,23 @@ fn millis(d: Duration) -> u64 {
 
 #[async_trait::async_trait]
 impl DedupStore for RedisDedupStore {
-    async fn claim(&self, keys: &[DedupKey], hold: Duration) -> Result<Vec<Claim>, PortError> {
+    async fn claim(&self, lease: &Lease, keys: &[DedupKey]) -> Result<Vec<Claim>, PortError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let full = self.full_keys(keys);
-        let hold_ms = millis(hold);
+        let full = self.script_keys(lease, keys);
+        let id = lease_value(lease);
+        let (hold, window) = (
+            millis(lease.hold).to_string(),
+            millis(lease.window).to_string(),
+        );
+        let leases = format!("{}{LEASE_MARK}", self.inner.key_prefix);
         let codes: Vec<u8> = self
             .inner
             .pool
             .run("claim", |mut conn| async move {
-                CLAIM.invoke(&mut conn, &full, &[hold_ms]).await
+                let args = [id.as_str(), &hold, &window, &leases];
+                CLAIM.invoke(&mut conn, &full, &args).await
             })
             .await?;
         if codes.len() != keys.len() {
@@ -226,38 +288,39 @@ impl DedupStore for RedisDedupStore {
             .collect()
     }
 
-    async fn confirm(&self, keys: &[DedupKey], window: Duration) -> Result<(), PortError> {
+    async fn confirm(&self, lease: &Lease, keys: &[DedupKey]) -> Result<(), PortError> {
         if keys.is_empty() {
             return Ok(());
         }
-        let full = self.full_keys(keys);
-        let window_ms = millis(window);
+        let key = self.lease_key(lease);
+        let window_ms = millis(lease.window);
         self.inner
             .pool
             .run("confirm", |mut conn| async move {
-                let mut pipe = redis::pipe();
-                for key in &full {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg("c")
-                        .arg("PX")
-                        .arg(window_ms)
-                        .ignore();
-                }
-                pipe.query_async::<()>(&mut conn).await
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg("c")
+                    .arg("PX")
+                    .arg(window_ms)
+                    .query_async::<()>(&mut conn)
+                    .await
             })
             .await
     }
 
-    async fn release(&self, keys: &[DedupKey]) -> Result<(), PortError> {
+    async fn release(&self, lease: &Lease, keys: &[DedupKey]) -> Result<(), PortError> {
         if keys.is_empty() {
             return Ok(());
         }
-        let full = self.full_keys(keys);
+        let full = self.script_keys(lease, keys);
+        let id = lease_value(lease);
         self.inner
             .pool
             .run("release", |mut conn| async move {
-                RELEASE.invoke::<i64>(&mut conn, &full, &[]).await.map(drop)
+                RELEASE
+                    .invoke::<i64>(&mut conn, &full, &[id.as_str()])
+                    .await
+                    .map(drop)
             })
             .await
     }
