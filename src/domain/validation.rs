@@ -386,7 +386,7 @@ fn value_depth_exceeds(v: &Value, level: usize, max: usize) -> bool {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Kind {
     Text { min: usize, max: usize },
     Integer { min: i64 },
@@ -467,21 +467,27 @@ fn rules(t: EventType) -> &'static [Rule] {
 
 fn check_metadata_rules(t: EventType, m: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     for rule in rules(t) {
-        let field = format!("metadata.{}", rule.key);
         match m.get(rule.key) {
-            None if rule.required => errors.push(FieldError::new(
-                &field,
-                FieldCode::Required,
-                format!("{field} is required for {t}"),
-            )),
+            None if rule.required => {
+                let field = metadata_field(rule.key);
+                let message = format!("{field} is required for {t}");
+                errors.push(FieldError::new(&field, FieldCode::Required, message));
+            }
             None => {}
+            Some(v) if kind_holds(rule.kind, v) => {}
             Some(v) => {
-                if let Some(e) = check_kind(&field, rule.kind, v) {
+                if let Some(e) = check_kind(&metadata_field(rule.key), rule.kind, v) {
                     errors.push(e);
                 }
             }
         }
     }
+}
+
+/// The name a metadata key is reported under; built only for an error, so valid events pay
+/// nothing for it.
+fn metadata_field(key: &str) -> String {
+    format!("metadata.{key}")
 }
 
 /// Whether a JSON number has no fractional part (`1` and `1.0` both do).
@@ -493,6 +499,20 @@ pub fn integral(n: &serde_json::Number) -> Option<f64> {
         return Some(u as f64);
     }
     n.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0)
+}
+
+/// Whether `v` is of `kind`: the same answer as [`check_kind`] finding nothing, without
+/// building a field name.
+fn kind_holds(kind: Kind, v: &Value) -> bool {
+    match (kind, v) {
+        (Kind::Text { min, max }, Value::String(s)) => (min..=max).contains(&s.chars().count()),
+        (Kind::Integer { min }, Value::Number(n)) => integral(n).is_some_and(|x| x >= min as f64),
+        (Kind::Number { min }, Value::Number(n)) => n.as_f64().is_some_and(|x| x >= min),
+        (Kind::Currency, Value::String(s)) => {
+            s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase())
+        }
+        _ => false,
+    }
 }
 
 fn check_kind(field: &str, kind: Kind, v: &Value) -> Option<FieldError> {

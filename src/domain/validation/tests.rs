@@ -544,3 +544,45 @@ fn metadata_at_the_size_limit_is_kept_whole_and_one_byte_more_is_rejected() {
         }
     }
 }
+
+#[test]
+fn the_fast_kind_check_agrees_with_the_one_that_explains() {
+    let kinds = [
+        Kind::Text { min: 1, max: 3 },
+        Kind::Integer { min: 1 },
+        Kind::Number { min: 0.0 },
+        Kind::Currency,
+    ];
+    let values = [
+        json!(""),
+        json!("a"),
+        json!("abc"),
+        json!("abcd"),
+        json!("üüü"),
+        json!("USD"),
+        json!("usd"),
+        json!("US"),
+        json!(0),
+        json!(1),
+        json!(-1),
+        json!(1.0),
+        json!(1.5),
+        json!(-0.5),
+        json!(0.0),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(null),
+        json!(true),
+        json!([1]),
+        json!({"a": 1}),
+    ];
+    for kind in kinds {
+        for v in &values {
+            assert_eq!(
+                kind_holds(kind, v),
+                check_kind("metadata.x", kind, v).is_none(),
+                "{kind:?} on {v}"
+            );
+        }
+    }
+}
