@@ -250,13 +250,57 @@ async fn a_journal_of_one_row_per_event_is_migrated_with_its_seqs() {
 #[test]
 fn a_blob_of_another_format_is_refused_not_misread() {
     let mut blob = encode(&[event("a", "2025-08-10T03:00:00Z")]).bytes;
-    assert!(decode(&blob, 1).is_ok());
-    blob[0] = FORMAT + 1;
-    assert!(decode(&blob, 1).is_err());
+    assert!(decode(&unpack(&blob).unwrap(), 1).is_ok());
+    blob[0] = FORMAT_LZ4 + 1;
+    assert!(unpack(&blob).is_err());
+    let many: Vec<StoredEvent> = (0..100)
+        .map(|i| event(&format!("e-{i}"), "2025-08-10T03:00:00Z"))
+        .collect();
+    let mut damaged = encode(&many).bytes;
+    assert_eq!(damaged[0], FORMAT_LZ4);
+    damaged.truncate(damaged.len() / 2);
     assert!(
-        decode(&[FORMAT], 1).is_err(),
+        unpack(&damaged)
+            .and_then(|p| decode(&p, 100).map(drop))
+            .is_err(),
         "a truncated batch is an error"
     );
+    assert!(
+        decode(&unpack(&[FORMAT_PLAIN]).unwrap(), 1).is_err(),
+        "a truncated batch is an error"
+    );
+}
+
+#[test]
+fn batches_are_compressed_and_plain_ones_still_read() {
+    let events: Vec<StoredEvent> = (0..200)
+        .map(|i| event(&format!("e-{i}"), "2025-08-10T03:00:00Z"))
+        .collect();
+    assert_eq!(
+        encode(&events[..1]).bytes[0],
+        FORMAT_PLAIN,
+        "small batches stay plain"
+    );
+    let blob = encode(&events);
+    let plain: usize = blob.sizes.iter().sum();
+    assert_eq!(blob.bytes[0], FORMAT_LZ4);
+    assert!(
+        blob.bytes.len() * 2 < plain,
+        "{} bytes stored for {plain} encoded",
+        blob.bytes.len()
+    );
+    // A journal written before compression: the same events after FORMAT_PLAIN.
+    let mut old = vec![FORMAT_PLAIN];
+    old.extend_from_slice(&unpack(&blob.bytes).unwrap());
+    let ids = |bytes: &[u8]| -> Vec<String> {
+        decode(&unpack(bytes).unwrap(), events.len())
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e.event_id.into_owned())
+            .collect()
+    };
+    assert_eq!(ids(&blob.bytes), ids(&old));
+    assert_eq!(ids(&old)[199], "e-199");
 }
 
 fn key(id: &str) -> DedupKey {
