@@ -6,6 +6,16 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Every WebSocket client holds a file descriptor, and many systems start processes with a soft
+/// limit of 1024. Raise it to the hard limit, which the operator controls (`ulimit -Hn`,
+/// systemd's `LimitNOFILE`), so thousands of idle connections need no setup.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!(cause = %e, "cannot raise the open file limit"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = match Settings::load() {
@@ -16,6 +26,7 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
+    raise_fd_limit();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
