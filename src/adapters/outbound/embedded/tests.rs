@@ -34,6 +34,11 @@ fn lease(hold: Duration, window: Duration) -> Lease {
     }
 }
 
+/// Claims `keys` under a lease of their own (one the test never confirms or releases).
+async fn claim_anew(store: &EmbeddedStore, hold: Duration, keys: &[DedupKey]) -> Vec<Claim> {
+    store.claim(&lease(hold, WINDOW), keys).await.unwrap()
+}
+
 fn q() -> EventQuery {
     EventQuery {
         user_id: None,
@@ -157,15 +162,9 @@ async fn the_window_expires() {
     let short = lease(hold, Duration::from_millis(30));
     store.claim(&short, &ks).await.unwrap();
     store.confirm(&short, &ks).await.unwrap();
-    assert_eq!(
-        store.claim(&lease(hold, WINDOW), &ks).await.unwrap(),
-        [Claim::Duplicate]
-    );
+    assert_eq!(claim_anew(&store, hold, &ks).await, [Claim::Duplicate]);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        store.claim(&lease(hold, WINDOW), &ks).await.unwrap(),
-        [Claim::New]
-    );
+    assert_eq!(claim_anew(&store, hold, &ks).await, [Claim::New]);
 }
 
 #[tokio::test]
@@ -186,10 +185,7 @@ async fn a_reopened_store_remembers_events_and_confirmed_keys_but_not_holds() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.query(&q()).await.unwrap().len(), 1);
     assert_eq!(
-        store
-            .claim(&lease(hold, WINDOW), &keys(&["e-1", "e-2"]))
-            .await
-            .unwrap(),
+        claim_anew(&store, hold, &keys(&["e-1", "e-2"])).await,
         [Claim::Duplicate, Claim::New],
         "an unconfirmed hold dies with the process"
     );
@@ -231,10 +227,7 @@ async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
         [Claim::New]
     );
     assert_eq!(
-        store
-            .claim(&lease(hold, WINDOW), &keys(&["e-1"]))
-            .await
-            .unwrap(),
+        claim_anew(&store, hold, &keys(&["e-1"])).await,
         [Claim::InFlight]
     );
     store.insert(&[fresh, old]).await.unwrap();
@@ -253,10 +246,7 @@ async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
         .await
         .unwrap();
     assert_eq!(
-        store
-            .claim(&lease(hold, WINDOW), &keys(&["e-2"]))
-            .await
-            .unwrap(),
+        claim_anew(&store, hold, &keys(&["e-2"])).await,
         [Claim::New]
     );
 }
@@ -286,20 +276,14 @@ async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_ta
     );
     store.confirm(&late, &keys(&["late"])).await.unwrap();
     assert_eq!(
-        store
-            .claim(&lease(hold, WINDOW), &keys(&["late"]))
-            .await
-            .unwrap(),
+        claim_anew(&store, hold, &keys(&["late"])).await,
         [Claim::Duplicate]
     );
     assert_eq!(remembered(&store), (1, 0));
     store.insert(std::slice::from_ref(&e)).await.unwrap();
     assert_eq!(remembered(&store), (0, 0), "the table answers now");
     assert_eq!(
-        store
-            .claim(&lease(hold, WINDOW), &keys(&["late"]))
-            .await
-            .unwrap(),
+        claim_anew(&store, hold, &keys(&["late"])).await,
         [Claim::Duplicate]
     );
 
@@ -318,20 +302,14 @@ async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_ta
         .unwrap();
     assert_eq!(remembered(&store), (0, 0), "nothing left to remember");
     assert_eq!(
-        store
-            .claim(&lease(hold, WINDOW), &keys(&["early"]))
-            .await
-            .unwrap(),
+        claim_anew(&store, hold, &keys(&["early"])).await,
         [Claim::Duplicate]
     );
 
     // Ids a journal still held at startup.
     store.remember_recorded(["held".to_owned()]);
     assert_eq!(
-        store
-            .claim(&lease(hold, WINDOW), &keys(&["held"]))
-            .await
-            .unwrap(),
+        claim_anew(&store, hold, &keys(&["held"])).await,
         [Claim::Duplicate]
     );
 }
@@ -348,13 +326,7 @@ async fn a_lease_ends_only_its_own_holds() {
     assert_eq!(store.claim(&taker, &ks).await.unwrap(), [Claim::New]);
     // The holder whose hold ran out gives up: the taker's hold stays.
     store.release(&late, &ks).await.unwrap();
-    assert_eq!(
-        store.claim(&lease(HOLD, WINDOW), &ks).await.unwrap(),
-        [Claim::InFlight]
-    );
+    assert_eq!(claim_anew(&store, HOLD, &ks).await, [Claim::InFlight]);
     store.release(&taker, &ks).await.unwrap();
-    assert_eq!(
-        store.claim(&lease(HOLD, WINDOW), &ks).await.unwrap(),
-        [Claim::New]
-    );
+    assert_eq!(claim_anew(&store, HOLD, &ks).await, [Claim::New]);
 }
