@@ -113,7 +113,9 @@ struct Blob {
 }
 
 fn encode(events: &[StoredEvent]) -> Blob {
-    let mut plain = Vec::with_capacity(events.len() * 160);
+    // Encoded after a format byte, so a small batch is stored as it is, without a copy.
+    let mut plain = Vec::with_capacity(1 + events.len() * 160);
+    plain.push(FORMAT_PLAIN);
     let mut sizes = Vec::with_capacity(events.len());
     for e in events {
         let before = plain.len();
@@ -121,18 +123,21 @@ fn encode(events: &[StoredEvent]) -> Blob {
         plain = postcard::to_extend(&Encoded::of(e), plain).unwrap_or_else(|_| unreachable!());
         sizes.push(plain.len() - before);
     }
-    let bytes = if plain.len() < COMPRESS_FROM {
-        let mut bytes = Vec::with_capacity(1 + plain.len());
-        bytes.push(FORMAT_PLAIN);
-        bytes.extend_from_slice(&plain);
-        bytes
-    } else {
-        let packed = lz4_flex::block::compress_prepend_size(&plain);
-        let mut bytes = Vec::with_capacity(1 + packed.len());
-        bytes.push(FORMAT_LZ4);
-        bytes.extend_from_slice(&packed);
-        bytes
-    };
+    if plain.len() <= COMPRESS_FROM {
+        return Blob {
+            bytes: plain,
+            sizes,
+        };
+    }
+    let events = &plain[1..];
+    // FORMAT_LZ4, the events' size (u32 LE, as `decompress_size_prepended` reads it), the block.
+    let head = 1 + 4;
+    let mut bytes = vec![0; head + lz4_flex::block::get_maximum_output_size(events.len())];
+    bytes[0] = FORMAT_LZ4;
+    bytes[1..head].copy_from_slice(&(events.len() as u32).to_le_bytes());
+    let packed = lz4_flex::block::compress_into(events, &mut bytes[head..])
+        .unwrap_or_else(|_| unreachable!("the buffer has the block's maximum size"));
+    bytes.truncate(head + packed);
     Blob { bytes, sizes }
 }
 
