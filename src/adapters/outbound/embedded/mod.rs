@@ -297,14 +297,14 @@ impl DedupStore for EmbeddedStore {
         if keys.is_empty() {
             return Ok(());
         }
-        if let DedupMode::Events { window } = self.inner.mode {
+        if let DedupMode::Events { window: remembered } = self.inner.mode {
             // Recording the events was the confirmation; until they reach the `events` table,
-            // the keys are remembered here.
+            // the keys are remembered here, for as long as the table's reads count them.
             let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
             return self
                 .blocking(move |inner| {
                     let mut state = lock(&inner.claims);
-                    let until = Instant::now() + window;
+                    let until = Instant::now() + remembered;
                     for k in keys {
                         unpend(&mut state.pending, &k, lease_id);
                         if !state.indexed_early.remove(&k) {
