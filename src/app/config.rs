@@ -115,9 +115,41 @@ pub struct Settings {
     #[serde(default, skip_serializing, deserialize_with = "lenient_opt_string")]
     pub admin_key: Option<String>,
 
-    /// API keys; empty = no authentication. In the environment: comma-separated.
+    /// Ingest keys (scope `ingest`: send events, never read them; safe to embed in a page).
+    /// In the environment: comma-separated. A value `sha256:<64 hex digits>` is the SHA-256 of
+    /// a key rather than the key. No keys of any kind: no authentication.
     #[serde(default, deserialize_with = "string_or_list", skip_serializing)]
     pub api_keys: Vec<String>,
+    /// Read keys (scope `read`: `GET /events`). Comma-separated; `sha256:` as for `api_keys`.
+    #[serde(default, deserialize_with = "string_or_list", skip_serializing)]
+    pub read_keys: Vec<String>,
+    /// Keys with their own scopes, rate limits and origins (configuration file only).
+    #[serde(default, skip_serializing)]
+    pub keys: Vec<KeySettings>,
+    /// Origins (`https://shop.example`) whose pages may send events from a browser: CORS on
+    /// the ingest routes and the WebSocket `Origin` check. Comma-separated; `*` for any.
+    /// Unset: no CORS headers, no `Origin` check (unless keys name origins).
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub cors_origins: Vec<String>,
+    /// How long a browser may cache a CORS preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub cors_max_age: Duration,
+    /// Proxies (CIDRs, or single addresses) allowed to name the client in
+    /// `X-Forwarded-For` or `Forwarded`. Comma-separated. Unset: the TCP peer is the client.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
+    /// Events per second that one key may send in all, across every client address; 0 = no
+    /// total (each key can set its own in `[[keys]]`).
+    pub rate_limit_key_total_per_second: u32,
+    /// Burst of that total; 0 = one second's worth.
+    pub rate_limit_key_total_burst: u32,
+    /// `GET /events` requests per second per client (key and address); 0 = no limit.
+    pub read_rate_limit_per_second: u32,
+    /// Burst of reads; 0 = one second's worth.
+    pub read_rate_limit_burst: u32,
+    /// Failed authentications one client address may make per minute before every request
+    /// from it is answered 429 for a while; 0 = no limit.
+    pub auth_failures_per_minute: u32,
 
     /// Routes: where accepted events are delivered (configuration file only).
     #[serde(default, skip_serializing)]
@@ -166,6 +198,63 @@ pub struct RouteSettings {
     #[serde(default = "defaults::concurrency")]
     #[validate(range(min = 1, max = 64))]
     pub concurrency: u32,
+}
+
+/// One key of the configuration file, with its scopes and, optionally, its own limits and
+/// origins:
+///
+/// ```toml
+/// [[keys]]
+/// name = "shop-frontend"          # names the key in logs and errors; the key never appears
+/// sha256 = "9f86d08…"             # or key = "pk_…"; sha256 keeps the secret out of the file
+/// scopes = ["ingest"]             # ingest, read, admin (admin includes read)
+/// origins = ["https://shop.example"]
+/// rate_limit_per_second = 50      # per client address
+/// rate_limit_burst = 500
+/// rate_limit_total_per_second = 5000   # the key in all
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    pub name: String,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub key: Option<String>,
+    /// Lowercase or uppercase hex of the key's SHA-256.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    pub scopes: Vec<crate::app::access::Scope>,
+    /// Browser origins this key may be used from; empty: any (within `cors_origins`).
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Overrides `rate_limit_per_second` / `rate_limit_burst` for this key.
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
+    #[serde(default)]
+    pub rate_limit_burst: Option<u32>,
+    /// Overrides `rate_limit_key_total_per_second` / `…_burst` for this key.
+    #[serde(default)]
+    pub rate_limit_total_per_second: Option<u32>,
+    #[serde(default)]
+    pub rate_limit_total_burst: Option<u32>,
+}
+
+impl std::fmt::Debug for KeySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySettings")
+            .field("name", &self.name)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("sha256", &self.sha256.as_ref().map(|_| "<redacted>"))
+            .field("scopes", &self.scopes)
+            .field("origins", &self.origins)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field(
+                "rate_limit_total_per_second",
+                &self.rate_limit_total_per_second,
+            )
+            .field("rate_limit_total_burst", &self.rate_limit_total_burst)
+            .finish()
+    }
 }
 
 mod defaults {
@@ -232,6 +321,16 @@ impl Default for Settings {
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             api_keys: Vec::new(),
+            read_keys: Vec::new(),
+            keys: Vec::new(),
+            cors_origins: Vec::new(),
+            cors_max_age: Duration::from_secs(600),
+            trusted_proxies: Vec::new(),
+            rate_limit_key_total_per_second: 0,
+            rate_limit_key_total_burst: 0,
+            read_rate_limit_per_second: 0,
+            read_rate_limit_burst: 0,
+            auth_failures_per_minute: 60,
             admin_key: None,
             routes: Vec::new(),
             ingest_max_batch: 4096,
@@ -334,6 +433,15 @@ const ENV_KEYS: &[&str] = &[
     "rate_limit_per_second",
     "rate_limit_burst",
     "api_keys",
+    "read_keys",
+    "cors_origins",
+    "cors_max_age",
+    "trusted_proxies",
+    "rate_limit_key_total_per_second",
+    "rate_limit_key_total_burst",
+    "read_rate_limit_per_second",
+    "read_rate_limit_burst",
+    "auth_failures_per_minute",
     "admin_key",
     "ingest_max_batch",
     "shutdown_timeout",

@@ -1,5 +1,6 @@
 //! Use cases, configuration, wiring, startup and shutdown.
 
+pub mod access;
 pub mod config;
 pub mod forwarder;
 pub mod ingest;

@@ -2,12 +2,14 @@
 //! shutdown future resolves, then drains.
 
 use crate::adapters::inbound::http;
+use crate::adapters::inbound::http::client::TrustedProxies;
 use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
 use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use crate::adapters::outbound::targets::build_target;
+use crate::app::access::Access;
 use crate::app::config::RouteSettings;
 use crate::app::config::Settings;
 use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
@@ -237,6 +239,25 @@ pub enum StartupError {
     Backend(PortError),
     #[error("route {0:?}: {1}")]
     Route(String, String),
+    #[error("keys, limits or origins: {0}")]
+    Security(String),
+}
+
+/// Every origin a browser page may send from: `cors_origins` and every key's `origins`.
+fn allowed_origins(settings: &Settings, access: &Access) -> Result<Vec<String>, StartupError> {
+    let mut origins = Vec::new();
+    for origin in &settings.cors_origins {
+        crate::app::access::check_origin(origin).map_err(|e| {
+            StartupError::Security(format!("cors_origins (CARTSTREAM_CORS_ORIGINS): {e}"))
+        })?;
+        origins.push(origin.clone());
+    }
+    for (_, key) in access.keys() {
+        origins.extend(key.origins.iter().cloned());
+    }
+    origins.sort();
+    origins.dedup();
+    Ok(origins)
 }
 
 /// A bound, ready-to-run server.
@@ -327,6 +348,20 @@ impl Application {
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
         });
+        let access =
+            Access::from_settings(&settings).map_err(|e| StartupError::Security(e.to_string()))?;
+        let rate_limits = RateLimits::new(&settings, &access).map_err(StartupError::Security)?;
+        let proxies =
+            TrustedProxies::parse(&settings.trusted_proxies).map_err(StartupError::Security)?;
+        let allowed_origins = allowed_origins(&settings, &access)?;
+        if access.is_open() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %local_addr,
+                "no keys are configured and the server listens beyond loopback: anyone who can \
+                 reach it may send, read and administer; set CARTSTREAM_API_KEYS, \
+                 CARTSTREAM_READ_KEYS and CARTSTREAM_ADMIN_KEY (README: Running it on the internet)"
+            );
+        }
         let state = Arc::new(AppState {
             ingest,
             store: ports.store,
@@ -334,11 +369,10 @@ impl Application {
             store_kind: ports.store_kind,
             dedup_kind: ports.dedup_kind,
             metrics,
-            rate_limits: RateLimits::new(
-                settings.rate_limit_per_second,
-                settings.rate_limit_burst,
-                settings.max_batch_events,
-            ),
+            rate_limits,
+            access: Arc::new(access),
+            proxies,
+            allowed_origins,
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),

@@ -1,6 +1,8 @@
 //! What every inbound adapter shares: the use case, the stores for reads and readiness, the
 //! settings and the lifecycle signals. Built once in [`crate::app::startup`].
 
+use crate::adapters::inbound::http::client::TrustedProxies;
+use crate::app::access::Access;
 use crate::app::config::Settings;
 use crate::app::ingest::Ingest;
 use crate::app::metrics::Metrics;
@@ -20,6 +22,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
     pub rate_limits: RateLimits,
+    /// Every configured key, with its scopes, origins and limits.
+    pub access: Arc<Access>,
+    /// Proxies whose forwarding headers name the client.
+    pub proxies: TrustedProxies,
+    /// Every browser origin the server allows (`cors_origins` and every key's `origins`);
+    /// empty: no CORS and no `Origin` check.
+    pub allowed_origins: Vec<String>,
     /// Cancelled when the server starts shutting down; connections then drain and close.
     pub shutdown: CancellationToken,
     /// Every WebSocket connection task, so shutdown can wait for them to drain.

@@ -567,6 +567,7 @@ async fn api_keys_guard_the_events_endpoints() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
+    // An ingest key never reads (the one a page embeds is public).
     let r = app
         .http
         .get(app.url("/events"))
@@ -574,7 +575,8 @@ async fn api_keys_guard_the_events_endpoints() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.status().as_u16(), 403);
+    assert_error(&r.json().await.unwrap(), "forbidden", false);
     assert_eq!(app.get_json("/events").await.0, 401);
     assert_eq!(app.get_json("/health").await.0, 200, "operations stay open");
 

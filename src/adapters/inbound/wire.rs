@@ -53,6 +53,7 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     Unauthorized,
+    Forbidden,
     InvalidParameter,
 }
 
@@ -71,6 +72,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::InvalidParameter => "invalid_parameter",
         }
     }

@@ -1,6 +1,7 @@
 //! The HTTP operations of PROTOCOL.md section 4, described for the OpenAPI document.
 
-use super::input::{BatchBody, BatchEvents, EventTypeName, RawEvent};
+use super::auth::{Caller, IngestKey, IngestKeyOrQuery, ReadKey};
+use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, RawEvent};
 use crate::adapters::inbound::wire::{
     batch_answer, rfc3339, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
 };
@@ -10,7 +11,6 @@ use crate::app::state::AppState;
 use crate::domain::{FieldError, Source};
 use crate::ports::EventQuery;
 use chrono::{DateTime, Utc};
-use poem::web::RemoteAddr;
 use poem_openapi::param::Query;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
@@ -59,9 +59,13 @@ pub enum PostEventResponse {
     /// `invalid_json`: the body is not JSON, or not a JSON object.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// `unauthorized`: API keys are configured and none valid was sent.
+    /// `unauthorized`: keys are configured and no valid key was sent.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no scope for this operation, or may not be used from this
+    /// page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `payload_too_large`: the body (after decompression) is over 64 KiB.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -91,9 +95,13 @@ pub enum PostBatchResponse {
     /// or more than 500 events).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// `unauthorized`: API keys are configured and none valid was sent.
+    /// `unauthorized`: keys are configured and no valid key was sent.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no scope for this operation, or may not be used from this
+    /// page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// `payload_too_large`: the body (after decompression) is over 1 MiB.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -106,6 +114,37 @@ pub enum PostBatchResponse {
     RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// `unavailable`: some events of the batch could not be recorded durably right now. Retry
     /// the whole batch later; events of it that were recorded come back `duplicate`.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum BeaconResponse {
+    /// Every event of the batch is recorded (accepted, or a duplicate of one recorded before).
+    #[oai(status = 204)]
+    Recorded,
+    /// `invalid_json` (body not a JSON object), `invalid_message` (no `events` array, or 0 or
+    /// more than 500 events), or `validation_failed`: some events broke the rules and were not
+    /// recorded (`details` names each as `events[i].field`); the others were recorded.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `unauthorized`: keys are configured and no valid ingest key was sent.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no `ingest` scope, or may not be used from this page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `payload_too_large`: the body (after decompression) is over 1 MiB.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// `unsupported_media_type`: the content type is neither `text/plain` nor
+    /// `application/json`, or the content encoding is not gzip.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// `rate_limited`: slow down; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// `unavailable`: the batch could not be recorded durably right now. Retry it whole later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -124,9 +163,17 @@ pub enum GetEventsResponse {
     /// `invalid_parameter`: a query parameter is malformed or out of range.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// `unauthorized`: API keys are configured and none valid was sent.
+    /// `unauthorized`: keys are configured and no valid key was sent.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no scope for this operation, or may not be used from this
+    /// page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `rate_limited`: too many requests, or too many failed authentications from this
+    /// address; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// `unavailable`: the event store cannot be read right now.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -187,9 +234,12 @@ fn retry_after_secs(wait: Duration) -> u64 {
 }
 
 impl Api {
-    fn rate_limited(&self, addr: &RemoteAddr, events: usize) -> Option<(Json<ErrorBody>, u64)> {
-        let ip = addr.as_socket_addr()?.ip();
-        let wait = self.state.rate_limits.check_address(ip, events).err()?;
+    fn rate_limited(&self, caller: Caller, events: usize) -> Option<(Json<ErrorBody>, u64)> {
+        let wait = self
+            .state
+            .rate_limits
+            .check_events(caller.0, events)
+            .err()?;
         let mut body = err(
             &self.state,
             ErrorCode::RateLimited,
@@ -197,6 +247,52 @@ impl Api {
         );
         body.0.retryable = true;
         Some((body, retry_after_secs(wait).max(1)))
+    }
+}
+
+/// What a batch comes to, for the operations that take one.
+enum BatchOutcome {
+    Results(BatchResult),
+    BadRequest(Json<ErrorBody>),
+    RateLimited(Json<ErrorBody>, u64),
+    Unavailable(Json<ErrorBody>),
+}
+
+impl Api {
+    /// Checks the envelope and the rate, then validates and records each event.
+    async fn submit_batch(&self, caller: Caller, events: BatchEvents) -> BatchOutcome {
+        let max = self.state.settings.max_batch_events;
+        let bad = |message: String| {
+            BatchOutcome::BadRequest(err(&self.state, ErrorCode::InvalidMessage, message))
+        };
+        let events = match events {
+            BatchEvents::Items(events) => events,
+            BatchEvents::NotAnArray => return bad("events must be an array of events".into()),
+            BatchEvents::Missing => return bad("the body must be {\"events\": [...]}".into()),
+        };
+        if events.is_empty() || events.len() > max {
+            return bad(format!(
+                "events must hold 1 to {max} events; got {}",
+                events.len()
+            ));
+        }
+        if let Some((body, secs)) = self.rate_limited(caller, events.len()) {
+            return BatchOutcome::RateLimited(body, secs);
+        }
+        let ingest = &self.state.ingest;
+        let items = events
+            .into_iter()
+            .map(|e| match e {
+                Some(fields) => ingest.validate_fields(fields),
+                None => Err(vec![FieldError::invalid_type("", "a JSON object")]),
+            })
+            .collect();
+        match batch_answer(ingest.submit(items, Source::Http).await) {
+            BatchAnswer::Results(r) => BatchOutcome::Results(r),
+            BatchAnswer::Unavailable(reason) => {
+                BatchOutcome::Unavailable(err(&self.state, ErrorCode::Unavailable, reason))
+            }
+        }
     }
 }
 
@@ -209,8 +305,8 @@ impl Api {
     /// The body may be gzip-compressed (`Content-Encoding: gzip`); the 64 KiB limit applies
     /// after decompression too.
     #[oai(path = "/events", method = "post", tag = "ApiTags::Events")]
-    async fn post_event(&self, addr: &RemoteAddr, body: Json<RawEvent>) -> PostEventResponse {
-        if let Some((body, secs)) = self.rate_limited(addr, 1) {
+    async fn post_event(&self, auth: IngestKey, body: Json<RawEvent>) -> PostEventResponse {
+        if let Some((body, secs)) = self.rate_limited(auth.0, 1) {
             return PostEventResponse::RateLimited(body, secs);
         }
         let ingest = &self.state.ingest;
@@ -248,49 +344,61 @@ impl Api {
     /// event does not reject the others. The body may be gzip-compressed; the 1 MiB limit
     /// applies after decompression too.
     #[oai(path = "/events/batch", method = "post", tag = "ApiTags::Events")]
-    async fn post_batch(&self, addr: &RemoteAddr, body: BatchBody) -> PostBatchResponse {
-        let max = self.state.settings.max_batch_events;
-        let events = match body.0 {
-            BatchEvents::Items(events) => events,
-            BatchEvents::NotAnArray => {
-                return PostBatchResponse::BadRequest(err(
-                    &self.state,
-                    ErrorCode::InvalidMessage,
-                    "events must be an array of events",
-                ))
-            }
-            BatchEvents::Missing => {
-                return PostBatchResponse::BadRequest(err(
-                    &self.state,
-                    ErrorCode::InvalidMessage,
-                    "the body must be {\"events\": [...]}",
-                ))
-            }
+    async fn post_batch(&self, auth: IngestKey, body: BatchBody) -> PostBatchResponse {
+        match self.submit_batch(auth.0, body.0).await {
+            BatchOutcome::Results(r) => PostBatchResponse::Ok(Json(r)),
+            BatchOutcome::BadRequest(e) => PostBatchResponse::BadRequest(e),
+            BatchOutcome::RateLimited(e, secs) => PostBatchResponse::RateLimited(e, secs),
+            BatchOutcome::Unavailable(e) => PostBatchResponse::Unavailable(e),
+        }
+    }
+
+    /// Send a batch from a page that is going away
+    ///
+    /// For `navigator.sendBeacon` (and `fetch` with `keepalive`) on page unload: the body of
+    /// `POST /events/batch`, sent as `text/plain` (what `sendBeacon` sends for a string, so a
+    /// page on another origin needs no preflight) or `application/json`, with the ingest key
+    /// in `?apiKey=` (a beacon cannot set headers). `204` once every event is recorded
+    /// (accepted or duplicate). If some events break the rules, the others are still recorded
+    /// and the answer is `400 validation_failed` with `details` naming each broken rule as
+    /// `events[i].field`. Same limits as `POST /events/batch`.
+    #[oai(path = "/events/beacon", method = "post", tag = "ApiTags::Events")]
+    async fn post_beacon(&self, auth: IngestKeyOrQuery, body: BeaconBody) -> BeaconResponse {
+        let r = match self.submit_batch(auth.0, body.into_events()).await {
+            BatchOutcome::Results(r) => r,
+            BatchOutcome::BadRequest(e) => return BeaconResponse::BadRequest(e),
+            BatchOutcome::RateLimited(e, secs) => return BeaconResponse::RateLimited(e, secs),
+            BatchOutcome::Unavailable(e) => return BeaconResponse::Unavailable(e),
         };
-        if events.is_empty() || events.len() > max {
-            return PostBatchResponse::BadRequest(err(
-                &self.state,
-                ErrorCode::InvalidMessage,
-                format!("events must hold 1 to {max} events; got {}", events.len()),
-            ));
+        if r.rejected == 0 {
+            return BeaconResponse::Recorded;
         }
-        if let Some((body, secs)) = self.rate_limited(addr, events.len()) {
-            return PostBatchResponse::RateLimited(body, secs);
-        }
-        let ingest = &self.state.ingest;
-        let items = events
+        let details = r
+            .results
             .into_iter()
-            .map(|e| match e {
-                Some(fields) => ingest.validate_fields(fields),
-                None => Err(vec![FieldError::invalid_type("", "a JSON object")]),
+            .flat_map(|item| {
+                let index = item.index;
+                item.errors.into_iter().flatten().map(move |mut e| {
+                    e.field = if e.field.is_empty() {
+                        format!("events[{index}]")
+                    } else {
+                        format!("events[{index}].{}", e.field)
+                    };
+                    e
+                })
             })
             .collect();
-        match batch_answer(ingest.submit(items, Source::Http).await) {
-            BatchAnswer::Results(r) => PostBatchResponse::Ok(Json(r)),
-            BatchAnswer::Unavailable(reason) => {
-                PostBatchResponse::Unavailable(err(&self.state, ErrorCode::Unavailable, reason))
-            }
-        }
+        let mut body = err(
+            &self.state,
+            ErrorCode::ValidationFailed,
+            format!(
+                "{} of {} events are invalid and were not recorded; the others were",
+                r.rejected,
+                r.accepted + r.duplicates + r.rejected
+            ),
+        );
+        body.0.details = Some(details);
+        BeaconResponse::BadRequest(body)
     }
 
     /// Read stored events
@@ -300,6 +408,7 @@ impl Api {
     #[oai(path = "/events", method = "get", tag = "ApiTags::Events")]
     async fn get_events(
         &self,
+        _auth: ReadKey,
         /// Only this user's events.
         #[oai(name = "userId")]
         user_id: Query<Option<String>>,

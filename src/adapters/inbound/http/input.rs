@@ -453,3 +453,55 @@ mod tests {
         assert!(items[0].as_ref().unwrap().metadata.is_none());
     }
 }
+
+/// A batch sent as `text/plain`, as `navigator.sendBeacon(url, JSON.stringify(batch))` sends
+/// it: a simple request, so a page on another origin needs no preflight. Parsed as
+/// [`BatchBody`].
+#[derive(Debug)]
+pub struct BeaconText(pub BatchEvents);
+
+impl Payload for BeaconText {
+    const CONTENT_TYPE: &'static str = "text/plain";
+
+    fn check_content_type(content_type: &str) -> bool {
+        content_type
+            .parse::<mime::Mime>()
+            .is_ok_and(|m| m.type_() == mime::TEXT && m.subtype() == mime::PLAIN)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        <Json<RawBatch> as Payload>::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        <Json<RawBatch> as Payload>::register(registry);
+    }
+}
+
+impl ParsePayload for BeaconText {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let bytes = Vec::<u8>::from_request(request, body).await?;
+        Ok(Self(BatchBody::parse(&bytes)?.0))
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(BeaconText,);
+
+/// The body of `POST /events/beacon`: a batch, as `text/plain` or `application/json`.
+#[derive(Debug, poem_openapi::ApiRequest)]
+pub enum BeaconBody {
+    /// What `navigator.sendBeacon` sends for a string: no preflight needed.
+    Text(BeaconText),
+    Json(BatchBody),
+}
+
+impl BeaconBody {
+    pub fn into_events(self) -> BatchEvents {
+        match self {
+            Self::Text(b) => b.0,
+            Self::Json(b) => b.0,
+        }
+    }
+}

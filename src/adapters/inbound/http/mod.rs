@@ -2,17 +2,22 @@
 //! passes (API keys, body limits and gzip), with every error in the one JSON error body.
 
 pub mod api;
+pub mod auth;
 mod body;
+pub mod client;
+mod cors;
 pub mod input;
 pub mod operator;
 
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
 use crate::adapters::inbound::ws;
 use crate::app::metrics::Channel;
+use crate::app::rate_limit::Client;
 use crate::app::state::AppState;
 use poem::http::{header, Method, StatusCode};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 const DESCRIPTION: &str = "\
@@ -28,8 +33,19 @@ again: treat it as success. A rejected event comes back with every broken rule, 
 
 **Errors** share one body: `{\"code\", \"message\", \"details\"?, \"retryable\"}`.
 
-**Authentication.** When the server has API keys configured, the `/events` endpoints need \
-`Authorization: Bearer <key>` or `X-API-Key: <key>` (WebSocket clients may pass `?apiKey=<key>`).
+**Authentication.** When the server has keys configured, every operation but health, \
+readiness, metrics and these documents needs a key with the right scope, sent as \
+`Authorization: Bearer <key>` or `X-API-Key: <key>`: `ingest` to send events (never to read \
+them; the key a page embeds), `read` for `GET /events`, `admin` for routes and dead letters \
+(it includes `read`). No key or an unknown one is `401 unauthorized`; a key without the scope, or \
+used from a page origin it is not allowed for, is `403 forbidden`. Where a client cannot set \
+headers (`POST /events/beacon`, the WebSocket upgrade) the key may travel as `?apiKey=<key>`. \
+Too many failed authentications from one address are answered `429 rate_limited`.
+
+**Browsers.** Pages of the origins the server allows may call the ingest operations across \
+origins (CORS; preflights are answered, `Retry-After` is exposed, no credentials). \
+`POST /events/beacon` takes a batch as `text/plain`, so `navigator.sendBeacon` works on page \
+unload without a preflight.
 
 **Streaming.** High-volume clients should use the WebSocket channel `GET /events/stream` \
 (not describable in OpenAPI): after `connection_ack`, send `cart_event`, `cart_event_batch` and \
@@ -59,6 +75,10 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let docs = service.swagger_ui();
     let guard_state = Arc::clone(&state);
     let error_state = Arc::clone(&state);
+    let cors = Arc::new(cors::Cors {
+        origins: state.allowed_origins.clone(),
+        max_age_secs: state.settings.cors_max_age.as_secs(),
+    });
     Route::new()
         .at("/events/stream", ws::endpoint(Arc::clone(&state)))
         .at("/openapi.json", spec)
@@ -69,120 +89,114 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
             let state = Arc::clone(&error_state);
             async move { error_response(&state, e) }
         })
+        .around(move |ep, req| {
+            let cors = Arc::clone(&cors);
+            async move { cors.around(&ep, req).await }
+        })
 }
 
-/// Rejects what must not reach a handler: a missing API key, an oversized or undecodable body.
+/// Rejects what must not reach a handler: a request without the key its endpoint needs, a
+/// client over its read rate, an oversized or undecodable body. Puts the [`auth::Caller`] in
+/// the request for the handlers.
 async fn guard<E: Endpoint>(
     state: Arc<AppState>,
     ep: Arc<E>,
     mut req: Request,
 ) -> poem::Result<Response> {
-    let path = req.uri().path();
-    if is_operator(path) && !admin_authorized(&state, &req) {
-        return Ok(json_error(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            ErrorBody::new(
-                ErrorCode::Unauthorized,
-                "the admin key is required: Authorization: Bearer <admin key> or X-Admin-Key: <admin key>",
-            ),
-        ));
+    let peer = req
+        .remote_addr()
+        .as_socket_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let client_ip = state.proxies.client_ip(peer, req.headers());
+    let caller = match auth::need(req.method(), req.uri().path()) {
+        None => auth::Caller(Client {
+            key: None,
+            ip: client_ip,
+        }),
+        Some(need) => match auth::authorize(
+            &state.access,
+            &state.rate_limits,
+            &state.allowed_origins,
+            &req,
+            need,
+            client_ip,
+        ) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                tracing::debug!(
+                    uri = %auth::redacted_uri(req.uri()),
+                    client = %client_ip,
+                    code = refusal.body.code.as_str(),
+                    "request refused"
+                );
+                return Ok(refused(&state, refusal));
+            }
+        },
+    };
+    if req.method() == Method::GET && req.uri().path() == "/events" {
+        if let Err(wait) = state.rate_limits.check_read(caller.0) {
+            return Ok(refused(
+                &state,
+                auth::Refusal::rate_limited(
+                    format!("too many reads; retry after {} ms", wait.as_millis().max(1)),
+                    wait,
+                ),
+            ));
+        }
     }
-    if is_protected(path) && !authorized(&state, &req) {
-        return Ok(json_error(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            ErrorBody::new(
-                ErrorCode::Unauthorized,
-                "a valid API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
-            ),
-        ));
-    }
-    if req.method() == Method::POST {
-        let limit = match path {
-            "/events" => Some(state.settings.max_event_body_bytes),
-            "/events/batch" => Some(state.settings.max_batch_body_bytes),
-            _ => None,
-        };
-        if let Some(limit) = limit {
-            match body::read_limited(&mut req, limit).await {
-                Ok(bytes) => req.set_body(bytes),
-                Err(e) => {
-                    let (status, code) = match e {
-                        body::BodyError::TooLarge(_) => {
-                            (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
-                        }
-                        body::BodyError::UnsupportedEncoding(_) => (
-                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                            ErrorCode::UnsupportedMediaType,
-                        ),
-                        body::BodyError::BadGzip | body::BodyError::Read(_) => {
-                            (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson)
-                        }
-                    };
-                    return Ok(json_error(
-                        &state,
-                        status,
-                        ErrorBody::new(code, e.to_string()),
-                    ));
-                }
+    req.extensions_mut().insert(caller);
+    if let Some(limit) = body_limit(&state, &req) {
+        match body::read_limited(&mut req, limit).await {
+            Ok(bytes) => req.set_body(bytes),
+            Err(e) => {
+                let (status, code) = match e {
+                    body::BodyError::TooLarge(_) => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+                    }
+                    body::BodyError::UnsupportedEncoding(_) => (
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        ErrorCode::UnsupportedMediaType,
+                    ),
+                    body::BodyError::BadGzip | body::BodyError::Read(_) => {
+                        (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson)
+                    }
+                };
+                return Ok(json_error(
+                    &state,
+                    status,
+                    ErrorBody::new(code, e.to_string()),
+                ));
             }
         }
     }
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
-fn is_operator(path: &str) -> bool {
-    path == "/routes" || path == "/dead-letters" || path.starts_with("/dead-letters/")
-}
-
-fn admin_authorized(state: &AppState, req: &Request) -> bool {
-    let Some(admin) = &state.settings.admin_key else {
-        return true;
-    };
-    let header_key = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let bearer = header_key(header::AUTHORIZATION.as_str())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let direct = header_key("x-admin-key").map(str::trim);
-    [bearer, direct]
-        .into_iter()
-        .flatten()
-        .any(|k| constant_time_eq(admin.as_bytes(), k.as_bytes()))
-}
-
-fn is_protected(path: &str) -> bool {
-    path == "/events" || path.starts_with("/events/")
-}
-
-fn authorized(state: &AppState, req: &Request) -> bool {
-    let keys = &state.settings.api_keys;
-    if keys.is_empty() {
-        return true;
+/// How much of a request's body may be read, for every request that can carry one: the event
+/// and batch limits on their routes, the event limit on every other route (the operator API's
+/// bodies are small), so no route buffers an unbounded body. `None` for the WebSocket upgrade
+/// and for methods without a body.
+fn body_limit(state: &AppState, req: &Request) -> Option<usize> {
+    let path = req.uri().path();
+    if path == "/events/stream"
+        || matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return None;
     }
-    let header_key = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let bearer = header_key(header::AUTHORIZATION.as_str())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let api_key = header_key("x-api-key").map(str::trim);
-    let query_key = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "apiKey")
-            .map(|(_, v)| v)
-    });
-    [bearer, api_key, query_key].into_iter().flatten().any(|k| {
-        keys.iter()
-            .any(|known| constant_time_eq(known.as_bytes(), k.as_bytes()))
+    Some(match path {
+        "/events/batch" | "/events/beacon" => state.settings.max_batch_body_bytes,
+        _ => state.settings.max_event_body_bytes,
     })
 }
 
-/// Compares without an early exit, so response timing does not reveal key prefixes.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+fn refused(state: &AppState, refusal: auth::Refusal) -> Response {
+    let mut resp = json_error(state, refusal.status, refusal.body);
+    if let Some(wait) = refusal.retry_after {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, secs.max(1).into());
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    resp
 }
 
 pub(crate) fn json_error(state: &AppState, status: StatusCode, body: ErrorBody) -> Response {
@@ -229,6 +243,7 @@ fn error_response(state: &AppState, e: poem::Error) -> Response {
             StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
             StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+            StatusCode::FORBIDDEN => ErrorCode::Forbidden,
             StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
             s if s.is_client_error() => ErrorCode::InvalidMessage,
             _ => ErrorCode::InternalError,

@@ -1,5 +1,6 @@
 //! The operator API for routes: their state, and the dead-letter store.
 
+use super::auth::AdminKey;
 use crate::adapters::inbound::wire::{rfc3339, ErrorBody, ErrorCode, EventView};
 use crate::app::metrics::Channel;
 use crate::app::routing::Routing;
@@ -109,6 +110,14 @@ pub enum RoutesResponse {
     /// `unauthorized`: an admin key is configured and none valid was sent.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no scope for this operation, or may not be used from this
+    /// page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `rate_limited`: too many requests, or too many failed authentications from this
+    /// address; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// `unavailable`: the outbox cannot be read right now.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -123,6 +132,14 @@ pub enum DeadLettersResponse {
     BadRequest(Json<ErrorBody>),
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no scope for this operation, or may not be used from this
+    /// page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `rate_limited`: too many requests, or too many failed authentications from this
+    /// address; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -136,6 +153,14 @@ pub enum ReplayResponse {
     BadRequest(Json<ErrorBody>),
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no scope for this operation, or may not be used from this
+    /// page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `rate_limited`: too many requests, or too many failed authentications from this
+    /// address; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -150,6 +175,14 @@ pub enum DeleteResponse {
     NotFound(Json<ErrorBody>),
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `forbidden`: the key has no scope for this operation, or may not be used from this
+    /// page's origin.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `rate_limited`: too many requests, or too many failed authentications from this
+    /// address; `Retry-After` says after how many seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -180,7 +213,7 @@ impl OperatorApi {
     /// Every configured route with its state, backlog, dead letters, counts since the server
     /// started and latest error.
     #[oai(path = "/routes", method = "get", tag = "OperatorTags::Routing")]
-    async fn routes(&self) -> RoutesResponse {
+    async fn routes(&self, _auth: AdminKey) -> RoutesResponse {
         let Some(routing) = self.routing() else {
             return RoutesResponse::Ok(Json(RouteList { routes: Vec::new() }));
         };
@@ -231,6 +264,7 @@ impl OperatorApi {
     #[oai(path = "/dead-letters", method = "get", tag = "OperatorTags::Routing")]
     async fn dead_letters(
         &self,
+        _auth: AdminKey,
         /// Only this route's.
         route: Query<Option<String>>,
         /// Only ids above this one (the `next` of the previous page).
@@ -279,7 +313,7 @@ impl OperatorApi {
         method = "post",
         tag = "OperatorTags::Routing"
     )]
-    async fn replay(&self, body: Json<ReplayRequest>) -> ReplayResponse {
+    async fn replay(&self, _auth: AdminKey, body: Json<ReplayRequest>) -> ReplayResponse {
         let ReplayRequest { route, ids } = body.0;
         if route.is_none() && ids.is_none() {
             return ReplayResponse::BadRequest(self.error(
@@ -309,7 +343,7 @@ impl OperatorApi {
         method = "delete",
         tag = "OperatorTags::Routing"
     )]
-    async fn delete(&self, id: Path<i64>) -> DeleteResponse {
+    async fn delete(&self, _auth: AdminKey, id: Path<i64>) -> DeleteResponse {
         let not_found = || format!("no dead letter with id {}", id.0);
         let Some(routing) = self.routing() else {
             return DeleteResponse::NotFound(self.error(ErrorCode::NotFound, not_found()));

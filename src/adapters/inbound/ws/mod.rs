@@ -8,13 +8,14 @@
 
 pub mod protocol;
 
+use crate::adapters::inbound::http::auth::Caller;
 use crate::adapters::inbound::http::json_error;
 use crate::adapters::inbound::wire::{
     batch_answer, details, rfc3339, BatchAnswer, ErrorBody, ErrorCode, ItemStatus,
 };
 use crate::app::ingest::Outcome;
 use crate::app::metrics::{Channel, ReasonLabels};
-use crate::app::rate_limit::ConnectionLimit;
+use crate::app::rate_limit::Client;
 use crate::app::state::AppState;
 use crate::domain::Source;
 use futures_util::future::{self, BoxFuture, FutureExt};
@@ -89,13 +90,22 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
         .read_buffer_size(8 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    // Set by the HTTP guard, which authorized the upgrade.
+    let client = req
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.0)
+        .unwrap_or(Client {
+            key: None,
+            ip: std::net::IpAddr::from([0, 0, 0, 0]),
+        });
     let tracker = state.connections.clone();
     tracker.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
-        Connection::new(state).run(ws).await;
+        Connection::new(state, client).run(ws).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -110,7 +120,9 @@ type ReplyFuture = BoxFuture<'static, String>;
 struct Connection {
     id: String,
     state: Arc<AppState>,
-    limit: Option<ConnectionLimit>,
+    /// Its key and address: the rate limit's bucket, shared with the client's other
+    /// connections and HTTP requests.
+    client: Client,
     in_flight: FuturesOrdered<ReplyFuture>,
 }
 
@@ -125,11 +137,11 @@ enum Ending {
 }
 
 impl Connection {
-    fn new(state: Arc<AppState>) -> Self {
+    fn new(state: Arc<AppState>, client: Client) -> Self {
         let id = format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         Self {
             id,
-            limit: state.rate_limits.for_connection(),
+            client,
             state,
             in_flight: FuturesOrdered::new(),
         }
@@ -282,7 +294,11 @@ impl Connection {
     }
 
     fn rate_limited(&self, request_id: &Option<String>, events: usize) -> Option<ReplyFuture> {
-        let wait = self.limit.as_ref()?.check(events).err()?;
+        let wait = self
+            .state
+            .rate_limits
+            .check_events(self.client, events)
+            .err()?;
         self.state
             .metrics
             .error(Channel::Ws, ErrorCode::RateLimited.as_str());
