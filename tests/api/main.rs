@@ -13,5 +13,6 @@ mod production;
 mod proxy;
 mod redis_dedup;
 mod routing;
+mod security;
 mod targets;
 mod ws;
