@@ -642,6 +642,67 @@ mod tests {
     }
 
     #[test]
+    fn keys_origins_and_proxies_from_env_and_file() {
+        let s = run(
+            &[
+                ("CARTSTREAM_READ_KEYS", "r1,r2"),
+                (
+                    "CARTSTREAM_CORS_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
+                ("CARTSTREAM_TRUSTED_PROXIES", "10.0.0.0/8"),
+                ("CARTSTREAM_READ_RATE_LIMIT_PER_SECOND", "5"),
+            ],
+            Some(
+                "[[keys]]\nname = \"shop\"\nsha256 = \"ab\"\nscopes = [\"ingest\", \"read\"]\n\
+                 origins = [\"https://a.example\"]\nrate_limit_per_second = 50\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(s.read_keys, ["r1", "r2"]);
+        assert_eq!(s.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(s.trusted_proxies, ["10.0.0.0/8"]);
+        assert_eq!(s.read_rate_limit_per_second, 5);
+        let k = &s.keys[0];
+        assert_eq!(k.name, "shop");
+        assert_eq!(
+            k.scopes,
+            [
+                crate::app::access::Scope::Ingest,
+                crate::app::access::Scope::Read
+            ]
+        );
+        assert_eq!(k.rate_limit_per_second, Some(50));
+        let err = run(
+            &[],
+            Some("[[keys]]\nname = \"x\"\nkey = \"k\"\nscopes = [\"write\"]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keys") && err.contains("write"), "{err}");
+    }
+
+    #[test]
+    fn the_debug_form_of_a_key_hides_it() {
+        let k = KeySettings {
+            name: "n".into(),
+            key: Some("sekrit".into()),
+            sha256: Some("abc123".into()),
+            scopes: vec![crate::app::access::Scope::Ingest],
+            origins: vec![],
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            rate_limit_total_per_second: None,
+            rate_limit_total_burst: None,
+        };
+        let shown = format!("{k:?}");
+        assert!(
+            !shown.contains("sekrit") && !shown.contains("abc123"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn a_bad_value_names_the_setting() {
         let err = run(&[("CARTSTREAM_LISTEN", "nope")], None)
             .unwrap_err()
