@@ -550,6 +550,11 @@ async fn a_client_close_is_answered_after_every_reply_before_it() {
     assert_eq!(code, 1000, "the client's code echoed");
     let (_, body) = app.get_json("/events?limit=1000").await;
     assert_eq!(body["events"].as_array().unwrap().len(), 200);
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains(r#"cartstream_ws_closes_total{reason="client_closed"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
