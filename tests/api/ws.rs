@@ -4,8 +4,9 @@ use crate::helpers::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -483,4 +484,162 @@ async fn a_store_that_cannot_record_answers_unavailable() {
         (Some("unavailable"), Some(true)),
         "{r}"
     );
+}
+
+/// Reads the replies up to the server's close frame, then the end of the connection: the text
+/// replies and the close code.
+async fn replies_then_close(ws: &mut Ws) -> (Vec<Value>, u16) {
+    let mut replies = Vec::new();
+    let code = loop {
+        match tokio::time::timeout(REPLY_TIMEOUT, futures_util::StreamExt::next(ws))
+            .await
+            .expect("a reply or a close in time")
+        {
+            Some(Ok(Message::Text(t))) => replies.push(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended before a close frame: {other:?}"),
+        }
+    };
+    let end = tokio::time::timeout(REPLY_TIMEOUT, futures_util::StreamExt::next(ws))
+        .await
+        .expect("the server ends the connection after its close frame");
+    assert!(end.is_none(), "nothing after the close frame: {end:?}");
+    (replies, code)
+}
+
+fn close_frame(code: u16) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: "".into(),
+    })
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_after_every_reply_before_it() {
+    let app = TestApp::spawn().await;
+    let (mut ws, _) = app.ws().await;
+    let ids: Vec<String> = (0..200).map(|_| unique("cc")).collect();
+    for id in &ids {
+        ws.feed(Message::text(
+            json!({"type": "cart_event", "requestId": id, "data": item_added(id)}).to_string(),
+        ))
+        .await
+        .unwrap();
+    }
+    ws.close(close_frame(1000)).await.unwrap();
+
+    let (replies, code) = replies_then_close(&mut ws).await;
+
+    let answered: Vec<(&str, &str, &str)> = replies
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap(),
+                r["requestId"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, &str, &str)> = ids
+        .iter()
+        .map(|id| ("event_ack", id.as_str(), "accepted"))
+        .collect();
+    assert_eq!(answered, expected, "every event answered, in order");
+    assert_eq!(code, 1000, "the client's code echoed");
+    let (_, body) = app.get_json("/events?limit=1000").await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 200);
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains(r#"cartstream_ws_closes_total{reason="client_closed"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_close_code_is_echoed_and_none_is_answered_1000() {
+    let app = TestApp::spawn().await;
+    for (sent, answer) in [
+        (close_frame(4000), 4000),
+        (close_frame(3000), 3000),
+        (close_frame(1001), 1001),
+        (None, 1000),
+    ] {
+        let (mut ws, _) = app.ws().await;
+        send_json(&mut ws, &json!({"type": "ping", "requestId": "p"})).await;
+        ws.close(sent.clone()).await.unwrap();
+        let (replies, code) = replies_then_close(&mut ws).await;
+        assert_eq!(
+            (replies.len(), replies[0]["type"].as_str()),
+            (1, Some("pong")),
+            "{sent:?}"
+        );
+        assert_eq!(code, answer, "{sent:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_close_code_no_endpoint_may_send_is_answered_1002() {
+    let app = TestApp::spawn().await;
+    for sent in [999, 1005, 1006, 1015, 2000, 5000] {
+        let (mut ws, _) = app.ws().await;
+        let id = unique("bad-close");
+        send_json(
+            &mut ws,
+            &json!({"type": "cart_event", "requestId": "e", "data": item_added(&id)}),
+        )
+        .await;
+        ws.close(close_frame(sent)).await.unwrap();
+        let (replies, code) = replies_then_close(&mut ws).await;
+        assert_eq!(
+            (replies.len(), replies[0]["eventId"].as_str()),
+            (1, Some(id.as_str())),
+            "{sent}: the event before the close is answered"
+        );
+        assert_eq!(code, 1002, "{sent}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_close_frame_is_answered_with_a_close_code() {
+    let app = TestApp::spawn().await;
+    // A 1-byte payload cannot hold a code (1002); a reason must be UTF-8 (1007, as for text).
+    for (payload, answer) in [(vec![0x03], 1002), (vec![0x03, 0xe8, 0xff, 0xfe], 1007)] {
+        let (mut ws, _) = app.ws().await;
+        send_json(&mut ws, &json!({"type": "ping", "requestId": "p"})).await;
+        let header = FrameHeader {
+            opcode: OpCode::Control(Control::Close),
+            ..FrameHeader::default()
+        };
+        let frame = Frame::from_payload(header, payload.clone().into());
+        ws.send(Message::Frame(frame)).await.unwrap();
+        let (replies, code) = replies_then_close(&mut ws).await;
+        assert_eq!(replies.len(), 1, "{payload:?}: the ping before is answered");
+        assert_eq!(code, answer, "{payload:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_ping_gets_a_pong_with_its_payload() {
+    let app = TestApp::spawn().await;
+    let (mut ws, _) = app.ws().await;
+    for payload in [&b"hello"[..], &b""[..], &[7u8; 125][..]] {
+        ws.send(Message::Ping(payload.to_vec().into()))
+            .await
+            .unwrap();
+        let pong = loop {
+            match tokio::time::timeout(REPLY_TIMEOUT, futures_util::StreamExt::next(&mut ws))
+                .await
+                .expect("a pong in time")
+            {
+                Some(Ok(Message::Pong(p))) => break p,
+                Some(Ok(Message::Ping(_))) => {}
+                other => panic!("expected a pong, got {other:?}"),
+            }
+        };
+        assert_eq!(&pong[..], payload);
+    }
+    send_json(&mut ws, &json!({"type": "ping", "requestId": "after"})).await;
+    assert_eq!(recv_json(&mut ws).await["requestId"], "after");
 }

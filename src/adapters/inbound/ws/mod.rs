@@ -24,8 +24,11 @@ use futures_util::{SinkExt, StreamExt};
 use poem::http::{header, Method, StatusCode};
 use poem::{Endpoint, Request, Response};
 use protocol::{ClientMessage, Limits, Reply};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -104,8 +107,7 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
-        Connection::new(state, client).run(ws).await;
+        Connection::new(state, client).run(upgraded, config).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -128,8 +130,10 @@ struct Connection {
 
 /// Why the connection loop ended.
 enum Ending {
-    /// The client closed or vanished; nothing more can be sent.
+    /// The client vanished; nothing more can be sent.
     Gone,
+    /// The client sent a close frame: answer what is in flight, then close with this code.
+    ClosedByClient(CloseCode),
     /// Answer what is in flight, then close with this code.
     Close(CloseCode, &'static str),
     /// Close at once without answering (the client stopped answering pings).
@@ -148,10 +152,11 @@ impl Connection {
     }
 
     #[tracing::instrument(skip_all, fields(connection_id = %self.id))]
-    async fn run<S>(mut self, mut ws: WebSocketStream<S>)
+    async fn run<S>(mut self, socket: S, config: WebSocketConfig)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
+        let (mut reader, mut writer) = split(socket, config).await;
         let metrics = Arc::clone(&self.state.metrics);
         metrics.ws_connections.inc();
         let ack = Reply::ConnectionAck {
@@ -163,12 +168,13 @@ impl Connection {
                 max_batch_events: self.state.settings.max_batch_events,
             },
         };
-        let ending = match ws.send(Message::text(ack.to_text())).await {
-            Ok(()) => self.serve(&mut ws).await,
+        let ending = match writer.send(Message::text(ack.to_text())).await {
+            Ok(()) => self.serve(&mut reader, &mut writer).await,
             Err(_) => Ending::Gone,
         };
         let reason = match &ending {
             Ending::Gone => "client_gone",
+            Ending::ClosedByClient(_) => "client_closed",
             Ending::Close(CloseCode::Away, _) => "shutdown",
             Ending::Close(CloseCode::Size, _) => "message_too_large",
             Ending::Close(CloseCode::Invalid, _) => "invalid_utf8",
@@ -186,24 +192,42 @@ impl Connection {
                 // Nobody to answer, but every submitted event is still recorded: the futures
                 // only carry replies, and the committer owns the events.
             }
-            Ending::Close(code, why) => {
-                // Bounded, so a client that stops reading cannot hold shutdown hostage.
-                let drained =
-                    tokio::time::timeout(self.state.settings.shutdown_timeout, self.drain(&mut ws))
-                        .await;
-                if matches!(drained, Ok(Ok(()))) {
-                    close(&mut ws, code, why).await;
-                }
-            }
-            Ending::Abort(code, why) => close(&mut ws, code, why).await,
+            Ending::ClosedByClient(code) => self.finish(&mut reader, &mut writer, code, "").await,
+            Ending::Close(code, why) => self.finish(&mut reader, &mut writer, code, why).await,
+            Ending::Abort(code, why) => close(&mut reader, &mut writer, code, why).await,
         }
         metrics.ws_connections.dec();
         tracing::debug!(reason, "connection closed");
     }
 
-    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>) -> Ending
+    /// Answers everything in flight, then closes with `code`.
+    async fn finish<R, W>(
+        &mut self,
+        reader: &mut WebSocketStream<R>,
+        writer: &mut WebSocketStream<W>,
+        code: CloseCode,
+        why: &'static str,
+    ) where
+        R: AsyncRead + AsyncWrite + Unpin,
+        W: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Bounded, so a client that stops reading cannot hold shutdown hostage.
+        let drained =
+            tokio::time::timeout(self.state.settings.shutdown_timeout, self.drain(writer)).await;
+        if matches!(drained, Ok(Ok(()))) {
+            close(reader, writer, code, why).await;
+        }
+    }
+
+    /// Reads frames from `reader` and answers through `writer` until the connection must end.
+    async fn serve<R, W>(
+        &mut self,
+        reader: &mut WebSocketStream<R>,
+        writer: &mut WebSocketStream<W>,
+    ) -> Ending
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        R: AsyncRead + AsyncWrite + Unpin,
+        W: AsyncRead + AsyncWrite + Unpin,
     {
         let settings = Arc::clone(&self.state.settings);
         let shutdown = self.state.shutdown.clone();
@@ -219,12 +243,15 @@ impl Connection {
                     return Ending::Close(CloseCode::Away, "server shutting down");
                 }
                 Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if self.send_ready(ws, reply).await.is_err() {
+                    if self.send_ready(writer, reply).await.is_err() {
                         return Ending::Gone;
                     }
                 }
-                frame = ws.next(), if can_read => match frame {
-                    None | Some(Ok(Message::Close(_))) => return Ending::Gone,
+                frame = reader.next(), if can_read => match frame {
+                    None => return Ending::Gone,
+                    Some(Ok(Message::Close(frame))) => {
+                        return Ending::ClosedByClient(close_reply(frame.as_ref()));
+                    }
                     Some(Ok(Message::Text(text))) => {
                         let reply = self.dispatch(text.as_str());
                         self.in_flight.push_back(reply);
@@ -235,14 +262,23 @@ impl Connection {
                         self.in_flight.push_back(reply);
                     }
                     Some(Ok(Message::Pong(_))) => unanswered = 0,
-                    // Pings are answered by tungstenite itself on the next write or read.
-                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                    // The reader's own pongs go nowhere (see `split`): answer here.
+                    Some(Ok(Message::Ping(payload))) => {
+                        if writer.send(Message::Pong(payload)).await.is_err() {
+                            return Ending::Gone;
+                        }
+                    }
+                    // Reading never yields raw frames.
+                    Some(Ok(Message::Frame(_))) => {}
                     Some(Err(WsError::Capacity(_))) => {
                         return Ending::Close(CloseCode::Size, "message larger than maxMessageBytes");
                     }
+                    // Also a close frame whose reason is not UTF-8: 1007 is the code for data
+                    // that is not the UTF-8 its frame promises, wherever it is.
                     Some(Err(WsError::Utf8(_))) => {
-                        return Ending::Close(CloseCode::Invalid, "text frame is not valid UTF-8");
+                        return Ending::Close(CloseCode::Invalid, "text is not valid UTF-8");
                     }
+                    // Also a close frame with a 1-byte payload.
                     Some(Err(WsError::Protocol(_))) => {
                         return Ending::Close(CloseCode::Protocol, "WebSocket protocol error");
                     }
@@ -253,7 +289,7 @@ impl Connection {
                         return Ending::Abort(CloseCode::Error, "no answer to pings");
                     }
                     unanswered += 1;
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    if writer.send(Message::Ping(Default::default())).await.is_err() {
                         return Ending::Gone;
                     }
                 }
@@ -268,7 +304,7 @@ impl Connection {
         first: String,
     ) -> Result<(), WsError>
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         ws.feed(Message::text(first)).await?;
         while let Some(Some(next)) = self.in_flight.next().now_or_never() {
@@ -280,7 +316,7 @@ impl Connection {
     /// Answers everything still in flight, in order.
     async fn drain<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), WsError>
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         while let Some(reply) = self.in_flight.next().await {
             self.send_ready(ws, reply).await?;
@@ -395,30 +431,179 @@ impl Connection {
     }
 }
 
-/// Sends a close frame and waits (briefly) for the client's answer.
-async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+/// The code that answers a client's close frame (RFC 6455 5.5.1): its own code echoed, 1000
+/// when it sent none, and 1002 for a code no endpoint may send (1005, 1006, 1015, reserved or
+/// out of range). tungstenite has already put 1002 in place of such a code by the time the
+/// frame reaches us; the check here keeps the rule true whatever the library does.
+fn close_reply(frame: Option<&CloseFrame>) -> CloseCode {
+    match frame {
+        None => CloseCode::Normal,
+        Some(f) if f.code.is_allowed() => f.code,
+        Some(_) => CloseCode::Protocol,
+    }
+}
+
+/// Sends a close frame, ends our side of the TCP connection, and waits (briefly) for the
+/// client to end its side.
+async fn close<R, W>(
+    reader: &mut WebSocketStream<R>,
+    writer: &mut WebSocketStream<W>,
+    code: CloseCode,
+    reason: &'static str,
+) where
+    R: AsyncRead + AsyncWrite + Unpin,
+    W: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    if ws.close(Some(frame)).await.is_err() {
+    if writer.close(Some(frame)).await.is_err() {
+        return;
+    }
+    // The server closes the TCP connection first (RFC 6455 7.1.1); a client waits for that
+    // after the close handshake, so without it both sides would wait out CLOSE_WAIT.
+    if writer.get_mut().shutdown().await.is_err() {
         return;
     }
     // Read (and drop) whatever the client still sends until it closes: a socket closed with
     // unread bytes (the rest of an oversized frame, say) is reset, and a reset can destroy
     // the close frame and the last replies before the client reads them.
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            match ws.get_mut().read(&mut buf).await {
+            match reader.get_mut().read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
         }
     })
     .await;
+}
+
+/// Splits an upgraded connection into a WebSocket reader and a WebSocket writer.
+///
+/// One tungstenite stream cannot answer a client's close handshake properly: on reading the
+/// client's close frame it queues its own close reply and refuses every later send, so the
+/// replies still in flight could not go out before our close frame. Two streams over the two
+/// halves of the socket can: the reader parses frames and its automatic writes (pongs, close
+/// replies) go nowhere, while the writer stays open until we close it. The cost is the split
+/// itself: one uncontended lock per read or write of the socket, not per message.
+async fn split<S>(
+    socket: S,
+    config: WebSocketConfig,
+) -> (WebSocketStream<ReadOnly<S>>, WebSocketStream<WriteOnly<S>>)
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (read, write) = tokio::io::split(socket);
+    let reader = WebSocketStream::from_raw_socket(ReadOnly(read), Role::Server, Some(config)).await;
+    // The writer never reads, so it needs no read buffer.
+    let writer = WebSocketStream::from_raw_socket(
+        WriteOnly(write),
+        Role::Server,
+        Some(config.read_buffer_size(0)),
+    )
+    .await;
+    (reader, writer)
+}
+
+/// The read half of a connection, for the reader: whatever tungstenite writes on its own is
+/// dropped, since the writer answers pings and closes.
+struct ReadOnly<S>(ReadHalf<S>);
+
+impl<S: AsyncRead> AsyncRead for ReadOnly<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S> AsyncWrite for ReadOnly<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The write half of a connection, for the writer. Reading it finds the end of the stream at
+/// once, so a read by mistake fails loudly instead of hanging.
+struct WriteOnly<S>(WriteHalf<S>);
+
+impl<S> AsyncRead for WriteOnly<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for WriteOnly<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_to(code: u16) -> u16 {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        close_reply(Some(&frame)).into()
+    }
+
+    #[test]
+    fn a_close_code_that_may_be_sent_is_echoed() {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
+            assert_eq!(reply_to(code), code);
+        }
+    }
+
+    #[test]
+    fn a_close_code_no_endpoint_may_send_is_answered_1002() {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
+        ] {
+            assert_eq!(reply_to(code), 1002, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_close_without_a_code_is_answered_1000() {
+        assert_eq!(close_reply(None), CloseCode::Normal);
+    }
 }
