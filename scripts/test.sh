@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: makes sure Redis and ClickHouse are installed and
-# running (installing them with apt-get if needed), runs every test against them, and stops
-# what it started. With CI=true a backend test that cannot reach its server fails instead of
-# skipping.
+# running (installing them with apt-get if needed), runs every test against them, then the
+# bounded attack and fuzz steps, and stops what it started. With CI=true a backend test that
+# cannot reach its server fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,11 +15,35 @@ cargo clippy --all-targets --locked -- -D warnings
 log=$(mktemp)
 status=0
 cargo test --locked --all-targets 2>&1 | tee "$log" || status=$?
+
+# Steps that run the real binary (or a fuzzer) from outside, each bounded by its own budget
+# (CI has 90 minutes on 2 cores; the whole run should stay under 45). Each counts as one test
+# in the closing line.
+steps_passed=0
+steps_failed=0
+step() {
+    local name=$1 budget=$2
+    shift 2
+    echo "==> step $name (budget ${budget}s): $*"
+    local started=$SECONDS
+    if timeout --kill-after=10 "$budget" "$@"; then
+        echo "==> step $name passed in $((SECONDS - started))s"
+        steps_passed=$((steps_passed + 1))
+    else
+        echo "==> step $name FAILED (exit $?) after $((SECONDS - started))s"
+        steps_failed=$((steps_failed + 1))
+        status=1
+    fi
+}
+bin=target/debug/cartstream
+# STEPS
+
 trap - EXIT
 scripts/stop-services.sh || true
 # One closing line for the whole run: cargo prints a summary per test binary, and the last
 # binaries (examples) have no tests of their own.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+awk -v sp="$steps_passed" -v sf="$steps_failed" \
+    '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "total: %d passed, %d failed (of which steps: %d passed, %d failed)\n", p + sp, f + sf, sp, sf }' "$log"
 rm -f "$log"
 exit "$status"

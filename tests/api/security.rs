@@ -830,6 +830,56 @@ async fn keys_never_reach_a_log_line_and_an_open_server_warns() {
     assert!(!log.contains("a-wrong-key-0002"), "{log}");
 }
 
+/// The README's "Running it on the internet" example is a config the real binary starts
+/// with, and it means what the README says: the importer key sends but never reads, the admin
+/// key (the digest of "password") runs the operator API, an unknown key is refused.
+#[tokio::test]
+async fn the_readme_internet_example_config_runs_as_documented() {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("## Running it on the internet")
+        .nth(1)
+        .expect("the README has the section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the section has a toml block");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cartstream.toml");
+    std::fs::write(&path, toml).unwrap();
+    let server = Binary::start(&[
+        ("CARTSTREAM_CONFIG", path.to_str().unwrap()),
+        ("CARTSTREAM_LISTEN", "127.0.0.1:0"),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", server.addr);
+    let batch_with = |key: &str| {
+        http.post(url("/events/batch"))
+            .header("X-API-Key", key)
+            .json(&batch(3))
+            .send()
+    };
+    assert_eq!(
+        batch_with("change-me-importer-key").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        batch_with("not-a-configured-key").await.unwrap().status(),
+        401
+    );
+    let read = |key: &str| {
+        http.get(url("/events?limit=1"))
+            .header("X-API-Key", key)
+            .send()
+    };
+    assert_eq!(read("change-me-importer-key").await.unwrap().status(), 403);
+    assert_eq!(read("password").await.unwrap().status(), 200);
+    let log = server.stop().await;
+    assert!(!log.contains("change-me-importer-key"), "{log}");
+}
+
 /// The server binary, logging JSON at debug level into a string.
 struct Binary {
     child: std::process::Child,
