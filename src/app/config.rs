@@ -143,7 +143,8 @@ pub struct Settings {
     pub rate_limit_key_total_per_second: u32,
     /// Burst of that total; 0 = one second's worth.
     pub rate_limit_key_total_burst: u32,
-    /// `GET /events` requests per second per client (key and address); 0 = no limit.
+    /// `GET /events` requests per second per client (key and address); 0 = no limit. On by
+    /// default: a read costs far more than a send, and a page of a listing is up to 4 MiB.
     pub read_rate_limit_per_second: u32,
     /// Burst of reads; 0 = one second's worth.
     pub read_rate_limit_burst: u32,
@@ -328,8 +329,8 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             rate_limit_key_total_per_second: 0,
             rate_limit_key_total_burst: 0,
-            read_rate_limit_per_second: 0,
-            read_rate_limit_burst: 0,
+            read_rate_limit_per_second: 10,
+            read_rate_limit_burst: 20,
             auth_failures_per_minute: 60,
             admin_key: None,
             routes: Vec::new(),

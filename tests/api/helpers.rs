@@ -36,6 +36,8 @@ pub fn test_settings(data_dir: &Path) -> Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         shutdown_timeout: Duration::from_secs(10),
+        // Tests poll reads in tight loops; the read limit has tests of its own.
+        read_rate_limit_per_second: 0,
         ..Settings::default()
     }
 }
