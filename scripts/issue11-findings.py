@@ -111,7 +111,7 @@ def finding2():
     s = Server()
     try:
         before = s.hwm_kb()
-        ids = [str(uuid.uuid4()) for _ in range(220_000)]
+        ids = list(range(1_000_000, 2_000_000))  # dead-letter ids are int64
         body = json.dumps({"ids": ids}).encode()
         status, _, _ = request(s.url("/dead-letters/replay"), "POST", body, {"Content-Type": "application/json"})
         print(f"2 replay body {len(body) / 1e6:.1f} MB: status {status}, peak RSS {before // 1024} -> {s.hwm_kb() // 1024} MB")
@@ -177,13 +177,14 @@ def finding3():
         print(f"3c 500 wrong keys in {time.time() - t:.2f}s: {codes}")
     finally:
         s.stop()
-    s = Server(CARTSTREAM_API_KEYS="the-ingest-key-01", CARTSTREAM_ADMIN_KEY="the-admin-key-001")
+    s = Server()  # no keys: reads are open on every build, so the read limit is what differs
     try:
+        t = time.time()
         codes = {}
         for _ in range(200):
-            st, _, _ = request(s.url("/events?limit=1"), headers={"X-API-Key": "the-admin-key-001"})
+            st, _, _ = request(s.url("/events?limit=1"))
             codes[st] = codes.get(st, 0) + 1
-        print(f"3d 200 GET /events (admin key): {codes}")
+        print(f"3d 200 GET /events in {time.time() - t:.2f}s, default settings: {codes}")
     finally:
         s.stop()
 
