@@ -3,7 +3,7 @@
 use crate::helpers::embedded_ports;
 use cartstream::app::startup::Ports;
 use cartstream::domain::{DedupKey, StoredEvent};
-use cartstream::ports::{EventQuery, EventStore, PortError};
+use cartstream::ports::{EventPage, EventQuery, EventStore, PortError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ impl EventStore for FailingStore {
     async fn known(&self, _: &[DedupKey]) -> Result<Vec<bool>, PortError> {
         Err(PortError::Unavailable("injected failure".into()))
     }
-    async fn query(&self, _: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+    async fn query(&self, _: &EventQuery) -> Result<EventPage, PortError> {
         Err(PortError::Unavailable("injected failure".into()))
     }
     async fn check(&self) -> Result<(), PortError> {
