@@ -32,3 +32,32 @@ pub fn ports_with_failing_store(dir: &Path) -> Ports {
         ..embedded_ports(dir)
     }
 }
+
+/// An embedded store whose reads wait at a gate until the test opens it: a read in flight
+/// for as long as a test needs, without timing.
+pub struct GatedStore {
+    pub inner: Arc<dyn EventStore>,
+    /// Opened by the test; each read waits for it.
+    pub gate: Arc<tokio::sync::Semaphore>,
+    /// Signalled when a read reaches the gate.
+    pub reached: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for GatedStore {
+    async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+        self.inner.insert(events).await
+    }
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        self.inner.known(keys).await
+    }
+    async fn query(&self, q: &EventQuery) -> Result<EventPage, PortError> {
+        self.reached.notify_one();
+        let pass = self.gate.acquire().await;
+        drop(pass);
+        self.inner.query(q).await
+    }
+    async fn check(&self) -> Result<(), PortError> {
+        self.inner.check().await
+    }
+}
