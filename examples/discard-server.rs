@@ -16,7 +16,8 @@ use cartstream::app::startup::{journaled, shutdown_signal, Application, Ports};
 use cartstream::app::telemetry;
 use cartstream::domain::{DedupKey, StoredEvent};
 use cartstream::ports::{
-    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, Lease, PortError, SystemClock,
+    Claim, DedupStore, EventFeed, EventPage, EventQuery, EventStore, FeedEntry, Lease, PortError,
+    SystemClock,
 };
 use std::process::ExitCode;
 
@@ -36,8 +37,8 @@ impl EventStore for DiscardStore {
     async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
         Ok(vec![false; keys.len()])
     }
-    async fn query(&self, _query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
-        Ok(Vec::new())
+    async fn query(&self, _query: &EventQuery) -> Result<EventPage, PortError> {
+        Ok(EventPage::default())
     }
     async fn check(&self) -> Result<(), PortError> {
         Ok(())

@@ -152,6 +152,18 @@ pub struct Settings {
     /// from it is answered 429 for a while; 0 = no limit.
     pub auth_failures_per_minute: u32,
 
+    /// Most bytes of events one `GET /events` page holds (as serialized); a page always holds
+    /// at least one event. The rest follows with the page's `nextCursor`.
+    #[validate(range(min = 1024, max = 268_435_456))]
+    pub read_max_page_bytes: usize,
+    /// `GET /events` requests served at once; more wait for a turn.
+    #[validate(range(min = 1, max = 1024))]
+    pub read_max_concurrency: usize,
+    /// How long a `GET /events` request may wait for a turn before it is answered
+    /// `503 unavailable` with `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub read_queue_timeout: Duration,
+
     /// Routes: where accepted events are delivered (configuration file only).
     #[serde(default, skip_serializing)]
     pub routes: Vec<RouteSettings>,
@@ -332,6 +344,9 @@ impl Default for Settings {
             read_rate_limit_per_second: 10,
             read_rate_limit_burst: 20,
             auth_failures_per_minute: 60,
+            read_max_page_bytes: 4 << 20,
+            read_max_concurrency: 4,
+            read_queue_timeout: Duration::from_secs(2),
             admin_key: None,
             routes: Vec::new(),
             ingest_max_batch: 4096,
@@ -443,6 +458,9 @@ const ENV_KEYS: &[&str] = &[
     "read_rate_limit_per_second",
     "read_rate_limit_burst",
     "auth_failures_per_minute",
+    "read_max_page_bytes",
+    "read_max_concurrency",
+    "read_queue_timeout",
     "admin_key",
     "ingest_max_batch",
     "shutdown_timeout",
@@ -723,6 +741,35 @@ mod tests {
         assert!(err.contains("CARTSTREAM_REDIS_URL"), "{err}");
         let err = run(&[], Some("lisen = \"x\"")).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn read_bounds_from_env_with_defaults_and_ranges() {
+        let d = Settings::default();
+        assert_eq!(
+            (
+                d.read_max_page_bytes,
+                d.read_max_concurrency,
+                d.read_queue_timeout
+            ),
+            (4 << 20, 4, Duration::from_secs(2))
+        );
+        let s = run(
+            &[
+                ("CARTSTREAM_READ_MAX_PAGE_BYTES", "65536"),
+                ("CARTSTREAM_READ_MAX_CONCURRENCY", "2"),
+                ("CARTSTREAM_READ_QUEUE_TIMEOUT", "500ms"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.read_max_page_bytes, 65536);
+        assert_eq!(s.read_max_concurrency, 2);
+        assert_eq!(s.read_queue_timeout, Duration::from_millis(500));
+        let err = run(&[("CARTSTREAM_READ_MAX_CONCURRENCY", "0")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CARTSTREAM_READ_MAX_CONCURRENCY"), "{err}");
     }
 
     #[test]

@@ -7,9 +7,8 @@
 
 use crate::app::metrics::Metrics;
 use crate::domain::{DedupKey, StoredEvent};
-use crate::ports::{newest_first, EventQuery, EventStore, Journal, PortError};
+use crate::ports::{EventPage, EventQuery, EventStore, Journal, PageBuilder, PageKey, PortError};
 use chrono::Utc;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,28 +72,36 @@ impl EventStore for JournaledStore {
         Ok(known)
     }
 
-    /// The remote store's answer plus what is still in the journal, so a reader sees every
-    /// accepted event at once, not only after the next flush.
-    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+    /// The remote store's page merged with the journal's, so a reader sees every accepted
+    /// event at once, not only after the next flush.
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
         let (remote, pending) = tokio::join!(self.remote.query(query), self.journal.query(query));
-        let mut events = remote?;
-        let seen: HashSet<String> = events
-            .iter()
-            .map(|e| e.event.event_id().as_str().to_owned())
-            .collect();
-        events.extend(
-            pending?
-                .into_iter()
-                .filter(|e| !seen.contains(e.event.event_id().as_str())),
-        );
-        events.sort_by(newest_first);
-        events.truncate(query.limit);
-        Ok(events)
+        Ok(merge_pages(query, [remote?, pending?]))
     }
 
     async fn check(&self) -> Result<(), PortError> {
         self.remote.check().await
     }
+}
+
+/// One page from pages of the same query over different sources. A source that stopped
+/// early (its `more`) may hold events right after its last one, so nothing listed after that
+/// last event may go on the page: the next page starts there and picks them up.
+fn merge_pages<const N: usize>(query: &EventQuery, pages: [EventPage; N]) -> EventPage {
+    let end = pages
+        .iter()
+        .filter(|p| p.more)
+        .filter_map(|p| p.events.last().map(PageKey::of))
+        .min();
+    let mut page = PageBuilder::new(query);
+    for e in pages.into_iter().flat_map(|p| p.events) {
+        if end.as_ref().is_none_or(|end| PageKey::of(&e) <= *end) {
+            page.offer(e);
+        }
+    }
+    let mut merged = page.finish();
+    merged.more |= end.is_some();
+    merged
 }
 
 /// Drains the journal into the remote store.

@@ -1,26 +1,179 @@
 use super::PortError;
 use crate::domain::{DedupKey, EventType, StoredEvent};
 use chrono::{DateTime, Utc};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
-/// Filters of `GET /events`. All bounds are inclusive, on the event's `timestamp`.
+/// Filters of `GET /events`, and where in the listing a page starts. All bounds are
+/// inclusive, on the event's `timestamp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventQuery {
     pub user_id: Option<String>,
     pub event_type: Option<EventType>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Only events after this position in the listing order: the last event of the page
+    /// before. Keyset paging, so an event inserted between pages never shifts the next page.
+    pub after: Option<PageKey>,
     /// 1..=1000.
     pub limit: usize,
+    /// A page stops before the event that would take its [`listed_bytes`] past this; it
+    /// always holds at least one event, however large.
+    pub max_bytes: usize,
 }
 
-/// The order [`EventStore::query`] answers in: newest `timestamp` first, then the latest
-/// received, then by id.
-pub fn newest_first(a: &StoredEvent, b: &StoredEvent) -> std::cmp::Ordering {
-    (b.event.occurred_at(), b.received_at, b.event.event_id()).cmp(&(
-        a.event.occurred_at(),
-        a.received_at,
-        a.event.event_id(),
-    ))
+impl EventQuery {
+    /// No filters, the first page, `limit` events, no byte budget to speak of.
+    pub fn first(limit: usize) -> Self {
+        Self {
+            user_id: None,
+            event_type: None,
+            since: None,
+            until: None,
+            after: None,
+            limit,
+            max_bytes: usize::MAX,
+        }
+    }
+
+    /// Whether `key` comes after this query's starting position.
+    pub fn is_past_start(&self, key: &PageKey) -> bool {
+        self.after.as_ref().is_none_or(|after| key > after)
+    }
+}
+
+/// An event's position in the listing order of [`EventStore::query`]: newest `timestamp`
+/// first, then the latest received, then by id (bytewise, descending), as every store orders
+/// its rows. Stores keep milliseconds, so the position does too.
+///
+/// `Ord` is the listing order: a key that is listed earlier is smaller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub occurred_at_ms: i64,
+    pub received_at_ms: i64,
+    pub event_id: String,
+}
+
+impl PageKey {
+    pub fn of(e: &StoredEvent) -> Self {
+        Self {
+            occurred_at_ms: e.event.occurred_at().timestamp_millis(),
+            received_at_ms: e.received_at.timestamp_millis(),
+            event_id: e.event.event_id().as_str().to_owned(),
+        }
+    }
+}
+
+impl Ord for PageKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.occurred_at_ms, other.received_at_ms, &other.event_id).cmp(&(
+            self.occurred_at_ms,
+            self.received_at_ms,
+            &self.event_id,
+        ))
+    }
+}
+
+impl PartialOrd for PageKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The order [`EventStore::query`] answers in (see [`PageKey`]).
+pub fn newest_first(a: &StoredEvent, b: &StoredEvent) -> Ordering {
+    PageKey::of(a).cmp(&PageKey::of(b))
+}
+
+/// What `GET /events` writes for the event apart from JSON escapes: the page budget's
+/// measure, so a store can stop reading rows at the budget without serializing them.
+pub fn listed_bytes(s: &StoredEvent) -> usize {
+    // `{"eventId":"","userId":"","eventType":"","timestamp":"<24>","metadata":,"receivedAt":"<24>"}`
+    const FIXED: usize = 132;
+    // `,"sessionId":""`
+    const SESSION: usize = 15;
+    let e = &s.event;
+    FIXED
+        + e.event_id().as_str().len()
+        + e.user_id().len()
+        + e.session_id().map_or(0, |id| SESSION + id.len())
+        + e.event_type().as_str().len()
+        + e.metadata().as_json().len()
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventPage {
+    /// In listing order.
+    pub events: Vec<StoredEvent>,
+    /// Whether events matching the query come after the last one: the page stopped at its
+    /// `limit` or its byte budget, not at the end of the listing.
+    pub more: bool,
+}
+
+/// Builds a page from events offered in any order, holding no more than the page and one
+/// event past it: a store that must scan more than it returns stays bounded in memory.
+pub struct PageBuilder {
+    limit: usize,
+    max_bytes: usize,
+    /// A prefix (in listing order) of the events offered so far, each with its size.
+    kept: BTreeMap<PageKey, (StoredEvent, usize)>,
+    bytes: usize,
+}
+
+impl PageBuilder {
+    pub fn new(query: &EventQuery) -> Self {
+        Self {
+            limit: query.limit.max(1),
+            max_bytes: query.max_bytes,
+            kept: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `e` if it may belong to the page. The caller filters; the same event offered
+    /// twice is kept once.
+    pub fn offer(&mut self, e: StoredEvent) {
+        let size = listed_bytes(&e);
+        if let Some((_, old)) = self.kept.insert(PageKey::of(&e), (e, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        // Drop the last event while the one before it is already past the page: neither can
+        // ever be on it (events offered later only push them further back).
+        while self.kept.len() >= 2 && self.second_last_is_past_page() {
+            if let Some((_, (_, size))) = self.kept.pop_last() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    fn second_last_is_past_page(&self) -> bool {
+        let last = self.kept.last_key_value().map_or(0, |(_, (_, size))| *size);
+        self.is_past_page(self.kept.len() - 2, self.bytes - last)
+    }
+
+    /// Whether the event at `index` of the kept prefix, which ends `bytes` into it, is past
+    /// the page. The first event always fits.
+    fn is_past_page(&self, index: usize, bytes: usize) -> bool {
+        index >= self.limit || (index >= 1 && bytes > self.max_bytes)
+    }
+
+    /// Whether an event past the page has been seen: a store reading rows in listing order
+    /// can stop reading. Only the last kept event can be past the page (`offer` drops the
+    /// others).
+    pub fn is_full(&self) -> bool {
+        !self.kept.is_empty() && self.is_past_page(self.kept.len() - 1, self.bytes)
+    }
+
+    pub fn finish(self) -> EventPage {
+        let more = self.is_full();
+        let mut events: Vec<StoredEvent> = self.kept.into_values().map(|(e, _)| e).collect();
+        if more {
+            events.pop();
+        }
+        EventPage { events, more }
+    }
 }
 
 /// Where accepted events are kept and read back.
@@ -38,9 +191,15 @@ pub trait EventStore: Send + Sync {
     /// fallback while the dedup store is down. `Ok(v)[i]` answers for `keys[i]`.
     async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError>;
 
-    /// Stored events matching `query`, newest `timestamp` first, each event once.
-    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError>;
+    /// The page of stored events matching `query` that starts after `query.after`, in
+    /// listing order ([`PageKey`]), each event once, stopping at `query.limit` events or
+    /// `query.max_bytes` (see [`PageBuilder`], which every store uses to decide). A store
+    /// holds no more than the page in memory while reading it.
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError>;
 
     /// Whether the store answers, for readiness.
     async fn check(&self) -> Result<(), PortError>;
 }
+
+#[cfg(test)]
+mod tests;

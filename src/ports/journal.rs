@@ -1,4 +1,4 @@
-use super::{EventQuery, PortError};
+use super::{EventPage, EventQuery, PortError};
 use crate::domain::{DedupKey, StoredEvent};
 use chrono::{DateTime, Utc};
 
@@ -48,8 +48,9 @@ pub trait Journal: Send + Sync {
     /// Which of `keys` have an entry not yet forwarded.
     async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError>;
 
-    /// Entries not yet forwarded that match `query`, newest first.
-    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError>;
+    /// The page of entries not yet forwarded that `query` asks for, as
+    /// [`EventStore::query`](super::EventStore::query) pages.
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError>;
 
     /// Counts, kept in memory: cheap enough to call on every loop.
     fn stats(&self) -> JournalStats;

@@ -11,7 +11,9 @@ mod route_target;
 
 pub use clock::{Clock, SystemClock};
 pub use dedup_store::{Claim, DedupStore, Lease};
-pub use event_store::{newest_first, EventQuery, EventStore};
+pub use event_store::{
+    listed_bytes, newest_first, EventPage, EventQuery, EventStore, PageBuilder, PageKey,
+};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
 pub use route_target::{DeliveryError, RouteTarget};

@@ -46,13 +46,7 @@ fn event(id: &str, user: &str, t: &str, ts: &str) -> StoredEvent {
 }
 
 fn q() -> EventQuery {
-    EventQuery {
-        user_id: None,
-        event_type: None,
-        since: None,
-        until: None,
-        limit: 100,
-    }
+    EventQuery::first(100)
 }
 
 fn ids(v: &[StoredEvent]) -> Vec<&str> {
@@ -81,7 +75,7 @@ async fn every_column_round_trips_with_milliseconds_and_unicode() {
     );
     store.insert(&[full.clone(), bare.clone()]).await.unwrap();
 
-    let got = store.query(&q()).await.unwrap();
+    let got = store.query(&q()).await.unwrap().events;
     assert_eq!(got, vec![full, bare], "newest first, every field equal");
     assert_eq!(
         got[1].event.session_id(),
@@ -137,7 +131,10 @@ async fn a_repeated_insert_is_seen_once() {
     let other = event("e-2", "u-1", "item_added", "2025-08-10T03:27:05.000Z");
     store.insert(&[e.clone(), e.clone()]).await.unwrap();
     store.insert(&[e.clone(), other]).await.unwrap();
-    assert_eq!(ids(&store.query(&q()).await.unwrap()), ["e-2", "e-1"]);
+    assert_eq!(
+        ids(&store.query(&q()).await.unwrap().events),
+        ["e-2", "e-1"]
+    );
     let counts = clickhouse_sql(
         &db.url,
         &format!(
@@ -171,28 +168,28 @@ async fn query_filters_limits_and_orders_newest_first() {
         .await
         .unwrap();
     assert_eq!(
-        ids(&store.query(&q()).await.unwrap()),
+        ids(&store.query(&q()).await.unwrap().events),
         ["d", "c", "b", "a", "e"]
     );
     let mut f = q();
     f.user_id = Some("u-1".into());
     f.event_type = Some(EventType::ItemAdded);
-    assert_eq!(ids(&store.query(&f).await.unwrap()), ["d", "a", "e"]);
+    assert_eq!(ids(&store.query(&f).await.unwrap().events), ["d", "a", "e"]);
     let mut f = q();
     f.since = Some("2025-08-10T04:00:00Z".parse().unwrap());
     f.until = Some("2025-08-10T05:00:00Z".parse().unwrap());
     assert_eq!(
-        ids(&store.query(&f).await.unwrap()),
+        ids(&store.query(&f).await.unwrap().events),
         ["c", "b"],
         "bounds inclusive"
     );
     let mut f = q();
     f.limit = 2;
-    assert_eq!(ids(&store.query(&f).await.unwrap()), ["d", "c"]);
+    assert_eq!(ids(&store.query(&f).await.unwrap().events), ["d", "c"]);
     let mut f = q();
     f.user_id = Some("nobody' OR '1'='1".into());
     assert!(
-        store.query(&f).await.unwrap().is_empty(),
+        store.query(&f).await.unwrap().events.is_empty(),
         "values are escaped"
     );
 }
@@ -213,7 +210,7 @@ async fn bounds_are_inclusive_to_the_millisecond() {
     let mut f = q();
     f.since = Some("2025-08-10T03:27:04.123Z".parse().unwrap());
     f.until = Some("2025-08-10T03:27:04.123Z".parse().unwrap());
-    assert_eq!(ids(&store.query(&f).await.unwrap()), ["m-2"]);
+    assert_eq!(ids(&store.query(&f).await.unwrap().events), ["m-2"]);
 }
 
 #[tokio::test]
@@ -233,7 +230,7 @@ async fn the_schema_is_created_on_first_use_and_is_idempotent() {
         .unwrap();
     store.ensure_schema().await.unwrap();
     store.ensure_schema().await.unwrap();
-    assert_eq!(store.query(&q()).await.unwrap().len(), 1);
+    assert_eq!(store.query(&q()).await.unwrap().events.len(), 1);
     let ddl = clickhouse_sql(
         &url,
         &format!("SHOW CREATE TABLE `{}`.custom_events", db.name),

@@ -2,7 +2,7 @@
 //! a durable connection, the row form of an event, and the `GET /events` query.
 
 use crate::domain::{StoredEvent, StoredFields};
-use crate::ports::{EventQuery, PortError};
+use crate::ports::{EventPage, EventQuery, PageBuilder, PortError};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use std::path::Path;
@@ -118,12 +118,14 @@ pub(crate) fn known_ids(
         .collect()
 }
 
-/// Matching events of `table` (which has the `events` columns), newest first.
+/// The page of `table` (which has the `events` columns) that `query` asks for. Rows are read
+/// one at a time in listing order and reading stops one row past the page, so memory holds
+/// the page, never the whole match.
 pub(crate) fn query_events(
     conn: &Connection,
     table: &str,
     query: &EventQuery,
-) -> Result<Vec<StoredEvent>, PortError> {
+) -> Result<EventPage, PortError> {
     let mut sql = format!(
         "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
          source, metadata FROM {table} WHERE 1=1"
@@ -145,17 +147,34 @@ pub(crate) fn query_events(
         sql.push_str(" AND occurred_at <= ?");
         args.push(unix_ms(u).into());
     }
-    sql.push_str(" ORDER BY occurred_at DESC, received_at DESC, event_id DESC LIMIT ?");
-    args.push((query.limit as i64).into());
-    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-    let rows = stmt
-        .query_map(params_from_iter(args), Row::read)
-        .map_err(db_err)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row.map_err(db_err)?.into_stored()?);
+    if let Some(k) = &query.after {
+        // Spelled out rather than as a row value, with a plain bound first so the
+        // `occurred_at` indexes narrow the scan.
+        sql.push_str(
+            " AND occurred_at <= ? AND (occurred_at < ? OR (occurred_at = ? AND
+             (received_at < ? OR (received_at = ? AND event_id < ?))))",
+        );
+        for v in [k.occurred_at_ms; 3] {
+            args.push(v.into());
+        }
+        for v in [k.received_at_ms; 2] {
+            args.push(v.into());
+        }
+        args.push(k.event_id.clone().into());
     }
-    Ok(out)
+    sql.push_str(" ORDER BY occurred_at DESC, received_at DESC, event_id DESC LIMIT ?");
+    // One row past the page says whether there is more.
+    args.push((query.limit.saturating_add(1) as i64).into());
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
+    let mut page = PageBuilder::new(query);
+    while let Some(row) = rows.next().map_err(db_err)? {
+        page.offer(Row::read(row).map_err(db_err)?.into_stored()?);
+        if page.is_full() {
+            break;
+        }
+    }
+    Ok(page.finish())
 }
 
 /// An event as the `events` table holds it.

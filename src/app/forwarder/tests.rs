@@ -133,19 +133,74 @@ async fn reads_see_journal_entries_and_remote_rows_once_each() {
     journal.append(&[a.clone(), b.clone()]).await.unwrap();
     let mut remote = MockEventStore::new();
     let a2 = a.clone();
-    remote
-        .expect_query()
-        .returning(move |_| Ok(vec![a2.clone()]));
+    remote.expect_query().returning(move |_| {
+        Ok(EventPage {
+            events: vec![a2.clone()],
+            more: false,
+        })
+    });
     let store = JournaledStore::new(journal, Arc::new(remote), Arc::new(Notify::new()));
-    let q = EventQuery {
-        user_id: None,
-        event_type: None,
-        since: None,
-        until: None,
-        limit: 10,
-    };
-    let got = store.query(&q).await.unwrap();
+    let q = EventQuery::first(10);
+    let got = store.query(&q).await.unwrap().events;
     let mut ids: Vec<&str> = got.iter().map(|e| e.event.event_id().as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["a", "b"]);
+}
+
+/// An event `ms` after a fixed instant, so tests can place it in the listing.
+fn event_at(id: &str, ms: i64) -> StoredEvent {
+    let at = chrono::DateTime::parse_from_rfc3339("2025-08-10T03:27:04.000Z")
+        .unwrap()
+        .with_timezone(&Utc)
+        + chrono::Duration::milliseconds(ms);
+    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed",
+                     "timestamp": at.to_rfc3339()});
+    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), at, || {
+        EventId::from_random_bytes([3; 16])
+    })
+    .unwrap();
+    StoredEvent {
+        event,
+        received_at: at,
+        source: Source::Ws,
+    }
+}
+
+#[tokio::test]
+async fn pages_over_journal_and_remote_list_every_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path(), 1 << 30).unwrap());
+    let remote =
+        crate::adapters::outbound::embedded::EmbeddedStore::open(&dir.path().join("r")).unwrap();
+    // Remote rows interleave with journal entries; `both` is forwarded but not yet removed.
+    remote
+        .insert(&[
+            event_at("r1", 10),
+            event_at("r2", 8),
+            event_at("r3", 6),
+            event_at("both", 5),
+        ])
+        .await
+        .unwrap();
+    journal
+        .append(&[event_at("p1", 7), event_at("both", 5), event_at("p2", 1)])
+        .await
+        .unwrap();
+    let store = JournaledStore::new(journal, Arc::new(remote), Arc::new(Notify::new()));
+    let mut q = EventQuery::first(2);
+    let mut listed = Vec::new();
+    for _ in 0..10 {
+        let page = store.query(&q).await.unwrap();
+        assert!(!page.events.is_empty() || !page.more);
+        listed.extend(
+            page.events
+                .iter()
+                .map(|e| e.event.event_id().as_str().to_owned()),
+        );
+        if !page.more {
+            break;
+        }
+        q.after = page.events.last().map(PageKey::of);
+    }
+    assert_eq!(listed, ["r1", "r2", "p1", "r3", "both", "p2"]);
 }

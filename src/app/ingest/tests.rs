@@ -387,7 +387,10 @@ impl EventStore for SlowStore {
     async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
         self.0.known(keys).await
     }
-    async fn query(&self, q: &crate::ports::EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+    async fn query(
+        &self,
+        q: &crate::ports::EventQuery,
+    ) -> Result<crate::ports::EventPage, PortError> {
         self.0.query(q).await
     }
     async fn check(&self) -> Result<(), PortError> {
@@ -434,14 +437,9 @@ async fn a_repeat_claimed_while_the_first_is_being_stored_is_a_duplicate() {
     stop.cancel();
     task.await.unwrap();
     let stored = embedded
-        .query(&crate::ports::EventQuery {
-            user_id: None,
-            event_type: None,
-            since: None,
-            until: None,
-            limit: 10,
-        })
+        .query(&crate::ports::EventQuery::first(10))
         .await
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(stored.len(), 2, "x once, y once");
 }

@@ -1,7 +1,9 @@
 //! The HTTP operations of PROTOCOL.md section 4, described for the OpenAPI document.
 
 use super::auth::{Caller, IngestKey, IngestKeyOrQuery, ReadKey};
+use super::cursor;
 use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, RawEvent};
+use super::listing::{write_page, EventListJson};
 use crate::adapters::inbound::wire::{
     batch_answer, rfc3339, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
 };
@@ -149,18 +151,27 @@ pub enum BeaconResponse {
     Unavailable(Json<ErrorBody>),
 }
 
-/// Stored events.
+/// One page of stored events.
 #[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
 pub struct EventList {
-    /// Newest `timestamp` first.
+    /// Newest `timestamp` first, then the latest `receivedAt`, then by `eventId`
+    /// (descending). At most `limit` events and about 4 MiB of them (`read_max_page_bytes`;
+    /// always at least one event): a page may hold fewer than `limit` while more follow.
     pub events: Vec<EventView>,
+    /// Present when more events match: send it as `cursor`, with the same filters, for the
+    /// next page. Absent means the listing is complete; a short page does not. Opaque: its
+    /// form may change between versions.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(ApiResponse)]
 pub enum GetEventsResponse {
     #[oai(status = 200)]
-    Ok(Json<EventList>),
-    /// `invalid_parameter`: a query parameter is malformed or out of range.
+    Ok(EventListJson),
+    /// `invalid_parameter`: a query parameter is malformed or out of range, or `cursor` is
+    /// not one this server gave out for these filters.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// `unauthorized`: keys are configured and no valid key was sent.
@@ -174,10 +185,15 @@ pub enum GetEventsResponse {
     /// address; `Retry-After` says after how many seconds.
     #[oai(status = 429)]
     RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// `unavailable`: the event store cannot be read right now.
+    /// `unavailable`: too many reads are being served (the wait for a turn passed
+    /// `read_queue_timeout`), or the event store cannot be read right now; `Retry-After`
+    /// says after how many seconds to try again.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
+
+/// When to retry a read the event store could not answer.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug, Object)]
 pub struct Health {
@@ -229,11 +245,71 @@ fn err(state: &AppState, code: ErrorCode, message: impl Into<String>) -> Json<Er
     Json(ErrorBody::new(code, message))
 }
 
+/// `Some` only for a value with something in it: a parameter sent empty (`?since=`) is as if
+/// it was not sent.
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+fn parse_instant(name: &str, raw: Option<String>) -> Result<Option<DateTime<Utc>>, String> {
+    non_empty(raw)
+        .map(|s| {
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    format!(
+                        "{name} must be an RFC 3339 date-time with an offset, \
+                         e.g. 2025-08-10T03:27:04.123Z"
+                    )
+                })
+        })
+        .transpose()
+}
+
 fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl Api {
+    /// The filters of `GET /events`, checked; empty values count as absent.
+    fn events_query(
+        &self,
+        user_id: Option<String>,
+        event_type: Option<EventTypeName>,
+        since: Option<String>,
+        until: Option<String>,
+    ) -> Result<EventQuery, String> {
+        let since = parse_instant("since", since)?;
+        let until = parse_instant("until", until)?;
+        if let (Some(s), Some(u)) = (since, until) {
+            if s > u {
+                return Err("since must not be after until".to_owned());
+            }
+        }
+        Ok(EventQuery {
+            user_id,
+            event_type: event_type.map(Into::into),
+            since,
+            until,
+            ..EventQuery::first(100)
+        })
+    }
+
+    fn bad_parameter(&self, message: impl Into<String>) -> GetEventsResponse {
+        GetEventsResponse::BadRequest(err(&self.state, ErrorCode::InvalidParameter, message))
+    }
+
+    /// A turn to read, or `None` when none came within `read_queue_timeout`. Held while the
+    /// page is read and written, which is when it takes memory.
+    async fn read_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let wait = self.state.settings.read_queue_timeout;
+        match tokio::time::timeout(wait, self.state.reads.acquire()).await {
+            Ok(Ok(turn)) => Some(turn),
+            // Never closed; a closed semaphore would be as busy as a full one.
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
     fn rate_limited(&self, caller: Caller, events: usize) -> Option<(Json<ErrorBody>, u64)> {
         let wait = self
             .state
@@ -403,9 +479,21 @@ impl Api {
 
     /// Read stored events
     ///
-    /// Newest `timestamp` first. Every filter is optional; `since` and `until` are inclusive
-    /// bounds on the event's `timestamp`.
+    /// One page of stored events, newest `timestamp` first. Every filter is optional; `since`
+    /// and `until` are inclusive bounds on the event's `timestamp`. An empty value is the
+    /// same as no value.
+    ///
+    /// **Paging.** A page holds at most `limit` events and stops early at a byte budget
+    /// (4 MiB of events by default), so it may hold fewer than `limit` while more follow.
+    /// While more follow, the answer has a `nextCursor`: send it back as `cursor` with the
+    /// same filters for the next page. Only an answer without `nextCursor` ends the
+    /// listing. Paging is by position, so events stored between pages never make a page
+    /// repeat or skip an event (the newest of them appear on a listing started afresh).
+    ///
+    /// **Load.** Only a few reads are served at once; one that waits too long for its turn
+    /// is answered `503 unavailable` with `Retry-After`.
     #[oai(path = "/events", method = "get", tag = "ApiTags::Events")]
+    #[allow(clippy::too_many_arguments)] // one per query parameter of the contract
     async fn get_events(
         &self,
         _auth: ReadKey,
@@ -422,59 +510,48 @@ impl Api {
         /// How many events at most, 1-1000. Default 100.
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
+        /// Where to continue: the `nextCursor` of the page before, sent with the same
+        /// `userId`, `eventType`, `since` and `until` (`limit` may change). Opaque. A cursor
+        /// that was altered, or made for other filters, is `400 invalid_parameter`.
+        cursor: Query<Option<String>>,
     ) -> GetEventsResponse {
-        let parse = |name: &str,
-                     raw: &Option<String>|
-         -> Result<Option<DateTime<Utc>>, GetEventsResponse> {
-            raw.as_deref()
-                .map(|s| {
-                    DateTime::parse_from_rfc3339(s)
-                        .map(|t| t.with_timezone(&Utc))
-                        .map_err(|_| {
-                            GetEventsResponse::BadRequest(err(
-                                &self.state,
-                                ErrorCode::InvalidParameter,
-                                format!("{name} must be an RFC 3339 date-time with an offset, e.g. 2025-08-10T03:27:04.123Z"),
-                            ))
-                        })
-                })
-                .transpose()
+        let mut query = match self.events_query(user_id.0, event_type.0, since.0, until.0) {
+            Ok(q) => q,
+            Err(message) => return self.bad_parameter(message),
         };
-        let since = match parse("since", &since.0) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-        let until = match parse("until", &until.0) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-        if let (Some(s), Some(u)) = (since, until) {
-            if s > u {
-                return GetEventsResponse::BadRequest(err(
-                    &self.state,
-                    ErrorCode::InvalidParameter,
-                    "since must not be after until",
-                ));
+        query.limit = limit.0.unwrap_or(100) as usize;
+        query.max_bytes = self.state.settings.read_max_page_bytes;
+        if let Some(c) = non_empty(cursor.0) {
+            match cursor::decode(&query, &c) {
+                Ok(after) => query.after = Some(after),
+                Err(e) => return self.bad_parameter(e.to_string()),
             }
         }
-        let query = EventQuery {
-            user_id: user_id.0,
-            event_type: event_type.0.map(Into::into),
-            since,
-            until,
-            limit: limit.0.unwrap_or(100) as usize,
+        let Some(_turn) = self.read_turn().await else {
+            let wait = self.state.settings.read_queue_timeout;
+            return GetEventsResponse::Unavailable(
+                err(
+                    &self.state,
+                    ErrorCode::Unavailable,
+                    "too many reads are being served; retry after the Retry-After seconds",
+                ),
+                retry_after_secs(wait).max(1),
+            );
         };
         match self.state.store.query(&query).await {
-            Ok(events) => GetEventsResponse::Ok(Json(EventList {
-                events: events.into_iter().map(EventView::from).collect(),
+            Ok(page) => GetEventsResponse::Ok(write_page(page, query.max_bytes, |last| {
+                cursor::encode(&query, last)
             })),
             Err(e) => {
                 tracing::warn!(cause = %e, "reading events failed");
-                GetEventsResponse::Unavailable(err(
-                    &self.state,
-                    ErrorCode::Unavailable,
-                    "the event store cannot be read right now; retry later",
-                ))
+                GetEventsResponse::Unavailable(
+                    err(
+                        &self.state,
+                        ErrorCode::Unavailable,
+                        "the event store cannot be read right now; retry later",
+                    ),
+                    STORE_RETRY_AFTER_SECS,
+                )
             }
         }
     }

@@ -6,7 +6,9 @@ pub mod auth;
 mod body;
 pub mod client;
 mod cors;
+pub mod cursor;
 pub mod input;
+mod listing;
 pub mod operator;
 
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};

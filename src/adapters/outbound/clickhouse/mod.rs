@@ -19,7 +19,7 @@
 
 use super::redact::{redact_url, scrub};
 use crate::domain::{DedupKey, StoredEvent, StoredFields};
-use crate::ports::{EventQuery, EventStore, PortError};
+use crate::ports::{EventPage, EventQuery, EventStore, PageBuilder, PortError};
 use chrono::{DateTime, TimeZone, Utc};
 use clickhouse::{Client, Compression};
 use serde::{Deserialize, Serialize};
@@ -336,6 +336,59 @@ impl ClickHouseStore {
         }
     }
 
+    /// The `SELECT` of one page: the filters, the start after `query.after`, listing order,
+    /// and one row past the page's `limit` to say whether there is more.
+    fn page_query(&self, query: &EventQuery) -> clickhouse::query::Query {
+        // Only `?` placeholders and the checked table name go into the SQL text; values are
+        // bound (escaped client-side: 18.16 has no server-side parameters).
+        let mut sql = format!(
+            "SELECT ?fields FROM {} FINAL WHERE 1 = 1",
+            self.inner.qualified
+        );
+        if query.user_id.is_some() {
+            sql.push_str(" AND user_id = ?");
+        }
+        if query.event_type.is_some() {
+            sql.push_str(" AND event_type = ?");
+        }
+        if query.since.is_some() {
+            sql.push_str(" AND occurred_at_ms >= ?");
+        }
+        if query.until.is_some() {
+            sql.push_str(" AND occurred_at_ms <= ?");
+        }
+        if query.after.is_some() {
+            // Spelled out: tuple comparison is not available on every supported version.
+            sql.push_str(
+                " AND (occurred_at_ms < ? OR (occurred_at_ms = ? AND (received_at_ms < ? \
+                 OR (received_at_ms = ? AND event_id < ?))))",
+            );
+        }
+        sql.push_str(" ORDER BY occurred_at_ms DESC, received_at_ms DESC, event_id DESC LIMIT ?");
+        let mut q = self.inner.client.query(&sql);
+        if let Some(u) = &query.user_id {
+            q = q.bind(u.as_str());
+        }
+        if let Some(t) = query.event_type {
+            q = q.bind(t.as_str());
+        }
+        if let Some(s) = query.since {
+            q = q.bind(unix_ms(s));
+        }
+        if let Some(u) = query.until {
+            q = q.bind(unix_ms(u));
+        }
+        if let Some(k) = &query.after {
+            q = q
+                .bind(k.occurred_at_ms)
+                .bind(k.occurred_at_ms)
+                .bind(k.received_at_ms)
+                .bind(k.received_at_ms)
+                .bind(k.event_id.as_str());
+        }
+        q.bind(u64::try_from(query.limit.saturating_add(1)).unwrap_or(u64::MAX))
+    }
+
     async fn do_insert(&self, rows: &[EventRow]) -> clickhouse::error::Result<()> {
         let mut insert = self
             .inner
@@ -378,43 +431,26 @@ impl EventStore for ClickHouseStore {
         Ok(keys.iter().map(|k| found.contains(k.as_str())).collect())
     }
 
-    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
         self.schema().await?;
-        // Only `?` placeholders and the checked table name go into the SQL text; values are
-        // bound (escaped client-side: 18.16 has no server-side parameters).
-        let mut sql = format!(
-            "SELECT ?fields FROM {} FINAL WHERE 1 = 1",
-            self.inner.qualified
-        );
-        if query.user_id.is_some() {
-            sql.push_str(" AND user_id = ?");
-        }
-        if query.event_type.is_some() {
-            sql.push_str(" AND event_type = ?");
-        }
-        if query.since.is_some() {
-            sql.push_str(" AND occurred_at_ms >= ?");
-        }
-        if query.until.is_some() {
-            sql.push_str(" AND occurred_at_ms <= ?");
-        }
-        sql.push_str(" ORDER BY occurred_at_ms DESC, received_at_ms DESC, event_id DESC LIMIT ?");
-        let mut q = self.inner.client.query(&sql);
-        if let Some(u) = &query.user_id {
-            q = q.bind(u.as_str());
-        }
-        if let Some(t) = query.event_type {
-            q = q.bind(t.as_str());
-        }
-        if let Some(s) = query.since {
-            q = q.bind(unix_ms(s));
-        }
-        if let Some(u) = query.until {
-            q = q.bind(unix_ms(u));
-        }
-        q = q.bind(u64::try_from(query.limit).unwrap_or(u64::MAX));
-        let rows: Vec<EventRow> = self.timed("query", q.fetch_all()).await?;
-        rows.into_iter().map(EventRow::into_stored).collect()
+        let q = self.page_query(query);
+        // Rows stream in listing order and reading stops one row past the page (dropping
+        // the cursor ends the response), so memory holds the page, never the whole match.
+        let read = async {
+            let mut cursor = q.fetch::<EventRow>()?;
+            let mut page = PageBuilder::new(query);
+            while let Some(row) = cursor.next().await? {
+                match row.into_stored() {
+                    Ok(e) => page.offer(e),
+                    Err(e) => return Ok(Err(e)),
+                }
+                if page.is_full() {
+                    break;
+                }
+            }
+            Ok(Ok(page.finish()))
+        };
+        self.timed("query", read).await?
     }
 
     async fn check(&self) -> Result<(), PortError> {

@@ -11,7 +11,7 @@ use super::sqlite::{
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
-    Claim, DedupStore, EventFeed, EventQuery, EventStore, FeedEntry, Lease, PortError,
+    Claim, DedupStore, EventFeed, EventPage, EventQuery, EventStore, FeedEntry, Lease, PortError,
 };
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -217,7 +217,7 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
-    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
         let query = query.clone();
         self.blocking(move |inner| {
             let conn = lock(&inner.read);

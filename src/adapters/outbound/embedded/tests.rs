@@ -40,13 +40,7 @@ async fn claim_anew(store: &EmbeddedStore, hold: Duration, keys: &[DedupKey]) ->
 }
 
 fn q() -> EventQuery {
-    EventQuery {
-        user_id: None,
-        event_type: None,
-        since: None,
-        until: None,
-        limit: 100,
-    }
+    EventQuery::first(100)
 }
 
 fn keys(ks: &[&str]) -> Vec<DedupKey> {
@@ -61,7 +55,7 @@ async fn insert_and_read_back_every_field() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let e = event("e-1", "u-1", "item_added", "2025-08-10T03:27:04.123Z");
     store.insert(std::slice::from_ref(&e)).await.unwrap();
-    let got = store.query(&q()).await.unwrap();
+    let got = store.query(&q()).await.unwrap().events;
     assert_eq!(got, vec![e]);
 }
 
@@ -72,7 +66,7 @@ async fn inserting_twice_keeps_one_copy() {
     let e = event("e-1", "u-1", "item_added", "2025-08-10T03:27:04.123Z");
     store.insert(&[e.clone(), e.clone()]).await.unwrap();
     store.insert(std::slice::from_ref(&e)).await.unwrap();
-    assert_eq!(store.query(&q()).await.unwrap().len(), 1);
+    assert_eq!(store.query(&q()).await.unwrap().events.len(), 1);
 }
 
 #[tokio::test]
@@ -93,22 +87,25 @@ async fn query_filters_and_orders_newest_first() {
             .map(|e| e.event.event_id().as_str().to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(store.query(&q()).await.unwrap()), ["d", "c", "b", "a"]);
+    assert_eq!(
+        ids(store.query(&q()).await.unwrap().events),
+        ["d", "c", "b", "a"]
+    );
     let mut f = q();
     f.user_id = Some("u-1".into());
     f.event_type = Some(EventType::ItemAdded);
-    assert_eq!(ids(store.query(&f).await.unwrap()), ["d", "a"]);
+    assert_eq!(ids(store.query(&f).await.unwrap().events), ["d", "a"]);
     let mut f = q();
     f.since = Some("2025-08-10T04:00:00Z".parse().unwrap());
     f.until = Some("2025-08-10T05:00:00Z".parse().unwrap());
     assert_eq!(
-        ids(store.query(&f).await.unwrap()),
+        ids(store.query(&f).await.unwrap().events),
         ["c", "b"],
         "bounds inclusive"
     );
     let mut f = q();
     f.limit = 1;
-    assert_eq!(ids(store.query(&f).await.unwrap()), ["d"]);
+    assert_eq!(ids(store.query(&f).await.unwrap().events), ["d"]);
 }
 
 #[tokio::test]
@@ -183,7 +180,7 @@ async fn a_reopened_store_remembers_events_and_confirmed_keys_but_not_holds() {
         store.confirm(&confirmed, &keys(&["e-1"])).await.unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(store.query(&q()).await.unwrap().len(), 1);
+    assert_eq!(store.query(&q()).await.unwrap().events.len(), 1);
     assert_eq!(
         claim_anew(&store, hold, &keys(&["e-1", "e-2"])).await,
         [Claim::Duplicate, Claim::New],

@@ -16,7 +16,8 @@
 use crate::adapters::outbound::sqlite::{blocking, db_err, db_path, from_ms, lock, open_conn, Row};
 use crate::domain::{DedupKey, StoredEvent, StoredFields};
 use crate::ports::{
-    newest_first, EventFeed, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PortError,
+    EventFeed, EventPage, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PageBuilder,
+    PageKey, PortError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -608,25 +609,28 @@ impl Journal for SqliteJournal {
         Ok(keys.iter().map(|k| found.contains(k.as_str())).collect())
     }
 
-    async fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, PortError> {
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
         let q = query.clone();
         let since = q.since.map(|t| t.timestamp_millis());
         let until = q.until.map(|t| t.timestamp_millis());
-        let mut events = self
-            .scan(0, Vec::new(), move |out, _, e, _| {
+        // Entries are in append order, not listing order: the builder keeps only what can
+        // still be on the page.
+        let page = self
+            .scan(0, PageBuilder::new(query), move |page, _, e, _| {
                 let matches = q.user_id.as_deref().is_none_or(|u| u == e.user_id)
                     && q.event_type.is_none_or(|t| t.as_str() == e.event_type)
                     && since.is_none_or(|s| e.occurred_at >= s)
                     && until.is_none_or(|u| e.occurred_at <= u);
                 if matches {
-                    out.push(e.into_stored()?);
+                    let e = e.into_stored()?;
+                    if q.is_past_start(&PageKey::of(&e)) {
+                        page.offer(e);
+                    }
                 }
                 Ok(true)
             })
             .await?;
-        events.sort_by(newest_first);
-        events.truncate(query.limit);
-        Ok(events)
+        Ok(page.finish())
     }
 
     fn stats(&self) -> JournalStats {
