@@ -81,6 +81,25 @@ impl GuardedIo {
     }
 }
 
+impl GuardedIo {
+    /// After a write: an answer may have started a deadline (keep-alive) while the read side
+    /// sleeps on a socket that will never wake it (hyper reads again only when woken), so the
+    /// timer is armed with this task's waker too.
+    fn rearm(&mut self, cx: &mut Context<'_>) {
+        let Some((at, _)) = self.framing.deadline(&self.timeouts) else {
+            return;
+        };
+        if self.armed == Some(at) {
+            return;
+        }
+        self.timer.as_mut().reset(at);
+        self.armed = Some(at);
+        if self.timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
 fn cut_error(reason: CutReason) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
@@ -128,6 +147,7 @@ impl AsyncWrite for GuardedIo {
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
             this.framing.on_write(&buf[..n], Instant::now());
+            this.rearm(cx);
         }
         written
     }
