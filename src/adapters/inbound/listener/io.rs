@@ -67,35 +67,40 @@ impl GuardedIo {
 
     /// Waits for the current deadline along with the read: `Pending` until it passes.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some((at, reason)) = self.framing.deadline(&self.timeouts) else {
-            return Poll::Pending;
-        };
-        if self.armed != Some(at) {
-            self.timer.as_mut().reset(at);
-            self.armed = Some(at);
-        }
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(self.cut(reason))),
-            Poll::Pending => Poll::Pending,
+        match self.framing.deadline(&self.timeouts) {
+            Some((at, reason)) if self.passed(at, cx) => Poll::Ready(Err(self.cut(reason))),
+            _ => Poll::Pending,
         }
     }
-}
 
-impl GuardedIo {
     /// After a write: an answer may have started a deadline (keep-alive) while the read side
     /// sleeps on a socket that will never wake it (hyper reads again only when woken), so the
     /// timer is armed with this task's waker too.
     fn rearm(&mut self, cx: &mut Context<'_>) {
-        let Some((at, _)) = self.framing.deadline(&self.timeouts) else {
-            return;
-        };
-        if self.armed == Some(at) {
-            return;
+        if let Some((at, _)) = self.framing.deadline(&self.timeouts) {
+            if self.passed(at, cx) {
+                cx.waker().wake_by_ref();
+            }
         }
-        self.timer.as_mut().reset(at);
-        self.armed = Some(at);
-        if self.timer.as_mut().poll(cx).is_ready() {
-            cx.waker().wake_by_ref();
+    }
+
+    /// Whether `at` has passed; if not, the timer wakes `cx` by then. The timer is moved only
+    /// to an earlier time: a deadline that moves later with every byte (a body's idle
+    /// deadline, keep-alive after each write) costs a reset per expiry, not one per read.
+    fn passed(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.armed.is_none_or(|armed| at < armed) {
+                self.timer.as_mut().reset(at);
+                self.armed = Some(at);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.armed.is_some_and(|armed| armed >= at) {
+                return true;
+            }
+            // An earlier deadline that has since moved: wait for the current one.
+            self.armed = None;
         }
     }
 }
