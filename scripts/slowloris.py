@@ -14,7 +14,9 @@ per-address cap; probes come from 127.0.0.1. Python standard library only; bound
 
 import argparse
 import os
+import resource
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +24,9 @@ import sys
 import tempfile
 import threading
 import time
+
+# Phase 2 (not with --hold): the same server with 64 file descriptors and 100 silent
+# connections, so accept fails with EMFILE until deadlines free descriptors.
 
 HEAD_DRIBBLERS = 200
 SLOW_BODIES = 50
@@ -151,6 +156,98 @@ def percentile(values, p):
     return s[min(len(s) - 1, int(len(s) * p / 100))] if s else float("nan")
 
 
+def start(binary, port, timeout, nofile=None):
+    data_dir = tempfile.mkdtemp(prefix="slowloris-")
+    t = f"{timeout}s"
+    env = dict(os.environ,
+               CARTSTREAM_LISTEN=f"127.0.0.1:{port}", CARTSTREAM_DATA_DIR=data_dir,
+               CARTSTREAM_LOG="warn", CARTSTREAM_HTTP_HEAD_TIMEOUT=t,
+               CARTSTREAM_HTTP_BODY_IDLE_TIMEOUT=t, CARTSTREAM_HTTP_KEEP_ALIVE_TIMEOUT=t,
+               CARTSTREAM_WS_HANDSHAKE_TIMEOUT=t, CARTSTREAM_HTTP_BODY_MIN_RATE="500")
+    for k in ("CARTSTREAM_CONFIG", "CARTSTREAM_REDIS_URL", "CARTSTREAM_CLICKHOUSE_URL"):
+        env.pop(k, None)
+    limit = None
+    if nofile is not None:
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=limit)
+    proc.data_dir = data_dir
+    return proc
+
+
+def stop_server(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    shutil.rmtree(proc.data_dir, ignore_errors=True)
+
+
+def out_of_files(binary, timeout):
+    """With 64 file descriptors and 100 silent connections, accept fails with EMFILE until the
+    deadlines free descriptors; the server must keep accepting and then serve fresh clients."""
+    failures = []
+    port = free_port()
+    proc = start(binary, port, timeout, nofile=64)
+    try:
+        wait_ready(port, proc)
+        socks = []
+        for i in range(100):
+            s = socket.socket()
+            s.bind((ATTACK_SOURCES[i % len(ATTACK_SOURCES)], 0))
+            s.connect(("127.0.0.1", port))
+            s.setblocking(False)
+            socks.append(s)
+        started = time.monotonic()
+        sel = selectors.DefaultSelector()
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        open_ = len(socks)
+        end = started + 100 / 30 * timeout + GRACE
+        while open_ and time.monotonic() < end:
+            for key, _ in sel.select(timeout=0.2):
+                try:
+                    data = key.fileobj.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+                    open_ -= 1
+        took = time.monotonic() - started
+        served = sum(get_health(port)[0] for _ in range(20))
+        errors = None
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                body = b""
+                while chunk := s.recv(65536):
+                    body += chunk
+            for line in body.decode(errors="replace").splitlines():
+                if line.startswith("cartstream_accept_errors_total "):
+                    errors = float(line.split()[1])
+        except OSError:
+            pass
+        print(f"out of files (nofile 64, 100 silent connections): all closed: {open_ == 0} "
+              f"after {took:.1f} s, accept errors {errors}, fresh clients {served}/20 served, "
+              f"server running: {proc.poll() is None}")
+        if open_:
+            failures.append(f"{open_} connections still open with 64 file descriptors")
+        if served < 20:
+            failures.append(f"only {served}/20 fresh clients served once descriptors were back")
+        if not errors:
+            failures.append("no accept error was counted: the EMFILE phase did not exercise it")
+        for s in socks:
+            s.close()
+    finally:
+        stop_server(proc)
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("binary")
@@ -161,16 +258,7 @@ def main():
     args = ap.parse_args()
 
     port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="slowloris-")
-    t = f"{args.timeout}s"
-    env = dict(os.environ,
-               CARTSTREAM_LISTEN=f"127.0.0.1:{port}", CARTSTREAM_DATA_DIR=data_dir,
-               CARTSTREAM_LOG="warn", CARTSTREAM_HTTP_HEAD_TIMEOUT=t,
-               CARTSTREAM_HTTP_BODY_IDLE_TIMEOUT=t, CARTSTREAM_HTTP_KEEP_ALIVE_TIMEOUT=t,
-               CARTSTREAM_WS_HANDSHAKE_TIMEOUT=t, CARTSTREAM_HTTP_BODY_MIN_RATE="500")
-    for k in ("CARTSTREAM_CONFIG", "CARTSTREAM_REDIS_URL", "CARTSTREAM_CLICKHOUSE_URL"):
-        env.pop(k, None)
-    proc = subprocess.Popen([args.binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(args.binary, port, args.timeout)
     failures = []
     try:
         wait_ready(port, proc)
@@ -245,13 +333,9 @@ def main():
         if proc.poll() is not None:
             failures.append(f"the server exited with {proc.returncode}")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_server(proc)
+    if args.hold == 0:
+        failures += out_of_files(args.binary, args.timeout)
     if failures:
         for f in failures:
             print(f"FAIL: {f}")
