@@ -262,6 +262,22 @@ def main():
     ap.add_argument("--out-of-files-only", action="store_true",
                     help="run only the out-of-files phase")
     args = ap.parse_args()
+    # A hard bound on the whole run: a server that hangs fails the check, it does not stall CI.
+    budget = int(args.hold) + 60 if args.hold else 115
+
+    def out_of_time(*_):
+        raise TimeoutError(f"the check did not finish within {budget} s")
+
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.alarm(budget)
+    try:
+        return run(args)
+    except TimeoutError as e:
+        print(f"FAIL: {e}")
+        return 1
+
+
+def run(args):
     if args.out_of_files_only:
         failures = out_of_files(args.binary, args.timeout)
         for f in failures:
@@ -284,8 +300,8 @@ def main():
         stop = threading.Event()
         attackers, latencies, probe_failures = [], [], []
         attack_started = time.monotonic()
-        attacker = threading.Thread(target=attack, args=(port, attackers, stop, args.byte_interval))
-        prober = threading.Thread(target=probe, args=(port, stop, latencies, probe_failures))
+        attacker = threading.Thread(target=attack, args=(port, attackers, stop, args.byte_interval), daemon=True)
+        prober = threading.Thread(target=probe, args=(port, stop, latencies, probe_failures), daemon=True)
         attacker.start()
         prober.start()
         time.sleep(1.0)
@@ -309,7 +325,11 @@ def main():
         while fds_after > baseline and time.monotonic() < settle_end:
             time.sleep(0.2)
             fds_after = fd_count(proc.pid)
-        fresh_ok = sum(get_health(port)[0] for _ in range(20))
+        fresh_ok = 0
+        for _ in range(20):
+            if not get_health(port)[0]:
+                break
+            fresh_ok += 1
 
         print(f"attack: {len(attackers)} connections ({HEAD_DRIBBLERS} head dribblers, {SLOW_BODIES} slow "
               f"bodies, {SILENT} silent), deadlines {args.timeout:g} s, one byte every {args.byte_interval:g} s")
