@@ -174,6 +174,29 @@ pub struct Settings {
     /// How long shutdown may take to answer what was received and flush.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+
+    /// The whole request head must arrive within this, counted from the connection's accept
+    /// (first request) or the head's first byte (later requests); bytes do not extend it.
+    #[serde(with = "humantime_serde")]
+    pub http_head_timeout: Duration,
+    /// A request body that sends no byte for this long is cut.
+    #[serde(with = "humantime_serde")]
+    pub http_body_idle_timeout: Duration,
+    /// Bytes per second a body must average after `http_body_idle_timeout` (every this many
+    /// bytes buy one more second); 0 = no minimum.
+    pub http_body_min_rate: u64,
+    /// Idle time between the end of a response and the next request on a connection.
+    #[serde(with = "humantime_serde")]
+    pub http_keep_alive_timeout: Duration,
+    /// A WebSocket upgrade request must be answered within this of its head's start.
+    #[serde(with = "humantime_serde")]
+    pub ws_handshake_timeout: Duration,
+    /// Open connections in all (HTTP and WebSocket); beyond it new ones get 503 and close.
+    #[validate(range(min = 1))]
+    pub max_connections: usize,
+    /// Open connections per client address (the TCP peer; trusted proxies are exempt);
+    /// 0 = no cap.
+    pub max_connections_per_address: usize,
 }
 
 /// One route of the configuration file:
@@ -351,6 +374,13 @@ impl Default for Settings {
             routes: Vec::new(),
             ingest_max_batch: 4096,
             shutdown_timeout: Duration::from_secs(30),
+            http_head_timeout: Duration::from_secs(10),
+            http_body_idle_timeout: Duration::from_secs(30),
+            http_body_min_rate: 500,
+            http_keep_alive_timeout: Duration::from_secs(60),
+            ws_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -464,6 +494,13 @@ const ENV_KEYS: &[&str] = &[
     "admin_key",
     "ingest_max_batch",
     "shutdown_timeout",
+    "http_head_timeout",
+    "http_body_idle_timeout",
+    "http_body_min_rate",
+    "http_keep_alive_timeout",
+    "ws_handshake_timeout",
+    "max_connections",
+    "max_connections_per_address",
 ];
 
 impl Settings {
@@ -523,6 +560,10 @@ impl Settings {
             ("redis_command_timeout", self.redis_command_timeout),
             ("clickhouse_timeout", self.clickhouse_timeout),
             ("forward_backoff_max", self.forward_backoff_max),
+            ("http_head_timeout", self.http_head_timeout),
+            ("http_body_idle_timeout", self.http_body_idle_timeout),
+            ("http_keep_alive_timeout", self.http_keep_alive_timeout),
+            ("ws_handshake_timeout", self.ws_handshake_timeout),
         ];
         for (name, d) in positive {
             if d.is_zero() {
@@ -652,6 +693,39 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.dedup_window, Duration::from_secs(7200));
         assert_eq!(s.api_keys, ["k1"]);
+    }
+
+    #[test]
+    fn timeouts_and_connection_caps_from_env_and_file() {
+        let s = run(
+            &[
+                ("CARTSTREAM_HTTP_HEAD_TIMEOUT", "4s"),
+                ("CARTSTREAM_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+            ],
+            Some(
+                "http_body_idle_timeout = \"5s\"\nhttp_body_min_rate = 0\n\
+                 http_keep_alive_timeout = \"2m\"\nws_handshake_timeout = \"3s\"\n\
+                 max_connections = 50\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(s.http_head_timeout, Duration::from_secs(4));
+        assert_eq!(s.http_body_idle_timeout, Duration::from_secs(5));
+        assert_eq!(s.http_body_min_rate, 0);
+        assert_eq!(s.http_keep_alive_timeout, Duration::from_secs(120));
+        assert_eq!(s.ws_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(s.max_connections, 50);
+        assert_eq!(s.max_connections_per_address, 0);
+        let zero = run(&[("CARTSTREAM_HTTP_HEAD_TIMEOUT", "0s")], None).unwrap_err();
+        assert!(
+            zero.to_string().contains("CARTSTREAM_HTTP_HEAD_TIMEOUT"),
+            "{zero}"
+        );
+        let none = run(&[("CARTSTREAM_MAX_CONNECTIONS", "0")], None).unwrap_err();
+        assert!(
+            none.to_string().contains("CARTSTREAM_MAX_CONNECTIONS"),
+            "{none}"
+        );
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub struct Metrics {
     pub route_backlog: Family<RouteLabels, Gauge>,
     pub route_dead_letters: Family<RouteLabels, Gauge>,
     pub route_latency: Family<RouteLabels, Histogram>,
+    /// Open TCP connections (HTTP and WebSocket), connections cut at a deadline and refused
+    /// over a cap, by reason, and failed `accept` calls.
+    pub connections: Gauge,
+    pub connections_cut: Family<ReasonLabels, Counter>,
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    pub accept_errors: Counter,
 }
 
 impl Metrics {
@@ -128,6 +134,10 @@ impl Metrics {
             route_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 20))
             }),
+            connections: Gauge::default(),
+            connections_cut: Family::default(),
+            connections_refused: Family::default(),
+            accept_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -260,6 +270,26 @@ impl Metrics {
             "Time from acceptance to confirmed delivery",
             m.route_latency.clone(),
         );
+        registry.register(
+            "connections",
+            "Open TCP connections, HTTP and WebSocket",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_cut",
+            "Connections closed at a deadline, by reason",
+            m.connections_cut.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused over a cap, by the cap",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept calls (each retried after a pause)",
+            m.accept_errors.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -289,6 +319,22 @@ impl Metrics {
             (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
         });
         self.journal_oldest_age_seconds.set(age);
+    }
+
+    pub fn connection_cut(&self, reason: &str) {
+        self.connections_cut
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, cap: &str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels {
+                reason: cap.to_owned(),
+            })
+            .inc();
     }
 
     pub fn backend_error(&self, what: &str) {

@@ -3,6 +3,7 @@
 
 use crate::adapters::inbound::http;
 use crate::adapters::inbound::http::client::TrustedProxies;
+use crate::adapters::inbound::listener::{Caps, GuardedAcceptor, Timeouts};
 use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
@@ -20,7 +21,6 @@ use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::app::state::AppState;
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{Clock, DedupStore, EventFeed, EventStore, Journal, PortError, SystemClock};
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::Server;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -260,9 +260,20 @@ fn allowed_origins(settings: &Settings, access: &Access) -> Result<Vec<String>, 
     Ok(origins)
 }
 
+/// The connection deadlines the settings ask for.
+fn timeouts(settings: &Settings) -> Timeouts {
+    Timeouts {
+        head: settings.http_head_timeout,
+        body_idle: settings.http_body_idle_timeout,
+        body_min_rate: settings.http_body_min_rate,
+        keep_alive: settings.http_keep_alive_timeout,
+        ws_handshake: settings.ws_handshake_timeout,
+    }
+}
+
 /// A bound, ready-to-run server.
 pub struct Application {
-    acceptor: TcpAcceptor,
+    acceptor: GuardedAcceptor,
     local_addr: SocketAddr,
     state: Arc<AppState>,
     committer_stop: CancellationToken,
@@ -289,16 +300,22 @@ impl Application {
     /// When the address cannot be bound.
     pub async fn build_with(settings: Settings, ports: Ports) -> Result<Self, StartupError> {
         let addr = settings.listen;
-        let acceptor = TcpListener::bind(addr)
-            .into_acceptor()
-            .await
-            .map_err(|source| StartupError::Listen { addr, source })?;
-        let local_addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .unwrap_or(addr);
         let metrics = Arc::new(Metrics::new());
+        let proxies =
+            TrustedProxies::parse(&settings.trusted_proxies).map_err(StartupError::Security)?;
+        let acceptor = GuardedAcceptor::bind(
+            addr,
+            timeouts(&settings),
+            Caps {
+                total: settings.max_connections,
+                per_address: settings.max_connections_per_address,
+                proxies: proxies.clone(),
+            },
+            Arc::clone(&metrics),
+        )
+        .await
+        .map_err(|source| StartupError::Listen { addr, source })?;
+        let local_addr = acceptor.local_socket_addr().unwrap_or(addr);
         let recorded = Arc::new(Notify::new());
         let committer = Committer {
             dedup: Arc::clone(&ports.dedup),
@@ -351,8 +368,6 @@ impl Application {
         let access =
             Access::from_settings(&settings).map_err(|e| StartupError::Security(e.to_string()))?;
         let rate_limits = RateLimits::new(&settings, &access).map_err(StartupError::Security)?;
-        let proxies =
-            TrustedProxies::parse(&settings.trusted_proxies).map_err(StartupError::Security)?;
         let allowed_origins = allowed_origins(&settings, &access)?;
         if access.is_open() && !local_addr.ip().is_loopback() {
             tracing::warn!(

@@ -4,6 +4,7 @@
 
 mod backends;
 mod clickhouse_store;
+mod edge;
 mod failing;
 mod faults;
 mod helpers;

@@ -1,5 +1,6 @@
-//! Inbound adapters: HTTP (OpenAPI) and WebSocket.
+//! Inbound adapters: HTTP (OpenAPI) and WebSocket, over a guarded listener.
 
 pub mod http;
+pub mod listener;
 pub mod wire;
 pub mod ws;
