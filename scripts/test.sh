@@ -36,7 +36,10 @@ step() {
     fi
 }
 bin=target/debug/cartstream
-# STEPS
+# The slowloris mix is closed within its deadlines while /health stays fast (about 40 s).
+step slowloris 180 python3 scripts/slowloris.py "$bin"
+# Ten parallel 1,000-event reads of 16 KB events stay under 100 MB of extra RSS (about 20 s).
+step read-memory 180 python3 scripts/read-memory.py --bin "$bin" --timeout 170
 
 trap - EXIT
 scripts/stop-services.sh || true
