@@ -377,7 +377,7 @@ impl Application {
                  CARTSTREAM_READ_KEYS and CARTSTREAM_ADMIN_KEY (README: Running it on the internet)"
             );
         }
-        let reads = tokio::sync::Semaphore::new(settings.read_max_concurrency);
+        let reads = Arc::new(tokio::sync::Semaphore::new(settings.read_max_concurrency));
         let state = Arc::new(AppState {
             ingest,
             store: ports.store,

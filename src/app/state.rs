@@ -37,5 +37,5 @@ pub struct AppState {
     pub routing: Option<Arc<crate::app::routing::Routing>>,
     /// Turns for `GET /events` (`read_max_concurrency` of them): a read holds a page in
     /// memory twice (events and their JSON), so at most this many pages are built at once.
-    pub reads: tokio::sync::Semaphore,
+    pub reads: Arc<tokio::sync::Semaphore>,
 }

@@ -86,7 +86,8 @@ pub fn newest_first(a: &StoredEvent, b: &StoredEvent) -> Ordering {
 }
 
 /// What `GET /events` writes for the event apart from JSON escapes: the page budget's
-/// measure, so a store can stop reading rows at the budget without serializing them.
+/// measure, so a store can stop reading rows at the budget without serializing them (a test
+/// of `inbound::http::listing` keeps the two equal).
 pub fn listed_bytes(s: &StoredEvent) -> usize {
     // `{"eventId":"","userId":"","eventType":"","timestamp":"<24>","metadata":,"receivedAt":"<24>"}`
     const FIXED: usize = 132;

@@ -300,10 +300,11 @@ impl Api {
     }
 
     /// A turn to read, or `None` when none came within `read_queue_timeout`. Held while the
-    /// page is read and written, which is when it takes memory.
-    async fn read_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// page is read, written and sent (up to a bound), which is when it takes memory.
+    async fn read_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let wait = self.state.settings.read_queue_timeout;
-        match tokio::time::timeout(wait, self.state.reads.acquire()).await {
+        let reads = std::sync::Arc::clone(&self.state.reads);
+        match tokio::time::timeout(wait, reads.acquire_owned()).await {
             Ok(Ok(turn)) => Some(turn),
             // Never closed; a closed semaphore would be as busy as a full one.
             Ok(Err(_)) | Err(_) => None,
@@ -527,7 +528,7 @@ impl Api {
                 Err(e) => return self.bad_parameter(e.to_string()),
             }
         }
-        let Some(_turn) = self.read_turn().await else {
+        let Some(turn) = self.read_turn().await else {
             let wait = self.state.settings.read_queue_timeout;
             return GetEventsResponse::Unavailable(
                 err(
@@ -539,9 +540,10 @@ impl Api {
             );
         };
         match self.state.store.query(&query).await {
-            Ok(page) => GetEventsResponse::Ok(write_page(page, query.max_bytes, |last| {
-                cursor::encode(&query, last)
-            })),
+            Ok(page) => GetEventsResponse::Ok(
+                write_page(page, query.max_bytes, |last| cursor::encode(&query, last))
+                    .holding(turn),
+            ),
             Err(e) => {
                 tracing::warn!(cause = %e, "reading events failed");
                 GetEventsResponse::Unavailable(

@@ -7,15 +7,39 @@
 
 use super::api::EventList;
 use crate::domain::StoredEvent;
-use crate::ports::{EventPage, PageKey};
+use crate::ports::{listed_bytes, EventPage, PageKey};
+use bytes::Bytes;
 use chrono::SecondsFormat;
-use poem::{IntoResponse, Response};
+use poem::http::header;
+use poem::{Body, IntoResponse, Response};
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
+use std::time::Duration;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+/// How long a read keeps its turn while its page is being sent: long enough for a page to
+/// reach a client on a slow link, short enough that a client that stops reading cannot keep
+/// other reads waiting for long.
+const SEND_BOUND: Duration = Duration::from_secs(10);
+/// The page goes out in pieces this size, so the turn is released only once the client has
+/// taken nearly all of it.
+const CHUNK: usize = 64 * 1024;
 
 /// A written [`EventList`]: documented as that schema, sent as these bytes.
-pub struct EventListJson(pub Vec<u8>);
+pub struct EventListJson {
+    body: Vec<u8>,
+    turn: Option<OwnedSemaphorePermit>,
+}
+
+impl EventListJson {
+    /// Keeps `turn` (a read's place among `read_max_concurrency`) until the page is sent or
+    /// [`SEND_BOUND`] passes: a written page waiting for its client is memory too.
+    pub fn holding(mut self, turn: OwnedSemaphorePermit) -> Self {
+        self.turn = Some(turn);
+        self
+    }
+}
 
 impl Payload for EventListJson {
     const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
@@ -31,9 +55,26 @@ impl Payload for EventListJson {
 
 impl IntoResponse for EventListJson {
     fn into_response(self) -> Response {
-        Response::builder()
+        let len = self.body.len();
+        let response = Response::builder()
             .content_type(Self::CONTENT_TYPE)
-            .body(self.0)
+            .header(header::CONTENT_LENGTH, len);
+        let Some(turn) = self.turn else {
+            return response.body(self.body);
+        };
+        let (sent, released) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _turn = turn;
+            let _ = tokio::time::timeout(SEND_BOUND, released).await;
+        });
+        let bytes = Bytes::from(self.body);
+        // `sent` lives in the stream, which is dropped once its last piece is taken or the
+        // connection ends; either releases the turn.
+        let pieces = (0..len).step_by(CHUNK).map(move |at| {
+            let _ = &sent;
+            Ok::<_, std::io::Error>(bytes.slice(at..len.min(at + CHUNK)))
+        });
+        response.body(Body::from_bytes_stream(futures_util::stream::iter(pieces)))
     }
 }
 
@@ -46,7 +87,9 @@ pub fn write_page(
     max_bytes: usize,
     next_cursor: impl FnOnce(&PageKey) -> String,
 ) -> EventListJson {
-    let mut out = Vec::with_capacity(page.events.len().min(1024) * 256 + 64);
+    // Sized once up front: growing by doubling would hold up to twice the page for a moment.
+    let events_bytes: usize = page.events.iter().map(listed_bytes).sum();
+    let mut out = Vec::with_capacity(events_bytes + page.events.len() + 256);
     out.extend_from_slice(b"{\"events\":[");
     let mut bytes = 0usize;
     let mut last: Option<PageKey> = None;
@@ -73,7 +116,10 @@ pub fn write_page(
         write_str(&mut out, &next_cursor(&last));
     }
     out.push(b'}');
-    EventListJson(out)
+    EventListJson {
+        body: out,
+        turn: None,
+    }
 }
 
 /// One event as `EventView` serializes it: same fields, same order.
@@ -115,7 +161,6 @@ mod tests {
     use super::*;
     use crate::adapters::inbound::wire::EventView;
     use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
-    use crate::ports::listed_bytes;
     use serde_json::{json, Value};
 
     fn stored(raw: Value) -> StoredEvent {
@@ -143,7 +188,7 @@ mod tests {
     }
 
     fn parse(body: &EventListJson) -> Value {
-        serde_json::from_slice(&body.0).unwrap()
+        serde_json::from_slice(&body.body).unwrap()
     }
 
     #[test]
