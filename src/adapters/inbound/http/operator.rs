@@ -138,6 +138,18 @@ impl Type for ReplayBody {
 
 impl ParseFromJSON for ReplayBody {
     fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        // The schema has no `null` for either field, and a `null` read as "absent" would turn
+        // `{"route": "r", "ids": null}` into a replay of the whole route.
+        if let Some(serde_json::Value::Object(m)) = &value {
+            if let Some(field) = ["route", "ids"]
+                .into_iter()
+                .find(|f| m.get(*f).is_some_and(serde_json::Value::is_null))
+            {
+                return Err(ParseError::custom(format!(
+                    "{field} must not be null; leave it out instead"
+                )));
+            }
+        }
         ReplayRequest::parse_from_json(value)
             .map(Self)
             .map_err(ParseError::propagate)
