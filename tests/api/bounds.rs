@@ -56,9 +56,7 @@ async fn numbers_past_their_bounds_are_out_of_range_over_http() {
             vec![format!("metadata.{key}")],
             "{key}: {number}: {body}"
         );
-        let (_, stored) = app
-            .get_json("/events?userId=user-1&limit=1000")
-            .await;
+        let (_, stored) = app.get_json("/events?userId=user-1&limit=1000").await;
         assert!(
             !stored.to_string().contains(&id),
             "{key}: {number} was stored"
