@@ -7,8 +7,9 @@
 # The server runs on a random loopback port with the embedded store in a temporary directory
 # and one key with every scope, sent on every request. schemathesis (pinned in
 # scripts/schemathesis-requirements.txt) is installed into target/schemathesis-venv on the
-# first run (12 s on an idle machine, about 50 s on a busy 2-core one) and reused after. Exceptions to checks, per operation and each with
-# its reason, are in scripts/schemathesis.toml. Bounded: the run is killed after
+# first run (12 s on an idle machine, about 50 s on a busy 2-core one) and reused after.
+# Exceptions to checks, per operation and each with its reason, are in
+# scripts/schemathesis.toml. Bounded: the run is killed after
 # SCHEMATHESIS_TIMEOUT seconds (default 170).
 set -euo pipefail
 cd "$(dirname "$0")/.."
