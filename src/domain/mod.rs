@@ -12,4 +12,7 @@ pub use error::{FieldCode, FieldError};
 pub use event::{
     CartEvent, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent, StoredFields,
 };
-pub use validation::{parse_event, parse_event_owned, parse_fields, EventFields, ValidationPolicy};
+pub use validation::{
+    parse_event, parse_event_owned, parse_fields, EventFields, ValidationPolicy, MAX_AMOUNT,
+    MAX_COUNT,
+};

@@ -14,6 +14,15 @@ pub const METADATA_MAX_BYTES: usize = 16 * 1024;
 /// Deepest `metadata`; the metadata object itself is level 1.
 pub const METADATA_MAX_DEPTH: usize = 8;
 
+/// Largest count a metadata field may hold (`quantity`, `itemCount`): PROTOCOL.md gives only
+/// a lower bound, and no cart holds a billion of anything, while an unbounded count (`1e308`)
+/// would overflow every sum a consumer makes of it.
+pub const MAX_COUNT: i64 = 1_000_000_000;
+/// Largest amount a metadata field may hold (`price`, `cartValue`, `discount`): a trillion in
+/// any currency is beyond every real cart, and below 2^53, so each whole amount up to it is
+/// exact in a double.
+pub const MAX_AMOUNT: f64 = 1e12;
+
 /// The configurable bounds of validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidationPolicy {
@@ -389,8 +398,8 @@ fn value_depth_exceeds(v: &Value, level: usize, max: usize) -> bool {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Text { min: usize, max: usize },
-    Integer { min: i64 },
-    Number { min: f64 },
+    Integer { min: i64, max: i64 },
+    Number { min: f64, max: f64 },
     Currency,
 }
 
@@ -418,39 +427,51 @@ const fn opt(key: &'static str, kind: Kind) -> Rule {
 }
 
 const PRODUCT_ID: Kind = Kind::Text { min: 1, max: 128 };
+/// A count of at least `min`, up to [`MAX_COUNT`].
+const fn count(min: i64) -> Kind {
+    Kind::Integer {
+        min,
+        max: MAX_COUNT,
+    }
+}
+/// An amount from 0 to [`MAX_AMOUNT`].
+const AMOUNT: Kind = Kind::Number {
+    min: 0.0,
+    max: MAX_AMOUNT,
+};
 const CURRENCY: Rule = opt("currency", Kind::Currency);
 
 const ITEM: &[Rule] = &[
     req("productId", PRODUCT_ID),
-    opt("quantity", Kind::Integer { min: 1 }),
-    opt("price", Kind::Number { min: 0.0 }),
+    opt("quantity", count(1)),
+    opt("price", AMOUNT),
     CURRENCY,
 ];
 const QUANTITY_UPDATED: &[Rule] = &[
     req("productId", PRODUCT_ID),
-    req("quantity", Kind::Integer { min: 0 }),
-    opt("price", Kind::Number { min: 0.0 }),
+    req("quantity", count(0)),
+    opt("price", AMOUNT),
     CURRENCY,
 ];
 const CART: &[Rule] = &[
-    opt("cartValue", Kind::Number { min: 0.0 }),
-    opt("itemCount", Kind::Integer { min: 0 }),
+    opt("cartValue", AMOUNT),
+    opt("itemCount", count(0)),
     CURRENCY,
 ];
 const COUPON_APPLIED: &[Rule] = &[
     req("couponCode", Kind::Text { min: 1, max: 64 }),
-    opt("discount", Kind::Number { min: 0.0 }),
+    opt("discount", AMOUNT),
     CURRENCY,
 ];
 const CHECKOUT_STARTED: &[Rule] = &[
-    req("cartValue", Kind::Number { min: 0.0 }),
-    req("itemCount", Kind::Integer { min: 0 }),
+    req("cartValue", AMOUNT),
+    req("itemCount", count(0)),
     CURRENCY,
 ];
 const CHECKOUT_COMPLETED: &[Rule] = &[
     req("orderId", Kind::Text { min: 1, max: 128 }),
-    req("cartValue", Kind::Number { min: 0.0 }),
-    opt("itemCount", Kind::Integer { min: 0 }),
+    req("cartValue", AMOUNT),
+    opt("itemCount", count(0)),
     CURRENCY,
 ];
 
@@ -506,8 +527,12 @@ pub fn integral(n: &serde_json::Number) -> Option<f64> {
 fn kind_holds(kind: Kind, v: &Value) -> bool {
     match (kind, v) {
         (Kind::Text { min, max }, Value::String(s)) => (min..=max).contains(&s.chars().count()),
-        (Kind::Integer { min }, Value::Number(n)) => integral(n).is_some_and(|x| x >= min as f64),
-        (Kind::Number { min }, Value::Number(n)) => n.as_f64().is_some_and(|x| x >= min),
+        (Kind::Integer { min, max }, Value::Number(n)) => {
+            integral(n).is_some_and(|x| (min as f64..=max as f64).contains(&x))
+        }
+        (Kind::Number { min, max }, Value::Number(n)) => {
+            n.as_f64().is_some_and(|x| (min..=max).contains(&x))
+        }
         (Kind::Currency, Value::String(s)) => {
             s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase())
         }
@@ -530,33 +555,22 @@ fn check_kind(field: &str, kind: Kind, v: &Value) -> Option<FieldError> {
                 None
             }
         }
-        Kind::Integer { min } => {
+        Kind::Integer { min, max } => {
             let Value::Number(n) = v else {
                 return Some(FieldError::invalid_type(field, "an integer"));
             };
             let Some(value) = integral(n) else {
                 return Some(FieldError::invalid_type(field, "an integer"));
             };
-            (value < min as f64).then(|| {
-                FieldError::new(
-                    field,
-                    FieldCode::OutOfRange,
-                    format!("{field} must be at least {min}"),
-                )
-            })
+            out_of_range(field, value, min as f64, max as f64)
         }
-        Kind::Number { min } => {
+        Kind::Number { min, max } => {
             let Value::Number(n) = v else {
                 return Some(FieldError::invalid_type(field, "a number"));
             };
-            let value = n.as_f64().unwrap_or(f64::NAN);
-            (value.is_nan() || value < min).then(|| {
-                FieldError::new(
-                    field,
-                    FieldCode::OutOfRange,
-                    format!("{field} must be at least {min}"),
-                )
-            })
+            // Without serde_json's arbitrary precision a number is always a finite double:
+            // a literal past f64 (`1e400`) is not JSON it accepts. NaN is kept out all the same.
+            out_of_range(field, n.as_f64().unwrap_or(f64::NAN), min, max)
         }
         Kind::Currency => {
             let Value::String(s) = v else {
@@ -572,6 +586,19 @@ fn check_kind(field: &str, kind: Kind, v: &Value) -> Option<FieldError> {
             })
         }
     }
+}
+
+/// `out_of_range` when `value` is not a finite number in `min..=max`; the message names the
+/// bound that was broken.
+fn out_of_range(field: &str, value: f64, min: f64, max: f64) -> Option<FieldError> {
+    let message = if value.is_nan() || value < min {
+        format!("{field} must be at least {min}")
+    } else if value > max {
+        format!("{field} must be at most {max}")
+    } else {
+        return None;
+    };
+    Some(FieldError::new(field, FieldCode::OutOfRange, message))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! it links once.
 
 mod backends;
+mod bounds;
 mod clickhouse_store;
 mod edge;
 mod failing;

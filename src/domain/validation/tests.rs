@@ -430,6 +430,56 @@ fn typed_optional_metadata() {
 }
 
 #[test]
+fn counts_and_amounts_have_upper_bounds() {
+    let item = |k: &str, v: Value| with_meta(item_added(), k, v);
+    let checkout = |k: &str, v: Value| {
+        let base = json!({"userId": "u", "eventType": "checkout_completed",
+            "metadata": {"orderId": "o-1", "cartValue": 10, "itemCount": 1}});
+        with_meta(base, k, v)
+    };
+    let coupon = |v: Value| {
+        json!({"userId": "u", "eventType": "coupon_applied",
+            "metadata": {"couponCode": "SAVE", "discount": v}})
+    };
+    // At the bounds: accepted.
+    assert!(parse(item("quantity", json!(MAX_COUNT))).is_ok());
+    assert!(parse(item("price", json!(MAX_AMOUNT))).is_ok());
+    assert!(parse(checkout("itemCount", json!(MAX_COUNT))).is_ok());
+    assert!(parse(checkout("cartValue", json!(MAX_AMOUNT))).is_ok());
+    assert!(parse(coupon(json!(MAX_AMOUNT))).is_ok());
+    // Past them, however the number is written: out_of_range.
+    for (event, field) in [
+        (item("quantity", json!(MAX_COUNT + 1)), "metadata.quantity"),
+        (item("quantity", json!(1e308)), "metadata.quantity"),
+        (item("quantity", json!(u64::MAX)), "metadata.quantity"),
+        (item("price", json!(1e308)), "metadata.price"),
+        (item("price", json!(MAX_AMOUNT + 0.01)), "metadata.price"),
+        (checkout("itemCount", json!(1e10)), "metadata.itemCount"),
+        (checkout("cartValue", json!(f64::MAX)), "metadata.cartValue"),
+        (coupon(json!(1e13)), "metadata.discount"),
+    ] {
+        assert_eq!(codes(event), one(field, FieldCode::OutOfRange), "{field}");
+    }
+    let errs = parse(item("quantity", json!(1e308))).unwrap_err();
+    assert_eq!(
+        errs[0].message,
+        "metadata.quantity must be at most 1000000000"
+    );
+    let errs = parse(item("price", json!(1e13))).unwrap_err();
+    assert_eq!(
+        errs[0].message,
+        "metadata.price must be at most 1000000000000"
+    );
+    // quantity_updated's required quantity has the same bound.
+    let updated = json!({"userId": "u", "eventType": "quantity_updated",
+        "metadata": {"productId": "p", "quantity": 2e9}});
+    assert_eq!(
+        codes(updated),
+        one("metadata.quantity", FieldCode::OutOfRange)
+    );
+}
+
+#[test]
 fn every_failure_is_reported_at_once() {
     let v = json!({
         "eventId": "bad id",
@@ -549,8 +599,11 @@ fn metadata_at_the_size_limit_is_kept_whole_and_one_byte_more_is_rejected() {
 fn the_fast_kind_check_agrees_with_the_one_that_explains() {
     let kinds = [
         Kind::Text { min: 1, max: 3 },
-        Kind::Integer { min: 1 },
-        Kind::Number { min: 0.0 },
+        Kind::Integer { min: 1, max: 10 },
+        Kind::Number {
+            min: 0.0,
+            max: 10.0,
+        },
         Kind::Currency,
     ];
     let values = [
@@ -569,6 +622,11 @@ fn the_fast_kind_check_agrees_with_the_one_that_explains() {
         json!(1.5),
         json!(-0.5),
         json!(0.0),
+        json!(10),
+        json!(10.0),
+        json!(10.5),
+        json!(11),
+        json!(1e308),
         json!(u64::MAX),
         json!(i64::MIN),
         json!(null),

@@ -8,7 +8,7 @@ use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::payload::{Json, ParsePayload, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
-use poem_openapi::{Enum, Object};
+use poem_openapi::{Enum, Object, Union};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -43,42 +43,215 @@ impl From<EventTypeName> for crate::domain::EventType {
     }
 }
 
-/// A cart event, as a client sends it.
-///
-/// Metadata each type requires (other keys are optional and kept as given):
-/// `item_added`, `item_removed`: `productId` (string 1-128); optional `quantity` (integer >= 1),
-/// `price` (number >= 0), `currency` (3 uppercase letters).
-/// `quantity_updated`: `productId`, `quantity` (integer >= 0); optional `price`, `currency`.
-/// `cart_viewed`, `cart_cleared`: optional `cartValue` (number >= 0), `itemCount`
-/// (integer >= 0), `currency`.
-/// `coupon_applied`: `couponCode` (string 1-64); optional `discount` (number >= 0), `currency`.
-/// `checkout_started`: `cartValue`, `itemCount`; optional `currency`.
-/// `checkout_completed`: `orderId` (string 1-128), `cartValue`; optional `itemCount`,
-/// `currency`.
-/// An integer is a JSON number with no fractional part (`1` or `1.0`); `null` counts as a
-/// value of the wrong type.
+/// Declares the documentation type of one event type's event: the fields every event has,
+/// and `metadata` as that type requires it. `eventType` is added by [`CartEventDoc`].
+macro_rules! event_doc {
+    ($name:ident, $schema:tt, $doc:tt, $metadata:ty) => {
+        #[doc = $doc]
+        #[derive(Debug, Object)]
+        #[oai(rename = $schema, rename_all = "camelCase")]
+        pub struct $name {
+            /// The idempotency key: send it to make retries safe. 1-64 characters of
+            /// `A-Z a-z 0-9 - _ . :`. When absent but `timestamp` is present, the server derives
+            /// a stable id from the event's content, so an identical retry is still a
+            /// duplicate; when both are absent it assigns a fresh id. The id used comes back in
+            /// the answer.
+            #[oai(validator(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.:-]+$"))]
+            pub event_id: Option<String>,
+            /// 1-128 characters, no control characters, not all whitespace.
+            #[oai(validator(
+                min_length = 1,
+                max_length = 128,
+                pattern = "^[^\u{0}-\u{1f}\u{7f}-\u{9f}]*[^\u{0}-\u{20}\u{7f}-\u{a0}\u{1680}\u{2000}-\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}][^\u{0}-\u{1f}\u{7f}-\u{9f}]*$"
+            ))]
+            pub user_id: String,
+            /// 1-128 characters, no control characters.
+            #[oai(validator(
+                min_length = 1,
+                max_length = 128,
+                pattern = "^[^\u{0}-\u{1f}\u{7f}-\u{9f}]*$"
+            ))]
+            pub session_id: Option<String>,
+            /// RFC 3339 with an offset, e.g. `2025-08-10T03:27:04.123Z`. Default: when the
+            /// server received the event. Rejected (`out_of_range`) when more than 5 minutes
+            /// ahead of or 30 days behind the server's clock. Kept in UTC to the millisecond.
+            pub timestamp: Option<chrono::DateTime<chrono::FixedOffset>>,
+            /// At most 16 KiB as compact JSON and 8 levels deep (the metadata object is level
+            /// 1). Keys other than those named here are optional and kept as given. A typed
+            /// field that is present must have its type and range (`out_of_range` beyond it);
+            /// `null` is a value of the wrong type.
+            pub metadata: $metadata,
+        }
+    };
+}
+
+/// Metadata of `item_added` and `item_removed`.
 #[derive(Debug, Object)]
-#[oai(rename = "CartEvent", rename_all = "camelCase")]
-pub struct CartEventDoc {
-    /// The idempotency key: send it to make retries safe. 1-64 characters of
-    /// `A-Z a-z 0-9 - _ . :`. When absent but `timestamp` is present, the server derives a
-    /// stable id from the event's content, so an identical retry is still a duplicate; when
-    /// both are absent it assigns a fresh id. The id used comes back in the answer.
-    #[oai(validator(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.:-]+$"))]
-    pub event_id: Option<String>,
-    /// 1-128 characters, no control characters, not all whitespace.
+#[oai(rename_all = "camelCase")]
+pub struct ItemMetadata {
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub user_id: String,
-    /// 1-128 characters, no control characters.
+    pub product_id: String,
+    /// A count: an integer (`1` or `1.0`) from 1 to 1,000,000,000.
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000000000")))]
+    pub quantity: Option<i64>,
+    /// An amount from 0 to 1,000,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
+    pub price: Option<f64>,
+    /// ISO 4217: 3 uppercase letters.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
+    pub currency: Option<String>,
+}
+
+/// Metadata of `quantity_updated`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct QuantityUpdatedMetadata {
     #[oai(validator(min_length = 1, max_length = 128))]
-    pub session_id: Option<String>,
-    pub event_type: EventTypeName,
-    /// RFC 3339 with an offset, e.g. `2025-08-10T03:27:04.123Z`. Default: when the server
-    /// received the event. Rejected when more than 5 minutes ahead of or 30 days behind the
-    /// server's clock. Kept in UTC to the millisecond.
-    pub timestamp: Option<chrono::DateTime<chrono::FixedOffset>>,
-    /// A JSON object, at most 16 KiB as compact JSON and 8 levels deep. Default `{}`.
-    pub metadata: Option<std::collections::BTreeMap<String, Value>>,
+    pub product_id: String,
+    /// The new count: an integer from 0 to 1,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub quantity: i64,
+    /// An amount from 0 to 1,000,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
+    pub price: Option<f64>,
+    /// ISO 4217: 3 uppercase letters.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
+    pub currency: Option<String>,
+}
+
+/// Metadata of `cart_viewed` and `cart_cleared`: every field optional.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CartMetadata {
+    /// An amount from 0 to 1,000,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
+    pub cart_value: Option<f64>,
+    /// A count: an integer from 0 to 1,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub item_count: Option<i64>,
+    /// ISO 4217: 3 uppercase letters.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
+    pub currency: Option<String>,
+}
+
+/// Metadata of `coupon_applied`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CouponMetadata {
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub coupon_code: String,
+    /// An amount from 0 to 1,000,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
+    pub discount: Option<f64>,
+    /// ISO 4217: 3 uppercase letters.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
+    pub currency: Option<String>,
+}
+
+/// Metadata of `checkout_started`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CheckoutStartedMetadata {
+    /// An amount from 0 to 1,000,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
+    pub cart_value: f64,
+    /// A count: an integer from 0 to 1,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub item_count: i64,
+    /// ISO 4217: 3 uppercase letters.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
+    pub currency: Option<String>,
+}
+
+/// Metadata of `checkout_completed`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CheckoutCompletedMetadata {
+    #[oai(validator(min_length = 1, max_length = 128))]
+    pub order_id: String,
+    /// An amount from 0 to 1,000,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
+    pub cart_value: f64,
+    /// A count: an integer from 0 to 1,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub item_count: Option<i64>,
+    /// ISO 4217: 3 uppercase letters.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
+    pub currency: Option<String>,
+}
+
+event_doc!(
+    ItemAddedEvent,
+    "ItemAddedEvent",
+    "An item was put in the cart.",
+    ItemMetadata
+);
+event_doc!(
+    ItemRemovedEvent,
+    "ItemRemovedEvent",
+    "An item was taken out of the cart.",
+    ItemMetadata
+);
+event_doc!(
+    QuantityUpdatedEvent,
+    "QuantityUpdatedEvent",
+    "The quantity of an item in the cart changed.",
+    QuantityUpdatedMetadata
+);
+event_doc!(
+    CartViewedEvent,
+    "CartViewedEvent",
+    "The cart was viewed. `metadata` may be left out (default `{}`).",
+    Option<CartMetadata>
+);
+event_doc!(
+    CartClearedEvent,
+    "CartClearedEvent",
+    "The cart was emptied. `metadata` may be left out (default `{}`).",
+    Option<CartMetadata>
+);
+event_doc!(
+    CouponAppliedEvent,
+    "CouponAppliedEvent",
+    "A coupon was applied.",
+    CouponMetadata
+);
+event_doc!(
+    CheckoutStartedEvent,
+    "CheckoutStartedEvent",
+    "Checkout began.",
+    CheckoutStartedMetadata
+);
+event_doc!(
+    CheckoutCompletedEvent,
+    "CheckoutCompletedEvent",
+    "An order was placed.",
+    CheckoutCompletedMetadata
+);
+
+/// A cart event, as a client sends it: one shape per `eventType`, which says which `metadata`
+/// fields are required (PROTOCOL.md section 1). An event breaking any rule is answered with
+/// every broken rule, field by field (`validation_failed`); an unknown `eventType` is
+/// `unknown_event_type`.
+#[derive(Debug, Union)]
+#[oai(rename = "CartEvent", discriminator_name = "eventType", one_of = true)]
+pub enum CartEventDoc {
+    #[oai(mapping = "item_added")]
+    ItemAdded(ItemAddedEvent),
+    #[oai(mapping = "item_removed")]
+    ItemRemoved(ItemRemovedEvent),
+    #[oai(mapping = "quantity_updated")]
+    QuantityUpdated(QuantityUpdatedEvent),
+    #[oai(mapping = "cart_viewed")]
+    CartViewed(CartViewedEvent),
+    #[oai(mapping = "cart_cleared")]
+    CartCleared(CartClearedEvent),
+    #[oai(mapping = "coupon_applied")]
+    CouponApplied(CouponAppliedEvent),
+    #[oai(mapping = "checkout_started")]
+    CheckoutStarted(CheckoutStartedEvent),
+    #[oai(mapping = "checkout_completed")]
+    CheckoutCompleted(CheckoutCompletedEvent),
 }
 
 /// A batch of events.

@@ -1,6 +1,7 @@
 //! The HTTP edge: the OpenAPI service, the WebSocket route, and the guards every request
 //! passes (API keys, body limits and gzip), with every error in the one JSON error body.
 
+mod allow;
 pub mod api;
 pub mod auth;
 mod body;
@@ -73,6 +74,10 @@ pub fn openapi_document(state: Arc<AppState>) -> String {
 /// Every route of the server.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let service = openapi(Arc::clone(&state));
+    let allowed = Arc::new(allow::AllowedMethods::from_spec(
+        &service.spec(),
+        &[("/openapi.json", "GET"), ("/events/stream", "GET")],
+    ));
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
     let guard_state = Arc::clone(&state);
@@ -90,6 +95,15 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         .catch_all_error(move |e| {
             let state = Arc::clone(&error_state);
             async move { error_response(&state, e) }
+        })
+        .around(move |ep, req| {
+            let allowed = Arc::clone(&allowed);
+            async move {
+                let path = req.uri().path().to_owned();
+                let mut resp = ep.call(req).await?.into_response();
+                allowed.complete(&path, &mut resp);
+                Ok(resp)
+            }
         })
         .around(move |ep, req| {
             let cors = Arc::clone(&cors);
@@ -213,7 +227,9 @@ pub(crate) fn json_error(state: &AppState, status: StatusCode, body: ErrorBody) 
 /// Maps poem's and poem-openapi's own errors (unparseable body, wrong content type, bad query
 /// parameter, unknown path) into the contract's error body.
 fn error_response(state: &AppState, e: poem::Error) -> Response {
-    use poem_openapi::error::{ContentTypeError, ParseParamError, ParseRequestPayloadError};
+    use poem_openapi::error::{
+        ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
+    };
     let status = e.status();
     let (status, body) = if let Some(p) = e.downcast_ref::<ParseRequestPayloadError>() {
         let message = if p.reason.contains("must be a JSON object") {
@@ -237,6 +253,15 @@ fn error_response(state: &AppState, e: poem::Error) -> Response {
         (
             StatusCode::BAD_REQUEST,
             ErrorBody::new(ErrorCode::InvalidParameter, e.to_string()),
+        )
+    } else if let Some(p) = e.downcast_ref::<ParsePathError>() {
+        // poem names path parameters by position (`param0`), so the reason alone is clearer.
+        (
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new(
+                ErrorCode::InvalidParameter,
+                format!("a path parameter is invalid: {}", p.reason),
+            ),
         )
     } else {
         let code = match status {

@@ -7,7 +7,10 @@ use crate::app::routing::Routing;
 use crate::app::state::AppState;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -97,6 +100,68 @@ pub struct ReplayRequest {
     pub ids: Option<Vec<i64>>,
 }
 
+/// The body of `POST /dead-letters/replay`: a [`ReplayRequest`], documented as needing at
+/// least one of its fields, as the server answers `{}` with `400`.
+#[derive(Debug)]
+pub struct ReplayBody(pub ReplayRequest);
+
+impl Type for ReplayBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        <ReplayRequest as Type>::name()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        <ReplayRequest as Type>::schema_ref()
+    }
+    fn register(registry: &mut Registry) {
+        <ReplayRequest as Type>::register(registry);
+        let required = |field: &'static str| {
+            MetaSchemaRef::Inline(Box::new(MetaSchema {
+                required: vec![field],
+                ..MetaSchema::ANY
+            }))
+        };
+        if let Some(schema) = registry.schemas.get_mut(&*Self::name()) {
+            schema.any_of = vec![required("route"), required("ids")];
+        }
+    }
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromJSON for ReplayBody {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        // The schema has no `null` for either field, and a `null` read as "absent" would turn
+        // `{"route": "r", "ids": null}` into a replay of the whole route.
+        if let Some(serde_json::Value::Object(m)) = &value {
+            if let Some(field) = ["route", "ids"]
+                .into_iter()
+                .find(|f| m.get(*f).is_some_and(serde_json::Value::is_null))
+            {
+                return Err(ParseError::custom(format!(
+                    "{field} must not be null; leave it out instead"
+                )));
+            }
+        }
+        ReplayRequest::parse_from_json(value)
+            .map(Self)
+            .map_err(ParseError::propagate)
+    }
+}
+
+impl ToJSON for ReplayBody {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        self.0.to_json()
+    }
+}
+
 #[derive(Debug, Object)]
 pub struct ReplayResult {
     /// How many dead letters went back to be delivered.
@@ -148,11 +213,19 @@ pub enum DeadLettersResponse {
 pub enum ReplayResponse {
     #[oai(status = 200)]
     Ok(Json<ReplayResult>),
-    /// `invalid_message`: neither `route` nor `ids` given.
+    /// `invalid_message`: neither `route` nor `ids` given; or `invalid_json`: the body is not
+    /// JSON, or not of this shape.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// `payload_too_large`: the body (after decompression) is over 64 KiB.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// `unsupported_media_type`: the content type is not JSON, or the content encoding is
+    /// not gzip.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// `forbidden`: the key has no scope for this operation, or may not be used from this
     /// page's origin.
     #[oai(status = 403)]
@@ -170,6 +243,9 @@ pub enum DeleteResponse {
     /// Deleted.
     #[oai(status = 204)]
     Deleted,
+    /// `invalid_parameter`: the id is not an integer in the int64 range.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
     /// `not_found`: no dead letter with that id.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -313,8 +389,8 @@ impl OperatorApi {
         method = "post",
         tag = "OperatorTags::Routing"
     )]
-    async fn replay(&self, _auth: AdminKey, body: Json<ReplayRequest>) -> ReplayResponse {
-        let ReplayRequest { route, ids } = body.0;
+    async fn replay(&self, _auth: AdminKey, body: Json<ReplayBody>) -> ReplayResponse {
+        let ReplayRequest { route, ids } = body.0 .0;
         if route.is_none() && ids.is_none() {
             return ReplayResponse::BadRequest(self.error(
                 ErrorCode::InvalidMessage,
