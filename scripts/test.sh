@@ -40,6 +40,9 @@ bin=target/debug/cartstream
 step slowloris 180 python3 scripts/slowloris.py "$bin"
 # Ten parallel 1,000-event reads of 16 KB events stay under 100 MB of extra RSS (about 20 s).
 step read-memory 180 python3 scripts/read-memory.py --bin "$bin" --timeout 170
+# schemathesis from openapi/openapi.json against the live server, 0 failures (about 1 minute;
+# the first run also makes its venv under target/, about 1.5 minutes more).
+step schemathesis 420 scripts/schemathesis.sh "$bin"
 
 trap - EXIT
 scripts/stop-services.sh || true

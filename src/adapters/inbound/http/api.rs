@@ -2,7 +2,7 @@
 
 use super::auth::{Caller, IngestKey, IngestKeyOrQuery, ReadKey};
 use super::cursor;
-use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, RawEvent};
+use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, InstantParam, RawEvent};
 use super::listing::{write_page, EventListJson};
 use crate::adapters::inbound::wire::{
     batch_answer, rfc3339, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
@@ -504,10 +504,10 @@ impl Api {
         /// Only events of this type.
         #[oai(name = "eventType")]
         event_type: Query<Option<EventTypeName>>,
-        /// Only events at or after this instant (RFC 3339 with offset).
-        since: Query<Option<String>>,
-        /// Only events at or before this instant (RFC 3339 with offset).
-        until: Query<Option<String>>,
+        /// Only events at or after this instant (RFC 3339 with offset). Empty: no bound.
+        since: Query<InstantParam>,
+        /// Only events at or before this instant (RFC 3339 with offset). Empty: no bound.
+        until: Query<InstantParam>,
         /// How many events at most, 1-1000. Default 100.
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
@@ -516,7 +516,7 @@ impl Api {
         /// that was altered, or made for other filters, is `400 invalid_parameter`.
         cursor: Query<Option<String>>,
     ) -> GetEventsResponse {
-        let mut query = match self.events_query(user_id.0, event_type.0, since.0, until.0) {
+        let mut query = match self.events_query(user_id.0, event_type.0, since.0 .0, until.0 .0) {
             Ok(q) => q,
             Err(message) => return self.bad_parameter(message),
         };

@@ -6,8 +6,10 @@ use crate::domain::EventFields;
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::error::ParseRequestPayloadError;
 use poem_openapi::payload::{Json, ParsePayload, Payload};
-use poem_openapi::registry::{MetaSchemaRef, Registry};
-use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::{
+    ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type,
+};
 use poem_openapi::{Enum, Object, Union};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -675,6 +677,62 @@ impl BeaconBody {
         match self {
             Self::Text(b) => b.0,
             Self::Json(b) => b.0,
+        }
+    }
+}
+
+/// The raw text of an instant query parameter (`since`, `until`). Its schema says what the
+/// server takes: an RFC 3339 date-time, or an empty value, which counts as absent; the handler
+/// parses the text so a bad value gets a message that names the parameter and an example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstantParam(pub Option<String>);
+
+impl Type for InstantParam {
+    const IS_REQUIRED: bool = false;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string_date-time_or_empty".into()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        let date_time = MetaSchema {
+            format: Some("date-time"),
+            ..MetaSchema::new("string")
+        };
+        let empty = MetaSchema {
+            max_length: Some(0),
+            ..MetaSchema::new("string")
+        };
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            any_of: vec![
+                MetaSchemaRef::Inline(Box::new(date_time)),
+                MetaSchemaRef::Inline(Box::new(empty)),
+            ],
+            ..MetaSchema::new("string")
+        }))
+    }
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+    fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl ParseFromParameter for InstantParam {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(Self((!value.is_empty()).then(|| value.to_owned())))
+    }
+    fn parse_from_parameters<I: IntoIterator<Item = A>, A: AsRef<str>>(
+        iter: I,
+    ) -> ParseResult<Self> {
+        match iter.into_iter().next() {
+            Some(v) => Self::parse_from_parameter(v.as_ref()),
+            None => Ok(Self(None)),
         }
     }
 }
