@@ -59,6 +59,30 @@ fn batch(n: usize) -> Value {
     json!({"events": (0..n).map(|_| item_added(&unique("b"))).collect::<Vec<_>>()})
 }
 
+/// Credentials that fail are never passed over for others: an `Authorization` header of
+/// another scheme beside a valid `X-API-Key` is refused, not ignored.
+#[tokio::test]
+async fn an_authorization_header_that_is_no_bearer_key_is_refused() {
+    let app = TestApp::spawn_with(|s| s.api_keys = vec!["ingest-1".into()]).await;
+    let post = |auth: Option<&'static str>| {
+        let mut r = app
+            .http
+            .post(app.url("/events"))
+            .header("X-API-Key", "ingest-1")
+            .json(&item_added(&unique("a")));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 202);
+    for auth in ["Basic aW5nZXN0LTE6", "ingest-1", "Bearer nope"] {
+        let r = post(Some(auth)).await.unwrap();
+        assert_eq!(r.status(), 401, "{auth}");
+        assert_error(&r.json().await.unwrap(), "unauthorized", false);
+    }
+}
+
 #[tokio::test]
 async fn each_scope_opens_only_its_endpoints() {
     let digest = hex::encode(sha2::Sha256::digest(b"hashed-reader"));

@@ -165,7 +165,9 @@ pub fn authorize(
 }
 
 /// The key a request presents: `Authorization: Bearer`, `X-API-Key`, `X-Admin-Key`, then (where
-/// allowed) `?apiKey=`; the first one present counts.
+/// allowed) `?apiKey=`; the first one present counts. An `Authorization` header of another
+/// scheme (or none) counts as presented and matches no key, so credentials that fail are never passed over
+/// for others further down the list.
 fn presented_key(req: &Request, query_key: bool) -> Option<&str> {
     let header_value = |name: &str| {
         req.headers()
@@ -174,9 +176,11 @@ fn presented_key(req: &Request, query_key: bool) -> Option<&str> {
             .map(str::trim)
     };
     let bearer = header_value(header::AUTHORIZATION.as_str())
-        .and_then(|v| {
+        .map(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
+                // Another scheme, or a bare key: presented, and matches no key.
+                .unwrap_or("")
         })
         .map(str::trim);
     bearer
