@@ -216,6 +216,11 @@ impl Framing {
         }
     }
 
+    /// Past a WebSocket upgrade (or HTTP/2): no deadline will ever apply again.
+    pub fn is_upgraded(&self) -> bool {
+        matches!(self.state, State::Upgraded)
+    }
+
     /// Whether the server may answer `408` on a cut: part of a request arrived and nothing
     /// else is being written on the connection.
     pub fn may_answer_timeout(&self) -> bool {

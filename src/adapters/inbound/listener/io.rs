@@ -122,6 +122,10 @@ impl AsyncRead for GuardedIo {
         if let Some(reason) = this.cut {
             return Poll::Ready(Err(cut_error(reason)));
         }
+        if this.framing.is_upgraded() {
+            // A WebSocket's frames: its own pings and close rules apply, nothing to watch here.
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -149,6 +153,9 @@ impl AsyncWrite for GuardedIo {
         if let Some(reason) = this.cut {
             return Poll::Ready(Err(cut_error(reason)));
         }
+        if this.framing.is_upgraded() {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
             this.framing.on_write(&buf[..n], Instant::now());
@@ -165,6 +172,9 @@ impl AsyncWrite for GuardedIo {
         let this = self.get_mut();
         if let Some(reason) = this.cut {
             return Poll::Ready(Err(cut_error(reason)));
+        }
+        if this.framing.is_upgraded() {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
