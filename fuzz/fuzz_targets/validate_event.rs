@@ -12,10 +12,24 @@ use chrono::{DateTime, Duration, Timelike, Utc};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-const FIELDS: [&str; 6] = ["eventId", "userId", "sessionId", "eventType", "timestamp", "metadata"];
+const FIELDS: [&str; 6] = [
+    "eventId",
+    "userId",
+    "sessionId",
+    "eventType",
+    "timestamp",
+    "metadata",
+];
 const METADATA_KEYS: [&str; 9] = [
-    "productId", "quantity", "price", "currency", "cartValue", "itemCount", "couponCode",
-    "discount", "orderId",
+    "productId",
+    "quantity",
+    "price",
+    "currency",
+    "cartValue",
+    "itemCount",
+    "couponCode",
+    "discount",
+    "orderId",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -40,19 +54,37 @@ fn keeps_every_rule(raw: &Value, e: &CartEvent) {
         assert!((1..=128).contains(&s.chars().count()), "{raw}");
         assert!(!s.chars().any(char::is_control), "{raw}");
     }
-    assert_eq!(EventId::parse(e.event_id().as_str()).as_ref(), Ok(e.event_id()), "{raw}");
+    assert_eq!(
+        EventId::parse(e.event_id().as_str()).as_ref(),
+        Ok(e.event_id()),
+        "{raw}"
+    );
     let at = e.occurred_at();
-    assert_eq!(at.nanosecond() % 1_000_000, 0, "{raw}: not whole milliseconds");
-    assert!(at - now() <= policy().max_future && now() - at <= policy().max_past, "{raw}");
+    assert_eq!(
+        at.nanosecond() % 1_000_000,
+        0,
+        "{raw}: not whole milliseconds"
+    );
+    assert!(
+        at - now() <= policy().max_future && now() - at <= policy().max_past,
+        "{raw}"
+    );
 
     let json = e.metadata().as_json();
     assert!(json.len() <= 16 * 1024, "{raw}");
     let object: Value = serde_json::from_str(json).expect("metadata is JSON");
     assert!(object.is_object() && depth(&object) <= 8, "{raw}");
     // The stored text is the compact form of what was sent, keys as sent.
-    let sent = raw.get("metadata").cloned().unwrap_or(Value::Object(Default::default()));
+    let sent = raw
+        .get("metadata")
+        .cloned()
+        .unwrap_or(Value::Object(Default::default()));
     assert_eq!(object, sent, "{raw}: metadata changed");
-    assert_eq!(serde_json::to_string(&object).unwrap(), json, "{raw}: not compact");
+    assert_eq!(
+        serde_json::to_string(&object).unwrap(),
+        json,
+        "{raw}: not compact"
+    );
 
     let expected = match (raw.get("eventId"), raw.get("timestamp")) {
         (Some(_), _) => IdOrigin::Client,
@@ -93,7 +125,11 @@ fn round_trips(raw: &Value, e: &CartEvent) {
             fields.remove("eventId");
         }
         let derived = parse_event(&shown, &policy(), now(), fresh).expect("still valid");
-        assert_eq!(derived.event_id(), e.event_id(), "{raw} -> {shown}: another fingerprint");
+        assert_eq!(
+            derived.event_id(),
+            e.event_id(),
+            "{raw} -> {shown}: another fingerprint"
+        );
     }
 }
 
@@ -112,7 +148,9 @@ fn well_formed_errors(raw: &Value, errors: &[FieldError]) {
         };
         assert!(known, "{raw}: error on an unexpected field: {err:?}");
         assert!(
-            !errors[..i].iter().any(|o| o.field == err.field && o.code == err.code),
+            !errors[..i]
+                .iter()
+                .any(|o| o.field == err.field && o.code == err.code),
             "{raw}: the same error twice: {errors:?}"
         );
     }

@@ -170,7 +170,12 @@ impl BatchBody {
                 reason: BATCH_NOT_AN_OBJECT.to_owned(),
             });
         }
-        match serde_json::from_slice::<Top>(bytes) {
+        // JSON is UTF-8, and the text of skipped values is not checked by the parser: without
+        // this a body with invalid bytes in a key no rule reads was accepted.
+        let text = std::str::from_utf8(bytes).map_err(|e| ParseRequestPayloadError {
+            reason: format!("the request body is not valid UTF-8: {e}"),
+        })?;
+        match serde_json::from_str::<Top>(text) {
             Ok(Top(Some(events))) => Ok(Self(events)),
             Ok(Top(None)) => Err(ParseRequestPayloadError {
                 reason: BATCH_NOT_AN_OBJECT.to_owned(),
@@ -423,6 +428,19 @@ mod tests {
             "{\"events\":[{\"userId\":\"\u{1}\"}]}",
         ] {
             both_ways(body);
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_an_error_even_where_no_rule_reads() {
+        for body in [
+            &b"{\"events\":[{\"userId\":\"u\",\"eventType\":\"cart_viewed\",\"x\":\"\xff\"}]}"[..],
+            b"{\"skipped\":\"\xc3\",\"events\":[]}",
+            b"{\"events\":[[\"\xe2\x82\"]]}",
+            b"{\"events\":[{\"userId\":\"\xc3\",\"eventType\":\"cart_viewed\"}]}",
+        ] {
+            let e = BatchBody::parse(body).unwrap_err();
+            assert!(e.reason.contains("not valid UTF-8"), "{}", e.reason);
         }
     }
 
