@@ -45,6 +45,8 @@ fuzz_target!(|data: &[u8]| {
                 other => panic!("{shown}: accepted, but as {text}: {other:?}"),
             }
         }
+        // Likewise a skipped number is not converted, so one past the range of a double passes.
+        (Err(want), Ok(_)) if want.to_string().contains("number out of range") => {}
         (w, g) => panic!("{shown}: tree {w:?}, fast {g:?}"),
     }
 });
