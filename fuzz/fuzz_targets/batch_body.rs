@@ -42,6 +42,8 @@ fuzz_target!(|data: &[u8]| {
             let text = without_surrogate_escapes(&shown);
             match serde_json::from_str::<Value>(&text) {
                 Ok(Value::Object(top)) => agree(&shown, top, events, false),
+                // A skipped number past a double's range too (see below).
+                Err(e) if e.to_string().contains("number out of range") => {}
                 other => panic!("{shown}: accepted, but as {text}: {other:?}"),
             }
         }
