@@ -43,6 +43,10 @@ step read-memory 180 python3 scripts/read-memory.py --bin "$bin" --timeout 170
 # schemathesis from openapi/openapi.json against the live server, 0 failures (about 1 minute;
 # the first run also makes its venv under target/, about 1.5 minutes more).
 step schemathesis 420 scripts/schemathesis.sh "$bin"
+# Coverage-guided fuzzing of the WebSocket parser, the batch body parser and validation from
+# the committed corpus, 30 s per target; any crash, panic, timeout or OOM fails. A clean fuzz
+# build takes most of the budget (about 7-8 minutes on 2 idle cores; 1.5 minutes of fuzzing).
+step fuzz 900 scripts/fuzz.sh 30
 
 trap - EXIT
 scripts/stop-services.sh || true
