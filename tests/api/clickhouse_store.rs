@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// A store on a throwaway database; keep the guard alive for the whole test.
-async fn store() -> Option<(ClickHouseStore, ThrowawayDatabase)> {
+pub async fn store() -> Option<(ClickHouseStore, ThrowawayDatabase)> {
     let url = clickhouse_url_or_skip().await?;
     let db = ThrowawayDatabase::new(&url);
     let mut config = ClickHouseConfig::new(url);

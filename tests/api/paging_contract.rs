@@ -5,8 +5,6 @@
 //! exactly once, in listing order, while events are inserted between pages; each page keeps
 //! to its limit and budget; only the last page says there is no more.
 
-use crate::backends::{clickhouse_url_or_skip, ThrowawayDatabase};
-use cartstream::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use cartstream::adapters::outbound::embedded::EmbeddedStore;
 use cartstream::adapters::outbound::journal::SqliteJournal;
 use cartstream::app::forwarder::JournaledStore;
@@ -198,19 +196,9 @@ async fn the_journaled_store_over_the_embedded_store_pages_by_contract() {
     contract(&store, &[&store, remote.as_ref()]).await;
 }
 
-async fn clickhouse() -> Option<(ClickHouseStore, ThrowawayDatabase)> {
-    let url = clickhouse_url_or_skip().await?;
-    let db = ThrowawayDatabase::new(&url);
-    let mut config = ClickHouseConfig::new(url);
-    config.database = db.name.clone();
-    let store = ClickHouseStore::new(config).unwrap();
-    store.ensure_schema().await.unwrap();
-    Some((store, db))
-}
-
 #[tokio::test]
 async fn the_clickhouse_store_pages_by_contract() {
-    let Some((store, _db)) = clickhouse().await else {
+    let Some((store, _db)) = crate::clickhouse_store::store().await else {
         return;
     };
     contract(&store, &[&store]).await;
@@ -218,7 +206,7 @@ async fn the_clickhouse_store_pages_by_contract() {
 
 #[tokio::test]
 async fn the_journaled_store_over_clickhouse_pages_by_contract() {
-    let Some((remote, _db)) = clickhouse().await else {
+    let Some((remote, _db)) = crate::clickhouse_store::store().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -346,13 +346,12 @@ impl BatchBody {
             });
         }
         // JSON is UTF-8, and the text of skipped values is not checked by the parser: without
-        // this a body with invalid bytes in a key no rule reads was accepted.
-        if let Err(e) = std::str::from_utf8(bytes) {
-            return Err(ParseRequestPayloadError {
-                reason: format!("the request body is not valid UTF-8: {e}"),
-            });
-        }
-        match serde_json::from_slice::<Top>(bytes) {
+        // this a body with invalid bytes in a key no rule reads was accepted. Checked once
+        // here; parsing from the `str` then skips the parser's own checks of what it reads.
+        let text = std::str::from_utf8(bytes).map_err(|e| ParseRequestPayloadError {
+            reason: format!("the request body is not valid UTF-8: {e}"),
+        })?;
+        match serde_json::from_str::<Top>(text) {
             Ok(Top(Some(events))) => Ok(Self(events)),
             Ok(Top(None)) => Err(ParseRequestPayloadError {
                 reason: BATCH_NOT_AN_OBJECT.to_owned(),
