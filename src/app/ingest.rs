@@ -7,10 +7,11 @@
 
 use crate::app::metrics::{Channel, ChannelLabels, Metrics};
 use crate::domain::{
-    parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, FieldError, Source,
+    parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, Source,
     StoredEvent, ValidationPolicy,
 };
 use crate::ports::{Claim, Clock, DedupStore, EventStore, Lease, PortError};
+pub use crate::ports::{Item, Outcome, Unavailable};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,22 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-
-/// The answer for one event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Durably recorded.
-    Accepted(EventId),
-    /// Accepted before, within the dedup window; not recorded again.
-    Duplicate(EventId),
-    /// Broke the rules; not recorded.
-    Rejected(Vec<FieldError>),
-    /// Could not be recorded now; the client should retry.
-    Unavailable(String),
-}
-
-/// One event as the caller validated it.
-pub type Item = Result<CartEvent, Vec<FieldError>>;
 
 struct Job {
     events: Vec<CartEvent>,
@@ -53,8 +38,6 @@ struct Inner {
     metrics: Arc<Metrics>,
     tx: mpsc::UnboundedSender<Job>,
 }
-
-const SHUTTING_DOWN: &str = "the server is shutting down; retry on another connection";
 
 impl Ingest {
     /// Starts the committer task. It runs until `stop` is cancelled, then commits what was
@@ -138,7 +121,7 @@ impl Ingest {
                 Err(_) => {
                     // The committer has stopped: answer without recording.
                     let (tx, rx) = oneshot::channel();
-                    let _ = tx.send(vec![Outcome::Unavailable(SHUTTING_DOWN.into()); n]);
+                    let _ = tx.send(vec![Outcome::Unavailable(Unavailable::ShuttingDown); n]);
                     Some((rx, n))
                 }
             }
@@ -147,7 +130,7 @@ impl Ingest {
             if let Some((rx, n)) = pending {
                 let committed = rx
                     .await
-                    .unwrap_or_else(|_| vec![Outcome::Unavailable(SHUTTING_DOWN.into()); n]);
+                    .unwrap_or_else(|_| vec![Outcome::Unavailable(Unavailable::ShuttingDown); n]);
                 let mut committed = committed.into_iter();
                 for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
                     *slot = committed.next();
@@ -156,7 +139,7 @@ impl Ingest {
             outcomes
                 .into_iter()
                 .map(|o| {
-                    let o = o.unwrap_or_else(|| Outcome::Unavailable("no outcome".into()));
+                    let o = o.unwrap_or_else(|| Outcome::Unavailable(Unavailable::ShuttingDown));
                     match &o {
                         Outcome::Accepted(_) => metrics.accepted.get_or_create(&labels).inc(),
                         Outcome::Duplicate(_) => metrics.duplicate.get_or_create(&labels).inc(),
@@ -423,7 +406,12 @@ impl Committer {
                 }
                 Ok(_) => {
                     return (
-                        self.fail_all(&events, "claim", "dedup store answered badly"),
+                        self.fail_all(
+                            &events,
+                            "claim",
+                            "dedup store answered badly",
+                            Unavailable::DedupDown,
+                        ),
                         None,
                     )
                 }
@@ -431,7 +419,13 @@ impl Committer {
                     self.dedup_failed();
                     match self.outage {
                         DedupOutage::FailClosed => {
-                            return (self.fail_all(&events, "claim", &describe(&e)), None);
+                            let o = self.fail_all(
+                                &events,
+                                "claim",
+                                &e.to_string(),
+                                Unavailable::DedupDown,
+                            );
+                            return (o, None);
                         }
                         DedupOutage::FailOpen => {
                             // The store's dedup-safe read decides instead. Nothing is claimed,
@@ -447,11 +441,17 @@ impl Committer {
                                     }
                                 }
                                 Ok(_) => {
-                                    let o = self.fail_all(&events, "known", "store answered badly");
+                                    let o = self.fail_all(
+                                        &events,
+                                        "known",
+                                        "store answered badly",
+                                        Unavailable::StoreDown,
+                                    );
                                     return (o, None);
                                 }
                                 Err(e) => {
-                                    let o = self.fail_all(&events, "known", &describe(&e));
+                                    let o =
+                                        self.fail_all(&events, "known", &e.to_string(), reason(&e));
                                     return (o, None);
                                 }
                             }
@@ -495,11 +495,8 @@ impl Committer {
                             plans[owner] = Plan::Answer(Outcome::Duplicate(id));
                         }
                         Claim::InFlight => {
-                            plans[owner] = Plan::Answer(Outcome::Unavailable(
-                                "an event with this eventId is being recorded right now; \
-                                 retry shortly"
-                                    .into(),
-                            ));
+                            plans[owner] =
+                                Plan::Answer(Outcome::Unavailable(Unavailable::KeyInFlight));
                         }
                     }
                 }
@@ -539,7 +536,7 @@ impl Committer {
                     }
                 }
                 pipeline.forget(group, &claimed);
-                return (self.finish(&ids, plans, Some(describe(&e)), started), None);
+                return (self.finish(&ids, plans, Some(reason(&e)), started), None);
             }
         }
         pipeline.settle(group, &claimed, true);
@@ -578,7 +575,7 @@ impl Committer {
         &self,
         ids: &[EventId],
         plans: Vec<Plan>,
-        store_failure: Option<String>,
+        store_failure: Option<Unavailable>,
         started: Instant,
     ) -> Vec<Outcome> {
         let mut out: Vec<Outcome> = Vec::with_capacity(plans.len());
@@ -586,7 +583,7 @@ impl Committer {
             let outcome = match plan {
                 Plan::Store => match &store_failure {
                     None => Outcome::Accepted(ids[i].clone()),
-                    Some(reason) => Outcome::Unavailable(reason.clone()),
+                    Some(reason) => Outcome::Unavailable(*reason),
                 },
                 Plan::Answer(o) => o,
                 Plan::RepeatOf(first) => match &out[first] {
@@ -604,22 +601,24 @@ impl Committer {
         out
     }
 
-    fn fail_all(&self, events: &[(CartEvent, Source)], what: &str, reason: &str) -> Vec<Outcome> {
+    fn fail_all(
+        &self,
+        events: &[(CartEvent, Source)],
+        what: &str,
+        cause: &str,
+        reason: Unavailable,
+    ) -> Vec<Outcome> {
         self.metrics.backend_error(what);
-        tracing::warn!(cause = reason, events = events.len(), "{what} failed");
-        vec![Outcome::Unavailable(reason.to_owned()); events.len()]
+        tracing::warn!(cause, events = events.len(), "{what} failed");
+        vec![Outcome::Unavailable(reason); events.len()]
     }
 }
 
-fn describe(e: &PortError) -> String {
+/// Why a store failure leaves an event unrecorded.
+fn reason(e: &PortError) -> Unavailable {
     match e {
-        PortError::Unavailable(_) | PortError::Failed(_) => {
-            "the event could not be recorded durably right now; retry later".to_owned()
-        }
-        PortError::Full(_) => {
-            "the server's local buffer is full while the event store catches up; retry later"
-                .to_owned()
-        }
+        PortError::Unavailable(_) | PortError::Failed(_) => Unavailable::StoreDown,
+        PortError::Full(_) => Unavailable::JournalFull,
     }
 }
 

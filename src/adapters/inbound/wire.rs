@@ -2,8 +2,8 @@
 //! channels can never drift apart. Each derives `Serialize` (for WebSocket frames) and
 //! poem-openapi's `Object`/`Enum` (for the HTTP responses and the OpenAPI document).
 
-use crate::app::ingest::Outcome;
 use crate::domain::{FieldError, StoredEvent};
+use crate::ports::{Outcome, Unavailable};
 use chrono::SecondsFormat;
 use poem_openapi::{Enum, Object};
 use serde::Serialize;
@@ -169,7 +169,23 @@ pub struct BatchResult {
 /// `duplicate` on the retry.
 pub enum BatchAnswer {
     Results(BatchResult),
-    Unavailable(String),
+    Unavailable(&'static str),
+}
+
+/// What a client is told when its event could not be recorded now.
+pub fn unavailable_message(reason: Unavailable) -> &'static str {
+    match reason {
+        Unavailable::ShuttingDown => "the server is shutting down; retry on another connection",
+        Unavailable::StoreDown | Unavailable::DedupDown => {
+            "the event could not be recorded durably right now; retry later"
+        }
+        Unavailable::JournalFull => {
+            "the server's local buffer is full while the event store catches up; retry later"
+        }
+        Unavailable::KeyInFlight => {
+            "an event with this eventId is being recorded right now; retry shortly"
+        }
+    }
 }
 
 pub fn batch_answer(outcomes: Vec<Outcome>) -> BatchAnswer {
@@ -209,7 +225,9 @@ pub fn batch_answer(outcomes: Vec<Outcome>) -> BatchAnswer {
                     errors: Some(details(errors)),
                 }
             }
-            Outcome::Unavailable(reason) => return BatchAnswer::Unavailable(reason),
+            Outcome::Unavailable(reason) => {
+                return BatchAnswer::Unavailable(unavailable_message(reason))
+            }
         };
         r.results.push(item);
     }

@@ -5,7 +5,8 @@ use super::cursor;
 use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, InstantParam, RawEvent};
 use super::listing::{write_page, EventListJson};
 use crate::adapters::inbound::wire::{
-    batch_answer, rfc3339, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
+    batch_answer, rfc3339, unavailable_message, BatchAnswer, BatchResult, ErrorBody, ErrorCode,
+    EventView,
 };
 use crate::app::ingest::Outcome;
 use crate::app::metrics::Channel;
@@ -404,9 +405,11 @@ impl Api {
                     .error(Channel::Http, ErrorCode::ValidationFailed.as_str());
                 PostEventResponse::ValidationFailed(Json(ErrorBody::validation(errors)))
             }
-            Some(Outcome::Unavailable(reason)) => {
-                PostEventResponse::Unavailable(err(&self.state, ErrorCode::Unavailable, reason))
-            }
+            Some(Outcome::Unavailable(reason)) => PostEventResponse::Unavailable(err(
+                &self.state,
+                ErrorCode::Unavailable,
+                unavailable_message(reason),
+            )),
             None => PostEventResponse::Unavailable(err(
                 &self.state,
                 ErrorCode::InternalError,

@@ -11,7 +11,8 @@ pub mod protocol;
 use crate::adapters::inbound::http::auth::Caller;
 use crate::adapters::inbound::http::json_error;
 use crate::adapters::inbound::wire::{
-    batch_answer, details, rfc3339, BatchAnswer, ErrorBody, ErrorCode, ItemStatus,
+    batch_answer, details, rfc3339, unavailable_message, BatchAnswer, ErrorBody, ErrorCode,
+    ItemStatus,
 };
 use crate::app::ingest::Outcome;
 use crate::app::metrics::{Channel, ReasonLabels};
@@ -393,9 +394,11 @@ impl Connection {
                             retryable: false,
                             retry_after_ms: None,
                         },
-                        Some(Outcome::Unavailable(reason)) => {
-                            Reply::error(request_id, ErrorCode::Unavailable, reason)
-                        }
+                        Some(Outcome::Unavailable(reason)) => Reply::error(
+                            request_id,
+                            ErrorCode::Unavailable,
+                            unavailable_message(reason),
+                        ),
                         None => Reply::error(
                             request_id,
                             ErrorCode::InternalError,
