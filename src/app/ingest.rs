@@ -152,6 +152,21 @@ impl Ingest {
         }
     }
 
+    /// Submits one validated item; the future resolves to its outcome.
+    pub fn submit_one(
+        &self,
+        item: Item,
+        source: Source,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        let outcomes = self.submit(vec![item], source);
+        async move {
+            outcomes
+                .await
+                .pop()
+                .unwrap_or(Outcome::Unavailable(Unavailable::ShuttingDown))
+        }
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
