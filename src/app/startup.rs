@@ -97,6 +97,7 @@ impl Ports {
     /// # Errors
     /// When a local database cannot be opened or a backend setting is malformed.
     pub fn from_settings(settings: &Settings) -> Result<Self, StartupError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // One embedded store, opened only if a side needs it. When it holds both the events
         // and the dedup state, dedup reads the events themselves.
         let mode = match (&settings.redis_url, &settings.clickhouse_url) {
@@ -110,8 +111,8 @@ impl Ports {
             if let Some(store) = &opened {
                 return Ok(store.clone());
             }
-            let store =
-                EmbeddedStore::open_with(&settings.data_dir, mode).map_err(StartupError::Store)?;
+            let store = EmbeddedStore::open_with(&settings.data_dir, mode, Arc::clone(&clock))
+                .map_err(StartupError::Store)?;
             opened = Some(store.clone());
             Ok(store)
         };
@@ -195,7 +196,7 @@ impl Ports {
         Ok(Self {
             store,
             dedup,
-            clock: Arc::new(SystemClock),
+            clock,
             store_kind,
             dedup_kind,
             forwarding,
@@ -338,7 +339,8 @@ impl Application {
         let routing = if ports.routes.is_empty() {
             None
         } else {
-            let outbox = SqliteOutbox::open(&settings.data_dir).map_err(StartupError::Store)?;
+            let outbox = SqliteOutbox::open(&settings.data_dir, Arc::clone(&ports.clock))
+                .map_err(StartupError::Store)?;
             Some(Arc::new(Routing {
                 routes: ports.routes,
                 outbox: Arc::new(outbox),
@@ -347,6 +349,7 @@ impl Application {
                 recorded: Arc::clone(&recorded),
                 routed_through: Arc::new(AtomicI64::new(0)),
                 metrics: Arc::clone(&metrics),
+                clock: Arc::clone(&ports.clock),
             }))
         };
         let routing_stop = CancellationToken::new();
@@ -361,6 +364,7 @@ impl Application {
                 policy: f.policy,
                 wake: f.wake,
                 metrics: Arc::clone(&metrics),
+                clock: Arc::clone(&ports.clock),
                 routed_through: routing.as_ref().map(|r| Arc::clone(&r.routed_through)),
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))

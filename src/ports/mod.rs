@@ -10,6 +10,8 @@ mod journal;
 mod outbox;
 mod route_target;
 
+#[cfg(test)]
+pub use clock::TokioClock;
 pub use clock::{Clock, SystemClock};
 pub use dedup_store::{Claim, DedupStore, Lease};
 pub use event_store::{
