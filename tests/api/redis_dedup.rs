@@ -1,6 +1,7 @@
 //! `RedisDedupStore` against a real Redis: the same behaviour as the embedded store's dedup.
 
 use crate::backends::{redis_prefix, redis_url_or_skip, silent_server, DEAD_REDIS_URL};
+use crate::helpers::poll_until;
 use bb8_redis::redis;
 use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use cartstream::domain::{DedupKey, EventId};
@@ -145,6 +146,7 @@ async fn an_expired_hold_frees_the_key_and_the_late_holder_cannot_take_it_back()
     let ks = keys(&["k-1"]);
     let crashed = lease_for(Duration::from_millis(100), WINDOW);
     assert_eq!(store.claim(&crashed, &ks).await.unwrap(), [Claim::New]);
+    // The hold is a key expiry in Redis: only Redis's own clock can end it.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let taker = lease();
     assert_eq!(
@@ -362,19 +364,25 @@ impl OwnRedis {
             child: Some(child),
         };
         let client = redis::Client::open(own.url()).unwrap();
-        for _ in 0..100 {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-                {
-                    return Some(own);
+        let answers = poll_until(
+            Duration::from_secs(10),
+            || async {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut c) => redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("own redis-server on port {port} did not answer within 10 s");
+            },
+            |answers| *answers,
+        )
+        .await;
+        assert!(
+            answers,
+            "own redis-server on port {port} did not answer within 10 s"
+        );
+        Some(own)
     }
 
     fn stop(&mut self) {

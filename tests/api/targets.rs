@@ -168,6 +168,7 @@ async fn record(req: &Request, body: Body, state: Data<&Arc<ReceiverState>>) -> 
     });
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
+        // A slow receiver on purpose: the webhook target's timeout is under test.
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap();

@@ -379,7 +379,8 @@ async fn a_client_that_ignores_pings_is_closed_with_1011() {
     })
     .await;
     let (mut ws, _) = app.ws().await;
-    // Not reading means tungstenite never answers the pings.
+    // Not reading means tungstenite never answers the pings; there is nothing to wait on
+    // without reading, so this waits out the server's own ping timer (2 x 100 ms) with room.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut pings = 0;
     let code = loop {
@@ -401,6 +402,7 @@ async fn a_client_that_answers_pings_stays_connected() {
     let (mut ws, _) = app.ws().await;
     // recv_json keeps reading, so tungstenite answers every ping.
     for i in 0..8 {
+        // Spaced past the ping interval on purpose, so the server's pings come and are answered.
         tokio::time::sleep(Duration::from_millis(60)).await;
         send_json(
             &mut ws,
