@@ -191,7 +191,7 @@ impl Ports {
         let routes = settings
             .routes
             .iter()
-            .map(|r| build_route(r, settings.redis_url.as_deref()))
+            .map(|r| build_route(r, settings.redis_url.as_deref(), Arc::clone(&clock)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             store,
@@ -210,13 +210,15 @@ impl Ports {
 fn build_route(
     r: &RouteSettings,
     default_redis_url: Option<&str>,
+    clock: Arc<dyn Clock>,
 ) -> Result<Arc<Route>, StartupError> {
     let bad = |e: String| StartupError::Route(r.name.clone(), e);
     let rule = RouteRule {
         name: RouteName::parse(&r.name).map_err(bad)?,
         matcher: RouteMatch::parse(&r.event_types).map_err(bad)?,
     };
-    let target = build_target(&r.target, default_redis_url).map_err(|e| bad(e.to_string()))?;
+    let target =
+        build_target(&r.target, default_redis_url, clock).map_err(|e| bad(e.to_string()))?;
     let policy = RoutePolicy {
         batch_size: r.batch_size,
         max_attempts: r.max_attempts,

@@ -10,7 +10,7 @@ use cartstream::adapters::outbound::targets::{
     RedisStreamConfig, RedisStreamTarget, WebhookConfig, WebhookTarget,
 };
 use cartstream::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
-use cartstream::ports::{DeliveryError, RouteTarget};
+use cartstream::ports::{DeliveryError, RouteTarget, SystemClock};
 use hmac::{Hmac, Mac};
 use poem::http::{HeaderMap, StatusCode};
 use poem::listener::{Acceptor, Listener, TcpListener};
@@ -181,7 +181,7 @@ async fn record(req: &Request, body: Body, state: Data<&Arc<ReceiverState>>) -> 
 fn webhook(url: &str, configure: impl FnOnce(&mut WebhookConfig)) -> WebhookTarget {
     let mut config = WebhookConfig::new(url);
     configure(&mut config);
-    WebhookTarget::new(config).unwrap()
+    WebhookTarget::new(config, Arc::new(SystemClock)).unwrap()
 }
 
 async fn deliver(target: &dyn RouteTarget, events: &[StoredEvent]) -> Result<(), DeliveryError> {
