@@ -1,4 +1,5 @@
-//! Dedup keys, what a claim on one answers, and the fingerprint behind derived event ids.
+//! Dedup keys, what a claim on one answers, the plan that turns a group's claims into
+//! outcomes, and the fingerprint behind derived event ids.
 
 use super::event::{CartEvent, EventId, EventType};
 use super::validation::integral;
@@ -6,6 +7,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
+
+mod plan;
+pub use plan::{GroupPlan, WrongLength};
 
 /// Prefix of ids derived from a fingerprint, so they are recognisable in stored data.
 pub const FINGERPRINT_PREFIX: &str = "fp-";

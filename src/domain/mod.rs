@@ -8,7 +8,7 @@ pub mod outcome;
 pub mod routing;
 pub mod validation;
 
-pub use dedup::{Claim, DedupKey};
+pub use dedup::{Claim, DedupKey, GroupPlan, WrongLength};
 pub use error::{FieldCode, FieldError};
 pub use event::{
     CartEvent, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent, StoredFields,
