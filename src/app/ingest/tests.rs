@@ -13,17 +13,22 @@ fn clock() -> Arc<dyn Clock> {
 }
 
 fn committer(dedup: MockDedupStore, store: MockEventStore) -> Committer {
-    Committer {
-        dedup: Arc::new(dedup),
-        store: Arc::new(store),
-        clock: clock(),
-        metrics: Arc::new(Metrics::new()),
-        window: Duration::from_secs(86_400),
-        hold: Duration::from_secs(30),
-        outage: DedupOutage::FailClosed,
-        dedup_rest: std::sync::Mutex::new(None),
-        recorded: Arc::new(tokio::sync::Notify::new()),
-    }
+    committer_on(dedup, store, DedupOutage::FailClosed)
+}
+
+fn committer_on(dedup: MockDedupStore, store: MockEventStore, outage: DedupOutage) -> Committer {
+    Committer::new(
+        Arc::new(dedup),
+        Arc::new(store),
+        clock(),
+        Arc::new(Metrics::new()),
+        DedupPolicy {
+            window: Duration::from_secs(86_400),
+            hold: Duration::from_secs(30),
+            outage,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    )
 }
 
 fn ev(id: &str) -> (CartEvent, Source) {
@@ -338,8 +343,7 @@ async fn fail_open_decides_duplicates_by_the_store_and_rests_the_dedup_store() {
         .withf(|evs| evs.len() == 1)
         .times(2)
         .returning(|_| Ok(()));
-    let mut c = committer(dedup, store);
-    c.outage = DedupOutage::FailOpen;
+    let c = committer_on(dedup, store, DedupOutage::FailOpen);
     let out = c.commit(vec![ev("old"), ev("new")]).await;
     assert_eq!(
         out,
@@ -365,8 +369,7 @@ async fn fail_open_with_the_store_unreadable_claims_nothing_accepted() {
         .expect_known()
         .returning(|_| Err(PortError::Unavailable("store down too".into())));
     store.expect_insert().never();
-    let mut c = committer(dedup, store);
-    c.outage = DedupOutage::FailOpen;
+    let c = committer_on(dedup, store, DedupOutage::FailOpen);
     let out = c.commit(vec![ev("a")]).await;
     assert!(matches!(out[0], Outcome::Unavailable(_)));
 }
@@ -398,17 +401,18 @@ impl EventStore for SlowStore {
 async fn a_repeat_claimed_while_the_first_is_being_stored_is_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let embedded = crate::adapters::outbound::embedded::EmbeddedStore::open(dir.path()).unwrap();
-    let committer = Committer {
-        dedup: Arc::new(embedded.clone()),
-        store: Arc::new(SlowStore(embedded.clone())),
-        clock: Arc::new(crate::ports::SystemClock),
-        metrics: Arc::new(Metrics::new()),
-        window: Duration::from_secs(3600),
-        hold: Duration::from_secs(30),
-        outage: DedupOutage::FailClosed,
-        dedup_rest: std::sync::Mutex::new(None),
-        recorded: Arc::new(tokio::sync::Notify::new()),
-    };
+    let committer = Committer::new(
+        Arc::new(embedded.clone()),
+        Arc::new(SlowStore(embedded.clone())),
+        Arc::new(crate::ports::SystemClock),
+        Arc::new(Metrics::new()),
+        DedupPolicy {
+            window: Duration::from_secs(3600),
+            hold: Duration::from_secs(30),
+            outage: DedupOutage::FailClosed,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    );
     let stop = CancellationToken::new();
     let (ingest, task) = Ingest::start(
         committer,
