@@ -106,26 +106,7 @@ impl Ingest {
                 }
             }
         }
-        let pending = if valid.is_empty() {
-            None
-        } else {
-            let (reply, rx) = oneshot::channel();
-            let n = valid.len();
-            let job = Job {
-                events: valid,
-                source,
-                reply,
-            };
-            match self.inner.tx.send(job) {
-                Ok(()) => Some((rx, n)),
-                Err(_) => {
-                    // The committer has stopped: answer without recording.
-                    let (tx, rx) = oneshot::channel();
-                    let _ = tx.send(vec![Outcome::Unavailable(Unavailable::ShuttingDown); n]);
-                    Some((rx, n))
-                }
-            }
-        };
+        let pending = self.queue(valid, source);
         async move {
             if let Some((rx, n)) = pending {
                 let committed = rx
@@ -140,15 +121,37 @@ impl Ingest {
                 .into_iter()
                 .map(|o| {
                     let o = o.unwrap_or(Outcome::Unavailable(Unavailable::ShuttingDown));
-                    match &o {
-                        Outcome::Accepted(_) => metrics.accepted.get_or_create(&labels).inc(),
-                        Outcome::Duplicate(_) => metrics.duplicate.get_or_create(&labels).inc(),
-                        Outcome::Unavailable(_) => metrics.unavailable.get_or_create(&labels).inc(),
-                        Outcome::Rejected(_) => 0,
-                    };
+                    count(&metrics, &labels, &o);
                     o
                 })
                 .collect()
+        }
+    }
+
+    /// Queues valid events for the committer: where their outcomes will come, and how many.
+    fn queue(
+        &self,
+        events: Vec<CartEvent>,
+        source: Source,
+    ) -> Option<(oneshot::Receiver<Vec<Outcome>>, usize)> {
+        if events.is_empty() {
+            return None;
+        }
+        let (reply, rx) = oneshot::channel();
+        let n = events.len();
+        let job = Job {
+            events,
+            source,
+            reply,
+        };
+        match self.inner.tx.send(job) {
+            Ok(()) => Some((rx, n)),
+            Err(_) => {
+                // The committer has stopped: answer without recording.
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(vec![Outcome::Unavailable(Unavailable::ShuttingDown); n]);
+                Some((rx, n))
+            }
         }
     }
 
@@ -170,6 +173,17 @@ impl Ingest {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
+}
+
+/// Counts a committed outcome by its kind; rejections are counted when they are found.
+fn count(metrics: &Metrics, labels: &ChannelLabels, outcome: &Outcome) {
+    let counter = match outcome {
+        Outcome::Accepted(_) => &metrics.accepted,
+        Outcome::Duplicate(_) => &metrics.duplicate,
+        Outcome::Unavailable(_) => &metrics.unavailable,
+        Outcome::Rejected(_) => return,
+    };
+    counter.get_or_create(labels).inc();
 }
 
 /// Groups in flight at once: one claiming, one storing, one confirming. Claims and stores
