@@ -211,6 +211,55 @@ async fn an_in_flight_key_is_unavailable_not_duplicate() {
 }
 
 #[tokio::test]
+async fn an_in_flight_key_freed_before_the_second_claim_is_stored_and_confirmed() {
+    let mut dedup = MockDedupStore::new();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    dedup
+        .expect_claim()
+        .withf(|_, keys| key_strs(keys) == ["a"])
+        .times(2)
+        .returning(
+            move |_, _| match calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+                0 => Ok(vec![Claim::InFlight]),
+                _ => Ok(vec![Claim::New]),
+            },
+        );
+    dedup
+        .expect_confirm()
+        .withf(|_, keys| key_strs(keys) == ["a"])
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .withf(|evs| evs.len() == 1)
+        .times(1)
+        .returning(|_| Ok(()));
+    let out = committer(dedup, store).commit(vec![ev("a")]).await;
+    assert_eq!(out, [Outcome::Accepted(id("a"))]);
+}
+
+#[tokio::test]
+async fn a_claim_answer_of_the_wrong_length_stores_nothing_and_does_not_rest_the_store() {
+    let mut dedup = MockDedupStore::new();
+    dedup.expect_claim().times(2).returning(|_, _| Ok(vec![]));
+    dedup.expect_confirm().never();
+    dedup.expect_release().never();
+    let mut store = MockEventStore::new();
+    store.expect_insert().never();
+    let c = committer(dedup, store);
+    let out = c.commit(vec![ev("a"), ev("b")]).await;
+    assert_eq!(out, vec![Outcome::Unavailable(Unavailable::DedupDown); 2]);
+    // A store that answers, however badly, is asked again at once (claim: times(2)).
+    let out = c.commit(vec![ev("a")]).await;
+    assert_eq!(out, [Outcome::Unavailable(Unavailable::DedupDown)]);
+    assert!(c
+        .metrics
+        .render()
+        .contains("cartstream_backend_errors_total{reason=\"claim\"} 2"));
+}
+
+#[tokio::test]
 async fn repeats_inside_one_group_are_claimed_once_and_answered_duplicate() {
     let mut dedup = MockDedupStore::new();
     dedup
