@@ -212,8 +212,8 @@ fn build_route(
 ) -> Result<Arc<Route>, StartupError> {
     let bad = |e: String| StartupError::Route(r.name.clone(), e);
     let rule = RouteRule {
-        name: RouteName::parse(&r.name).map_err(bad)?,
-        matcher: RouteMatch::parse(&r.event_types).map_err(bad)?,
+        name: RouteName::parse(&r.name).map_err(|e| bad(e.to_string()))?,
+        matcher: RouteMatch::parse(&r.event_types).map_err(|e| bad(e.to_string()))?,
     };
     let target = build_target(&r.target, default_redis_url).map_err(|e| bad(e.to_string()))?;
     let policy = RoutePolicy {
