@@ -20,17 +20,17 @@ pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
 pub use route_target::{DeliveryError, RouteTarget};
 
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use clock::MockClock;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use dedup_store::MockDedupStore;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use event_store::MockEventStore;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use journal::MockJournal;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use outbox::{MockEventFeed, MockOutbox};
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use route_target::MockRouteTarget;
 
 /// What an outbound adapter reports when it cannot do its job. Adapters map their own
