@@ -188,8 +188,13 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(outbox: MockOutbox, feed: MockEventFeed, routes: Vec<Arc<Route>>, at: i64) -> Running {
-    let routing = Arc::new(Routing {
+fn routing_over(
+    outbox: MockOutbox,
+    feed: MockEventFeed,
+    routes: Vec<Arc<Route>>,
+    at: i64,
+) -> Routing {
+    Routing {
         routes,
         outbox: Arc::new(outbox),
         feed: Arc::new(feed),
@@ -197,7 +202,11 @@ fn start(outbox: MockOutbox, feed: MockEventFeed, routes: Vec<Arc<Route>>, at: i
         recorded: Arc::new(Notify::new()),
         routed_through: Arc::new(AtomicI64::new(at)),
         metrics: Arc::new(Metrics::new()),
-    });
+    }
+}
+
+fn start(outbox: MockOutbox, feed: MockEventFeed, routes: Vec<Arc<Route>>, at: i64) -> Running {
+    let routing = Arc::new(routing_over(outbox, feed, routes, at));
     let stop = CancellationToken::new();
     let task = tokio::spawn(Arc::clone(&routing).run(stop.clone()));
     Running {
@@ -440,4 +449,58 @@ async fn a_failed_retry_schedule_holds_the_lane_for_the_backoff() {
         "the item still looks due to the outbox; the lane waits anyway"
     );
     assert_eq!(route.status.failed_attempts.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_retired_feed_that_fails_is_retried_and_caught_up_before_the_new_feed() {
+    let mut outbox = MockOutbox::new();
+    let mut retired = MockEventFeed::new();
+    let mut feed_fake = MockEventFeed::new();
+    outbox
+        .expect_cursor()
+        .withf(|feed| feed == "embedded")
+        .times(1)
+        .returning(|_| Err(injected()));
+    let (retired_reads, r) = (Log::default(), Log::default());
+    let rr = retired_reads.clone();
+    retired.expect_after().times(1).returning(move |after, _| {
+        rr.push(after);
+        Err(injected())
+    });
+    retired.expect_name().return_const("embedded");
+    // The retired feed holds 2 to 4; only what it held at the start (up to 3) is its own.
+    feed(&mut retired, &retired_reads, |after| match after {
+        1 => entries(2..=4),
+        _ => entries(4..=4),
+    });
+    let cursors: Cursors = Arc::new(Mutex::new(HashMap::from([
+        ("journal".into(), 10),
+        ("embedded".into(), 1),
+    ])));
+    let enqueued = Log::default();
+    saving_cursors(&mut outbox, &cursors, &enqueued);
+    // The retired feed's cursor when the new feed is first read.
+    let (c, new_reads) = (Arc::clone(&cursors), r.clone());
+    feed_fake.expect_name().return_const("journal");
+    feed_fake.expect_after().returning(move |_, _| {
+        new_reads.push(lock(&c).get("embedded").copied());
+        Ok(Vec::new())
+    });
+    let routing = Arc::new(Routing {
+        retired: Some((Arc::new(retired), 3)),
+        ..routing_over(outbox, feed_fake, Vec::new(), 0)
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(Arc::clone(&routing).run(stop.clone()));
+
+    wait_for("the new feed to be read", || !r.is_empty()).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(r.get()[0], Some(RETIRED), "caught up and retired first");
+    assert_eq!(
+        retired_reads.get(),
+        [1, 1, 3],
+        "the failed read, again, then on"
+    );
+    assert_eq!(enqueued.get(), [(3, 0), (RETIRED, 0)]);
 }
