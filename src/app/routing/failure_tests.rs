@@ -504,3 +504,42 @@ async fn a_retired_feed_that_fails_is_retried_and_caught_up_before_the_new_feed(
     );
     assert_eq!(enqueued.get(), [(3, 0), (RETIRED, 0)]);
 }
+
+#[tokio::test]
+async fn a_failed_backlog_read_leaves_the_gauges_and_is_read_again() {
+    let mut outbox = MockOutbox::new();
+    let mut feed_fake = MockEventFeed::new();
+    let reads = Log::default();
+    let r = reads.clone();
+    outbox.expect_backlog().returning(move |_| {
+        r.push(());
+        match r.len() {
+            1 => Err(injected()),
+            _ => Ok(RouteBacklog {
+                pending: 4,
+                dead: 1,
+            }),
+        }
+    });
+    outbox.expect_head().returning(|_, _, _| Ok(Vec::new()));
+    idle_router(&mut outbox, &mut feed_fake);
+    let mut target = MockRouteTarget::new();
+    target.expect_deliver().never();
+    let running = start(outbox, feed_fake, vec![route(target, Duration::ZERO)], 0);
+    let labels = crate::app::metrics::RouteLabels {
+        route: ROUTE.into(),
+    };
+    let metrics = Arc::clone(&running.routing.metrics);
+    let gauges = move || {
+        (
+            metrics.route_backlog.get_or_create(&labels).get(),
+            metrics.route_dead_letters.get_or_create(&labels).get(),
+        )
+    };
+
+    wait_for("the failed read", || !reads.is_empty()).await;
+    assert_eq!(gauges(), (0, 0), "nothing reported from a failed read");
+    wait_for("the next read", || reads.len() > 1).await;
+    wait_for("the gauges", || gauges() == (4, 1)).await;
+    running.stop().await;
+}
