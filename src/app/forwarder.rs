@@ -225,3 +225,6 @@ fn jitter(d: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod failure_tests;

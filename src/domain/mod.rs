@@ -4,14 +4,16 @@
 pub mod dedup;
 pub mod error;
 pub mod event;
+pub mod outcome;
 pub mod routing;
 pub mod validation;
 
-pub use dedup::DedupKey;
+pub use dedup::{Claim, DedupKey, GroupPlan, WrongLength};
 pub use error::{FieldCode, FieldError};
 pub use event::{
     CartEvent, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent, StoredFields,
 };
+pub use outcome::{Item, Outcome, Unavailable};
 pub use validation::{
     parse_event, parse_event_owned, parse_fields, EventFields, ValidationPolicy, MAX_AMOUNT,
     MAX_COUNT,

@@ -16,7 +16,7 @@ use crate::ports::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,7 +84,6 @@ pub enum DedupMode {
 }
 
 struct Inner {
-    path: PathBuf,
     mode: DedupMode,
     /// Every reading of the time: holds, what is remembered until when, the window, purges.
     /// One clock, so the in-memory deadlines and the stored times agree.
@@ -142,7 +141,6 @@ impl EmbeddedStore {
         let now = unix_ms(clock.now());
         Ok(Self {
             inner: Arc::new(Inner {
-                path,
                 mode,
                 clock,
                 write: Mutex::new(WriteState {
@@ -162,10 +160,6 @@ impl EmbeddedStore {
                 read: Mutex::new(read),
             }),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, PortError>
