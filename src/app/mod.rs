@@ -10,3 +10,5 @@ pub mod routing;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+#[cfg(test)]
+mod test_wait;

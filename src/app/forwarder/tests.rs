@@ -1,5 +1,6 @@
 use super::*;
 use crate::adapters::outbound::journal::SqliteJournal;
+use crate::app::test_wait::wait_for;
 use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
 use crate::ports::{MockEventStore, TokioClock};
 use chrono::Utc;
@@ -28,19 +29,6 @@ fn policy(max_rows: usize, interval_ms: u64) -> FlushPolicy {
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),
     }
-}
-
-/// Polls `ok` every 10 ms until it holds, failing after 500 polls. On paused time (the
-/// forwarder's clock follows it) polls cost no wall time and the deadline only moves while
-/// nothing else can run.
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(start_paused = true)]

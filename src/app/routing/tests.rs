@@ -1,11 +1,11 @@
 use super::*;
 use crate::adapters::outbound::embedded::EmbeddedStore;
 use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::app::test_wait::{wait_for, wait_until};
 use crate::domain::routing::{RouteMatch, RouteName};
 use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
 use crate::ports::{DeliveryError, EventStore, TokioClock};
 use serde_json::json;
-use std::future::Future;
 use std::sync::atomic::AtomicUsize;
 
 /// A target that records what it receives and fails the first `fail_first` calls.
@@ -119,23 +119,6 @@ fn route(name: &str, types: &[&str], target: Arc<Recorder>, policy: RoutePolicy)
         target,
         policy,
     ))
-}
-
-/// Polls `ok` every 10 ms until it holds, failing after 1,000 polls. The tests run on paused
-/// time (routing's clock follows it), so polls and backoffs cost no wall time, and the
-/// deadline only moves while nothing else can run: a slow machine cannot make it pass.
-async fn wait_until<F: Future<Output = bool>>(what: &str, mut ok: impl FnMut() -> F) {
-    for _ in 0..1000 {
-        if ok().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    wait_until(what, || std::future::ready(ok())).await;
 }
 
 /// Waits until the router has saved its starting cursor: events recorded from then on are
