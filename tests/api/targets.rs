@@ -10,7 +10,7 @@ use cartstream::adapters::outbound::targets::{
     RedisStreamConfig, RedisStreamTarget, WebhookConfig, WebhookTarget,
 };
 use cartstream::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
-use cartstream::ports::{DeliveryError, RouteTarget, SystemClock};
+use cartstream::ports::{DeliveryError, MockClock, RouteTarget, SystemClock};
 use hmac::{Hmac, Mac};
 use poem::http::{HeaderMap, StatusCode};
 use poem::listener::{Acceptor, Listener, TcpListener};
@@ -224,6 +224,32 @@ async fn a_batch_is_one_signed_request_a_receiver_can_verify() {
         sig,
         &r.body,
         now() + 301
+    ));
+}
+
+#[tokio::test]
+async fn the_signature_is_dated_by_the_targets_clock() {
+    let receiver = Receiver::start(204).await;
+    let mut clock = MockClock::new();
+    clock
+        .expect_now()
+        .returning(|| "2026-01-02T03:04:05.678Z".parse().unwrap());
+    let mut config = WebhookConfig::new(&receiver.url);
+    config.secret = Some("whsec_hunter2".into());
+    let target = WebhookTarget::new(config, Arc::new(clock)).unwrap();
+
+    deliver(&target, &events(1)).await.unwrap();
+
+    let requests = receiver.requests();
+    let sig = requests[0]
+        .header("x-cartstream-signature")
+        .expect("signed");
+    assert!(sig.starts_with("t=1767323045,"), "{sig}");
+    assert!(verify_signature(
+        b"whsec_hunter2",
+        sig,
+        &requests[0].body,
+        1_767_323_045
     ));
 }
 
