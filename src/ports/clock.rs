@@ -1,6 +1,10 @@
 use chrono::{DateTime, Utc};
 
-/// The server's clock: validation bounds and `receivedAt` come from it.
+/// The server's clock, the one source of the time of day: validation bounds and `receivedAt`,
+/// the embedded store's holds and dedup window, when a route's delivery is due and its retry,
+/// dead letters' `failedAt`, the journal's age, webhook signatures. Startup makes one and
+/// hands it to each of them. Waiting (sleeps, intervals, timeouts, backoff) is tokio's time,
+/// so a test can pause it.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
