@@ -379,9 +379,15 @@ async fn a_client_that_ignores_pings_is_closed_with_1011() {
     })
     .await;
     let (mut ws, _) = app.ws().await;
-    // Not reading means tungstenite never answers the pings; there is nothing to wait on
-    // without reading, so this waits out the server's own ping timer (2 x 100 ms) with room.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Not reading means tungstenite never answers the pings. The server counts the close
+    // before it sends it: wait for that over HTTP, never touching the socket (what is read
+    // next says whether it came).
+    poll_until(
+        Duration::from_secs(10),
+        || app.get_text("/metrics"),
+        |(_, m)| m.contains("cartstream_ws_closes_total{reason=\"ping_timeout\"} 1"),
+    )
+    .await;
     let mut pings = 0;
     let code = loop {
         match tokio::time::timeout(REPLY_TIMEOUT, futures_util::StreamExt::next(&mut ws))
