@@ -408,8 +408,18 @@ async fn a_client_that_answers_pings_stays_connected() {
     let (mut ws, _) = app.ws().await;
     // recv_json keeps reading, so tungstenite answers every ping.
     for i in 0..8 {
-        // Spaced past the ping interval on purpose, so the server's pings come and are answered.
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Waits for the server's next ping (reading it makes tungstenite answer it), so the
+        // exchange spans eight ping intervals.
+        loop {
+            let frame = tokio::time::timeout(REPLY_TIMEOUT, futures_util::StreamExt::next(&mut ws))
+                .await
+                .expect("a ping in time")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            if matches!(frame, Message::Ping(_)) {
+                break;
+            }
+        }
         send_json(
             &mut ws,
             &json!({"type": "ping", "requestId": i.to_string()}),
