@@ -3,6 +3,9 @@
 //! `tests/api` (which includes this file with `#[path]`): it takes the domain's types from
 //! its parent module, `domain` here and a re-export of `cartstream::domain` there.
 
+// Each of the two test targets uses a part of the fixtures.
+#![allow(dead_code)]
+
 use super::{parse_event, CartEvent, EventId, Source, StoredEvent, ValidationPolicy};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
