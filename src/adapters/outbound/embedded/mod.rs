@@ -17,7 +17,7 @@ use crate::ports::{
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,6 @@ pub enum DedupMode {
 }
 
 struct Inner {
-    path: PathBuf,
     mode: DedupMode,
     write: Mutex<WriteState>,
     /// Confirmations go through their own connection with `synchronous=NORMAL`: they need no
@@ -125,7 +124,6 @@ impl EmbeddedStore {
         let read = open_conn(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                path,
                 mode,
                 write: Mutex::new(WriteState {
                     conn: write,
@@ -144,10 +142,6 @@ impl EmbeddedStore {
                 read: Mutex::new(read),
             }),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, PortError>
