@@ -26,6 +26,16 @@ pub fn event(id: &str) -> Fixture {
     }
 }
 
+/// An event as the wire sends it (`raw` must have a `timestamp`), received at its timestamp
+/// over HTTP.
+pub fn from_json(raw: Value) -> Fixture {
+    Fixture {
+        raw,
+        received_later_ms: 0,
+        source: Source::Http,
+    }
+}
+
 /// Metadata that exercises a store's text handling: every protocol field, non-ASCII text,
 /// nesting, floats and `null`.
 pub fn rich_metadata() -> Value {
