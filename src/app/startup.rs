@@ -14,7 +14,7 @@ use crate::app::access::Access;
 use crate::app::config::RouteSettings;
 use crate::app::config::Settings;
 use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
-use crate::app::ingest::{Committer, Ingest};
+use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
 use crate::app::routing::{Route, RoutePolicy, Routing};
@@ -351,17 +351,18 @@ impl Application {
         .map_err(|source| StartupError::Listen { addr, source })?;
         let local_addr = acceptor.local_socket_addr().unwrap_or(addr);
         let recorded = Arc::new(Notify::new());
-        let committer = Committer {
-            dedup: Arc::clone(&ports.dedup),
-            store: Arc::clone(&ports.store),
-            clock: Arc::clone(&ports.clock),
-            metrics: Arc::clone(&metrics),
-            window: settings.dedup_window,
-            hold: settings.dedup_hold,
-            outage: settings.dedup_outage,
-            dedup_rest: std::sync::Mutex::new(None),
-            recorded: Arc::clone(&recorded),
-        };
+        let committer = Committer::new(
+            Arc::clone(&ports.dedup),
+            Arc::clone(&ports.store),
+            Arc::clone(&ports.clock),
+            Arc::clone(&metrics),
+            DedupPolicy {
+                window: settings.dedup_window,
+                hold: settings.dedup_hold,
+                outage: settings.dedup_outage,
+            },
+            Arc::clone(&recorded),
+        );
         let committer_stop = CancellationToken::new();
         let (ingest, committer) = Ingest::start(
             committer,

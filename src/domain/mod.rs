@@ -7,16 +7,18 @@ pub mod event;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod listing;
+pub mod outcome;
 pub mod routing;
 pub mod validation;
 
-pub use dedup::DedupKey;
+pub use dedup::{Claim, DedupKey, GroupPlan, WrongLength};
 pub use error::{FieldCode, FieldError};
 pub use event::{
     CartEvent, EventColumns, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent,
     StoredFields,
 };
 pub use listing::{newest_first, EventQuery, PageKey};
+pub use outcome::{Item, Outcome, Unavailable};
 pub use validation::{
     parse_event, parse_event_owned, parse_fields, EventFields, ValidationPolicy, MAX_AMOUNT,
     MAX_COUNT,
