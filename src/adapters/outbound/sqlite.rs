@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The event columns of the `events` table, in table order: what [`Row`] reads and writes.
+/// [`EVENT_COLUMNS`], as a literal for `concat!`.
 macro_rules! event_columns {
     () => {
         "event_id, user_id, session_id, event_type, occurred_at, received_at, source, metadata"
@@ -145,10 +145,6 @@ pub(crate) fn query_events(
 ) -> Result<EventPage, PortError> {
     let (clause, args) = page_clause(query, &SQLITE);
     let sql = format!("SELECT {EVENT_COLUMNS} FROM {table} WHERE 1 = 1{clause}");
-    let args = args.into_iter().map(|a| match a {
-        Arg::Text(t) => rusqlite::types::Value::from(t.to_owned()),
-        Arg::Int(i) => i.into(),
-    });
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
     let mut page = PageBuilder::new(query);
@@ -159,6 +155,15 @@ pub(crate) fn query_events(
         }
     }
     Ok(page.finish())
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Text(t) => t.to_sql(),
+            Arg::Int(i) => i.to_sql(),
+        }
+    }
 }
 
 /// An event as the `events` table holds it.
