@@ -28,7 +28,7 @@ pub struct Lease {
 /// time, [`confirm`](DedupStore::confirm) makes them last the whole window once the events are
 /// recorded, and [`release`](DedupStore::release) (or the hold running out, after a crash) frees
 /// them again.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait DedupStore: Send + Sync {
     /// Claims `keys` under `lease`. `Ok(v)[i]` answers for `keys[i]`; keys must be distinct.

@@ -98,7 +98,7 @@ impl PageBuilder {
 }
 
 /// Where accepted events are kept and read back.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync {
     /// Records a batch durably: when this returns `Ok`, every event survives a crash.
