@@ -119,20 +119,15 @@ pub fn partition(user_id: &str, partitions: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{parse_event, EventId, ValidationPolicy};
+    use crate::domain::fixtures::{self, rich_metadata};
     use proptest::prelude::*;
 
+    /// An event of type `t` with every field a rule of any type might need.
     fn event(t: &str) -> CartEvent {
-        let raw = serde_json::json!({"userId": "u", "eventType": t,
-            "metadata": {"productId": "p", "quantity": 1, "couponCode": "c", "cartValue": 1,
-                         "itemCount": 1, "orderId": "o"}});
-        parse_event(
-            &raw,
-            &ValidationPolicy::protocol_default(),
-            chrono::Utc::now(),
-            || EventId::from_random_bytes([1; 16]),
-        )
-        .unwrap()
+        fixtures::event("e-1")
+            .kind(t)
+            .metadata(rich_metadata())
+            .cart_event()
     }
 
     fn rule(name: &str, types: &[&str]) -> RouteRule {

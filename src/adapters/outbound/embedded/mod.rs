@@ -8,6 +8,7 @@
 
 use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row,
+    INSERT_EVENT,
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
@@ -182,13 +183,7 @@ impl EventStore for EmbeddedStore {
             let mut state = lock(&inner.write);
             let tx = state.conn.transaction().map_err(db_err)?;
             {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO events (event_id, user_id, session_id, event_type,
-                         occurred_at, received_at, source, metadata)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )
-                    .map_err(db_err)?;
+                let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(db_err)?;
                 for r in &rows {
                     stmt.execute(params![
                         r.event_id,
