@@ -637,5 +637,7 @@ fn reason(e: &PortError) -> Unavailable {
     }
 }
 
+mod port;
+
 #[cfg(test)]
 mod tests;

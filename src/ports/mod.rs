@@ -15,7 +15,7 @@ pub use dedup_store::{Claim, DedupStore, Lease};
 pub use event_store::{
     listed_bytes, newest_first, EventPage, EventQuery, EventStore, PageBuilder, PageKey,
 };
-pub use ingest::{Item, Outcome, Unavailable};
+pub use ingest::{IngestUseCase, Item, Outcome, Unavailable};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
 pub use route_target::{DeliveryError, RouteTarget};
