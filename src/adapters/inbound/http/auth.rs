@@ -3,18 +3,15 @@
 //! in the guard every request passes; handlers receive the outcome as a [`Caller`] through
 //! extractors that also document the security schemes in the OpenAPI document.
 
+pub use crate::adapters::inbound::edge::Caller;
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
-use crate::app::access::{origin_listed, Access, KeyId, Scope};
+use crate::app::access::{origin_listed, Access, Scope};
 use crate::app::rate_limit::{Client, RateLimits};
 use poem::http::{header, Method, StatusCode};
 use poem::Request;
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use std::time::Duration;
-
-/// The authenticated sender of a request, put in its extensions by the guard.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub Client);
 
 /// What an endpoint needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,12 +342,6 @@ caller_extractor!(
     AdminKey,
     [BEARER, ADMIN_KEY_HEADER, API_KEY_HEADER]
 );
-
-impl Caller {
-    pub fn key(&self) -> Option<KeyId> {
-        self.0.key
-    }
-}
 
 #[cfg(test)]
 mod tests {

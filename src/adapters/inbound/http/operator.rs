@@ -2,9 +2,8 @@
 
 use super::auth::AdminKey;
 use crate::adapters::inbound::wire::{rfc3339, ErrorBody, ErrorCode, EventView};
-use crate::app::metrics::Channel;
+use crate::app::metrics::{Channel, Metrics};
 use crate::app::routing::Routing;
-use crate::app::state::AppState;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
@@ -20,8 +19,11 @@ enum OperatorTags {
     Routing,
 }
 
+/// The operator API needs only the routes (none configured: every operation answers so) and
+/// the error counters.
 pub struct OperatorApi {
-    pub state: Arc<AppState>,
+    pub routing: Option<Arc<Routing>>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -265,11 +267,11 @@ pub enum DeleteResponse {
 
 impl OperatorApi {
     fn routing(&self) -> Option<&Arc<Routing>> {
-        self.state.routing.as_ref()
+        self.routing.as_ref()
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
-        self.state.metrics.error(Channel::Http, code.as_str());
+        self.metrics.error(Channel::Http, code.as_str());
         Json(ErrorBody::new(code, message))
     }
 

@@ -8,17 +8,15 @@
 
 pub mod protocol;
 
-use crate::adapters::inbound::http::auth::Caller;
-use crate::adapters::inbound::http::json_error;
+use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::wire::{
     batch_answer, details, rfc3339, unavailable_message, BatchAnswer, ErrorBody, ErrorCode,
     ItemStatus,
 };
-use crate::app::ingest::Outcome;
-use crate::app::metrics::{Channel, ReasonLabels};
-use crate::app::rate_limit::Client;
-use crate::app::state::AppState;
+use crate::app::metrics::{Channel, Metrics, ReasonLabels};
+use crate::app::rate_limit::{Client, RateLimits};
 use crate::domain::Source;
+use crate::ports::{Clock, IngestUseCase, Outcome};
 use futures_util::future::{self, BoxFuture, FutureExt};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
@@ -35,19 +33,53 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a closing handshake may take once the close frame is sent.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// The WebSocket adapter's limits and timers, taken from the settings once at startup.
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// Largest message (and frame) a client may send.
+    pub max_message_bytes: usize,
+    /// Most events in one `cart_event_batch`.
+    pub max_batch_events: usize,
+    /// How often the server pings an open connection.
+    pub ping_interval: Duration,
+    /// Pings in a row without a pong before the connection is dropped.
+    pub max_missed_pings: u32,
+    /// Replies pending at once before reading pauses.
+    pub max_in_flight: usize,
+    /// How long a closing connection may take to send what is in flight.
+    pub drain_timeout: Duration,
+}
+
+/// Everything the WebSocket adapter needs, built once in [`crate::app::startup`].
+pub struct WsState<U> {
+    pub ingest: U,
+    pub settings: WsSettings,
+    /// Shared with the HTTP adapter: one bucket per client across both channels.
+    pub rate_limits: Arc<RateLimits>,
+    pub metrics: Arc<Metrics>,
+    /// The time in `connection_ack` and `pong`; timers run on tokio's clock.
+    pub clock: Arc<dyn Clock>,
+    /// Cancelled when the server starts shutting down; connections then drain and close.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to drain.
+    pub connections: TaskTracker,
+}
+
 /// The endpoint that upgrades `GET /events/stream`.
-pub fn endpoint(state: Arc<AppState>) -> impl Endpoint {
+pub fn endpoint<U: IngestUseCase>(state: Arc<WsState<U>>) -> impl Endpoint {
     poem::endpoint::make(move |req: Request| {
         let state = Arc::clone(&state);
         async move { Ok::<_, poem::Error>(upgrade(state, req)) }
     })
 }
 
-fn upgrade(state: Arc<AppState>, req: Request) -> Response {
+fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
     let header_is = |name: header::HeaderName, want: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
@@ -61,7 +93,7 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
         && header_is(header::SEC_WEBSOCKET_VERSION, "13");
     let (Some(key), true) = (key, valid) else {
         return json_error(
-            &state,
+            &state.metrics,
             StatusCode::BAD_REQUEST,
             ErrorBody::new(
                 ErrorCode::InvalidMessage,
@@ -71,14 +103,14 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
     };
     if state.shutdown.is_cancelled() {
         return json_error(
-            &state,
+            &state.metrics,
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorBody::new(ErrorCode::Unavailable, "the server is shutting down"),
         );
     }
     let Ok(on_upgrade) = req.take_upgrade() else {
         return json_error(
-            &state,
+            &state.metrics,
             StatusCode::BAD_REQUEST,
             ErrorBody::new(
                 ErrorCode::InvalidMessage,
@@ -120,9 +152,9 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
 
 type ReplyFuture = BoxFuture<'static, String>;
 
-struct Connection {
+struct Connection<U> {
     id: String,
-    state: Arc<AppState>,
+    state: Arc<WsState<U>>,
     /// Its key and address: the rate limit's bucket, shared with the client's other
     /// connections and HTTP requests.
     client: Client,
@@ -141,8 +173,8 @@ enum Ending {
     Abort(CloseCode, &'static str),
 }
 
-impl Connection {
-    fn new(state: Arc<AppState>, client: Client) -> Self {
+impl<U: IngestUseCase> Connection<U> {
+    fn new(state: Arc<WsState<U>>, client: Client) -> Self {
         let id = format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         Self {
             id,
@@ -163,7 +195,7 @@ impl Connection {
         let ack = Reply::ConnectionAck {
             connection_id: self.id.clone(),
             protocol_version: protocol::PROTOCOL_VERSION,
-            server_time: rfc3339(chrono::Utc::now()),
+            server_time: rfc3339(self.state.clock.now()),
             limits: Limits {
                 max_message_bytes: self.state.settings.max_message_bytes,
                 max_batch_events: self.state.settings.max_batch_events,
@@ -214,7 +246,7 @@ impl Connection {
     {
         // Bounded, so a client that stops reading cannot hold shutdown hostage.
         let drained =
-            tokio::time::timeout(self.state.settings.shutdown_timeout, self.drain(writer)).await;
+            tokio::time::timeout(self.state.settings.drain_timeout, self.drain(writer)).await;
         if matches!(drained, Ok(Ok(()))) {
             close(reader, writer, code, why).await;
         }
@@ -230,14 +262,15 @@ impl Connection {
         R: AsyncRead + AsyncWrite + Unpin,
         W: AsyncRead + AsyncWrite + Unpin,
     {
-        let settings = Arc::clone(&self.state.settings);
-        let shutdown = self.state.shutdown.clone();
-        let interval = settings.ws_ping_interval;
+        let state = Arc::clone(&self.state);
+        let settings = &state.settings;
+        let shutdown = state.shutdown.clone();
+        let interval = settings.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unanswered = 0u32;
         loop {
-            let can_read = self.in_flight.len() < settings.ws_max_in_flight;
+            let can_read = self.in_flight.len() < settings.max_in_flight;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -286,7 +319,7 @@ impl Connection {
                     Some(Err(_)) => return Ending::Gone,
                 },
                 _ = ping.tick() => {
-                    if unanswered >= settings.ws_max_missed_pings {
+                    if unanswered >= settings.max_missed_pings {
                         return Ending::Abort(CloseCode::Error, "no answer to pings");
                     }
                     unanswered += 1;
@@ -354,83 +387,89 @@ impl Connection {
     /// Handles one text message: refusals and pongs are ready at once; events are validated
     /// and submitted now, and answered when recorded.
     fn dispatch(&self, text: &str) -> ReplyFuture {
-        let message = match protocol::parse(text, self.state.settings.max_batch_events) {
-            Ok(m) => m,
-            Err(r) => return self.refuse(r.request_id, r.code, &r.message),
-        };
-        let ingest = &self.state.ingest;
-        let metrics = Arc::clone(&self.state.metrics);
-        match message {
-            ClientMessage::Ping { request_id } => future::ready(
-                Reply::Pong {
-                    request_id,
-                    server_time: rfc3339(chrono::Utc::now()),
-                }
-                .to_text(),
-            )
-            .boxed(),
-            ClientMessage::Event { request_id, data } => {
-                if let Some(limited) = self.rate_limited(&request_id, 1) {
-                    return limited;
-                }
-                let submitted = ingest.submit(vec![ingest.validate(data)], Source::Ws);
-                async move {
-                    let reply = match submitted.await.pop() {
-                        Some(Outcome::Accepted(id)) => Reply::EventAck {
-                            request_id,
-                            event_id: id.into_string(),
-                            status: ItemStatus::Accepted,
-                        },
-                        Some(Outcome::Duplicate(id)) => Reply::EventAck {
-                            request_id,
-                            event_id: id.into_string(),
-                            status: ItemStatus::Duplicate,
-                        },
-                        Some(Outcome::Rejected(errors)) => Reply::Error {
-                            request_id,
-                            code: ErrorCode::ValidationFailed,
-                            message: "event is invalid".into(),
-                            details: Some(details(errors)),
-                            retryable: false,
-                            retry_after_ms: None,
-                        },
-                        Some(Outcome::Unavailable(reason)) => Reply::error(
-                            request_id,
-                            ErrorCode::Unavailable,
-                            unavailable_message(reason),
-                        ),
-                        None => Reply::error(
-                            request_id,
-                            ErrorCode::InternalError,
-                            "no outcome for the event",
-                        ),
-                    };
-                    if let Reply::Error { code, .. } = &reply {
-                        metrics.error(Channel::Ws, code.as_str());
+        match protocol::parse(text, self.state.settings.max_batch_events) {
+            Ok(ClientMessage::Ping { request_id }) => {
+                let server_time = rfc3339(self.state.clock.now());
+                future::ready(
+                    Reply::Pong {
+                        request_id,
+                        server_time,
                     }
-                    reply.to_text()
-                }
+                    .to_text(),
+                )
                 .boxed()
             }
-            ClientMessage::Batch { request_id, data } => {
-                if let Some(limited) = self.rate_limited(&request_id, data.len()) {
-                    return limited;
-                }
-                let items = data.into_iter().map(|e| ingest.validate(e)).collect();
-                let submitted = ingest.submit(items, Source::Ws);
-                async move {
-                    let reply = match batch_answer(submitted.await) {
-                        BatchAnswer::Results(result) => Reply::BatchAck { request_id, result },
-                        BatchAnswer::Unavailable(reason) => {
-                            metrics.error(Channel::Ws, ErrorCode::Unavailable.as_str());
-                            Reply::error(request_id, ErrorCode::Unavailable, reason)
-                        }
-                    };
-                    reply.to_text()
-                }
-                .boxed()
-            }
+            Ok(ClientMessage::Event { request_id, data }) => self.event(request_id, data),
+            Ok(ClientMessage::Batch { request_id, data }) => self.batch(request_id, data),
+            Err(r) => self.refuse(r.request_id, r.code, &r.message),
         }
+    }
+
+    fn event(&self, request_id: Option<String>, data: serde_json::Value) -> ReplyFuture {
+        if let Some(limited) = self.rate_limited(&request_id, 1) {
+            return limited;
+        }
+        let ingest = &self.state.ingest;
+        let submitted = ingest.submit_one(ingest.validate(data), Source::Ws);
+        let metrics = Arc::clone(&self.state.metrics);
+        async move {
+            let reply = event_reply(request_id, submitted.await);
+            if let Reply::Error { code, .. } = &reply {
+                metrics.error(Channel::Ws, code.as_str());
+            }
+            reply.to_text()
+        }
+        .boxed()
+    }
+
+    fn batch(&self, request_id: Option<String>, data: Vec<serde_json::Value>) -> ReplyFuture {
+        if let Some(limited) = self.rate_limited(&request_id, data.len()) {
+            return limited;
+        }
+        let ingest = &self.state.ingest;
+        let items = data.into_iter().map(|e| ingest.validate(e)).collect();
+        let submitted = ingest.submit(items, Source::Ws);
+        let metrics = Arc::clone(&self.state.metrics);
+        async move {
+            let reply = match batch_answer(submitted.await) {
+                BatchAnswer::Results(result) => Reply::BatchAck { request_id, result },
+                BatchAnswer::Unavailable(reason) => {
+                    metrics.error(Channel::Ws, ErrorCode::Unavailable.as_str());
+                    Reply::error(request_id, ErrorCode::Unavailable, reason)
+                }
+            };
+            reply.to_text()
+        }
+        .boxed()
+    }
+}
+
+/// The reply to a `cart_event`: an `event_ack`, or an `error` saying why it was not recorded.
+fn event_reply(request_id: Option<String>, outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Accepted(id) => Reply::EventAck {
+            request_id,
+            event_id: id.into_string(),
+            status: ItemStatus::Accepted,
+        },
+        Outcome::Duplicate(id) => Reply::EventAck {
+            request_id,
+            event_id: id.into_string(),
+            status: ItemStatus::Duplicate,
+        },
+        Outcome::Rejected(errors) => Reply::Error {
+            request_id,
+            code: ErrorCode::ValidationFailed,
+            message: "event is invalid".into(),
+            details: Some(details(errors)),
+            retryable: false,
+            retry_after_ms: None,
+        },
+        Outcome::Unavailable(reason) => Reply::error(
+            request_id,
+            ErrorCode::Unavailable,
+            unavailable_message(reason),
+        ),
     }
 }
 
