@@ -399,16 +399,32 @@ fn http_limits(settings: &Settings) -> HttpLimits {
     }
 }
 
-/// What the WebSocket adapter takes from the settings.
-fn ws_settings(settings: &Settings) -> WsSettings {
-    WsSettings {
+/// The WebSocket adapter: what it takes from the settings, the rate limits it shares with
+/// the HTTP guard, and fresh lifecycle signals.
+fn ws_state(
+    settings: &Settings,
+    ingest: Ingest,
+    gate: &Gate,
+    metrics: &Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+) -> Arc<WsState<Ingest>> {
+    let ws_settings = WsSettings {
         max_message_bytes: settings.max_message_bytes,
         max_batch_events: settings.max_batch_events,
         ping_interval: settings.ws_ping_interval,
         max_missed_pings: settings.ws_max_missed_pings,
         max_in_flight: settings.ws_max_in_flight,
         drain_timeout: settings.shutdown_timeout,
-    }
+    };
+    Arc::new(WsState {
+        ingest,
+        settings: ws_settings,
+        rate_limits: Arc::clone(&gate.rate_limits),
+        metrics: Arc::clone(metrics),
+        clock,
+        shutdown: CancellationToken::new(),
+        connections: TaskTracker::new(),
+    })
 }
 
 /// A bound, ready-to-run server.
@@ -475,15 +491,7 @@ impl Application {
         let routing = routing(&settings, &ports, &recorded, &metrics)?;
         let background = Background::start(routing.as_ref(), ports.forwarding, &metrics);
         let gate = gate(&settings, proxies, local_addr)?;
-        let ws = Arc::new(WsState {
-            ingest: ingest.clone(),
-            settings: ws_settings(&settings),
-            rate_limits: Arc::clone(&gate.rate_limits),
-            metrics: Arc::clone(&metrics),
-            clock: ports.clock,
-            shutdown: CancellationToken::new(),
-            connections: TaskTracker::new(),
-        });
+        let ws = ws_state(&settings, ingest.clone(), &gate, &metrics, ports.clock);
         let backends = Backends {
             store: ports.store,
             dedup: ports.dedup,
