@@ -5,3 +5,6 @@ pub mod http;
 pub mod listener;
 pub mod wire;
 pub mod ws;
+
+#[cfg(test)]
+pub(crate) mod testing;

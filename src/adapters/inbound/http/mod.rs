@@ -346,3 +346,6 @@ fn error_response(metrics: &Metrics, e: poem::Error) -> Response {
     };
     json_error(metrics, status, body)
 }
+
+#[cfg(test)]
+mod tests;
