@@ -615,37 +615,4 @@ impl<S: AsyncWrite> AsyncWrite for WriteOnly<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply_to(code: u16) -> u16 {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: "".into(),
-        };
-        close_reply(Some(&frame)).into()
-    }
-
-    #[test]
-    fn a_close_code_that_may_be_sent_is_echoed() {
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
-        ] {
-            assert_eq!(reply_to(code), code);
-        }
-    }
-
-    #[test]
-    fn a_close_code_no_endpoint_may_send_is_answered_1002() {
-        for code in [
-            0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
-        ] {
-            assert_eq!(reply_to(code), 1002, "{code}");
-        }
-    }
-
-    #[test]
-    fn a_close_without_a_code_is_answered_1000() {
-        assert_eq!(close_reply(None), CloseCode::Normal);
-    }
-}
+mod tests;
