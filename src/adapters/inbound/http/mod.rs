@@ -225,30 +225,29 @@ async fn guard<U, E: Endpoint>(
     }
     req.extensions_mut().insert(caller);
     if let Some(limit) = body_limit(&state.limits, &req) {
-        match body::read_limited(&mut req, limit).await {
-            Ok(bytes) => req.set_body(bytes),
-            Err(e) => {
-                let (status, code) = match e {
-                    body::BodyError::TooLarge(_) => {
-                        (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
-                    }
-                    body::BodyError::UnsupportedEncoding(_) => (
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        ErrorCode::UnsupportedMediaType,
-                    ),
-                    body::BodyError::BadGzip | body::BodyError::Read(_) => {
-                        (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson)
-                    }
-                };
-                return Ok(json_error(
-                    &state.metrics,
-                    status,
-                    ErrorBody::new(code, e.to_string()),
-                ));
-            }
+        if let Err(e) = body::read_limited(&mut req, limit)
+            .await
+            .map(|b| req.set_body(b))
+        {
+            return Ok(body_refused(&state.metrics, &e));
         }
     }
     ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// The answer to a body that could not be read within its limit.
+fn body_refused(metrics: &Metrics, e: &body::BodyError) -> Response {
+    let (status, code) = match e {
+        body::BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+        body::BodyError::UnsupportedEncoding(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+        ),
+        body::BodyError::BadGzip | body::BodyError::Read(_) => {
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson)
+        }
+    };
+    json_error(metrics, status, ErrorBody::new(code, e.to_string()))
 }
 
 /// How much of a request's body may be read, for every request that can carry one: the event

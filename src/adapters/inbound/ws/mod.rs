@@ -281,43 +281,11 @@ impl<U: IngestUseCase> Connection<U> {
                         return Ending::Gone;
                     }
                 }
-                frame = reader.next(), if can_read => match frame {
-                    None => return Ending::Gone,
-                    Some(Ok(Message::Close(frame))) => {
-                        return Ending::ClosedByClient(close_reply(frame.as_ref()));
+                frame = reader.next(), if can_read => {
+                    if let Some(ending) = self.on_frame(frame, writer, &mut unanswered).await {
+                        return ending;
                     }
-                    Some(Ok(Message::Text(text))) => {
-                        let reply = self.dispatch(text.as_str());
-                        self.in_flight.push_back(reply);
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = self.refuse(None, ErrorCode::InvalidJson,
-                            "binary frames are not supported; send each message as a JSON text frame");
-                        self.in_flight.push_back(reply);
-                    }
-                    Some(Ok(Message::Pong(_))) => unanswered = 0,
-                    // The reader's own pongs go nowhere (see `split`): answer here.
-                    Some(Ok(Message::Ping(payload))) => {
-                        if writer.send(Message::Pong(payload)).await.is_err() {
-                            return Ending::Gone;
-                        }
-                    }
-                    // Reading never yields raw frames.
-                    Some(Ok(Message::Frame(_))) => {}
-                    Some(Err(WsError::Capacity(_))) => {
-                        return Ending::Close(CloseCode::Size, "message larger than maxMessageBytes");
-                    }
-                    // Also a close frame whose reason is not UTF-8: 1007 is the code for data
-                    // that is not the UTF-8 its frame promises, wherever it is.
-                    Some(Err(WsError::Utf8(_))) => {
-                        return Ending::Close(CloseCode::Invalid, "text is not valid UTF-8");
-                    }
-                    // Also a close frame with a 1-byte payload.
-                    Some(Err(WsError::Protocol(_))) => {
-                        return Ending::Close(CloseCode::Protocol, "WebSocket protocol error");
-                    }
-                    Some(Err(_)) => return Ending::Gone,
-                },
+                }
                 _ = ping.tick() => {
                     if unanswered >= settings.max_missed_pings {
                         return Ending::Abort(CloseCode::Error, "no answer to pings");
@@ -329,6 +297,68 @@ impl<U: IngestUseCase> Connection<U> {
                 }
             }
         }
+    }
+
+    /// Handles what the reader produced; `Some` when the connection must end.
+    async fn on_frame<W>(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+        writer: &mut WebSocketStream<W>,
+        unanswered: &mut u32,
+    ) -> Option<Ending>
+    where
+        W: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The end of the stream: the client is gone.
+        let Some(frame) = frame else {
+            return Some(Ending::Gone);
+        };
+        match frame {
+            Ok(Message::Close(frame)) => {
+                return Some(Ending::ClosedByClient(close_reply(frame.as_ref())))
+            }
+            Ok(Message::Text(text)) => {
+                let reply = self.dispatch(text.as_str());
+                self.in_flight.push_back(reply);
+            }
+            Ok(Message::Binary(_)) => {
+                let reply = self.refuse(
+                    None,
+                    ErrorCode::InvalidJson,
+                    "binary frames are not supported; send each message as a JSON text frame",
+                );
+                self.in_flight.push_back(reply);
+            }
+            Ok(Message::Pong(_)) => *unanswered = 0,
+            // The reader's own pongs go nowhere (see `split`): answer here.
+            Ok(Message::Ping(payload)) => {
+                if writer.send(Message::Pong(payload)).await.is_err() {
+                    return Some(Ending::Gone);
+                }
+            }
+            // Reading never yields raw frames.
+            Ok(Message::Frame(_)) => {}
+            Err(WsError::Capacity(_)) => {
+                return Some(Ending::Close(
+                    CloseCode::Size,
+                    "message larger than maxMessageBytes",
+                ));
+            }
+            // Also a close frame whose reason is not UTF-8: 1007 is the code for data that is
+            // not the UTF-8 its frame promises, wherever it is.
+            Err(WsError::Utf8(_)) => {
+                return Some(Ending::Close(CloseCode::Invalid, "text is not valid UTF-8"));
+            }
+            // Also a close frame with a 1-byte payload.
+            Err(WsError::Protocol(_)) => {
+                return Some(Ending::Close(
+                    CloseCode::Protocol,
+                    "WebSocket protocol error",
+                ));
+            }
+            Err(_) => return Some(Ending::Gone),
+        }
+        None
     }
 
     /// Sends `first` and every reply already finished behind it with one flush.

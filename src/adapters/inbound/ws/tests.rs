@@ -247,6 +247,35 @@ async fn shutdown_closes_with_1001_after_answering_what_is_in_flight() {
     }
 }
 
+#[tokio::test]
+async fn a_binary_frame_is_refused_as_invalid_json() {
+    let state = state(FakeIngest::default());
+    let (mut client, _) = connect(&state).await;
+    client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(next_json(&mut client).await["code"], "invalid_json");
+    assert!(state.ingest.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_after_the_replies_in_flight() {
+    let (mut client, _) = connect(&state(FakeIngest::default())).await;
+    send(
+        &mut client,
+        json!({"type": "cart_event", "requestId": "r", "data": event("e-1")}),
+    )
+    .await;
+    let frame = CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "".into(),
+    };
+    client.close(Some(frame)).await.unwrap();
+    assert_eq!(next_json(&mut client).await["requestId"], "r");
+    match client.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4000),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
+}
+
 #[test]
 fn every_outcome_has_its_event_reply() {
     let text = |o| event_reply(Some("r".into()), o).to_text();
