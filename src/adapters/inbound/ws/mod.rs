@@ -80,18 +80,7 @@ pub fn endpoint<U: IngestUseCase>(state: Arc<WsState<U>>) -> impl Endpoint {
 }
 
 fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
-    let header_is = |name: header::HeaderName, want: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
-        })
-    };
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let valid = req.method() == Method::GET
-        && header_is(header::UPGRADE, "websocket")
-        && header_is(header::CONNECTION, "upgrade")
-        && header_is(header::SEC_WEBSOCKET_VERSION, "13");
-    let (Some(key), true) = (key, valid) else {
+    let Some(key) = handshake_key(&req) else {
         return json_error(
             &state.metrics,
             StatusCode::BAD_REQUEST,
@@ -148,6 +137,24 @@ fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .finish()
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 4.2.1), else `None`.
+fn handshake_key(req: &Request) -> Option<poem::http::HeaderValue> {
+    let header_is = |name: header::HeaderName, want: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
+        })
+    };
+    let valid = req.method() == Method::GET
+        && header_is(header::UPGRADE, "websocket")
+        && header_is(header::CONNECTION, "upgrade")
+        && header_is(header::SEC_WEBSOCKET_VERSION, "13");
+    req.headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| valid)
+        .cloned()
 }
 
 type ReplyFuture = BoxFuture<'static, String>;

@@ -276,6 +276,42 @@ async fn a_client_close_is_echoed_after_the_replies_in_flight() {
     }
 }
 
+#[tokio::test]
+async fn a_request_that_is_no_upgrade_is_400() {
+    let state = state(FakeIngest::default());
+    let client = poem::test::TestClient::new(endpoint(Arc::clone(&state)));
+    let resp = client
+        .get("/")
+        .header(header::UPGRADE, "websocket")
+        .send()
+        .await;
+    resp.assert_status(StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.value().deserialize();
+    assert_eq!(body["code"], "invalid_message");
+}
+
+#[tokio::test]
+async fn an_upgrade_while_shutting_down_is_503() {
+    let state = state(FakeIngest::default());
+    state.shutdown.cancel();
+    let client = poem::test::TestClient::new(endpoint(Arc::clone(&state)));
+    let resp = client
+        .get("/")
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "keep-alive, Upgrade")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await;
+    resp.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.value().deserialize();
+    assert_eq!(body["code"], "unavailable");
+    assert_eq!(
+        errors_counted(&state.metrics, Channel::Http, "unavailable"),
+        1
+    );
+}
+
 #[test]
 fn every_outcome_has_its_event_reply() {
     let text = |o| event_reply(Some("r".into()), o).to_text();
