@@ -283,7 +283,6 @@ fn error_response(metrics: &Metrics, e: poem::Error) -> Response {
     use poem_openapi::error::{
         ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
     };
-    let status = e.status();
     let (status, body) = if let Some(p) = e.downcast_ref::<ParseRequestPayloadError>() {
         let message = if p.reason.contains("must be a JSON object") {
             p.reason.clone()
@@ -317,33 +316,39 @@ fn error_response(metrics: &Metrics, e: poem::Error) -> Response {
             ),
         )
     } else {
-        let code = match status {
-            StatusCode::NOT_FOUND => ErrorCode::NotFound,
-            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
-            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
-            StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
-            StatusCode::FORBIDDEN => ErrorCode::Forbidden,
-            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
-            s if s.is_client_error() => ErrorCode::InvalidMessage,
-            _ => ErrorCode::InternalError,
-        };
-        let message = match code {
-            ErrorCode::NotFound => "no such path".to_owned(),
-            ErrorCode::InternalError => {
-                tracing::error!(cause = %e, "request failed");
-                "internal error".to_owned()
-            }
-            _ => e.to_string(),
-        };
-        let status = if code == ErrorCode::InternalError {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            status
-        };
-        (status, ErrorBody::new(code, message))
+        by_status(&e)
     };
     json_error(metrics, status, body)
+}
+
+/// An error poem raised by itself (no such path, wrong method, ...), answered by its status.
+fn by_status(e: &poem::Error) -> (StatusCode, ErrorBody) {
+    let status = e.status();
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        s if s.is_client_error() => ErrorCode::InvalidMessage,
+        _ => ErrorCode::InternalError,
+    };
+    let message = match code {
+        ErrorCode::NotFound => "no such path".to_owned(),
+        ErrorCode::InternalError => {
+            tracing::error!(cause = %e, "request failed");
+            "internal error".to_owned()
+        }
+        _ => e.to_string(),
+    };
+    let status = if code == ErrorCode::InternalError {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        status
+    };
+    (status, ErrorBody::new(code, message))
 }
 
 #[cfg(test)]
