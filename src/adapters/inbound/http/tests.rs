@@ -7,11 +7,19 @@ use crate::adapters::inbound::testing::{
 use crate::adapters::inbound::wire::unavailable_message;
 use crate::app::metrics::Channel;
 use crate::domain::Source;
-use crate::ports::{MockDedupStore, MockEventStore, Outcome, Unavailable};
+use crate::ports::{MockDedupStore, MockEventStore, Outcome, PortError, Unavailable};
 use poem::test::TestClient;
 use serde_json::{json, Value};
 
 fn state(fake: FakeIngest) -> Arc<HttpState<FakeIngest>> {
+    with_stores(fake, MockEventStore::new(), MockDedupStore::new())
+}
+
+fn with_stores(
+    fake: FakeIngest,
+    store: MockEventStore,
+    dedup: MockDedupStore,
+) -> Arc<HttpState<FakeIngest>> {
     Arc::new(HttpState {
         ingest: fake,
         limits: HttpLimits {
@@ -29,8 +37,8 @@ fn state(fake: FakeIngest) -> Arc<HttpState<FakeIngest>> {
             allowed_origins: Vec::new(),
         },
         backends: Backends {
-            store: Arc::new(MockEventStore::new()),
-            dedup: Arc::new(MockDedupStore::new()),
+            store: Arc::new(store),
+            dedup: Arc::new(dedup),
             store_kind: "embedded",
             dedup_kind: "embedded",
             reads: Arc::new(Semaphore::new(1)),
@@ -188,4 +196,45 @@ async fn the_stream_path_goes_to_the_endpoint_it_was_given() {
     let resp = client(&state).get("/events/stream").send().await;
     resp.assert_status_is_ok();
     resp.assert_text("the stream endpoint").await;
+}
+
+#[tokio::test]
+async fn readiness_names_the_backend_that_is_down() {
+    let mut store = MockEventStore::new();
+    store
+        .expect_check()
+        .returning(|| Err(PortError::Unavailable("refused".into())));
+    let mut dedup = MockDedupStore::new();
+    dedup.expect_check().returning(|| Ok(()));
+    let state = with_stores(FakeIngest::default(), store, dedup);
+    let resp = client(&state).get("/ready").send().await;
+    resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.value().deserialize();
+    assert_eq!(
+        body,
+        json!({
+            "status": "not_ready",
+            "eventStore": {"backend": "embedded", "status": "down",
+                           "error": "backend unavailable: refused"},
+            "dedupStore": {"backend": "embedded", "status": "up"},
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_read_the_store_cannot_answer_is_503_with_retry_after() {
+    let mut store = MockEventStore::new();
+    store
+        .expect_query()
+        .returning(|_| Err(PortError::Unavailable("refused".into())));
+    let state = with_stores(FakeIngest::default(), store, MockDedupStore::new());
+    let resp = client(&state).get("/events").send().await;
+    resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+    resp.assert_header("retry-after", "5");
+    let body: Value = resp.json().await.value().deserialize();
+    assert_eq!(body["code"], "unavailable");
+    assert_eq!(
+        errors_counted(&state.metrics, Channel::Http, "unavailable"),
+        1
+    );
 }
