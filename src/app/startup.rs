@@ -20,7 +20,9 @@ use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
 use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
-use crate::ports::{Clock, DedupStore, EventFeed, EventStore, Journal, PortError, SystemClock};
+use crate::ports::{
+    Clock, DedupStore, EventFeed, EventStore, Journal, PortError, RouteAdmin, SystemClock,
+};
 use poem::Server;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -505,7 +507,7 @@ impl Application {
             gate,
             backends,
             metrics,
-            routing,
+            routing: routing.map(|r| r as Arc<dyn RouteAdmin>),
         });
         Ok(Self {
             acceptor,

@@ -8,6 +8,7 @@ mod event_store;
 mod ingest;
 mod journal;
 mod outbox;
+mod route_admin;
 mod route_target;
 
 pub use clock::{Clock, SystemClock};
@@ -18,6 +19,7 @@ pub use event_store::{
 pub use ingest::{IngestUseCase, Item, Outcome, Unavailable};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
+pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
 
 #[cfg(test)]

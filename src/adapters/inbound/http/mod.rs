@@ -17,8 +17,7 @@ use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
 use crate::app::access::Access;
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::{Client, RateLimits};
-use crate::app::routing::Routing;
-use crate::ports::{DedupStore, EventStore, IngestUseCase};
+use crate::ports::{DedupStore, EventStore, IngestUseCase, RouteAdmin};
 use poem::http::{header, Method, StatusCode};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
@@ -109,8 +108,8 @@ pub struct HttpState<U> {
     pub gate: Gate,
     pub backends: Backends,
     pub metrics: Arc<Metrics>,
-    /// Routes, when configured, for the operator API.
-    pub routing: Option<Arc<Routing>>,
+    /// Route administration, when routes are configured, for the operator API.
+    pub routing: Option<Arc<dyn RouteAdmin>>,
 }
 
 /// The OpenAPI service for `state`. The document it serves does not depend on the state.

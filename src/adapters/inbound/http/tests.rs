@@ -7,7 +7,7 @@ use crate::adapters::inbound::testing::{
 use crate::adapters::inbound::wire::unavailable_message;
 use crate::app::metrics::Channel;
 use crate::domain::Source;
-use crate::ports::{MockDedupStore, MockEventStore, Outcome, PortError, Unavailable};
+use crate::ports::{MockDedupStore, MockEventStore, Outcome, PortError, RouteAdmin, Unavailable};
 use poem::test::TestClient;
 use serde_json::{json, Value};
 
@@ -20,7 +20,15 @@ fn with_stores(
     store: MockEventStore,
     dedup: MockDedupStore,
 ) -> Arc<HttpState<FakeIngest>> {
-    Arc::new(HttpState {
+    Arc::new(http_state(fake, store, dedup))
+}
+
+fn http_state(
+    fake: FakeIngest,
+    store: MockEventStore,
+    dedup: MockDedupStore,
+) -> HttpState<FakeIngest> {
+    HttpState {
         ingest: fake,
         limits: HttpLimits {
             max_event_body_bytes: 64 * 1024,
@@ -45,7 +53,7 @@ fn with_stores(
         },
         metrics: metrics(),
         routing: None,
-    })
+    }
 }
 
 fn client(state: &Arc<HttpState<FakeIngest>>) -> TestClient<impl Endpoint> {
@@ -237,4 +245,83 @@ async fn a_read_the_store_cannot_answer_is_503_with_retry_after() {
         errors_counted(&state.metrics, Channel::Http, "unavailable"),
         1
     );
+}
+
+/// Route administration with one route that is retrying, and 3 dead letters to replay.
+struct FakeRoutes;
+
+#[async_trait::async_trait]
+impl RouteAdmin for FakeRoutes {
+    async fn routes(&self) -> Result<Vec<crate::ports::RouteReport>, PortError> {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-03T10:00:00Z").unwrap();
+        Ok(vec![crate::ports::RouteReport {
+            name: "orders".into(),
+            event_types: vec!["checkout_started".into()],
+            target: "webhook https://example.test/hook".into(),
+            retrying: true,
+            backlog: 4,
+            dead_letters: 3,
+            delivered: 10,
+            failed_attempts: 2,
+            dead_lettered: 3,
+            last_error: Some(("HTTP 500".into(), at.to_utc())),
+            last_delivered_at: None,
+        }])
+    }
+
+    async fn dead_letters(
+        &self,
+        _: Option<String>,
+        _: Option<i64>,
+        _: usize,
+    ) -> Result<Vec<crate::ports::DeadLetter>, PortError> {
+        Err(PortError::Unavailable("outbox locked".into()))
+    }
+
+    async fn replay(&self, _: Option<String>, _: Option<Vec<i64>>) -> Result<u64, PortError> {
+        Ok(3)
+    }
+
+    async fn delete_dead_letter(&self, _: i64) -> Result<bool, PortError> {
+        Ok(false)
+    }
+}
+
+fn with_routes() -> Arc<HttpState<FakeIngest>> {
+    let mut state = http_state(
+        FakeIngest::default(),
+        MockEventStore::new(),
+        MockDedupStore::new(),
+    );
+    state.routing = Some(Arc::new(FakeRoutes));
+    Arc::new(state)
+}
+
+#[tokio::test]
+async fn the_operator_api_shows_what_route_admin_reports() {
+    let state = with_routes();
+    let resp = client(&state).get("/routes").send().await;
+    resp.assert_status_is_ok();
+    let body: Value = resp.json().await.value().deserialize();
+    assert_eq!(
+        body["routes"][0],
+        json!({
+            "name": "orders", "eventTypes": ["checkout_started"],
+            "target": "webhook https://example.test/hook", "state": "retrying",
+            "backlog": 4, "deadLetters": 3, "delivered": 10, "failedAttempts": 2,
+            "deadLettered": 3,
+            "lastError": {"message": "HTTP 500", "at": "2026-12-03T10:00:00.000Z"},
+        })
+    );
+    let resp = client(&state)
+        .post("/dead-letters/replay")
+        .body_json(&json!({"route": "orders"}))
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    resp.assert_json(json!({"replayed": 3})).await;
+    let resp = client(&state).delete("/dead-letters/7").send().await;
+    resp.assert_status(poem::http::StatusCode::NOT_FOUND);
+    let resp = client(&state).get("/dead-letters").send().await;
+    resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
 }
