@@ -1,4 +1,5 @@
-//! The HTTP edge: the OpenAPI service, the WebSocket route, and the guards every request
+//! The HTTP edge: the OpenAPI service, the route the WebSocket endpoint is mounted at (given
+//! by startup, so this adapter does not import the other), and the guards every request
 //! passes (API keys, body limits and gzip), with every error in the one JSON error body.
 
 mod allow;
