@@ -15,6 +15,8 @@ cargo clippy --all-targets --locked -- -D warnings
 log=$(mktemp)
 status=0
 cargo test --locked --all-targets 2>&1 | tee "$log" || status=$?
+# --all-targets leaves out doctests: the fakes' usage example in src/ports/mod.rs is one.
+cargo test --locked --doc 2>&1 | tee -a "$log" || status=$?
 
 # Steps that run the real binary (or a fuzzer) from outside, each bounded by its own budget
 # (CI has 90 minutes on 2 cores; the whole run should stay under 45). Each counts as one test

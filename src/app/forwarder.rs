@@ -221,3 +221,6 @@ fn jitter(d: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod failure_tests;

@@ -7,8 +7,8 @@
 
 use crate::app::metrics::{Channel, ChannelLabels, Metrics};
 use crate::domain::{
-    parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, Source,
-    StoredEvent, ValidationPolicy,
+    parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, GroupPlan, Source,
+    StoredEvent, ValidationPolicy, WrongLength,
 };
 use crate::ports::{Claim, Clock, DedupStore, EventStore, Lease, PortError};
 pub use crate::ports::{Item, Outcome, Unavailable};
@@ -106,26 +106,7 @@ impl Ingest {
                 }
             }
         }
-        let pending = if valid.is_empty() {
-            None
-        } else {
-            let (reply, rx) = oneshot::channel();
-            let n = valid.len();
-            let job = Job {
-                events: valid,
-                source,
-                reply,
-            };
-            match self.inner.tx.send(job) {
-                Ok(()) => Some((rx, n)),
-                Err(_) => {
-                    // The committer has stopped: answer without recording.
-                    let (tx, rx) = oneshot::channel();
-                    let _ = tx.send(vec![Outcome::Unavailable(Unavailable::ShuttingDown); n]);
-                    Some((rx, n))
-                }
-            }
-        };
+        let pending = self.queue(valid, source);
         async move {
             if let Some((rx, n)) = pending {
                 let committed = rx
@@ -139,16 +120,38 @@ impl Ingest {
             outcomes
                 .into_iter()
                 .map(|o| {
-                    let o = o.unwrap_or_else(|| Outcome::Unavailable(Unavailable::ShuttingDown));
-                    match &o {
-                        Outcome::Accepted(_) => metrics.accepted.get_or_create(&labels).inc(),
-                        Outcome::Duplicate(_) => metrics.duplicate.get_or_create(&labels).inc(),
-                        Outcome::Unavailable(_) => metrics.unavailable.get_or_create(&labels).inc(),
-                        Outcome::Rejected(_) => 0,
-                    };
+                    let o = o.unwrap_or(Outcome::Unavailable(Unavailable::ShuttingDown));
+                    count(&metrics, &labels, &o);
                     o
                 })
                 .collect()
+        }
+    }
+
+    /// Queues valid events for the committer: where their outcomes will come, and how many.
+    fn queue(
+        &self,
+        events: Vec<CartEvent>,
+        source: Source,
+    ) -> Option<(oneshot::Receiver<Vec<Outcome>>, usize)> {
+        if events.is_empty() {
+            return None;
+        }
+        let (reply, rx) = oneshot::channel();
+        let n = events.len();
+        let job = Job {
+            events,
+            source,
+            reply,
+        };
+        match self.inner.tx.send(job) {
+            Ok(()) => Some((rx, n)),
+            Err(_) => {
+                // The committer has stopped: answer without recording.
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(vec![Outcome::Unavailable(Unavailable::ShuttingDown); n]);
+                Some((rx, n))
+            }
         }
     }
 
@@ -170,10 +173,17 @@ impl Ingest {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
+}
 
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.inner.clock
-    }
+/// Counts a committed outcome by its kind; rejections are counted when they are found.
+fn count(metrics: &Metrics, labels: &ChannelLabels, outcome: &Outcome) {
+    let counter = match outcome {
+        Outcome::Accepted(_) => &metrics.accepted,
+        Outcome::Duplicate(_) => &metrics.duplicate,
+        Outcome::Unavailable(_) => &metrics.unavailable,
+        Outcome::Rejected(_) => return,
+    };
+    counter.get_or_create(labels).inc();
 }
 
 /// Groups in flight at once: one claiming, one storing, one confirming. Claims and stores
@@ -197,48 +207,68 @@ async fn run_committer(
         // Taken before the group is gathered: the group claims only after the previous one
         // has claimed, so claims follow arrival order.
         let claim_turn = Arc::clone(&pipeline.claim).lock_owned().await;
-        let first = tokio::select! {
-            biased;
-            job = rx.recv() => job,
-            () = stop.cancelled() => {
-                // Refuse new work, then commit everything already queued.
-                rx.close();
-                rx.recv().await
-            }
+        let Some(first) = next_job(&mut rx, &stop).await else {
+            break;
         };
-        let Some(first) = first else { break };
-        let mut n = first.events.len();
-        jobs.push(first);
-        while n < max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    n += job.events.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut events = Vec::with_capacity(n);
-        let mut shape = Vec::with_capacity(jobs.len());
-        for job in jobs.drain(..) {
-            shape.push((job.events.len(), job.reply));
-            events.extend(job.events.into_iter().map(|e| (e, job.source)));
-        }
+        let batch = gather(first, &mut rx, max_batch, &mut jobs);
         let (committer, pipeline) = (Arc::clone(&committer), Arc::clone(&pipeline));
         tokio::spawn(async move {
-            let (outcomes, confirmation) = committer.commit_in(&pipeline, claim_turn, events).await;
-            let mut outcomes = outcomes.into_iter();
-            for (len, reply) in shape {
-                let _ = reply.send(outcomes.by_ref().take(len).collect());
-            }
-            if let Some(c) = confirmation {
-                committer.confirm(&pipeline, c).await;
-            }
+            committer
+                .commit_and_reply(&pipeline, claim_turn, batch)
+                .await;
             drop(slot);
         });
     }
     // Wait for the groups still in flight.
     let _ = slots.acquire_many(PIPELINE_DEPTH).await;
+}
+
+/// The next job to commit; `None` once `stop` was cancelled and the queue is drained.
+async fn next_job(rx: &mut mpsc::UnboundedReceiver<Job>, stop: &CancellationToken) -> Option<Job> {
+    tokio::select! {
+        biased;
+        job = rx.recv() => job,
+        () = stop.cancelled() => {
+            // Refuse new work, then commit everything already queued.
+            rx.close();
+            rx.recv().await
+        }
+    }
+}
+
+/// The valid events of several jobs, committed as one group, and where their answers go.
+struct Batch {
+    events: Vec<(CartEvent, Source)>,
+    /// How many of the events, in order, each reply answers.
+    replies: Vec<(usize, oneshot::Sender<Vec<Outcome>>)>,
+}
+
+/// `first` and the jobs already waiting, until about `max_batch` events, as one batch.
+/// `jobs` is scratch space, kept between calls.
+fn gather(
+    first: Job,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    max_batch: usize,
+    jobs: &mut Vec<Job>,
+) -> Batch {
+    let mut n = first.events.len();
+    jobs.push(first);
+    while n < max_batch {
+        match rx.try_recv() {
+            Ok(job) => {
+                n += job.events.len();
+                jobs.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    let mut events = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs.drain(..) {
+        replies.push((job.events.len(), job.reply));
+        events.extend(job.events.into_iter().map(|e| (e, job.source)));
+    }
+    Batch { events, replies }
 }
 
 /// Keys a group claimed and recorded, to confirm after its answers went out.
@@ -263,6 +293,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    fn next_group(&self) -> u64 {
+        self.next_group
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<DedupKey, (u64, bool)>> {
         self.settled
             .lock()
@@ -287,23 +322,30 @@ impl Pipeline {
 }
 
 /// Claims, stores and confirms one group of valid events. The core of the use case, driven
-/// only through ports.
+/// only through ports; what the stores' answers mean is decided by the domain's
+/// [`GroupPlan`].
 pub struct Committer {
-    pub dedup: Arc<dyn DedupStore>,
-    pub store: Arc<dyn EventStore>,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Arc<Metrics>,
+    dedup: Arc<dyn DedupStore>,
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    policy: DedupPolicy,
+    /// Until when the dedup store is not asked, after a failure: a down store must not cost
+    /// every group a timeout.
+    dedup_rest: std::sync::Mutex<Option<Instant>>,
+    /// Told whenever events were recorded (routing reads them from the store's feed).
+    recorded: Arc<tokio::sync::Notify>,
+}
+
+/// How the committer uses the dedup store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupPolicy {
     /// How long an accepted eventId is remembered.
     pub window: Duration,
     /// How long a claim holds a key before it is confirmed or released.
     pub hold: Duration,
     /// What to do while the dedup store cannot answer.
     pub outage: DedupOutage,
-    /// Until when the dedup store is not asked, after a failure: a down store must not cost
-    /// every group a timeout.
-    pub dedup_rest: std::sync::Mutex<Option<Instant>>,
-    /// Told whenever events were recorded (routing reads them from the store's feed).
-    pub recorded: Arc<tokio::sync::Notify>,
 }
 
 /// What the committer does while the dedup store cannot answer.
@@ -319,15 +361,36 @@ pub enum DedupOutage {
 /// How long the dedup store is left alone after a failure before it is tried again.
 const DEDUP_REST: Duration = Duration::from_secs(1);
 
-/// What became of each event of a group before the store call.
-enum Plan {
-    Store,
-    Answer(Outcome),
-    /// A repeat, inside this group, of the event at this index.
-    RepeatOf(usize),
+/// One group on its way through [`Committer::commit_in`].
+struct Group {
+    id: u64,
+    lease: Lease,
+    started: Instant,
+    plan: GroupPlan,
 }
 
 impl Committer {
+    /// A committer claiming on `dedup` and recording in `store`, telling `recorded` whenever
+    /// events were recorded.
+    pub fn new(
+        dedup: Arc<dyn DedupStore>,
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        policy: DedupPolicy,
+        recorded: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            dedup,
+            store,
+            clock,
+            metrics,
+            policy,
+            dedup_rest: std::sync::Mutex::new(None),
+            recorded,
+        }
+    }
+
     fn dedup_is_resting(&self) -> bool {
         let rest = self
             .dedup_rest
@@ -354,6 +417,23 @@ impl Committer {
         outcomes
     }
 
+    /// Commits one batch, sends each job its answers, then confirms the keys.
+    async fn commit_and_reply(
+        &self,
+        pipeline: &Pipeline,
+        claim_turn: tokio::sync::OwnedMutexGuard<()>,
+        batch: Batch,
+    ) {
+        let (outcomes, confirmation) = self.commit_in(pipeline, claim_turn, batch.events).await;
+        let mut outcomes = outcomes.into_iter();
+        for (len, reply) in batch.replies {
+            let _ = reply.send(outcomes.by_ref().take(len).collect());
+        }
+        if let Some(c) = confirmation {
+            self.confirm(pipeline, c).await;
+        }
+    }
+
     /// Commits one group holding the claim turn of `pipeline`: the outcomes, and the keys to
     /// confirm once they are sent.
     async fn commit_in(
@@ -362,214 +442,177 @@ impl Committer {
         claim_turn: tokio::sync::OwnedMutexGuard<()>,
         events: Vec<(CartEvent, Source)>,
     ) -> (Vec<Outcome>, Option<Confirmation>) {
-        let group = pipeline
-            .next_group
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let lease = Lease {
-            id: rand::random(),
-            hold: self.hold,
-            window: self.window,
+        let mut group = Group {
+            id: pipeline.next_group(),
+            lease: Lease {
+                id: rand::random(),
+                hold: self.policy.hold,
+                window: self.policy.window,
+            },
+            started: Instant::now(),
+            plan: GroupPlan::new(events.iter().map(|(e, _)| DedupKey::of(e))),
         };
-        let started = Instant::now();
         self.metrics
             .commit_batch_events
             .observe(events.len() as f64);
-        let mut plans: Vec<Plan> = Vec::with_capacity(events.len());
-        let mut first_by_key: HashMap<DedupKey, usize> = HashMap::new();
-        let mut keys: Vec<DedupKey> = Vec::new();
-        let mut key_owner: Vec<usize> = Vec::new();
-        for (i, (event, _)) in events.iter().enumerate() {
-            match DedupKey::of(event) {
-                None => plans.push(Plan::Store),
-                Some(key) => match first_by_key.get(&key) {
-                    Some(&first) => plans.push(Plan::RepeatOf(first)),
-                    None => {
-                        first_by_key.insert(key.clone(), i);
-                        keys.push(key);
-                        key_owner.push(i);
-                        plans.push(Plan::Store);
-                    }
-                },
-            }
+        if let Err(reason) = self.claim_or_fall_back(&mut group, events.len()).await {
+            return (vec![Outcome::Unavailable(reason); events.len()], None);
         }
-
-        let mut claimed: Vec<DedupKey> = Vec::with_capacity(keys.len());
-        let mut held: Vec<(usize, DedupKey)> = Vec::new();
-        if !keys.is_empty() {
-            let claims = if self.dedup_is_resting() {
-                Err(PortError::Unavailable("resting after a failure".into()))
-            } else {
-                let t = Instant::now();
-                let claims = self.dedup.claim(&lease, &keys).await;
-                self.metrics
-                    .claim_seconds
-                    .observe(t.elapsed().as_secs_f64());
-                claims
-            };
-            match claims {
-                Ok(claims) if claims.len() == keys.len() => {
-                    for ((key, owner), claim) in keys.into_iter().zip(key_owner).zip(claims) {
-                        match claim {
-                            Claim::New => claimed.push(key),
-                            Claim::Duplicate => {
-                                let id = events[owner].0.event_id().clone();
-                                plans[owner] = Plan::Answer(Outcome::Duplicate(id));
-                            }
-                            Claim::InFlight => held.push((owner, key)),
-                        }
-                    }
-                }
-                Ok(_) => {
-                    return (
-                        self.fail_all(
-                            &events,
-                            "claim",
-                            "dedup store answered badly",
-                            Unavailable::DedupDown,
-                        ),
-                        None,
-                    )
-                }
-                Err(e) => {
-                    self.dedup_failed();
-                    match self.outage {
-                        DedupOutage::FailClosed => {
-                            let o = self.fail_all(
-                                &events,
-                                "claim",
-                                &e.to_string(),
-                                Unavailable::DedupDown,
-                            );
-                            return (o, None);
-                        }
-                        DedupOutage::FailOpen => {
-                            // The store's dedup-safe read decides instead. Nothing is claimed,
-                            // so nothing is confirmed or released later.
-                            self.metrics.dedup_fallback.inc_by(keys.len() as u64);
-                            match self.store.known(&keys).await {
-                                Ok(known) if known.len() == keys.len() => {
-                                    for (owner, known) in key_owner.into_iter().zip(known) {
-                                        if known {
-                                            let id = events[owner].0.event_id().clone();
-                                            plans[owner] = Plan::Answer(Outcome::Duplicate(id));
-                                        }
-                                    }
-                                }
-                                Ok(_) => {
-                                    let o = self.fail_all(
-                                        &events,
-                                        "known",
-                                        "store answered badly",
-                                        Unavailable::StoreDown,
-                                    );
-                                    return (o, None);
-                                }
-                                Err(e) => {
-                                    let o =
-                                        self.fail_all(&events, "known", &e.to_string(), reason(&e));
-                                    return (o, None);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
         // Wait for the previous group to record its events, then let the next group claim.
         let store_turn = Arc::clone(&pipeline.store).lock_owned().await;
         drop(claim_turn);
-        if !held.is_empty() {
-            // An earlier group of this process that recorded the key makes this a repeat.
-            // Otherwise its holder may have confirmed or released it since our claim, so ask
-            // again; a key still held then is held elsewhere (another instance, or a claim a
-            // crash left behind), and the event may or may not end up recorded.
-            let mut again: Vec<(usize, DedupKey)> = Vec::new();
-            {
-                let settled = pipeline.settled();
-                for (owner, key) in held {
-                    if matches!(settled.get(&key), Some((_, true))) {
-                        let id = events[owner].0.event_id().clone();
-                        plans[owner] = Plan::Answer(Outcome::Duplicate(id));
-                    } else {
-                        again.push((owner, key));
+        self.resolve_in_flight(pipeline, &mut group).await;
+        self.store_and_settle(pipeline, store_turn, group, events)
+            .await
+    }
+
+    /// Asks the dedup store about the group's keys or, when it cannot answer and the server
+    /// fails open, the event store's dedup-safe read. `Err` when neither answered: then every
+    /// one of the group's `n` events answers that reason, and nothing is held for it.
+    async fn claim_or_fall_back(&self, group: &mut Group, n: usize) -> Result<(), Unavailable> {
+        if group.plan.keys().is_empty() {
+            return Ok(());
+        }
+        match self.claim(&group.lease, group.plan.keys()).await {
+            Ok(claims) => group.plan.apply_claims(&claims).map_err(|WrongLength| {
+                self.failed(
+                    n,
+                    "claim",
+                    "dedup store answered badly",
+                    Unavailable::DedupDown,
+                )
+            }),
+            Err(e) => {
+                self.dedup_failed();
+                match self.policy.outage {
+                    DedupOutage::FailClosed => {
+                        Err(self.failed(n, "claim", &e.to_string(), Unavailable::DedupDown))
                     }
-                }
-            }
-            if !again.is_empty() {
-                let keys: Vec<DedupKey> = again.iter().map(|(_, k)| k.clone()).collect();
-                let claims = match self.dedup.claim(&lease, &keys).await {
-                    Ok(c) if c.len() == keys.len() => c,
-                    _ => vec![Claim::InFlight; keys.len()],
-                };
-                for ((owner, key), claim) in again.into_iter().zip(claims) {
-                    match claim {
-                        Claim::New => claimed.push(key),
-                        Claim::Duplicate => {
-                            let id = events[owner].0.event_id().clone();
-                            plans[owner] = Plan::Answer(Outcome::Duplicate(id));
-                        }
-                        Claim::InFlight => {
-                            plans[owner] =
-                                Plan::Answer(Outcome::Unavailable(Unavailable::KeyInFlight));
-                        }
-                    }
+                    DedupOutage::FailOpen => self.fall_back(&mut group.plan, n).await,
                 }
             }
         }
+    }
 
+    /// Claims `keys`, unless the dedup store is resting after a failure.
+    async fn claim(&self, lease: &Lease, keys: &[DedupKey]) -> Result<Vec<Claim>, PortError> {
+        if self.dedup_is_resting() {
+            return Err(PortError::Unavailable("resting after a failure".into()));
+        }
+        let t = Instant::now();
+        let claims = self.dedup.claim(lease, keys).await;
+        self.metrics
+            .claim_seconds
+            .observe(t.elapsed().as_secs_f64());
+        claims
+    }
+
+    /// The store's dedup-safe read decides instead of a claim. Nothing is claimed, so nothing
+    /// is confirmed or released later.
+    async fn fall_back(&self, plan: &mut GroupPlan, n: usize) -> Result<(), Unavailable> {
+        self.metrics.dedup_fallback.inc_by(plan.keys().len() as u64);
+        match self.store.known(plan.keys()).await {
+            Ok(known) => plan.apply_known(&known).map_err(|WrongLength| {
+                self.failed(n, "known", "store answered badly", Unavailable::StoreDown)
+            }),
+            Err(e) => Err(self.failed(n, "known", &e.to_string(), reason(&e))),
+        }
+    }
+
+    /// Decides the keys the claim found in flight. An earlier group of this process that
+    /// recorded the key makes this a repeat. Otherwise its holder may have confirmed or
+    /// released it since our claim, so ask again; a key still held then is held elsewhere
+    /// (another instance, or a claim a crash left behind), and the event may or may not end
+    /// up recorded.
+    async fn resolve_in_flight(&self, pipeline: &Pipeline, group: &mut Group) {
+        if group.plan.keys().is_empty() {
+            return;
+        }
+        {
+            let settled = pipeline.settled();
+            group
+                .plan
+                .apply_settled(|key| matches!(settled.get(key), Some((_, true))));
+        }
+        if group.plan.keys().is_empty() {
+            return;
+        }
+        let claims = self.dedup.claim(&group.lease, group.plan.keys()).await;
+        group.plan.apply_reclaims(claims.ok().as_deref());
+    }
+
+    /// Records the events the plan keeps and settles the group's keys in `pipeline` before
+    /// giving up the store turn: the outcomes, and the keys to confirm once they are sent.
+    async fn store_and_settle(
+        &self,
+        pipeline: &Pipeline,
+        store_turn: tokio::sync::OwnedMutexGuard<()>,
+        group: Group,
+        events: Vec<(CartEvent, Source)>,
+    ) -> (Vec<Outcome>, Option<Confirmation>) {
         let received_at = crate::domain::event::to_millis(self.clock.now());
         // The ids answer the clients; the events themselves move into the store call.
         let ids: Vec<EventId> = events.iter().map(|(e, _)| e.event_id().clone()).collect();
         let to_store: Vec<StoredEvent> = events
             .into_iter()
-            .zip(&plans)
-            .filter(|(_, p)| matches!(p, Plan::Store))
+            .zip(group.plan.stores())
+            .filter(|(_, stores)| *stores)
             .map(|((event, source), _)| StoredEvent {
                 event,
                 received_at,
                 source,
             })
             .collect();
-        if !to_store.is_empty() {
-            let t = Instant::now();
-            let stored = self.store.insert(&to_store).await;
-            self.metrics
-                .store_seconds
-                .observe(t.elapsed().as_secs_f64());
-            if let Err(e) = stored {
-                pipeline.settle(group, &claimed, false);
-                drop(store_turn);
-                self.metrics.backend_error("store");
-                tracing::warn!(cause = %e, events = to_store.len(), "store failed; releasing claims");
-                if !claimed.is_empty() {
-                    if let Err(e) = self.dedup.release(&lease, &claimed).await {
-                        // The hold runs out by itself; until then a retry gets `unavailable`,
-                        // never a false `duplicate`.
-                        self.metrics.backend_error("release");
-                        tracing::warn!(cause = %e, "releasing dedup claims failed");
-                    }
-                }
-                pipeline.forget(group, &claimed);
-                return (self.finish(&ids, plans, Some(reason(&e)), started), None);
-            }
+        if let Err(e) = self.insert(&to_store).await {
+            pipeline.settle(group.id, group.plan.claimed(), false);
+            drop(store_turn);
+            self.release(pipeline, &group, &e, to_store.len()).await;
+            return (self.finish(&group, ids, Some(reason(&e))), None);
         }
-        pipeline.settle(group, &claimed, true);
+        pipeline.settle(group.id, group.plan.claimed(), true);
         drop(store_turn);
         if !to_store.is_empty() {
             self.recorded.notify_one();
         }
         // The events are durable: the answers can go out now. Confirming the keys follows;
         // until it lands, `settled` answers repeats that find them still held.
-        let outcomes = self.finish(&ids, plans, None, started);
-        (
-            outcomes,
-            Some(Confirmation {
-                group,
-                lease,
-                keys: claimed,
-            }),
-        )
+        let outcomes = self.finish(&group, ids, None);
+        let confirmation = Confirmation {
+            group: group.id,
+            lease: group.lease,
+            keys: group.plan.into_claimed(),
+        };
+        (outcomes, Some(confirmation))
+    }
+
+    /// Records `events`, timed; no call when there are none.
+    async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let stored = self.store.insert(events).await;
+        self.metrics
+            .store_seconds
+            .observe(t.elapsed().as_secs_f64());
+        stored
+    }
+
+    /// After `events` events failed to be stored: releases the group's claims so a retry is
+    /// not a false duplicate, then forgets them in `pipeline`.
+    async fn release(&self, pipeline: &Pipeline, group: &Group, e: &PortError, events: usize) {
+        self.metrics.backend_error("store");
+        tracing::warn!(cause = %e, events, "store failed; releasing claims");
+        let claimed = group.plan.claimed();
+        if !claimed.is_empty() {
+            if let Err(e) = self.dedup.release(&group.lease, claimed).await {
+                // The hold runs out by itself; until then a retry gets `unavailable`,
+                // never a false `duplicate`.
+                self.metrics.backend_error("release");
+                tracing::warn!(cause = %e, "releasing dedup claims failed");
+            }
+        }
+        pipeline.forget(group.id, claimed);
     }
 
     /// Confirms the keys of a recorded group, then forgets them in `pipeline`.
@@ -586,46 +629,26 @@ impl Committer {
         pipeline.forget(c.group, &c.keys);
     }
 
+    /// The group's outcomes, given the events' ids and why storing failed, if it did.
     fn finish(
         &self,
-        ids: &[EventId],
-        plans: Vec<Plan>,
+        group: &Group,
+        ids: Vec<EventId>,
         store_failure: Option<Unavailable>,
-        started: Instant,
     ) -> Vec<Outcome> {
-        let mut out: Vec<Outcome> = Vec::with_capacity(plans.len());
-        for (i, plan) in plans.into_iter().enumerate() {
-            let outcome = match plan {
-                Plan::Store => match &store_failure {
-                    None => Outcome::Accepted(ids[i].clone()),
-                    Some(reason) => Outcome::Unavailable(*reason),
-                },
-                Plan::Answer(o) => o,
-                Plan::RepeatOf(first) => match &out[first] {
-                    Outcome::Accepted(id) | Outcome::Duplicate(id) => {
-                        Outcome::Duplicate(id.clone())
-                    }
-                    other => other.clone(),
-                },
-            };
-            out.push(outcome);
-        }
+        let outcomes = group.plan.resolve(ids, store_failure);
         self.metrics
             .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        out
+            .observe(group.started.elapsed().as_secs_f64());
+        outcomes
     }
 
-    fn fail_all(
-        &self,
-        events: &[(CartEvent, Source)],
-        what: &str,
-        cause: &str,
-        reason: Unavailable,
-    ) -> Vec<Outcome> {
+    /// Counts and logs a failure that leaves all `events` of a group unrecorded; the reason
+    /// they answer.
+    fn failed(&self, events: usize, what: &str, cause: &str, reason: Unavailable) -> Unavailable {
         self.metrics.backend_error(what);
-        tracing::warn!(cause, events = events.len(), "{what} failed");
-        vec![Outcome::Unavailable(reason); events.len()]
+        tracing::warn!(cause, events, "{what} failed");
+        reason
     }
 }
 

@@ -104,8 +104,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("cartstream");
-        let m = Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("cartstream"),
             received: Family::default(),
             accepted: Family::default(),
             duplicate: Family::default(),
@@ -138,159 +138,183 @@ impl Metrics {
             connections_cut: Family::default(),
             connections_refused: Family::default(),
             accept_errors: Counter::default(),
-            registry: Registry::default(),
         };
-        registry.register(
+        m.register_events();
+        m.register_commit();
+        m.register_journal();
+        m.register_routes();
+        m.register_connections();
+        m
+    }
+
+    /// Events by outcome and channel, error replies, WebSocket connections.
+    fn register_events(&mut self) {
+        self.registry.register(
             "events_received",
             "Events received, by channel",
-            m.received.clone(),
+            self.received.clone(),
         );
-        registry.register(
+        self.registry.register(
             "events_accepted",
             "Events accepted (durably recorded), by channel",
-            m.accepted.clone(),
+            self.accepted.clone(),
         );
-        registry.register(
+        self.registry.register(
             "events_duplicate",
             "Events answered duplicate, by channel",
-            m.duplicate.clone(),
+            self.duplicate.clone(),
         );
-        registry.register(
+        self.registry.register(
             "events_rejected",
             "Events rejected by validation, by channel",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
-        registry.register(
+        self.registry.register(
             "events_unavailable",
             "Events answered unavailable (not recorded, retryable), by channel",
-            m.unavailable.clone(),
+            self.unavailable.clone(),
         );
-        registry.register(
+        self.registry.register(
             "errors",
             "Error replies sent to clients, by channel and code",
-            m.errors.clone(),
+            self.errors.clone(),
         );
-        registry.register(
+        self.registry.register(
             "ws_connections",
             "Open WebSocket connections",
-            m.ws_connections.clone(),
+            self.ws_connections.clone(),
         );
-        registry.register(
+        self.registry.register(
             "ws_closes",
             "WebSocket connections closed, by reason",
-            m.ws_closes.clone(),
+            self.ws_closes.clone(),
         );
-        registry.register(
+    }
+
+    /// The committer: group sizes, the time of its calls, backend failures.
+    fn register_commit(&mut self) {
+        self.registry.register(
             "commit_batch_events",
             "Events per committed group (one dedup claim and one store call)",
-            m.commit_batch_events.clone(),
+            self.commit_batch_events.clone(),
         );
-        registry.register(
+        self.registry.register(
             "commit_seconds",
             "Time to claim, store and confirm one group",
-            m.commit_seconds.clone(),
+            self.commit_seconds.clone(),
         );
-        registry.register(
+        self.registry.register(
             "claim_seconds",
             "Time of one group's dedup claim call",
-            m.claim_seconds.clone(),
+            self.claim_seconds.clone(),
         );
-        registry.register(
+        self.registry.register(
             "store_seconds",
             "Time of one group's store call (the journal append, with ClickHouse configured)",
-            m.store_seconds.clone(),
+            self.store_seconds.clone(),
         );
-        registry.register(
+        self.registry.register(
             "backend_errors",
             "Backend failures, by operation",
-            m.backend_errors.clone(),
+            self.backend_errors.clone(),
         );
-        registry.register(
-            "journal_entries",
-            "Accepted events waiting in the local journal for the event store",
-            m.journal_entries.clone(),
-        );
-        registry.register(
-            "journal_bytes",
-            "Bytes of events waiting in the local journal",
-            m.journal_bytes.clone(),
-        );
-        registry.register(
-            "journal_oldest_age_seconds",
-            "Age of the oldest journal entry: how far the event store lags behind",
-            m.journal_oldest_age_seconds.clone(),
-        );
-        registry.register(
-            "forwarded_inserts",
-            "INSERTs sent to the event store by the forwarder",
-            m.forwarded_inserts.clone(),
-        );
-        registry.register(
-            "forwarded_events",
-            "Events moved from the journal to the event store",
-            m.forwarded_events.clone(),
-        );
-        registry.register(
-            "flush_errors",
-            "Failed attempts to forward journal entries (each is retried)",
-            m.flush_errors.clone(),
-        );
-        registry.register(
+        self.registry.register(
             "dedup_fallback",
             "Dedup keys checked against the event store because the dedup store was down",
-            m.dedup_fallback.clone(),
+            self.dedup_fallback.clone(),
         );
-        registry.register(
+    }
+
+    /// The local journal and the forwarder that drains it.
+    fn register_journal(&mut self) {
+        self.registry.register(
+            "journal_entries",
+            "Accepted events waiting in the local journal for the event store",
+            self.journal_entries.clone(),
+        );
+        self.registry.register(
+            "journal_bytes",
+            "Bytes of events waiting in the local journal",
+            self.journal_bytes.clone(),
+        );
+        self.registry.register(
+            "journal_oldest_age_seconds",
+            "Age of the oldest journal entry: how far the event store lags behind",
+            self.journal_oldest_age_seconds.clone(),
+        );
+        self.registry.register(
+            "forwarded_inserts",
+            "INSERTs sent to the event store by the forwarder",
+            self.forwarded_inserts.clone(),
+        );
+        self.registry.register(
+            "forwarded_events",
+            "Events moved from the journal to the event store",
+            self.forwarded_events.clone(),
+        );
+        self.registry.register(
+            "flush_errors",
+            "Failed attempts to forward journal entries (each is retried)",
+            self.flush_errors.clone(),
+        );
+    }
+
+    /// Delivery to route targets.
+    fn register_routes(&mut self) {
+        self.registry.register(
             "route_delivered",
             "Events delivered to a route's target",
-            m.route_delivered.clone(),
+            self.route_delivered.clone(),
         );
-        registry.register(
+        self.registry.register(
             "route_failed_attempts",
             "Failed delivery attempts (each retried or dead-lettered)",
-            m.route_failures.clone(),
+            self.route_failures.clone(),
         );
-        registry.register(
+        self.registry.register(
             "route_dead_lettered",
             "Events moved to the dead-letter store",
-            m.route_dead_lettered.clone(),
+            self.route_dead_lettered.clone(),
         );
-        registry.register(
+        self.registry.register(
             "route_backlog",
             "Deliveries waiting in the outbox",
-            m.route_backlog.clone(),
+            self.route_backlog.clone(),
         );
-        registry.register(
+        self.registry.register(
             "route_dead_letters",
             "Dead letters kept for the route",
-            m.route_dead_letters.clone(),
+            self.route_dead_letters.clone(),
         );
-        registry.register(
+        self.registry.register(
             "route_delivery_latency_seconds",
             "Time from acceptance to confirmed delivery",
-            m.route_latency.clone(),
+            self.route_latency.clone(),
         );
-        registry.register(
+    }
+
+    /// The guarded listener: open, cut and refused connections.
+    fn register_connections(&mut self) {
+        self.registry.register(
             "connections",
             "Open TCP connections, HTTP and WebSocket",
-            m.connections.clone(),
+            self.connections.clone(),
         );
-        registry.register(
+        self.registry.register(
             "connections_cut",
             "Connections closed at a deadline, by reason",
-            m.connections_cut.clone(),
+            self.connections_cut.clone(),
         );
-        registry.register(
+        self.registry.register(
             "connections_refused",
             "Connections refused over a cap, by the cap",
-            m.connections_refused.clone(),
+            self.connections_refused.clone(),
         );
-        registry.register(
+        self.registry.register(
             "accept_errors",
             "Failed accept calls (each retried after a pause)",
-            m.accept_errors.clone(),
+            self.accept_errors.clone(),
         );
-        Self { registry, ..m }
     }
 
     /// The Prometheus text exposition of every metric.

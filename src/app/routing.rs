@@ -381,3 +381,6 @@ mod admin;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod failure_tests;

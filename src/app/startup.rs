@@ -15,7 +15,7 @@ use crate::app::access::Access;
 use crate::app::config::RouteSettings;
 use crate::app::config::Settings;
 use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
-use crate::app::ingest::{Committer, Ingest};
+use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
 use crate::app::routing::{Route, RoutePolicy, Routing};
@@ -100,95 +100,11 @@ impl Ports {
     /// # Errors
     /// When a local database cannot be opened or a backend setting is malformed.
     pub fn from_settings(settings: &Settings) -> Result<Self, StartupError> {
-        // One embedded store, opened only if a side needs it. When it holds both the events
-        // and the dedup state, dedup reads the events themselves.
-        let mode = match (&settings.redis_url, &settings.clickhouse_url) {
-            (None, None) => DedupMode::Events {
-                window: settings.dedup_window,
-            },
-            _ => DedupMode::Table,
-        };
-        let mut opened: Option<EmbeddedStore> = None;
-        let mut embedded = || -> Result<EmbeddedStore, StartupError> {
-            if let Some(store) = &opened {
-                return Ok(store.clone());
-            }
-            let store =
-                EmbeddedStore::open_with(&settings.data_dir, mode).map_err(StartupError::Store)?;
-            opened = Some(store.clone());
-            Ok(store)
-        };
-        let (dedup, dedup_kind): (Arc<dyn DedupStore>, _) = match &settings.redis_url {
-            Some(url) => {
-                let config = RedisDedupConfig {
-                    url: url.clone(),
-                    key_prefix: settings.redis_key_prefix.clone(),
-                    pool_size: settings.redis_pool_size,
-                    connect_timeout: settings.redis_connect_timeout,
-                    command_timeout: settings.redis_command_timeout,
-                };
-                let store = RedisDedupStore::new(config).map_err(StartupError::Backend)?;
-                (Arc::new(store), "redis")
-            }
-            None => (Arc::new(embedded()?), "embedded"),
-        };
-        #[allow(clippy::type_complexity)]
-        let (store, store_kind, forwarding, feed, retired_feed): (
-            Arc<dyn EventStore>,
-            _,
-            _,
-            Arc<dyn EventFeed>,
-            Option<(Arc<dyn EventFeed>, i64)>,
-        ) = match &settings.clickhouse_url {
-            Some(url) => {
-                let config = ClickHouseConfig {
-                    url: url.clone(),
-                    database: settings.clickhouse_database.clone(),
-                    table: settings.clickhouse_table.clone(),
-                    user: settings.clickhouse_user.clone(),
-                    password: settings.clickhouse_password.clone(),
-                    request_timeout: settings.clickhouse_timeout,
-                };
-                let remote: Arc<dyn EventStore> =
-                    Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
-                let (store, forwarding, journal) = journaled(settings, remote)?;
-                (
-                    store,
-                    "clickhouse",
-                    Some(forwarding),
-                    Arc::new(journal),
-                    None,
-                )
-            }
-            None => {
-                // The events table, indexed by event id and user, takes events in the
-                // forwarder's large batches: written one commit group at a time, its
-                // random index pages made the embedded store disk-bound. Acks wait for
-                // the journal's sequential append, as with ClickHouse.
-                let local = embedded()?;
-                let (store, forwarding, journal) =
-                    journaled(settings, Arc::new(local.clone()) as Arc<dyn EventStore>)?;
-                if matches!(mode, DedupMode::Events { .. }) {
-                    // Events the journal still holds are duplicates before they reach
-                    // the table.
-                    local.remember_recorded(journal.pending_ids().map_err(StartupError::Store)?);
-                }
-                // Routing reads the journal, so events are routed as soon as they are
-                // acked. Before the journal, it read the events table: what that still
-                // holds unrouted is routed first.
-                // Taken before the forwarder runs: rows past it came through the journal. (A
-                // crash before the catch-up is done makes the next start take it again, later:
-                // then some events may be routed twice, never skipped.)
-                let through = local.last_rowid().map_err(StartupError::Store)?;
-                let retired: Arc<dyn EventFeed> = Arc::new(local);
-                (
-                    store,
-                    "embedded",
-                    Some(forwarding),
-                    Arc::new(journal),
-                    Some((retired, through)),
-                )
-            }
+        let mut embedded = LazyEmbedded::new(settings);
+        let (dedup, dedup_kind) = dedup_side(settings, &mut embedded)?;
+        let events = match &settings.clickhouse_url {
+            Some(url) => clickhouse_side(settings, url)?,
+            None => embedded_side(settings, &mut embedded)?,
         };
         let routes = settings
             .routes
@@ -196,17 +112,135 @@ impl Ports {
             .map(|r| build_route(r, settings.redis_url.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            store,
+            store: events.store,
             dedup,
             clock: Arc::new(SystemClock),
-            store_kind,
+            store_kind: events.kind,
             dedup_kind,
-            forwarding,
-            feed,
-            retired_feed,
+            forwarding: Some(events.forwarding),
+            feed: events.feed,
+            retired_feed: events.retired_feed,
             routes,
         })
     }
+}
+
+/// The one embedded store, opened only if a side needs it. When it holds both the events and
+/// the dedup state, dedup reads the events themselves.
+struct LazyEmbedded<'a> {
+    settings: &'a Settings,
+    mode: DedupMode,
+    opened: Option<EmbeddedStore>,
+}
+
+impl<'a> LazyEmbedded<'a> {
+    fn new(settings: &'a Settings) -> Self {
+        let mode = match (&settings.redis_url, &settings.clickhouse_url) {
+            (None, None) => DedupMode::Events {
+                window: settings.dedup_window,
+            },
+            _ => DedupMode::Table,
+        };
+        Self {
+            settings,
+            mode,
+            opened: None,
+        }
+    }
+
+    fn get(&mut self) -> Result<EmbeddedStore, StartupError> {
+        if let Some(store) = &self.opened {
+            return Ok(store.clone());
+        }
+        let store = EmbeddedStore::open_with(&self.settings.data_dir, self.mode)
+            .map_err(StartupError::Store)?;
+        self.opened = Some(store.clone());
+        Ok(store)
+    }
+}
+
+/// The dedup store the settings ask for (Redis, or the embedded store), with its name.
+fn dedup_side(
+    settings: &Settings,
+    embedded: &mut LazyEmbedded<'_>,
+) -> Result<(Arc<dyn DedupStore>, &'static str), StartupError> {
+    Ok(match &settings.redis_url {
+        Some(url) => {
+            let config = RedisDedupConfig {
+                url: url.clone(),
+                key_prefix: settings.redis_key_prefix.clone(),
+                pool_size: settings.redis_pool_size,
+                connect_timeout: settings.redis_connect_timeout,
+                command_timeout: settings.redis_command_timeout,
+            };
+            let store = RedisDedupStore::new(config).map_err(StartupError::Backend)?;
+            (Arc::new(store), "redis")
+        }
+        None => (Arc::new(embedded.get()?), "embedded"),
+    })
+}
+
+/// The event side of [`Ports`]: what ingest records into, the journal's way to the event
+/// store, the feed routing reads, and an earlier feed to drain first.
+struct EventSide {
+    store: Arc<dyn EventStore>,
+    kind: &'static str,
+    forwarding: Forwarding,
+    feed: Arc<dyn EventFeed>,
+    retired_feed: Option<(Arc<dyn EventFeed>, i64)>,
+}
+
+/// ClickHouse behind the local journal.
+fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupError> {
+    let config = ClickHouseConfig {
+        url: url.to_owned(),
+        database: settings.clickhouse_database.clone(),
+        table: settings.clickhouse_table.clone(),
+        user: settings.clickhouse_user.clone(),
+        password: settings.clickhouse_password.clone(),
+        request_timeout: settings.clickhouse_timeout,
+    };
+    let remote: Arc<dyn EventStore> =
+        Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
+    let (store, forwarding, journal) = journaled(settings, remote)?;
+    Ok(EventSide {
+        store,
+        kind: "clickhouse",
+        forwarding,
+        feed: Arc::new(journal),
+        retired_feed: None,
+    })
+}
+
+/// The embedded store behind the local journal.
+fn embedded_side(
+    settings: &Settings,
+    embedded: &mut LazyEmbedded<'_>,
+) -> Result<EventSide, StartupError> {
+    // The events table, indexed by event id and user, takes events in the forwarder's large
+    // batches: written one commit group at a time, its random index pages made the embedded
+    // store disk-bound. Acks wait for the journal's sequential append, as with ClickHouse.
+    let local = embedded.get()?;
+    let (store, forwarding, journal) =
+        journaled(settings, Arc::new(local.clone()) as Arc<dyn EventStore>)?;
+    if matches!(embedded.mode, DedupMode::Events { .. }) {
+        // Events the journal still holds are duplicates before they reach the table.
+        local.remember_recorded(journal.pending_ids().map_err(StartupError::Store)?);
+    }
+    // Routing reads the journal, so events are routed as soon as they are acked. Before the
+    // journal, it read the events table: what that still holds unrouted is routed first.
+    // Taken before the forwarder runs: rows past it came through the journal. (A crash before
+    // the catch-up is done makes the next start take it again, later: then some events may be
+    // routed twice, never skipped.)
+    let through = local.last_rowid().map_err(StartupError::Store)?;
+    let retired: Arc<dyn EventFeed> = Arc::new(local);
+    Ok(EventSide {
+        store,
+        kind: "embedded",
+        forwarding,
+        feed: Arc::new(journal),
+        retired_feed: Some((retired, through)),
+    })
 }
 
 fn build_route(
@@ -215,8 +249,8 @@ fn build_route(
 ) -> Result<Arc<Route>, StartupError> {
     let bad = |e: String| StartupError::Route(r.name.clone(), e);
     let rule = RouteRule {
-        name: RouteName::parse(&r.name).map_err(bad)?,
-        matcher: RouteMatch::parse(&r.event_types).map_err(bad)?,
+        name: RouteName::parse(&r.name).map_err(|e| bad(e.to_string()))?,
+        matcher: RouteMatch::parse(&r.event_types).map_err(|e| bad(e.to_string()))?,
     };
     let target = build_target(&r.target, default_redis_url).map_err(|e| bad(e.to_string()))?;
     let policy = RoutePolicy {
@@ -472,17 +506,18 @@ impl Application {
         let acceptor = bind(&settings, proxies.clone(), &metrics).await?;
         let local_addr = acceptor.local_socket_addr().unwrap_or(addr);
         let recorded = Arc::new(Notify::new());
-        let committer = Committer {
-            dedup: Arc::clone(&ports.dedup),
-            store: Arc::clone(&ports.store),
-            clock: Arc::clone(&ports.clock),
-            metrics: Arc::clone(&metrics),
-            window: settings.dedup_window,
-            hold: settings.dedup_hold,
-            outage: settings.dedup_outage,
-            dedup_rest: std::sync::Mutex::new(None),
-            recorded: Arc::clone(&recorded),
-        };
+        let committer = Committer::new(
+            Arc::clone(&ports.dedup),
+            Arc::clone(&ports.store),
+            Arc::clone(&ports.clock),
+            Arc::clone(&metrics),
+            DedupPolicy {
+                window: settings.dedup_window,
+                hold: settings.dedup_hold,
+                outage: settings.dedup_outage,
+            },
+            Arc::clone(&recorded),
+        );
         let committer_stop = CancellationToken::new();
         let (ingest, committer) = Ingest::start(
             committer,

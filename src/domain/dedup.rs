@@ -1,4 +1,5 @@
-//! Dedup keys and the fingerprint behind derived event ids.
+//! Dedup keys, what a claim on one answers, the plan that turns a group's claims into
+//! outcomes, and the fingerprint behind derived event ids.
 
 use super::event::{CartEvent, EventId, EventType};
 use super::validation::integral;
@@ -6,6 +7,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
+
+mod plan;
+pub use plan::{GroupPlan, WrongLength};
 
 /// Prefix of ids derived from a fingerprint, so they are recognisable in stored data.
 pub const FINGERPRINT_PREFIX: &str = "fp-";
@@ -25,6 +29,18 @@ impl DedupKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The state of a dedup key when a claim asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody holds the key: it is now held, pending, for the caller.
+    New,
+    /// An event with this key was confirmed within the dedup window.
+    Duplicate,
+    /// Another request holds the key and has not yet confirmed or released it. The event may or
+    /// may not end up recorded, so neither `accepted` nor `duplicate` is a safe answer yet.
+    InFlight,
 }
 
 impl From<&EventId> for DedupKey {

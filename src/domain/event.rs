@@ -292,3 +292,36 @@ pub struct StoredEvent {
     pub received_at: DateTime<Utc>,
     pub source: Source,
 }
+
+/// A stored event flattened as every store keeps it: text borrowed, instants as Unix
+/// milliseconds. The one mapping from an event to a store's row; [`StoredFields`] is the way
+/// back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventColumns<'a> {
+    pub event_id: &'a str,
+    pub user_id: &'a str,
+    pub session_id: Option<&'a str>,
+    pub event_type: &'a str,
+    pub occurred_at_ms: i64,
+    pub received_at_ms: i64,
+    pub source: &'a str,
+    /// The metadata object as compact JSON.
+    pub metadata: &'a str,
+}
+
+impl StoredEvent {
+    /// The event's columns, as a store writes them.
+    pub fn columns(&self) -> EventColumns<'_> {
+        let e = &self.event;
+        EventColumns {
+            event_id: e.event_id().as_str(),
+            user_id: e.user_id(),
+            session_id: e.session_id(),
+            event_type: e.event_type().as_str(),
+            occurred_at_ms: e.occurred_at().timestamp_millis(),
+            received_at_ms: self.received_at.timestamp_millis(),
+            source: self.source.as_str(),
+            metadata: e.metadata().as_json(),
+        }
+    }
+}

@@ -1,17 +1,24 @@
-//! Pure, synchronous rules: the event model, validation and dedup keys. No I/O, no async, no
-//! framework types.
+//! Pure, synchronous rules: the event model, validation, dedup keys and the listing's filter.
+//! No I/O, no async, no framework types.
 
 pub mod dedup;
 pub mod error;
 pub mod event;
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod listing;
+pub mod outcome;
 pub mod routing;
 pub mod validation;
 
-pub use dedup::DedupKey;
+pub use dedup::{Claim, DedupKey, GroupPlan, WrongLength};
 pub use error::{FieldCode, FieldError};
 pub use event::{
-    CartEvent, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent, StoredFields,
+    CartEvent, EventColumns, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent,
+    StoredFields,
 };
+pub use listing::{newest_first, EventQuery, PageKey};
+pub use outcome::{Item, Outcome, Unavailable};
 pub use validation::{
     parse_event, parse_event_owned, parse_fields, EventFields, ValidationPolicy, MAX_AMOUNT,
     MAX_COUNT,

@@ -5,14 +5,23 @@ use super::event::{CartEvent, EventType};
 use std::collections::HashSet;
 use std::fmt;
 
+/// Why a route rule cannot be built from configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteRuleError {
+    #[error("route name {0:?} must be 1-64 characters of a-z A-Z 0-9 - _")]
+    BadName(String),
+    #[error("unknown event type {0:?}")]
+    UnknownEventType(String),
+}
+
 /// A route's name: 1-64 of `a-z A-Z 0-9 - _`, used in URLs, metrics labels and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteName(String);
 
 impl RouteName {
     /// # Errors
-    /// A sentence saying what is wrong with the name.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    /// [`RouteRuleError::BadName`] when the name breaks the rule above.
+    pub fn parse(raw: &str) -> Result<Self, RouteRuleError> {
         let ok = !raw.is_empty()
             && raw.len() <= 64
             && raw
@@ -21,9 +30,7 @@ impl RouteName {
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(format!(
-                "route name {raw:?} must be 1-64 characters of a-z A-Z 0-9 - _"
-            ))
+            Err(RouteRuleError::BadName(raw.to_owned()))
         }
     }
 
@@ -50,13 +57,13 @@ impl RouteMatch {
     ///
     /// # Errors
     /// Names the first unknown event type.
-    pub fn parse(types: &[String]) -> Result<Self, String> {
+    pub fn parse(types: &[String]) -> Result<Self, RouteRuleError> {
         if types.is_empty() || types.iter().any(|t| t == "*") {
             return Ok(Self::All);
         }
         types
             .iter()
-            .map(|t| EventType::parse(t).ok_or_else(|| format!("unknown event type {t:?}")))
+            .map(|t| EventType::parse(t).ok_or_else(|| RouteRuleError::UnknownEventType(t.clone())))
             .collect::<Result<HashSet<_>, _>>()
             .map(Self::Types)
     }
@@ -112,20 +119,15 @@ pub fn partition(user_id: &str, partitions: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{parse_event, EventId, ValidationPolicy};
+    use crate::domain::fixtures::{self, rich_metadata};
     use proptest::prelude::*;
 
+    /// An event of type `t` with every field a rule of any type might need.
     fn event(t: &str) -> CartEvent {
-        let raw = serde_json::json!({"userId": "u", "eventType": t,
-            "metadata": {"productId": "p", "quantity": 1, "couponCode": "c", "cartValue": 1,
-                         "itemCount": 1, "orderId": "o"}});
-        parse_event(
-            &raw,
-            &ValidationPolicy::protocol_default(),
-            chrono::Utc::now(),
-            || EventId::from_random_bytes([1; 16]),
-        )
-        .unwrap()
+        fixtures::event("e-1")
+            .kind(t)
+            .metadata(rich_metadata())
+            .cart_event()
     }
 
     fn rule(name: &str, types: &[&str]) -> RouteRule {
@@ -158,13 +160,17 @@ mod tests {
 
     #[test]
     fn bad_names_and_types_are_refused() {
-        assert!(RouteName::parse("").is_err());
+        assert_eq!(
+            RouteName::parse(""),
+            Err(RouteRuleError::BadName(String::new()))
+        );
         assert!(RouteName::parse("a b").is_err());
         assert!(RouteName::parse(&"a".repeat(65)).is_err());
         assert!(RouteName::parse("web-hook_1").is_ok());
-        assert!(RouteMatch::parse(&["item_exploded".to_owned()])
-            .unwrap_err()
-            .contains("item_exploded"));
+        assert_eq!(
+            RouteMatch::parse(&["item_exploded".to_owned()]),
+            Err(RouteRuleError::UnknownEventType("item_exploded".to_owned()))
+        );
     }
 
     #[test]

@@ -114,94 +114,15 @@ pub fn parse_fields(
     now: DateTime<Utc>,
     fresh_id: impl FnOnce() -> EventId,
 ) -> Result<CartEvent, Vec<FieldError>> {
+    // Each field is checked in wire order, so the errors come back in that order.
     let mut errors = Vec::new();
-
-    let event_id = match fields.event_id.as_ref() {
-        None => None,
-        Some(Value::String(s)) => match EventId::parse(s) {
-            Ok(id) => Some(id),
-            Err(code) => {
-                errors.push(event_id_error(code));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(FieldError::invalid_type("eventId", "a string"));
-            None
-        }
-    };
-
-    let user_id = match fields.user_id.as_ref() {
-        None => {
-            errors.push(FieldError::required("userId"));
-            None
-        }
-        Some(Value::String(s)) => check_identifier("userId", s, USER_ID_MAX, true, &mut errors),
-        Some(_) => {
-            errors.push(FieldError::invalid_type("userId", "a string"));
-            None
-        }
-    };
-
-    let session_id = match fields.session_id.as_ref() {
-        None => None,
-        Some(Value::String(s)) => {
-            check_identifier("sessionId", s, SESSION_ID_MAX, false, &mut errors)
-        }
-        Some(_) => {
-            errors.push(FieldError::invalid_type("sessionId", "a string"));
-            None
-        }
-    };
-
-    let event_type = match fields.event_type.as_ref() {
-        None => {
-            errors.push(FieldError::required("eventType"));
-            None
-        }
-        Some(Value::String(s)) => match EventType::parse(s) {
-            Some(t) => Some(t),
-            None => {
-                errors.push(FieldError::new(
-                    "eventType",
-                    FieldCode::UnknownEventType,
-                    format!("eventType must be one of: {}", event_type_list()),
-                ));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(FieldError::invalid_type("eventType", "a string"));
-            None
-        }
-    };
-
-    let timestamp = match fields.timestamp.as_ref() {
-        None => None,
-        Some(Value::String(s)) => check_timestamp(s, policy, now, &mut errors),
-        Some(_) => {
-            errors.push(FieldError::invalid_type(
-                "timestamp",
-                "an RFC 3339 string with an offset",
-            ));
-            None
-        }
-    };
-
+    let event_id = event_id_field(fields.event_id.as_ref(), &mut errors);
+    let user_id = user_id_field(fields.user_id.as_ref(), &mut errors);
+    let session_id = session_id_field(fields.session_id.as_ref(), &mut errors);
+    let event_type = event_type_field(fields.event_type.as_ref(), &mut errors);
+    let timestamp = timestamp_field(fields.timestamp.as_ref(), policy, now, &mut errors);
     let empty = Map::new();
-    // The compact text of a metadata object that passed the shape checks.
-    let mut metadata_json = None;
-    let metadata = match fields.metadata.as_ref() {
-        None => Some(&empty),
-        Some(Value::Object(m)) => {
-            metadata_json = check_metadata_shape(m, &mut errors);
-            Some(m)
-        }
-        Some(_) => {
-            errors.push(FieldError::invalid_type("metadata", "a JSON object"));
-            None
-        }
-    };
+    let (metadata, metadata_json) = metadata_object(fields.metadata.as_ref(), &empty, &mut errors);
     if let (Some(t), Some(m)) = (event_type, metadata) {
         check_metadata_rules(t, m, &mut errors);
     }
@@ -235,6 +156,108 @@ pub fn parse_fields(
         occurred_at,
         metadata,
     })
+}
+
+fn event_id_field(value: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<EventId> {
+    match value {
+        None => None,
+        Some(Value::String(s)) => match EventId::parse(s) {
+            Ok(id) => Some(id),
+            Err(code) => {
+                errors.push(event_id_error(code));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::invalid_type("eventId", "a string"));
+            None
+        }
+    }
+}
+
+fn user_id_field(value: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match value {
+        None => {
+            errors.push(FieldError::required("userId"));
+            None
+        }
+        Some(Value::String(s)) => check_identifier("userId", s, USER_ID_MAX, true, errors),
+        Some(_) => {
+            errors.push(FieldError::invalid_type("userId", "a string"));
+            None
+        }
+    }
+}
+
+fn session_id_field(value: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match value {
+        None => None,
+        Some(Value::String(s)) => check_identifier("sessionId", s, SESSION_ID_MAX, false, errors),
+        Some(_) => {
+            errors.push(FieldError::invalid_type("sessionId", "a string"));
+            None
+        }
+    }
+}
+
+fn event_type_field(value: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<EventType> {
+    match value {
+        None => {
+            errors.push(FieldError::required("eventType"));
+            None
+        }
+        Some(Value::String(s)) => {
+            let t = EventType::parse(s);
+            if t.is_none() {
+                errors.push(FieldError::new(
+                    "eventType",
+                    FieldCode::UnknownEventType,
+                    format!("eventType must be one of: {}", event_type_list()),
+                ));
+            }
+            t
+        }
+        Some(_) => {
+            errors.push(FieldError::invalid_type("eventType", "a string"));
+            None
+        }
+    }
+}
+
+fn timestamp_field(
+    value: Option<&Value>,
+    policy: &ValidationPolicy,
+    now: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> Option<DateTime<Utc>> {
+    match value {
+        None => None,
+        Some(Value::String(s)) => check_timestamp(s, policy, now, errors),
+        Some(_) => {
+            errors.push(FieldError::invalid_type(
+                "timestamp",
+                "an RFC 3339 string with an offset",
+            ));
+            None
+        }
+    }
+}
+
+/// The metadata object (an absent one is `empty`), and its compact text when it passed the
+/// shape checks.
+fn metadata_object<'a>(
+    value: Option<&'a Value>,
+    empty: &'a Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> (Option<&'a Map<String, Value>>, Option<String>) {
+    match value {
+        None => (Some(empty), None),
+        Some(Value::Object(m)) => (Some(m), check_metadata_shape(m, errors)),
+        Some(_) => {
+            errors.push(FieldError::invalid_type("metadata", "a JSON object"));
+            (None, None)
+        }
+    }
 }
 
 fn event_id_error(code: FieldCode) -> FieldError {

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 
 /// The server's clock: validation bounds and `receivedAt` come from it.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
 }

@@ -2,17 +2,8 @@ use super::PortError;
 use crate::domain::DedupKey;
 use std::time::Duration;
 
-/// The state of a dedup key when a claim asks for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// Nobody holds the key: it is now held, pending, for the caller.
-    New,
-    /// An event with this key was confirmed within the dedup window.
-    Duplicate,
-    /// Another request holds the key and has not yet confirmed or released it. The event may or
-    /// may not end up recorded, so neither `accepted` nor `duplicate` is a safe answer yet.
-    InFlight,
-}
+// What a claim answers is a plain value the domain's dedup plan reads.
+pub use crate::domain::Claim;
 
 /// One group's claim on its keys: who holds them, how long they are held before being
 /// confirmed or released, and how long they are remembered once confirmed.
@@ -37,7 +28,7 @@ pub struct Lease {
 /// time, [`confirm`](DedupStore::confirm) makes them last the whole window once the events are
 /// recorded, and [`release`](DedupStore::release) (or the hold running out, after a crash) frees
 /// them again.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait DedupStore: Send + Sync {
     /// Claims `keys` under `lease`. `Ok(v)[i]` answers for `keys[i]`; keys must be distinct.

@@ -1,89 +1,9 @@
 use super::PortError;
-use crate::domain::{DedupKey, EventType, StoredEvent};
-use chrono::{DateTime, Utc};
-use std::cmp::Ordering;
+use crate::domain::{DedupKey, StoredEvent};
 use std::collections::BTreeMap;
 
-/// Filters of `GET /events`, and where in the listing a page starts. All bounds are
-/// inclusive, on the event's `timestamp`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventQuery {
-    pub user_id: Option<String>,
-    pub event_type: Option<EventType>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    /// Only events after this position in the listing order: the last event of the page
-    /// before. Keyset paging, so an event inserted between pages never shifts the next page.
-    pub after: Option<PageKey>,
-    /// 1..=1000.
-    pub limit: usize,
-    /// A page stops before the event that would take its [`listed_bytes`] past this; it
-    /// always holds at least one event, however large.
-    pub max_bytes: usize,
-}
-
-impl EventQuery {
-    /// No filters, the first page, `limit` events, no byte budget to speak of.
-    pub fn first(limit: usize) -> Self {
-        Self {
-            user_id: None,
-            event_type: None,
-            since: None,
-            until: None,
-            after: None,
-            limit,
-            max_bytes: usize::MAX,
-        }
-    }
-
-    /// Whether `key` comes after this query's starting position.
-    pub fn is_past_start(&self, key: &PageKey) -> bool {
-        self.after.as_ref().is_none_or(|after| key > after)
-    }
-}
-
-/// An event's position in the listing order of [`EventStore::query`]: newest `timestamp`
-/// first, then the latest received, then by id (bytewise, descending), as every store orders
-/// its rows. Stores keep milliseconds, so the position does too.
-///
-/// `Ord` is the listing order: a key that is listed earlier is smaller.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PageKey {
-    pub occurred_at_ms: i64,
-    pub received_at_ms: i64,
-    pub event_id: String,
-}
-
-impl PageKey {
-    pub fn of(e: &StoredEvent) -> Self {
-        Self {
-            occurred_at_ms: e.event.occurred_at().timestamp_millis(),
-            received_at_ms: e.received_at.timestamp_millis(),
-            event_id: e.event.event_id().as_str().to_owned(),
-        }
-    }
-}
-
-impl Ord for PageKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.occurred_at_ms, other.received_at_ms, &other.event_id).cmp(&(
-            self.occurred_at_ms,
-            self.received_at_ms,
-            &self.event_id,
-        ))
-    }
-}
-
-impl PartialOrd for PageKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// The order [`EventStore::query`] answers in (see [`PageKey`]).
-pub fn newest_first(a: &StoredEvent, b: &StoredEvent) -> Ordering {
-    PageKey::of(a).cmp(&PageKey::of(b))
-}
+// The listing itself (which events a query selects, in which order) is the domain's.
+pub use crate::domain::listing::{newest_first, EventQuery, PageKey};
 
 /// What `GET /events` writes for the event apart from JSON escapes: the page budget's
 /// measure, so a store can stop reading rows at the budget without serializing them (a test
@@ -178,7 +98,7 @@ impl PageBuilder {
 }
 
 /// Where accepted events are kept and read back.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync {
     /// Records a batch durably: when this returns `Ok`, every event survives a crash.

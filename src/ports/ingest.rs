@@ -1,39 +1,10 @@
 //! The driving side: what the inbound adapters ask of the ingest use case, and what it answers.
 
-use crate::domain::{CartEvent, EventFields, EventId, FieldError, Source};
+use crate::domain::{EventFields, Source};
 use std::future::Future;
 
-/// The answer for one event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Durably recorded.
-    Accepted(EventId),
-    /// Accepted before, within the dedup window; not recorded again.
-    Duplicate(EventId),
-    /// Broke the rules; not recorded.
-    Rejected(Vec<FieldError>),
-    /// Could not be recorded now; the client should retry.
-    Unavailable(Unavailable),
-}
-
-/// Why an event could not be recorded now. Every reason is retryable; the inbound adapters
-/// word it for their clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unavailable {
-    /// The server is draining and takes no new work.
-    ShuttingDown,
-    /// The event store (or its journal) could not record the event.
-    StoreDown,
-    /// The local journal is full while the remote store catches up.
-    JournalFull,
-    /// Another request holds the event's dedup key and has not settled it yet.
-    KeyInFlight,
-    /// The dedup store cannot answer and the server is configured to fail closed.
-    DedupDown,
-}
-
-/// One event as the caller validated it.
-pub type Item = Result<CartEvent, Vec<FieldError>>;
+// The answers are plain values, defined with the rest of the pure rules.
+pub use crate::domain::{Item, Outcome, Unavailable};
 
 /// The ingest use case as the inbound adapters drive it. Static dispatch on purpose: the
 /// WebSocket adapter calls `submit` once per message, so the adapters are generic over this

@@ -23,7 +23,7 @@ pub struct JournalStats {
 
 /// The durable local buffer in front of a remote event store: an `accepted` ack waits only for
 /// [`append`](Journal::append); a forwarder moves entries on and removes them once stored.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync {
     /// Appends a batch durably (it survives a crash once this returns `Ok`).

@@ -1,6 +1,52 @@
 //! The traits the use cases need from the world. Batch-shaped: a Redis pipeline or a ClickHouse
 //! insert per batch is where the speed is. Shared as `Arc<dyn Port>` so adapters are chosen at
-//! runtime; mockall fakes them in unit tests.
+//! runtime.
+//!
+//! # Fakes
+//!
+//! Every port has a [mockall](https://docs.rs/mockall) fake named after it (`MockEventStore`,
+//! `MockDedupStore`, `MockJournal`, `MockOutbox`, `MockEventFeed`, `MockRouteTarget`,
+//! `MockClock`). The crate's unit tests always have them; code built on the crate gets them
+//! with the `mocks` feature, for its own tests:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! cartstream = { version = "0.1", features = ["mocks"] }
+//! ```
+//!
+//! A method of an `async_trait` port is faked with the value it returns, not a future.
+#![cfg_attr(
+    feature = "mocks",
+    doc = r#"
+A unit test of your own code over a port (this example runs as a doctest with the feature):
+
+```
+use cartstream::domain::StoredEvent;
+use cartstream::ports::{EventStore, MockEventStore, PortError};
+
+/// Your code: records a batch and says whether the client should try again.
+async fn record(store: &dyn EventStore, events: &[StoredEvent]) -> &'static str {
+    match store.insert(events).await {
+        Ok(()) => "recorded",
+        Err(_) => "try again later",
+    }
+}
+
+// Your test: the store is down once, then records.
+let mut store = MockEventStore::new();
+store
+    .expect_insert()
+    .times(1)
+    .returning(|_| Err(PortError::Unavailable("ClickHouse is down".into())));
+store.expect_insert().times(1).returning(|_| Ok(()));
+
+let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+assert_eq!(rt.block_on(record(&store, &[])), "try again later");
+assert_eq!(rt.block_on(record(&store, &[])), "recorded");
+// Dropping the fake checks its expectations: each `times(1)` was met.
+```
+"#
+)]
 
 mod clock;
 mod dedup_store;
@@ -22,17 +68,17 @@ pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem,
 pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
 
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use clock::MockClock;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use dedup_store::MockDedupStore;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use event_store::MockEventStore;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use journal::MockJournal;
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use outbox::{MockEventFeed, MockOutbox};
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use route_target::MockRouteTarget;
 
 /// What an outbound adapter reports when it cannot do its job. Adapters map their own

@@ -11,7 +11,7 @@ pub struct FeedEntry {
 
 /// The durable record of accepted events, read in the order it was written. Routing reads it
 /// instead of being told about events, so whatever is recorded is routed, crash or not.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait EventFeed: Send + Sync {
     /// Which feed this is (`embedded`, `journal`): the outbox keeps one cursor per feed.
@@ -65,7 +65,7 @@ pub struct RouteBacklog {
 }
 
 /// Durable deliveries: what each route still has to receive, and what failed for good.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
     /// How far `feed` has been read, or `None` before the first enqueue.

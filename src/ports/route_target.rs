@@ -29,7 +29,7 @@ impl DeliveryError {
 
 /// A downstream service that accepted events are routed to. Targets see each event with the
 /// same fields `GET /events` returns (see `adapters::event_json`).
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait RouteTarget: Send + Sync {
     /// Delivers `events` (one or more, in order). `Ok` only once the target has confirmed all

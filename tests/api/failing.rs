@@ -1,33 +1,27 @@
-//! An event store that cannot record, to drive the `unavailable` paths end to end.
+//! Event stores that fail or hold their reads, to drive the `unavailable` and read-bound paths
+//! end to end. The failing one is the crate's published fake (`mocks` feature).
 
 use crate::helpers::embedded_ports;
 use cartstream::app::startup::Ports;
 use cartstream::domain::{DedupKey, StoredEvent};
-use cartstream::ports::{EventPage, EventQuery, EventStore, PortError};
+use cartstream::ports::{EventPage, EventQuery, EventStore, MockEventStore, PortError};
 use std::path::Path;
 use std::sync::Arc;
 
-pub struct FailingStore;
-
-#[async_trait::async_trait]
-impl EventStore for FailingStore {
-    async fn insert(&self, _: &[StoredEvent]) -> Result<(), PortError> {
-        Err(PortError::Unavailable("injected failure".into()))
-    }
-    async fn known(&self, _: &[DedupKey]) -> Result<Vec<bool>, PortError> {
-        Err(PortError::Unavailable("injected failure".into()))
-    }
-    async fn query(&self, _: &EventQuery) -> Result<EventPage, PortError> {
-        Err(PortError::Unavailable("injected failure".into()))
-    }
-    async fn check(&self) -> Result<(), PortError> {
-        Err(PortError::Unavailable("injected failure".into()))
-    }
+/// An event store that cannot record, read or answer its health check.
+fn failing_store() -> MockEventStore {
+    let injected = || PortError::Unavailable("injected failure".into());
+    let mut store = MockEventStore::new();
+    store.expect_insert().returning(move |_| Err(injected()));
+    store.expect_known().returning(move |_| Err(injected()));
+    store.expect_query().returning(move |_| Err(injected()));
+    store.expect_check().returning(move || Err(injected()));
+    store
 }
 
 pub fn ports_with_failing_store(dir: &Path) -> Ports {
     Ports {
-        store: Arc::new(FailingStore),
+        store: Arc::new(failing_store()),
         store_kind: "failing",
         ..embedded_ports(dir)
     }
@@ -35,6 +29,11 @@ pub fn ports_with_failing_store(dir: &Path) -> Ports {
 
 /// An embedded store whose reads wait at a gate until the test opens it: a read in flight
 /// for as long as a test needs, without timing.
+///
+/// Not a `MockEventStore`: a mock's expectation for an `async_trait` method returns the
+/// method's output, not a future, so it cannot suspend; blocking inside it instead would
+/// stall the test's single-threaded runtime, which also runs the server. And every read here
+/// is a real read of the embedded store once the gate opens.
 pub struct GatedStore {
     pub inner: Arc<dyn EventStore>,
     /// Opened by the test; each read waits for it.

@@ -621,29 +621,14 @@ async fn a_non_websocket_request_to_the_stream_is_a_json_error() {
 #[tokio::test]
 async fn events_a_crash_left_in_the_journal_are_kept_and_still_duplicates() {
     use cartstream::adapters::outbound::journal::SqliteJournal;
-    use cartstream::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
     use cartstream::ports::Journal;
 
     let dir = tempfile::tempdir().unwrap();
     let id = unique("in-journal");
     {
-        let now = chrono::Utc::now();
-        let event = parse_event(
-            &item_added(&id),
-            &ValidationPolicy::protocol_default(),
-            now,
-            || EventId::from_random_bytes([5; 16]),
-        )
-        .unwrap();
+        let event = crate::fixtures::from_json(item_added(&id)).stored();
         let journal = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
-        journal
-            .append(&[StoredEvent {
-                event,
-                received_at: now,
-                source: Source::Http,
-            }])
-            .await
-            .unwrap();
+        journal.append(&[event]).await.unwrap();
     }
     let app = TestApp::spawn_in(dir.path()).await;
     assert_eq!(

@@ -5,13 +5,14 @@
 mod backends;
 mod bounds;
 mod clickhouse_store;
+mod contract;
 mod edge;
 mod failing;
 mod faults;
+mod fixtures;
 mod helpers;
 mod http;
 mod openapi;
-mod paging_contract;
 mod production;
 mod proxy;
 mod reads;

@@ -1,33 +1,15 @@
-//! `RedisDedupStore` against a real Redis: the same behaviour as the embedded store's dedup.
+//! `RedisDedupStore` against a real Redis, in what is its alone: instances sharing a prefix,
+//! the keys it writes, scripts, and a Redis that is down, restarted or hung. What every dedup
+//! store does is in `contract::dedup_store`.
 
 use crate::backends::{redis_prefix, redis_url_or_skip, silent_server, DEAD_REDIS_URL};
+use crate::contract::dedup_store::{keys, lease, lease_for};
 use bb8_redis::redis;
 use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
-use cartstream::domain::{DedupKey, EventId};
-use cartstream::ports::{Claim, DedupStore, Lease, PortError};
+use cartstream::ports::{Claim, DedupStore, PortError};
 use std::time::Duration;
 
 const HOLD: Duration = Duration::from_secs(60);
-const WINDOW: Duration = Duration::from_secs(60);
-
-fn keys(ks: &[&str]) -> Vec<DedupKey> {
-    ks.iter()
-        .map(|k| DedupKey::from(&EventId::parse(k).unwrap()))
-        .collect()
-}
-
-/// A fresh lease, as the committer takes one per group.
-fn lease() -> Lease {
-    lease_for(HOLD, WINDOW)
-}
-
-fn lease_for(hold: Duration, window: Duration) -> Lease {
-    Lease {
-        id: rand::random(),
-        hold,
-        window,
-    }
-}
 
 fn config(url: &str, prefix: &str) -> RedisDedupConfig {
     let mut c = RedisDedupConfig::new(url);
@@ -60,69 +42,6 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn claims_across_calls_tell_new_in_flight_and_duplicate_apart() {
-    let Some((store, _)) = store().await else {
-        return;
-    };
-    let (first, second) = (lease(), lease());
-    assert_eq!(
-        store.claim(&first, &keys(&["a", "b"])).await.unwrap(),
-        [Claim::New, Claim::New]
-    );
-    assert_eq!(
-        store.claim(&second, &keys(&["b", "c"])).await.unwrap(),
-        [Claim::InFlight, Claim::New],
-        "a held key is in flight, not a duplicate"
-    );
-    store.confirm(&first, &keys(&["a", "b"])).await.unwrap();
-    assert_eq!(
-        store
-            .claim(&lease(), &keys(&["a", "b", "c", "d"]))
-            .await
-            .unwrap(),
-        [
-            Claim::Duplicate,
-            Claim::Duplicate,
-            Claim::InFlight,
-            Claim::New
-        ],
-        "one confirmation answers for every key of its lease"
-    );
-}
-
-#[tokio::test]
-async fn release_frees_the_leases_keys_and_never_a_confirmed_or_foreign_one() {
-    let Some((store, _)) = store().await else {
-        return;
-    };
-    let (confirmed, released, other) = (lease(), lease(), lease());
-    store.claim(&confirmed, &keys(&["k-1"])).await.unwrap();
-    store.confirm(&confirmed, &keys(&["k-1"])).await.unwrap();
-    store.claim(&other, &keys(&["k-3"])).await.unwrap();
-    assert_eq!(
-        store
-            .claim(&released, &keys(&["k-1", "k-2", "k-3"]))
-            .await
-            .unwrap(),
-        [Claim::Duplicate, Claim::New, Claim::InFlight]
-    );
-    // Given every key, as a careless caller might: only k-2 is the lease's to free.
-    store
-        .release(&released, &keys(&["k-1", "k-2", "k-3"]))
-        .await
-        .unwrap();
-    store.release(&confirmed, &keys(&["k-1"])).await.unwrap();
-    assert_eq!(
-        store
-            .claim(&lease(), &keys(&["k-1", "k-2", "k-3"]))
-            .await
-            .unwrap(),
-        [Claim::Duplicate, Claim::New, Claim::InFlight],
-        "the confirmed key survives release; the released one is free; another lease's stays held"
-    );
-}
-
-#[tokio::test]
 async fn instances_sharing_a_prefix_see_each_others_claims() {
     let Some((a, prefix)) = store().await else {
         return;
@@ -135,48 +54,6 @@ async fn instances_sharing_a_prefix_see_each_others_claims() {
     assert_eq!(b.claim(&lease(), &ks).await.unwrap(), [Claim::InFlight]);
     a.confirm(&held, &ks).await.unwrap();
     assert_eq!(b.claim(&lease(), &ks).await.unwrap(), [Claim::Duplicate]);
-}
-
-#[tokio::test]
-async fn an_expired_hold_frees_the_key_and_the_late_holder_cannot_take_it_back() {
-    let Some((store, _)) = store().await else {
-        return;
-    };
-    let ks = keys(&["k-1"]);
-    let crashed = lease_for(Duration::from_millis(100), WINDOW);
-    assert_eq!(store.claim(&crashed, &ks).await.unwrap(), [Claim::New]);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let taker = lease();
-    assert_eq!(
-        store.claim(&taker, &ks).await.unwrap(),
-        [Claim::New],
-        "taken over"
-    );
-    // The first holder wakes up and gives up: the key is the taker's now.
-    store.release(&crashed, &ks).await.unwrap();
-    assert_eq!(store.claim(&lease(), &ks).await.unwrap(), [Claim::InFlight]);
-    store.confirm(&taker, &ks).await.unwrap();
-    assert_eq!(
-        store.claim(&lease(), &ks).await.unwrap(),
-        [Claim::Duplicate]
-    );
-}
-
-#[tokio::test]
-async fn the_window_expires() {
-    let Some((store, _)) = store().await else {
-        return;
-    };
-    let ks = keys(&["k-1"]);
-    let short = lease_for(HOLD, Duration::from_millis(300));
-    store.claim(&short, &ks).await.unwrap();
-    store.confirm(&short, &ks).await.unwrap();
-    assert_eq!(
-        store.claim(&lease(), &ks).await.unwrap(),
-        [Claim::Duplicate]
-    );
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(store.claim(&lease(), &ks).await.unwrap(), [Claim::New]);
 }
 
 #[tokio::test]
@@ -289,14 +166,6 @@ async fn an_empty_slice_needs_no_redis() {
     assert_eq!(store.claim(&lease(), &[]).await.unwrap(), []);
     store.confirm(&lease(), &[]).await.unwrap();
     store.release(&lease(), &[]).await.unwrap();
-}
-
-#[tokio::test]
-async fn check_answers_when_redis_does() {
-    let Some((store, _)) = store().await else {
-        return;
-    };
-    store.check().await.unwrap();
 }
 
 #[tokio::test]

@@ -3,13 +3,14 @@
 
 use crate::backends::{random_suffix, redis_url_or_skip, DEAD_REDIS_URL};
 use crate::faults::host_port;
+use crate::fixtures;
 use crate::proxy::FaultProxy;
 use bb8_redis::redis;
 use cartstream::adapters::event_json::event_json;
 use cartstream::adapters::outbound::targets::{
     RedisStreamConfig, RedisStreamTarget, WebhookConfig, WebhookTarget,
 };
-use cartstream::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
+use cartstream::domain::{Source, StoredEvent};
 use cartstream::ports::{DeliveryError, RouteTarget};
 use hmac::{Hmac, Mac};
 use poem::http::{HeaderMap, StatusCode};
@@ -77,24 +78,17 @@ pub(crate) fn now() -> u64 {
 }
 
 fn event(id: &str, session: Option<&str>) -> StoredEvent {
-    let mut raw = json!({"eventId": id, "userId": "u-1", "eventType": "item_added",
-        "timestamp": "2026-11-27T06:00:00.123Z",
-        "metadata": {"productId": "p-9", "cartValue": 12.5, "note": "é \"quoted\""}});
+    let mut e = fixtures::event(id)
+        .user("u-1")
+        .kind("item_added")
+        .at("2026-11-27T06:00:00.123Z")
+        .metadata(json!({"productId": "p-9", "cartValue": 12.5, "note": "é \"quoted\""}))
+        .received_after(1333)
+        .via(Source::Ws);
     if let Some(s) = session {
-        raw["sessionId"] = json!(s);
+        e = e.session(s);
     }
-    let event = parse_event(
-        &raw,
-        &ValidationPolicy::protocol_default(),
-        chrono::Utc::now(),
-        || EventId::from_random_bytes([5; 16]),
-    )
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: "2026-11-27T06:00:01.456Z".parse().unwrap(),
-        source: Source::Ws,
-    }
+    e.stored()
 }
 
 fn events(n: usize) -> Vec<StoredEvent> {

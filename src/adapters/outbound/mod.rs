@@ -3,6 +3,7 @@
 pub mod clickhouse;
 pub mod embedded;
 pub mod journal;
+mod listing_sql;
 pub mod outbox;
 mod redact;
 pub mod redis;

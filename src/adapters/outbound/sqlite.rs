@@ -1,6 +1,7 @@
 //! What the SQLite-backed adapters (the embedded store and the local journal) share: opening
 //! a durable connection, the row form of an event, and the `GET /events` query.
 
+use super::listing_sql::{page_clause, Arg, SQLITE};
 use crate::domain::{StoredEvent, StoredFields};
 use crate::ports::{EventPage, EventQuery, PageBuilder, PortError};
 use chrono::{DateTime, TimeZone, Utc};
@@ -8,6 +9,23 @@ use rusqlite::{params_from_iter, Connection, OpenFlags};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// [`EVENT_COLUMNS`], as a literal for `concat!`.
+macro_rules! event_columns {
+    () => {
+        "event_id, user_id, session_id, event_type, occurred_at, received_at, source, metadata"
+    };
+}
+
+/// The event columns of the `events` table, in table order (as [`Row::read`] reads them).
+pub(crate) const EVENT_COLUMNS: &str = event_columns!();
+
+/// Inserts a [`Row`] into `events`, keeping the row already there for its `event_id`.
+pub(crate) const INSERT_EVENT: &str = concat!(
+    "INSERT OR IGNORE INTO events (",
+    event_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+);
 
 pub(crate) fn db_err(e: rusqlite::Error) -> PortError {
     PortError::Unavailable(format!("local database: {e}"))
@@ -81,8 +99,7 @@ pub(crate) fn feed_after(
 ) -> Result<Vec<crate::ports::FeedEntry>, PortError> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
-             source, metadata, {seq_column} FROM {table} WHERE {seq_column} > ?1
+            "SELECT {EVENT_COLUMNS}, {seq_column} FROM {table} WHERE {seq_column} > ?1
              ORDER BY {seq_column} LIMIT ?2"
         ))
         .map_err(db_err)?;
@@ -126,45 +143,8 @@ pub(crate) fn query_events(
     table: &str,
     query: &EventQuery,
 ) -> Result<EventPage, PortError> {
-    let mut sql = format!(
-        "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
-         source, metadata FROM {table} WHERE 1=1"
-    );
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(u) = &query.user_id {
-        sql.push_str(" AND user_id = ?");
-        args.push(u.clone().into());
-    }
-    if let Some(t) = query.event_type {
-        sql.push_str(" AND event_type = ?");
-        args.push(t.as_str().to_owned().into());
-    }
-    if let Some(s) = query.since {
-        sql.push_str(" AND occurred_at >= ?");
-        args.push(unix_ms(s).into());
-    }
-    if let Some(u) = query.until {
-        sql.push_str(" AND occurred_at <= ?");
-        args.push(unix_ms(u).into());
-    }
-    if let Some(k) = &query.after {
-        // Spelled out rather than as a row value, with a plain bound first so the
-        // `occurred_at` indexes narrow the scan.
-        sql.push_str(
-            " AND occurred_at <= ? AND (occurred_at < ? OR (occurred_at = ? AND
-             (received_at < ? OR (received_at = ? AND event_id < ?))))",
-        );
-        for v in [k.occurred_at_ms; 3] {
-            args.push(v.into());
-        }
-        for v in [k.received_at_ms; 2] {
-            args.push(v.into());
-        }
-        args.push(k.event_id.clone().into());
-    }
-    sql.push_str(" ORDER BY occurred_at DESC, received_at DESC, event_id DESC LIMIT ?");
-    // One row past the page says whether there is more.
-    args.push((query.limit.saturating_add(1) as i64).into());
+    let (clause, args) = page_clause(query, &SQLITE);
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM {table} WHERE 1 = 1{clause}");
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
     let mut page = PageBuilder::new(query);
@@ -175,6 +155,15 @@ pub(crate) fn query_events(
         }
     }
     Ok(page.finish())
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Text(t) => t.to_sql(),
+            Arg::Int(i) => i.to_sql(),
+        }
+    }
 }
 
 /// An event as the `events` table holds it.
@@ -191,22 +180,22 @@ pub(crate) struct Row {
 
 impl From<&StoredEvent> for Row {
     fn from(s: &StoredEvent) -> Self {
-        let e = &s.event;
+        let c = s.columns();
         Self {
-            event_id: e.event_id().as_str().to_owned(),
-            user_id: e.user_id().to_owned(),
-            session_id: e.session_id().map(str::to_owned),
-            event_type: e.event_type().as_str().to_owned(),
-            occurred_at: unix_ms(e.occurred_at()),
-            received_at: unix_ms(s.received_at),
-            source: s.source.as_str().to_owned(),
-            metadata: e.metadata().as_json().to_owned(),
+            event_id: c.event_id.to_owned(),
+            user_id: c.user_id.to_owned(),
+            session_id: c.session_id.map(str::to_owned),
+            event_type: c.event_type.to_owned(),
+            occurred_at: c.occurred_at_ms,
+            received_at: c.received_at_ms,
+            source: c.source.to_owned(),
+            metadata: c.metadata.to_owned(),
         }
     }
 }
 
 impl Row {
-    /// Reads the 8 event columns in table order.
+    /// Reads the 8 [`EVENT_COLUMNS`] in order.
     pub fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             event_id: r.get(0)?,

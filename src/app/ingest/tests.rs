@@ -13,17 +13,22 @@ fn clock() -> Arc<dyn Clock> {
 }
 
 fn committer(dedup: MockDedupStore, store: MockEventStore) -> Committer {
-    Committer {
-        dedup: Arc::new(dedup),
-        store: Arc::new(store),
-        clock: clock(),
-        metrics: Arc::new(Metrics::new()),
-        window: Duration::from_secs(86_400),
-        hold: Duration::from_secs(30),
-        outage: DedupOutage::FailClosed,
-        dedup_rest: std::sync::Mutex::new(None),
-        recorded: Arc::new(tokio::sync::Notify::new()),
-    }
+    committer_on(dedup, store, DedupOutage::FailClosed)
+}
+
+fn committer_on(dedup: MockDedupStore, store: MockEventStore, outage: DedupOutage) -> Committer {
+    Committer::new(
+        Arc::new(dedup),
+        Arc::new(store),
+        clock(),
+        Arc::new(Metrics::new()),
+        DedupPolicy {
+            window: Duration::from_secs(86_400),
+            hold: Duration::from_secs(30),
+            outage,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    )
 }
 
 fn ev(id: &str) -> (CartEvent, Source) {
@@ -206,6 +211,55 @@ async fn an_in_flight_key_is_unavailable_not_duplicate() {
 }
 
 #[tokio::test]
+async fn an_in_flight_key_freed_before_the_second_claim_is_stored_and_confirmed() {
+    let mut dedup = MockDedupStore::new();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    dedup
+        .expect_claim()
+        .withf(|_, keys| key_strs(keys) == ["a"])
+        .times(2)
+        .returning(
+            move |_, _| match calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+                0 => Ok(vec![Claim::InFlight]),
+                _ => Ok(vec![Claim::New]),
+            },
+        );
+    dedup
+        .expect_confirm()
+        .withf(|_, keys| key_strs(keys) == ["a"])
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .withf(|evs| evs.len() == 1)
+        .times(1)
+        .returning(|_| Ok(()));
+    let out = committer(dedup, store).commit(vec![ev("a")]).await;
+    assert_eq!(out, [Outcome::Accepted(id("a"))]);
+}
+
+#[tokio::test]
+async fn a_claim_answer_of_the_wrong_length_stores_nothing_and_does_not_rest_the_store() {
+    let mut dedup = MockDedupStore::new();
+    dedup.expect_claim().times(2).returning(|_, _| Ok(vec![]));
+    dedup.expect_confirm().never();
+    dedup.expect_release().never();
+    let mut store = MockEventStore::new();
+    store.expect_insert().never();
+    let c = committer(dedup, store);
+    let out = c.commit(vec![ev("a"), ev("b")]).await;
+    assert_eq!(out, vec![Outcome::Unavailable(Unavailable::DedupDown); 2]);
+    // A store that answers, however badly, is asked again at once (claim: times(2)).
+    let out = c.commit(vec![ev("a")]).await;
+    assert_eq!(out, [Outcome::Unavailable(Unavailable::DedupDown)]);
+    assert!(c
+        .metrics
+        .render()
+        .contains("cartstream_backend_errors_total{reason=\"claim\"} 2"));
+}
+
+#[tokio::test]
 async fn repeats_inside_one_group_are_claimed_once_and_answered_duplicate() {
     let mut dedup = MockDedupStore::new();
     dedup
@@ -338,8 +392,7 @@ async fn fail_open_decides_duplicates_by_the_store_and_rests_the_dedup_store() {
         .withf(|evs| evs.len() == 1)
         .times(2)
         .returning(|_| Ok(()));
-    let mut c = committer(dedup, store);
-    c.outage = DedupOutage::FailOpen;
+    let c = committer_on(dedup, store, DedupOutage::FailOpen);
     let out = c.commit(vec![ev("old"), ev("new")]).await;
     assert_eq!(
         out,
@@ -365,8 +418,7 @@ async fn fail_open_with_the_store_unreadable_claims_nothing_accepted() {
         .expect_known()
         .returning(|_| Err(PortError::Unavailable("store down too".into())));
     store.expect_insert().never();
-    let mut c = committer(dedup, store);
-    c.outage = DedupOutage::FailOpen;
+    let c = committer_on(dedup, store, DedupOutage::FailOpen);
     let out = c.commit(vec![ev("a")]).await;
     assert!(matches!(out[0], Outcome::Unavailable(_)));
 }
@@ -398,17 +450,18 @@ impl EventStore for SlowStore {
 async fn a_repeat_claimed_while_the_first_is_being_stored_is_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let embedded = crate::adapters::outbound::embedded::EmbeddedStore::open(dir.path()).unwrap();
-    let committer = Committer {
-        dedup: Arc::new(embedded.clone()),
-        store: Arc::new(SlowStore(embedded.clone())),
-        clock: Arc::new(crate::ports::SystemClock),
-        metrics: Arc::new(Metrics::new()),
-        window: Duration::from_secs(3600),
-        hold: Duration::from_secs(30),
-        outage: DedupOutage::FailClosed,
-        dedup_rest: std::sync::Mutex::new(None),
-        recorded: Arc::new(tokio::sync::Notify::new()),
-    };
+    let committer = Committer::new(
+        Arc::new(embedded.clone()),
+        Arc::new(SlowStore(embedded.clone())),
+        Arc::new(crate::ports::SystemClock),
+        Arc::new(Metrics::new()),
+        DedupPolicy {
+            window: Duration::from_secs(3600),
+            hold: Duration::from_secs(30),
+            outage: DedupOutage::FailClosed,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    );
     let stop = CancellationToken::new();
     let (ingest, task) = Ingest::start(
         committer,

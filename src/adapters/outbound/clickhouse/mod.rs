@@ -17,6 +17,7 @@
 //! Credentials go in [`ClickHouseConfig::user`] and [`ClickHouseConfig::password`] (sent as
 //! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
 
+use super::listing_sql::{page_clause, Arg, CLICKHOUSE};
 use super::redact::{redact_url, scrub};
 use crate::domain::{DedupKey, StoredEvent, StoredFields};
 use crate::ports::{EventPage, EventQuery, EventStore, PageBuilder, PortError};
@@ -145,10 +146,6 @@ struct EventRow {
     source: String,
 }
 
-fn unix_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
 fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
@@ -160,20 +157,18 @@ fn datetime_secs(ms: i64) -> u32 {
 
 impl From<&StoredEvent> for EventRow {
     fn from(s: &StoredEvent) -> Self {
-        let e = &s.event;
-        let occurred_at_ms = unix_ms(e.occurred_at());
-        let received_at_ms = unix_ms(s.received_at);
+        let c = s.columns();
         Self {
-            event_id: e.event_id().as_str().to_owned(),
-            user_id: e.user_id().to_owned(),
-            session_id: e.session_id().map(str::to_owned),
-            event_type: e.event_type().as_str().to_owned(),
-            metadata: e.metadata().as_json().to_owned(),
-            occurred_at: datetime_secs(occurred_at_ms),
-            occurred_at_ms,
-            received_at: datetime_secs(received_at_ms),
-            received_at_ms,
-            source: s.source.as_str().to_owned(),
+            event_id: c.event_id.to_owned(),
+            user_id: c.user_id.to_owned(),
+            session_id: c.session_id.map(str::to_owned),
+            event_type: c.event_type.to_owned(),
+            metadata: c.metadata.to_owned(),
+            occurred_at: datetime_secs(c.occurred_at_ms),
+            occurred_at_ms: c.occurred_at_ms,
+            received_at: datetime_secs(c.received_at_ms),
+            received_at_ms: c.received_at_ms,
+            source: c.source.to_owned(),
         }
     }
 }
@@ -341,52 +336,16 @@ impl ClickHouseStore {
     fn page_query(&self, query: &EventQuery) -> clickhouse::query::Query {
         // Only `?` placeholders and the checked table name go into the SQL text; values are
         // bound (escaped client-side: 18.16 has no server-side parameters).
-        let mut sql = format!(
-            "SELECT ?fields FROM {} FINAL WHERE 1 = 1",
+        let (clause, args) = page_clause(query, &CLICKHOUSE);
+        let sql = format!(
+            "SELECT ?fields FROM {} FINAL WHERE 1 = 1{clause}",
             self.inner.qualified
         );
-        if query.user_id.is_some() {
-            sql.push_str(" AND user_id = ?");
-        }
-        if query.event_type.is_some() {
-            sql.push_str(" AND event_type = ?");
-        }
-        if query.since.is_some() {
-            sql.push_str(" AND occurred_at_ms >= ?");
-        }
-        if query.until.is_some() {
-            sql.push_str(" AND occurred_at_ms <= ?");
-        }
-        if query.after.is_some() {
-            // Spelled out: tuple comparison is not available on every supported version.
-            sql.push_str(
-                " AND (occurred_at_ms < ? OR (occurred_at_ms = ? AND (received_at_ms < ? \
-                 OR (received_at_ms = ? AND event_id < ?))))",
-            );
-        }
-        sql.push_str(" ORDER BY occurred_at_ms DESC, received_at_ms DESC, event_id DESC LIMIT ?");
-        let mut q = self.inner.client.query(&sql);
-        if let Some(u) = &query.user_id {
-            q = q.bind(u.as_str());
-        }
-        if let Some(t) = query.event_type {
-            q = q.bind(t.as_str());
-        }
-        if let Some(s) = query.since {
-            q = q.bind(unix_ms(s));
-        }
-        if let Some(u) = query.until {
-            q = q.bind(unix_ms(u));
-        }
-        if let Some(k) = &query.after {
-            q = q
-                .bind(k.occurred_at_ms)
-                .bind(k.occurred_at_ms)
-                .bind(k.received_at_ms)
-                .bind(k.received_at_ms)
-                .bind(k.event_id.as_str());
-        }
-        q.bind(u64::try_from(query.limit.saturating_add(1)).unwrap_or(u64::MAX))
+        args.into_iter()
+            .fold(self.inner.client.query(&sql), |q, arg| match arg {
+                Arg::Text(t) => q.bind(t),
+                Arg::Int(i) => q.bind(i),
+            })
     }
 
     async fn do_insert(&self, rows: &[EventRow]) -> clickhouse::error::Result<()> {

@@ -8,6 +8,7 @@
 
 use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row,
+    INSERT_EVENT,
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
@@ -16,7 +17,7 @@ use crate::ports::{
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,6 @@ pub enum DedupMode {
 }
 
 struct Inner {
-    path: PathBuf,
     mode: DedupMode,
     write: Mutex<WriteState>,
     /// Confirmations go through their own connection with `synchronous=NORMAL`: they need no
@@ -124,7 +124,6 @@ impl EmbeddedStore {
         let read = open_conn(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                path,
                 mode,
                 write: Mutex::new(WriteState {
                     conn: write,
@@ -143,10 +142,6 @@ impl EmbeddedStore {
                 read: Mutex::new(read),
             }),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, PortError>
@@ -169,13 +164,7 @@ impl EventStore for EmbeddedStore {
             let mut state = lock(&inner.write);
             let tx = state.conn.transaction().map_err(db_err)?;
             {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO events (event_id, user_id, session_id, event_type,
-                         occurred_at, received_at, source, metadata)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )
-                    .map_err(db_err)?;
+                let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(db_err)?;
                 for r in &rows {
                     stmt.execute(params![
                         r.event_id,

@@ -13,11 +13,13 @@
 //! restarts too. Counts and the batches' headers are kept in memory, so the forwarder can
 //! poll them on every loop for free.
 
-use crate::adapters::outbound::sqlite::{blocking, db_err, db_path, from_ms, lock, open_conn, Row};
-use crate::domain::{DedupKey, StoredEvent, StoredFields};
+use crate::adapters::outbound::sqlite::{
+    blocking, db_err, db_path, from_ms, lock, open_conn, Row, EVENT_COLUMNS,
+};
+use crate::domain::{DedupKey, EventColumns, StoredEvent, StoredFields};
 use crate::ports::{
     EventFeed, EventPage, EventQuery, FeedEntry, Journal, JournalEntry, JournalStats, PageBuilder,
-    PageKey, PortError,
+    PortError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -74,16 +76,30 @@ struct Encoded<'a> {
 
 impl<'a> Encoded<'a> {
     fn of(s: &'a StoredEvent) -> Self {
-        let e = &s.event;
+        let c = s.columns();
         Self {
-            event_id: Cow::Borrowed(e.event_id().as_str()),
-            user_id: Cow::Borrowed(e.user_id()),
-            session_id: e.session_id().map(Cow::Borrowed),
-            event_type: Cow::Borrowed(e.event_type().as_str()),
-            occurred_at: e.occurred_at().timestamp_millis(),
-            received_at: s.received_at.timestamp_millis(),
-            source: Cow::Borrowed(s.source.as_str()),
-            metadata: Cow::Borrowed(e.metadata().as_json()),
+            event_id: Cow::Borrowed(c.event_id),
+            user_id: Cow::Borrowed(c.user_id),
+            session_id: c.session_id.map(Cow::Borrowed),
+            event_type: Cow::Borrowed(c.event_type),
+            occurred_at: c.occurred_at_ms,
+            received_at: c.received_at_ms,
+            source: Cow::Borrowed(c.source),
+            metadata: Cow::Borrowed(c.metadata),
+        }
+    }
+
+    /// The event's columns, to decide on it before building it.
+    fn columns(&self) -> EventColumns<'_> {
+        EventColumns {
+            event_id: &self.event_id,
+            user_id: &self.user_id,
+            session_id: self.session_id.as_deref(),
+            event_type: &self.event_type,
+            occurred_at_ms: self.occurred_at,
+            received_at_ms: self.received_at,
+            source: &self.source,
+            metadata: &self.metadata,
         }
     }
 
@@ -425,10 +441,9 @@ fn migrate_row_per_event(conn: &mut Connection) -> Result<(), PortError> {
     let tx = conn.transaction().map_err(db_err)?;
     let rows = {
         let mut stmt = tx
-            .prepare(
-                "SELECT event_id, user_id, session_id, event_type, occurred_at, received_at,
-                 source, metadata, seq FROM journal ORDER BY seq",
-            )
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS}, seq FROM journal ORDER BY seq"
+            ))
             .map_err(db_err)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(8)?, Row::read(r)?)))
@@ -611,21 +626,12 @@ impl Journal for SqliteJournal {
 
     async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
         let q = query.clone();
-        let since = q.since.map(|t| t.timestamp_millis());
-        let until = q.until.map(|t| t.timestamp_millis());
         // Entries are in append order, not listing order: the builder keeps only what can
         // still be on the page.
         let page = self
             .scan(0, PageBuilder::new(query), move |page, _, e, _| {
-                let matches = q.user_id.as_deref().is_none_or(|u| u == e.user_id)
-                    && q.event_type.is_none_or(|t| t.as_str() == e.event_type)
-                    && since.is_none_or(|s| e.occurred_at >= s)
-                    && until.is_none_or(|u| e.occurred_at <= u);
-                if matches {
-                    let e = e.into_stored()?;
-                    if q.is_past_start(&PageKey::of(&e)) {
-                        page.offer(e);
-                    }
+                if q.matches_columns(&e.columns()) {
+                    page.offer(e.into_stored()?);
                 }
                 Ok(true)
             })

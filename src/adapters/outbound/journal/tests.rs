@@ -1,84 +1,17 @@
 use super::*;
-use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
-use chrono::{DateTime, Utc};
-use serde_json::json;
+use crate::domain::fixtures;
 
+/// What every journal does is the journal contract's (`tests/api/contract`); these tests are
+/// of what is this journal's alone: reopening, migration, the blob format, the WAL.
 fn event(id: &str, ts: &str) -> StoredEvent {
-    let now: DateTime<Utc> = ts.parse().unwrap();
-    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed", "timestamp": ts,
-                     "metadata": {"note": "ünïcode 🛒"}});
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-        EventId::from_random_bytes([2; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: now,
-        source: Source::Http,
-    }
+    fixtures::event(id)
+        .at(ts)
+        .metadata(serde_json::json!({"note": "ünïcode 🛒"}))
+        .stored()
 }
 
 fn q() -> EventQuery {
     EventQuery::first(100)
-}
-
-#[tokio::test]
-async fn entries_come_back_oldest_first_and_are_removed_through_a_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
-    let a = event("a", "2025-08-10T03:00:00.001Z");
-    let b = event("b", "2025-08-10T03:00:00.002Z");
-    let c = event("c", "2025-08-10T03:00:00.003Z");
-    j.append(&[a.clone(), b.clone()]).await.unwrap();
-    j.append(std::slice::from_ref(&c)).await.unwrap();
-    let stats = j.stats();
-    assert_eq!(stats.entries, 3);
-    assert_eq!(stats.oldest, Some(a.received_at));
-    let got = j.oldest_after(0, 2, usize::MAX).await.unwrap();
-    assert_eq!(got.iter().map(|e| &e.event).collect::<Vec<_>>(), [&a, &b]);
-    j.remove_through(got[1].seq).await.unwrap();
-    assert_eq!(j.stats().entries, 1);
-    assert_eq!(j.stats().oldest, Some(c.received_at));
-    assert_eq!(j.oldest_after(0, 10, usize::MAX).await.unwrap()[0].event, c);
-    assert_eq!(j.query(&q()).await.unwrap().events, [c]);
-}
-
-#[tokio::test]
-async fn byte_limits_cut_a_read_but_never_below_one_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
-    j.append(&[
-        event("a", "2025-08-10T03:00:00Z"),
-        event("b", "2025-08-10T03:00:01Z"),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(j.oldest_after(0, 10, 1).await.unwrap().len(), 1);
-}
-
-#[tokio::test]
-async fn a_full_journal_refuses_and_frees_up_as_it_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    // What one such entry counts for, as the journal measures it.
-    let one = encode(&[event("a", "2025-08-10T03:00:00Z")]).sizes[0] as u64;
-    let j = SqliteJournal::open(dir.path(), one * 2).unwrap();
-    j.append(&[
-        event("a", "2025-08-10T03:00:00Z"),
-        event("b", "2025-08-10T03:00:01Z"),
-    ])
-    .await
-    .unwrap();
-    let err = j
-        .append(&[event("c", "2025-08-10T03:00:02Z")])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, PortError::Full(_)), "{err}");
-    assert_eq!(j.stats().entries, 2, "nothing already in it is dropped");
-    let first = j.oldest_after(0, 1, usize::MAX).await.unwrap();
-    j.remove_through(first[0].seq).await.unwrap();
-    j.append(&[event("c", "2025-08-10T03:00:02Z")])
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -160,30 +93,6 @@ async fn seqs_keep_rising_after_everything_was_removed_and_the_journal_reopened(
     let got = j.oldest_after(0, 10, usize::MAX).await.unwrap();
     assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
     assert_eq!(j.head().await.unwrap(), 3);
-}
-
-#[tokio::test]
-async fn reads_cut_inside_batches_and_go_on_where_they_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
-    let events: Vec<StoredEvent> = (0..7)
-        .map(|i| event(&format!("e{i}"), "2025-08-10T03:00:00Z"))
-        .collect();
-    j.append(&events[..3]).await.unwrap();
-    j.append(&events[3..]).await.unwrap();
-    let mut after = 0;
-    let mut seen = Vec::new();
-    loop {
-        let got = j.oldest_after(after, 2, usize::MAX).await.unwrap();
-        let Some(last) = got.last() else { break };
-        after = last.seq;
-        seen.extend(got.into_iter().map(|e| e.event));
-    }
-    assert_eq!(seen, events);
-    let two = j.oldest_after(1, 2, usize::MAX).await.unwrap();
-    assert_eq!(two.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
-    let feed = EventFeed::after(&j, 2, 3).await.unwrap();
-    assert_eq!(feed.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
 }
 
 #[tokio::test]
@@ -323,31 +232,4 @@ async fn the_wal_stays_bounded_under_a_steady_stream_of_small_appends() {
     // SQLite checkpoints at 1,000 pages (4 MiB); 3,000 commits of at least two pages each
     // would be over 24 MiB if the WAL were never reused.
     assert!(wal < 8 << 20, "WAL is {wal} bytes");
-}
-
-#[tokio::test]
-async fn counts_follow_every_removal_point_across_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = SqliteJournal::open(dir.path(), 1 << 20).unwrap();
-    for b in 0..10 {
-        let batch: Vec<StoredEvent> = (0..3)
-            .map(|i| event(&format!("b{b}e{i}"), "2025-08-10T03:00:00Z"))
-            .collect();
-        j.append(&batch).await.unwrap();
-    }
-    let full = j.stats().bytes;
-    for through in [1, 2, 3, 7, 15, 16, 29, 30] {
-        j.remove_through(through).await.unwrap();
-        let stats = j.stats();
-        assert_eq!(stats.entries, 30 - through as u64, "through {through}");
-        let rest = j.oldest_after(0, 100, usize::MAX).await.unwrap();
-        assert_eq!(rest.len() as u64, stats.entries);
-        assert_eq!(
-            rest.first().map(|e| e.seq),
-            (through < 30).then_some(through + 1)
-        );
-        let left: u64 = rest.iter().map(|e| e.bytes as u64).sum();
-        assert_eq!(stats.bytes, left, "through {through}");
-        assert!(stats.bytes <= full);
-    }
 }

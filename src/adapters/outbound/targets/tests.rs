@@ -1,5 +1,5 @@
 use super::*;
-use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
+use crate::domain::{fixtures, StoredEvent};
 use serde_json::json;
 use std::io::Write;
 use std::sync::Mutex;
@@ -171,22 +171,16 @@ async fn build_target_builds_each_kind_offline() {
 }
 
 fn event(id: &str, session: Option<&str>) -> StoredEvent {
-    let mut raw = json!({"eventId": id, "userId": "u-1", "eventType": "item_added",
-        "timestamp": "2026-11-27T06:00:00.123Z",
-        "metadata": {"productId": "p-9", "cartValue": 12.5}});
+    let mut e = fixtures::event(id)
+        .user("u-1")
+        .kind("item_added")
+        .at("2026-11-27T06:00:00.123Z")
+        .metadata(json!({"productId": "p-9", "cartValue": 12.5}))
+        .received_after(1333);
     if let Some(s) = session {
-        raw["sessionId"] = json!(s);
+        e = e.session(s);
     }
-    let now = chrono::Utc::now();
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-        EventId::from_random_bytes([3; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: "2026-11-27T06:00:01.456Z".parse().unwrap(),
-        source: Source::Http,
-    }
+    e.stored()
 }
 
 #[test]

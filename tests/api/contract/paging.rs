@@ -1,37 +1,26 @@
-//! The paging contract of `EventStore::query`, run against every store: the embedded store,
-//! ClickHouse, and the journaled store (journal in front of a remote store) over both.
+//! The paging contract of `EventStore::query`, one check of the event store suite.
 //!
 //! Paging through a listing with a small `limit` and byte budget lists every matching event
 //! exactly once, in listing order, while events are inserted between pages; each page keeps
 //! to its limit and budget; only the last page says there is no more.
 
-use cartstream::adapters::outbound::embedded::EmbeddedStore;
-use cartstream::adapters::outbound::journal::SqliteJournal;
-use cartstream::app::forwarder::JournaledStore;
-use cartstream::domain::{parse_event, EventId, EventType, Source, StoredEvent, ValidationPolicy};
+use crate::fixtures::{self, ids};
+use cartstream::domain::{EventType, StoredEvent};
 use cartstream::ports::{listed_bytes, newest_first, EventQuery, EventStore, PageKey};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use serde_json::json;
 use std::collections::HashSet;
-use std::sync::Arc;
 
-/// `ms` after a fixed instant; `received` ms later it was received.
+/// `ms` after the fixtures' instant; `received` ms later it was received; `pad` bytes of
+/// metadata.
 fn event(id: &str, user: &str, kind: &str, ms: i64, received: i64, pad: usize) -> StoredEvent {
-    let at = DateTime::parse_from_rfc3339("2025-08-10T03:27:04.000Z")
-        .unwrap()
-        .with_timezone(&Utc)
-        + chrono::Duration::milliseconds(ms);
-    let raw = json!({"eventId": id, "userId": user, "eventType": kind,
-                     "timestamp": at.to_rfc3339(), "metadata": {"pad": "x".repeat(pad)}});
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), at, || {
-        EventId::from_random_bytes([5; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: at + chrono::Duration::milliseconds(received),
-        source: Source::Http,
-    }
+    fixtures::event(id)
+        .user(user)
+        .kind(kind)
+        .at_ms(ms)
+        .received_after(received)
+        .metadata(json!({"pad": "x".repeat(pad)}))
+        .stored()
 }
 
 /// 40 events of user `u`, some `cart_viewed`, with shared timestamps (told apart by
@@ -59,10 +48,6 @@ fn initial() -> Vec<StoredEvent> {
         ));
     }
     out
-}
-
-fn id(e: &StoredEvent) -> String {
-    e.event.event_id().as_str().to_owned()
 }
 
 /// Pages through `query` on `reader`, whose store holds `stored`, inserting through
@@ -95,9 +80,8 @@ async fn page_through(
         if !page.more {
             let mut expected = all.clone();
             expected.sort_by(newest_first);
-            let expected: Vec<String> = expected.iter().map(id).collect();
-            let got: Vec<String> = listed.iter().map(id).collect();
-            assert_eq!(got, expected);
+            let got = ids(&listed);
+            assert_eq!(got, ids(&expected));
             assert_eq!(got.iter().collect::<HashSet<_>>().len(), got.len());
             return inserted;
         }
@@ -134,7 +118,7 @@ async fn page_through(
 }
 
 /// Runs the contract on an empty store, writing through `writers` in turn.
-async fn contract(reader: &dyn EventStore, writers: &[&dyn EventStore]) {
+pub async fn pages_by_contract(reader: &dyn EventStore, writers: &[&dyn EventStore]) {
     let initial = initial();
     // Spread over every writer, and one event through two (stored twice, listed once).
     for (i, chunk) in initial.chunks(7).enumerate() {
@@ -178,40 +162,4 @@ async fn contract(reader: &dyn EventStore, writers: &[&dyn EventStore]) {
             && e.event.occurred_at().timestamp_millis() >= 1_754_796_430_000
     })
     .await;
-}
-
-#[tokio::test]
-async fn the_embedded_store_pages_by_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    contract(&store, &[&store]).await;
-}
-
-#[tokio::test]
-async fn the_journaled_store_over_the_embedded_store_pages_by_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = Arc::new(EmbeddedStore::open(&dir.path().join("remote")).unwrap());
-    let journal = Arc::new(SqliteJournal::open(dir.path(), 1 << 30).unwrap());
-    let store = JournaledStore::new(journal, remote.clone(), Default::default());
-    contract(&store, &[&store, remote.as_ref()]).await;
-}
-
-#[tokio::test]
-async fn the_clickhouse_store_pages_by_contract() {
-    let Some((store, _db)) = crate::clickhouse_store::store().await else {
-        return;
-    };
-    contract(&store, &[&store]).await;
-}
-
-#[tokio::test]
-async fn the_journaled_store_over_clickhouse_pages_by_contract() {
-    let Some((remote, _db)) = crate::clickhouse_store::store().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let remote = Arc::new(remote);
-    let journal = Arc::new(SqliteJournal::open(dir.path(), 1 << 30).unwrap());
-    let store = JournaledStore::new(journal, remote.clone(), Default::default());
-    contract(&store, &[&store, remote.as_ref()]).await;
 }
