@@ -8,7 +8,6 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod routing;
 pub mod startup;
-pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_wait;
