@@ -332,7 +332,7 @@ pub struct Committer {
     policy: DedupPolicy,
     /// Until when the dedup store is not asked, after a failure: a down store must not cost
     /// every group a timeout.
-    dedup_rest: std::sync::Mutex<Option<Instant>>,
+    dedup_rest: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Told whenever events were recorded (routing reads them from the store's feed).
     recorded: Arc<tokio::sync::Notify>,
 }
@@ -396,14 +396,15 @@ impl Committer {
             .dedup_rest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        rest.is_some_and(|until| Instant::now() < until)
+        rest.is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     fn dedup_failed(&self) {
         *self
             .dedup_rest
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + DEDUP_REST);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(tokio::time::Instant::now() + DEDUP_REST);
     }
 
     /// One outcome per event, in order: one group committed on its own, confirm included.
@@ -482,19 +483,18 @@ impl Committer {
                     Unavailable::DedupDown,
                 )
             }),
-            Err(e) => {
-                self.dedup_failed();
-                match self.policy.outage {
-                    DedupOutage::FailClosed => {
-                        Err(self.failed(n, "claim", &e.to_string(), Unavailable::DedupDown))
-                    }
-                    DedupOutage::FailOpen => self.fall_back(&mut group.plan, n).await,
+            Err(e) => match self.policy.outage {
+                DedupOutage::FailClosed => {
+                    Err(self.failed(n, "claim", &e.to_string(), Unavailable::DedupDown))
                 }
-            }
+                DedupOutage::FailOpen => self.fall_back(&mut group.plan, n).await,
+            },
         }
     }
 
-    /// Claims `keys`, unless the dedup store is resting after a failure.
+    /// Claims `keys`, unless the dedup store is resting after a failure. Only a failure of
+    /// the store itself starts a rest: a refusal while resting must not extend it, or clients
+    /// retrying faster than the rest would keep the store unasked for good.
     async fn claim(&self, lease: &Lease, keys: &[DedupKey]) -> Result<Vec<Claim>, PortError> {
         if self.dedup_is_resting() {
             return Err(PortError::Unavailable("resting after a failure".into()));
@@ -504,6 +504,9 @@ impl Committer {
         self.metrics
             .claim_seconds
             .observe(t.elapsed().as_secs_f64());
+        if claims.is_err() {
+            self.dedup_failed();
+        }
         claims
     }
 

@@ -492,3 +492,29 @@ async fn a_repeat_claimed_while_the_first_is_being_stored_is_a_duplicate() {
         .events;
     assert_eq!(stored.len(), 2, "x once, y once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_while_the_dedup_store_rests_does_not_extend_the_rest() {
+    let mut dedup = MockDedupStore::new();
+    let mut calls = 0;
+    dedup.expect_claim().times(2).returning(move |_, k| {
+        calls += 1;
+        if calls == 1 {
+            Err(PortError::Unavailable("redis down".into()))
+        } else {
+            Ok(vec![Claim::New; k.len()])
+        }
+    });
+    dedup.expect_confirm().returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store.expect_insert().times(1).returning(|_| Ok(()));
+    let c = committer(dedup, store);
+    let down = Outcome::Unavailable(Unavailable::DedupDown);
+    assert_eq!(c.commit(vec![ev("a")]).await, [down.clone()]);
+    // Inside the rest: refused without asking the store.
+    tokio::time::advance(DEDUP_REST / 2).await;
+    assert_eq!(c.commit(vec![ev("a")]).await, [down]);
+    // The rest counts from the store's failure, not from the refusal: it is over now.
+    tokio::time::advance(DEDUP_REST / 2 + Duration::from_millis(10)).await;
+    assert_eq!(c.commit(vec![ev("a")]).await, [Outcome::Accepted(id("a"))]);
+}
