@@ -660,5 +660,7 @@ fn reason(e: &PortError) -> Unavailable {
     }
 }
 
+mod port;
+
 #[cfg(test)]
 mod tests;

@@ -8,5 +8,4 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod routing;
 pub mod startup;
-pub mod state;
 pub mod telemetry;

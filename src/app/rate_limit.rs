@@ -107,6 +107,17 @@ impl RateLimits {
         })
     }
 
+    /// Limits that refuse nothing, for the inbound adapters' unit tests.
+    #[cfg(test)]
+    pub fn unlimited() -> Self {
+        Self {
+            anonymous: None,
+            keys: Vec::new(),
+            reads: None,
+            auth_failures: None,
+        }
+    }
+
     /// `Err(wait)` when `events` more events from `client` would exceed its rate (or its key's
     /// total).
     pub fn check_events(&self, client: Client, events: usize) -> Result<(), Duration> {

@@ -377,6 +377,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+mod admin;
+
 #[cfg(test)]
 mod tests;
 

@@ -1,9 +1,10 @@
 //! The composition root: settings become adapters once, here, and the server runs until its
 //! shutdown future resolves, then drains.
 
-use crate::adapters::inbound::http;
-use crate::adapters::inbound::http::client::TrustedProxies;
+use crate::adapters::inbound::edge::client::TrustedProxies;
+use crate::adapters::inbound::http::{self, Backends, Gate, HttpLimits, HttpState};
 use crate::adapters::inbound::listener::{Caps, GuardedAcceptor, Timeouts};
+use crate::adapters::inbound::ws::{self, WsSettings, WsState};
 use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
@@ -18,15 +19,17 @@ use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
 use crate::app::routing::{Route, RoutePolicy, Routing};
-use crate::app::state::AppState;
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
-use crate::ports::{Clock, DedupStore, EventFeed, EventStore, Journal, PortError, SystemClock};
+use crate::ports::{
+    Clock, DedupStore, EventFeed, EventStore, Journal, PortError, RouteAdmin, SystemClock,
+};
 use poem::Server;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
-use tokio::sync::Notify;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -305,13 +308,176 @@ fn timeouts(settings: &Settings) -> Timeouts {
     }
 }
 
+/// Binds the listener with the connection caps and deadlines the settings ask for.
+async fn bind(
+    settings: &Settings,
+    proxies: TrustedProxies,
+    metrics: &Arc<Metrics>,
+) -> Result<GuardedAcceptor, StartupError> {
+    let addr = settings.listen;
+    let caps = Caps {
+        total: settings.max_connections,
+        per_address: settings.max_connections_per_address,
+        proxies,
+    };
+    GuardedAcceptor::bind(addr, timeouts(settings), caps, Arc::clone(metrics))
+        .await
+        .map_err(|source| StartupError::Listen { addr, source })
+}
+
+/// Routing over the configured routes, or `None` when there are none.
+fn routing(
+    settings: &Settings,
+    ports: &Ports,
+    recorded: &Arc<Notify>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Routing>>, StartupError> {
+    if ports.routes.is_empty() {
+        return Ok(None);
+    }
+    let outbox = SqliteOutbox::open(&settings.data_dir).map_err(StartupError::Store)?;
+    Ok(Some(Arc::new(Routing {
+        routes: ports.routes.clone(),
+        outbox: Arc::new(outbox),
+        feed: Arc::clone(&ports.feed),
+        retired: ports.retired_feed.clone(),
+        recorded: Arc::clone(recorded),
+        routed_through: Arc::new(AtomicI64::new(0)),
+        metrics: Arc::clone(metrics),
+    })))
+}
+
+impl Background {
+    /// Starts routing and the forwarder, each when configured.
+    fn start(
+        routing: Option<&Arc<Routing>>,
+        forwarding: Option<Forwarding>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let routing_stop = CancellationToken::new();
+        let routing_task = routing.map(|r| tokio::spawn(Arc::clone(r).run(routing_stop.clone())));
+        let forwarder_stop = CancellationToken::new();
+        let forwarder = forwarding.map(|f| {
+            let forwarder = Forwarder {
+                journal: f.journal,
+                remote: f.remote,
+                policy: f.policy,
+                wake: f.wake,
+                metrics: Arc::clone(metrics),
+                routed_through: routing.map(|r| Arc::clone(&r.routed_through)),
+            };
+            tokio::spawn(forwarder.run(forwarder_stop.clone()))
+        });
+        Self {
+            forwarder_stop,
+            forwarder,
+            routing_stop,
+            routing: routing_task,
+        }
+    }
+
+    /// Stops routing, then flushes the journal, each within `grace`.
+    async fn stop(self, grace: Duration) {
+        if let Some(routing) = self.routing {
+            // Undelivered events stay in the outbox and go out after the next start.
+            self.routing_stop.cancel();
+            let _ = tokio::time::timeout(grace, routing).await;
+        }
+        if let Some(forwarder) = self.forwarder {
+            // Flush the journal while the event store answers, within the grace period; what
+            // is left stays in the journal and is forwarded after the next start.
+            self.forwarder_stop.cancel();
+            let abort = forwarder.abort_handle();
+            if tokio::time::timeout(grace, forwarder).await.is_err() {
+                abort.abort();
+                tracing::warn!("the event store did not take the whole journal within {grace:?}; the rest is forwarded after the next start");
+            }
+        }
+    }
+}
+
+/// Keys, rate limits, proxies and origins for the HTTP guard; warns when the server is open
+/// beyond loopback.
+fn gate(
+    settings: &Settings,
+    proxies: TrustedProxies,
+    local_addr: SocketAddr,
+) -> Result<Gate, StartupError> {
+    let access =
+        Access::from_settings(settings).map_err(|e| StartupError::Security(e.to_string()))?;
+    let rate_limits = RateLimits::new(settings, &access).map_err(StartupError::Security)?;
+    let allowed_origins = allowed_origins(settings, &access)?;
+    if access.is_open() && !local_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local_addr,
+            "no keys are configured and the server listens beyond loopback: anyone who can \
+             reach it may send, read and administer; set CARTSTREAM_API_KEYS, \
+             CARTSTREAM_READ_KEYS and CARTSTREAM_ADMIN_KEY (README: Running it on the internet)"
+        );
+    }
+    Ok(Gate {
+        access: Arc::new(access),
+        rate_limits: Arc::new(rate_limits),
+        proxies,
+        allowed_origins,
+    })
+}
+
+/// What the HTTP adapter takes from the settings.
+fn http_limits(settings: &Settings) -> HttpLimits {
+    HttpLimits {
+        max_event_body_bytes: settings.max_event_body_bytes,
+        max_batch_body_bytes: settings.max_batch_body_bytes,
+        max_batch_events: settings.max_batch_events,
+        read_max_page_bytes: settings.read_max_page_bytes,
+        read_queue_timeout: settings.read_queue_timeout,
+        cors_max_age: settings.cors_max_age,
+    }
+}
+
+/// The WebSocket adapter: what it takes from the settings, the rate limits it shares with
+/// the HTTP guard, and fresh lifecycle signals.
+fn ws_state(
+    settings: &Settings,
+    ingest: Ingest,
+    gate: &Gate,
+    metrics: &Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+) -> Arc<WsState<Ingest>> {
+    let ws_settings = WsSettings {
+        max_message_bytes: settings.max_message_bytes,
+        max_batch_events: settings.max_batch_events,
+        ping_interval: settings.ws_ping_interval,
+        max_missed_pings: settings.ws_max_missed_pings,
+        max_in_flight: settings.ws_max_in_flight,
+        drain_timeout: settings.shutdown_timeout,
+    };
+    Arc::new(WsState {
+        ingest,
+        settings: ws_settings,
+        rate_limits: Arc::clone(&gate.rate_limits),
+        metrics: Arc::clone(metrics),
+        clock,
+        shutdown: CancellationToken::new(),
+        connections: TaskTracker::new(),
+    })
+}
+
 /// A bound, ready-to-run server.
 pub struct Application {
     acceptor: GuardedAcceptor,
     local_addr: SocketAddr,
-    state: Arc<AppState>,
+    http: Arc<HttpState<Ingest>>,
+    ws: Arc<WsState<Ingest>>,
+    /// How long shutdown waits for each stage to drain.
+    grace: Duration,
     committer_stop: CancellationToken,
     committer: tokio::task::JoinHandle<()>,
+    background: Background,
+}
+
+/// The tasks that run beside the server: routing and the forwarder, when configured.
+struct Background {
     forwarder_stop: CancellationToken,
     forwarder: Option<tokio::task::JoinHandle<()>>,
     routing_stop: CancellationToken,
@@ -337,18 +503,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let proxies =
             TrustedProxies::parse(&settings.trusted_proxies).map_err(StartupError::Security)?;
-        let acceptor = GuardedAcceptor::bind(
-            addr,
-            timeouts(&settings),
-            Caps {
-                total: settings.max_connections,
-                per_address: settings.max_connections_per_address,
-                proxies: proxies.clone(),
-            },
-            Arc::clone(&metrics),
-        )
-        .await
-        .map_err(|source| StartupError::Listen { addr, source })?;
+        let acceptor = bind(&settings, proxies.clone(), &metrics).await?;
         let local_addr = acceptor.local_socket_addr().unwrap_or(addr);
         let recorded = Arc::new(Notify::new());
         let committer = Committer::new(
@@ -370,76 +525,34 @@ impl Application {
             settings.ingest_max_batch,
             committer_stop.clone(),
         );
-        let routing = if ports.routes.is_empty() {
-            None
-        } else {
-            let outbox = SqliteOutbox::open(&settings.data_dir).map_err(StartupError::Store)?;
-            Some(Arc::new(Routing {
-                routes: ports.routes,
-                outbox: Arc::new(outbox),
-                feed: ports.feed,
-                retired: ports.retired_feed,
-                recorded: Arc::clone(&recorded),
-                routed_through: Arc::new(AtomicI64::new(0)),
-                metrics: Arc::clone(&metrics),
-            }))
-        };
-        let routing_stop = CancellationToken::new();
-        let routing_task = routing
-            .as_ref()
-            .map(|r| tokio::spawn(Arc::clone(r).run(routing_stop.clone())));
-        let forwarder_stop = CancellationToken::new();
-        let forwarder = ports.forwarding.map(|f| {
-            let forwarder = Forwarder {
-                journal: f.journal,
-                remote: f.remote,
-                policy: f.policy,
-                wake: f.wake,
-                metrics: Arc::clone(&metrics),
-                routed_through: routing.as_ref().map(|r| Arc::clone(&r.routed_through)),
-            };
-            tokio::spawn(forwarder.run(forwarder_stop.clone()))
-        });
-        let access =
-            Access::from_settings(&settings).map_err(|e| StartupError::Security(e.to_string()))?;
-        let rate_limits = RateLimits::new(&settings, &access).map_err(StartupError::Security)?;
-        let allowed_origins = allowed_origins(&settings, &access)?;
-        if access.is_open() && !local_addr.ip().is_loopback() {
-            tracing::warn!(
-                addr = %local_addr,
-                "no keys are configured and the server listens beyond loopback: anyone who can \
-                 reach it may send, read and administer; set CARTSTREAM_API_KEYS, \
-                 CARTSTREAM_READ_KEYS and CARTSTREAM_ADMIN_KEY (README: Running it on the internet)"
-            );
-        }
-        let reads = Arc::new(tokio::sync::Semaphore::new(settings.read_max_concurrency));
-        let state = Arc::new(AppState {
-            ingest,
+        let routing = routing(&settings, &ports, &recorded, &metrics)?;
+        let background = Background::start(routing.as_ref(), ports.forwarding, &metrics);
+        let gate = gate(&settings, proxies, local_addr)?;
+        let ws = ws_state(&settings, ingest.clone(), &gate, &metrics, ports.clock);
+        let backends = Backends {
             store: ports.store,
             dedup: ports.dedup,
             store_kind: ports.store_kind,
             dedup_kind: ports.dedup_kind,
+            reads: Arc::new(Semaphore::new(settings.read_max_concurrency)),
+        };
+        let http = Arc::new(HttpState {
+            ingest,
+            limits: http_limits(&settings),
+            gate,
+            backends,
             metrics,
-            rate_limits,
-            access: Arc::new(access),
-            proxies,
-            allowed_origins,
-            settings: Arc::new(settings),
-            shutdown: CancellationToken::new(),
-            connections: TaskTracker::new(),
-            routing,
-            reads,
+            routing: routing.map(|r| r as Arc<dyn RouteAdmin>),
         });
         Ok(Self {
             acceptor,
             local_addr,
-            state,
+            http,
+            ws,
+            grace: settings.shutdown_timeout,
             committer_stop,
             committer,
-            forwarder_stop,
-            forwarder,
-            routing_stop,
-            routing: routing_task,
+            background,
         })
     }
 
@@ -449,7 +562,7 @@ impl Application {
 
     /// The OpenAPI document this server serves.
     pub fn openapi_document(&self) -> String {
-        http::openapi_document(Arc::clone(&self.state))
+        http::openapi_document(Arc::clone(&self.http))
     }
 
     /// Serves until `shutdown` resolves, then: stops accepting, answers every message already
@@ -461,19 +574,20 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let state = self.state;
-        let grace = state.settings.shutdown_timeout;
-        let token = state.shutdown.clone();
+        let grace = self.grace;
+        let token = self.ws.shutdown.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: draining connections");
             token.cancel();
         };
+        let routes = http::routes(Arc::clone(&self.http), ws::endpoint(Arc::clone(&self.ws)));
         let result = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(http::routes(Arc::clone(&state)), signal, Some(grace))
+            .run_with_graceful_shutdown(routes, signal, Some(grace))
             .await;
-        state.connections.close();
-        if tokio::time::timeout(grace, state.connections.wait())
+        let connections = &self.ws.connections;
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait())
             .await
             .is_err()
         {
@@ -481,21 +595,7 @@ impl Application {
         }
         self.committer_stop.cancel();
         let _ = self.committer.await;
-        if let Some(routing) = self.routing {
-            // Undelivered events stay in the outbox and go out after the next start.
-            self.routing_stop.cancel();
-            let _ = tokio::time::timeout(grace, routing).await;
-        }
-        if let Some(forwarder) = self.forwarder {
-            // Flush the journal while the event store answers, within the grace period; what
-            // is left stays in the journal and is forwarded after the next start.
-            self.forwarder_stop.cancel();
-            let abort = forwarder.abort_handle();
-            if tokio::time::timeout(grace, forwarder).await.is_err() {
-                abort.abort();
-                tracing::warn!("the event store did not take the whole journal within {grace:?}; the rest is forwarded after the next start");
-            }
-        }
+        self.background.stop(grace).await;
         tracing::info!("stopped");
         result
     }

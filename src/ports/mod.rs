@@ -54,6 +54,7 @@ mod event_store;
 mod ingest;
 mod journal;
 mod outbox;
+mod route_admin;
 mod route_target;
 
 pub use clock::{Clock, SystemClock};
@@ -61,9 +62,10 @@ pub use dedup_store::{Claim, DedupStore, Lease};
 pub use event_store::{
     listed_bytes, newest_first, EventPage, EventQuery, EventStore, PageBuilder, PageKey,
 };
-pub use ingest::{Item, Outcome, Unavailable};
+pub use ingest::{IngestUseCase, Item, Outcome, Unavailable};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
+pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
 
 #[cfg(any(test, feature = "mocks"))]

@@ -4,15 +4,13 @@ use super::auth::{Caller, IngestKey, IngestKeyOrQuery, ReadKey};
 use super::cursor;
 use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, InstantParam, RawEvent};
 use super::listing::{write_page, EventListJson};
+use super::HttpState;
 use crate::adapters::inbound::wire::{
-    batch_answer, rfc3339, unavailable_message, BatchAnswer, BatchResult, ErrorBody, ErrorCode,
-    EventView,
+    batch_answer, unavailable_message, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
 };
-use crate::app::ingest::Outcome;
-use crate::app::metrics::Channel;
-use crate::app::state::AppState;
+use crate::app::metrics::{Channel, Metrics};
 use crate::domain::{FieldError, Source};
-use crate::ports::EventQuery;
+use crate::ports::{EventQuery, IngestUseCase, Outcome};
 use chrono::{DateTime, Utc};
 use poem_openapi::param::Query;
 use poem_openapi::payload::{Json, PlainText};
@@ -29,8 +27,10 @@ enum ApiTags {
     Operations,
 }
 
-pub struct Api {
-    pub state: Arc<AppState>,
+/// The event operations, generic over the use case so the handlers can be tested against a
+/// fake and the production build calls [`crate::app::ingest::Ingest`] directly.
+pub struct Api<U> {
+    pub state: Arc<HttpState<U>>,
 }
 
 /// The answer for one accepted or duplicate event.
@@ -241,8 +241,8 @@ pub enum ReadyResponse {
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn err(state: &AppState, code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
-    state.metrics.error(Channel::Http, code.as_str());
+fn err(metrics: &Metrics, code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
+    metrics.error(Channel::Http, code.as_str());
     Json(ErrorBody::new(code, message))
 }
 
@@ -271,7 +271,7 @@ fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
-impl Api {
+impl<U: IngestUseCase> Api<U> {
     /// The filters of `GET /events`, checked; empty values count as absent.
     fn events_query(
         &self,
@@ -297,14 +297,18 @@ impl Api {
     }
 
     fn bad_parameter(&self, message: impl Into<String>) -> GetEventsResponse {
-        GetEventsResponse::BadRequest(err(&self.state, ErrorCode::InvalidParameter, message))
+        GetEventsResponse::BadRequest(err(
+            &self.state.metrics,
+            ErrorCode::InvalidParameter,
+            message,
+        ))
     }
 
     /// A turn to read, or `None` when none came within `read_queue_timeout`. Held while the
     /// page is read, written and sent (up to a bound), which is when it takes memory.
     async fn read_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let wait = self.state.settings.read_queue_timeout;
-        let reads = std::sync::Arc::clone(&self.state.reads);
+        let wait = self.state.limits.read_queue_timeout;
+        let reads = Arc::clone(&self.state.backends.reads);
         match tokio::time::timeout(wait, reads.acquire_owned()).await {
             Ok(Ok(turn)) => Some(turn),
             // Never closed; a closed semaphore would be as busy as a full one.
@@ -315,11 +319,12 @@ impl Api {
     fn rate_limited(&self, caller: Caller, events: usize) -> Option<(Json<ErrorBody>, u64)> {
         let wait = self
             .state
+            .gate
             .rate_limits
             .check_events(caller.0, events)
             .err()?;
         let mut body = err(
-            &self.state,
+            &self.state.metrics,
             ErrorCode::RateLimited,
             format!("too many events; retry after {} ms", wait.as_millis()),
         );
@@ -336,12 +341,12 @@ enum BatchOutcome {
     Unavailable(Json<ErrorBody>),
 }
 
-impl Api {
+impl<U: IngestUseCase> Api<U> {
     /// Checks the envelope and the rate, then validates and records each event.
     async fn submit_batch(&self, caller: Caller, events: BatchEvents) -> BatchOutcome {
-        let max = self.state.settings.max_batch_events;
+        let max = self.state.limits.max_batch_events;
         let bad = |message: String| {
-            BatchOutcome::BadRequest(err(&self.state, ErrorCode::InvalidMessage, message))
+            BatchOutcome::BadRequest(err(&self.state.metrics, ErrorCode::InvalidMessage, message))
         };
         let events = match events {
             BatchEvents::Items(events) => events,
@@ -368,14 +373,14 @@ impl Api {
         match batch_answer(ingest.submit(items, Source::Http).await) {
             BatchAnswer::Results(r) => BatchOutcome::Results(r),
             BatchAnswer::Unavailable(reason) => {
-                BatchOutcome::Unavailable(err(&self.state, ErrorCode::Unavailable, reason))
+                BatchOutcome::Unavailable(err(&self.state.metrics, ErrorCode::Unavailable, reason))
             }
         }
     }
 }
 
 #[OpenApi]
-impl Api {
+impl<U: IngestUseCase> Api<U> {
     /// Send one event
     ///
     /// The answer is `202 accepted` once the event is durably recorded, or `200 duplicate`
@@ -389,31 +394,25 @@ impl Api {
         }
         let ingest = &self.state.ingest;
         let item = ingest.validate(Value::Object(body.0 .0));
-        let outcome = ingest.submit(vec![item], Source::Http).await.pop();
-        match outcome {
-            Some(Outcome::Accepted(id)) => PostEventResponse::Accepted(Json(EventAck {
+        match ingest.submit_one(item, Source::Http).await {
+            Outcome::Accepted(id) => PostEventResponse::Accepted(Json(EventAck {
                 event_id: id.into_string(),
                 status: AckStatus::Accepted,
             })),
-            Some(Outcome::Duplicate(id)) => PostEventResponse::Duplicate(Json(EventAck {
+            Outcome::Duplicate(id) => PostEventResponse::Duplicate(Json(EventAck {
                 event_id: id.into_string(),
                 status: AckStatus::Duplicate,
             })),
-            Some(Outcome::Rejected(errors)) => {
+            Outcome::Rejected(errors) => {
                 self.state
                     .metrics
                     .error(Channel::Http, ErrorCode::ValidationFailed.as_str());
                 PostEventResponse::ValidationFailed(Json(ErrorBody::validation(errors)))
             }
-            Some(Outcome::Unavailable(reason)) => PostEventResponse::Unavailable(err(
-                &self.state,
+            Outcome::Unavailable(reason) => PostEventResponse::Unavailable(err(
+                &self.state.metrics,
                 ErrorCode::Unavailable,
                 unavailable_message(reason),
-            )),
-            None => PostEventResponse::Unavailable(err(
-                &self.state,
-                ErrorCode::InternalError,
-                "no outcome for the event",
             )),
         }
     }
@@ -469,7 +468,7 @@ impl Api {
             })
             .collect();
         let mut body = err(
-            &self.state,
+            &self.state.metrics,
             ErrorCode::ValidationFailed,
             format!(
                 "{} of {} events are invalid and were not recorded; the others were",
@@ -524,7 +523,7 @@ impl Api {
             Err(message) => return self.bad_parameter(message),
         };
         query.limit = limit.0.unwrap_or(100) as usize;
-        query.max_bytes = self.state.settings.read_max_page_bytes;
+        query.max_bytes = self.state.limits.read_max_page_bytes;
         if let Some(c) = non_empty(cursor.0) {
             match cursor::decode(&query, &c) {
                 Ok(after) => query.after = Some(after),
@@ -532,17 +531,17 @@ impl Api {
             }
         }
         let Some(turn) = self.read_turn().await else {
-            let wait = self.state.settings.read_queue_timeout;
+            let wait = self.state.limits.read_queue_timeout;
             return GetEventsResponse::Unavailable(
                 err(
-                    &self.state,
+                    &self.state.metrics,
                     ErrorCode::Unavailable,
                     "too many reads are being served; retry after the Retry-After seconds",
                 ),
                 retry_after_secs(wait).max(1),
             );
         };
-        match self.state.store.query(&query).await {
+        match self.state.backends.store.query(&query).await {
             Ok(page) => GetEventsResponse::Ok(
                 write_page(page, query.max_bytes, |last| cursor::encode(&query, last))
                     .holding(turn),
@@ -551,7 +550,7 @@ impl Api {
                 tracing::warn!(cause = %e, "reading events failed");
                 GetEventsResponse::Unavailable(
                     err(
-                        &self.state,
+                        &self.state.metrics,
                         ErrorCode::Unavailable,
                         "the event store cannot be read right now; retry later",
                     ),
@@ -577,7 +576,7 @@ impl Api {
     /// component and its state.
     #[oai(path = "/ready", method = "get", tag = "ApiTags::Operations")]
     async fn ready(&self) -> ReadyResponse {
-        let s = &self.state;
+        let s = &self.state.backends;
         let (store, dedup) = tokio::join!(
             tokio::time::timeout(READY_TIMEOUT, s.store.check()),
             tokio::time::timeout(READY_TIMEOUT, s.dedup.check()),
@@ -623,9 +622,4 @@ impl Api {
     async fn metrics(&self) -> PlainText<String> {
         PlainText(self.state.metrics.render())
     }
-}
-
-/// The server's time, as used in replies.
-pub fn server_time() -> String {
-    rfc3339(Utc::now())
 }

@@ -3,18 +3,15 @@
 //! in the guard every request passes; handlers receive the outcome as a [`Caller`] through
 //! extractors that also document the security schemes in the OpenAPI document.
 
+pub use crate::adapters::inbound::edge::Caller;
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
-use crate::app::access::{origin_listed, Access, KeyId, Scope};
+use crate::app::access::{origin_listed, Access, Scope};
 use crate::app::rate_limit::{Client, RateLimits};
 use poem::http::{header, Method, StatusCode};
 use poem::Request;
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use std::time::Duration;
-
-/// The authenticated sender of a request, put in its extensions by the guard.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub Client);
 
 /// What an endpoint needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,35 +116,11 @@ pub fn authorize(
     }
     let Some(key) = presented_key(req, need.query_key).and_then(|k| access.lookup(k)) else {
         limits.auth_failed(client_ip);
-        let how = if need.query_key {
-            "Authorization: Bearer <key>, X-API-Key: <key> or ?apiKey=<key>"
-        } else {
-            "Authorization: Bearer <key> or X-API-Key: <key>"
-        };
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            format!(
-                "a valid key with the {} scope is required: {how}",
-                need.scope.as_str()
-            ),
-        ));
+        return Err(no_key(need));
     };
     let policy = access.key(key);
     if !policy.allows(need.scope) {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!(
-                "this key has no {} scope{}",
-                need.scope.as_str(),
-                match need.scope {
-                    Scope::Read => ": reading needs a read or admin key",
-                    Scope::Admin => ": the operator API needs the admin key",
-                    Scope::Ingest => ": sending events needs an ingest key",
-                }
-            ),
-        ));
+        return Err(no_scope(need.scope));
     }
     if let Some(origin) = origin {
         if !policy.allows_origin(origin) && !same_origin(req, origin) {
@@ -168,6 +141,40 @@ pub fn authorize(
 /// allowed) `?apiKey=`; the first one present counts. An `Authorization` header of another
 /// scheme (or none) counts as presented and matches no key, so credentials that fail are never passed over
 /// for others further down the list.
+/// `401`: no key, or none the server knows.
+fn no_key(need: Need) -> Refusal {
+    let how = if need.query_key {
+        "Authorization: Bearer <key>, X-API-Key: <key> or ?apiKey=<key>"
+    } else {
+        "Authorization: Bearer <key> or X-API-Key: <key>"
+    };
+    Refusal::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        format!(
+            "a valid key with the {} scope is required: {how}",
+            need.scope.as_str()
+        ),
+    )
+}
+
+/// `403`: a known key without `scope`.
+fn no_scope(scope: Scope) -> Refusal {
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!(
+            "this key has no {} scope{}",
+            scope.as_str(),
+            match scope {
+                Scope::Read => ": reading needs a read or admin key",
+                Scope::Admin => ": the operator API needs the admin key",
+                Scope::Ingest => ": sending events needs an ingest key",
+            }
+        ),
+    )
+}
+
 fn presented_key(req: &Request, query_key: bool) -> Option<&str> {
     let header_value = |name: &str| {
         req.headers()
@@ -345,12 +352,6 @@ caller_extractor!(
     AdminKey,
     [BEARER, ADMIN_KEY_HEADER, API_KEY_HEADER]
 );
-
-impl Caller {
-    pub fn key(&self) -> Option<KeyId> {
-        self.0.key
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,27 +1,31 @@
-//! The HTTP edge: the OpenAPI service, the WebSocket route, and the guards every request
+//! The HTTP edge: the OpenAPI service, the route the WebSocket endpoint is mounted at (given
+//! by startup, so this adapter does not import the other), and the guards every request
 //! passes (API keys, body limits and gzip), with every error in the one JSON error body.
 
 mod allow;
 pub mod api;
 pub mod auth;
 mod body;
-pub mod client;
 mod cors;
 pub mod cursor;
 pub mod input;
 mod listing;
 pub mod operator;
 
+use crate::adapters::inbound::edge::client::TrustedProxies;
+use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
-use crate::adapters::inbound::ws;
-use crate::app::metrics::Channel;
-use crate::app::rate_limit::Client;
-use crate::app::state::AppState;
+use crate::app::access::Access;
+use crate::app::metrics::Metrics;
+use crate::app::rate_limit::{Client, RateLimits};
+use crate::ports::{DedupStore, EventStore, IngestUseCase, RouteAdmin};
 use poem::http::{header, Method, StatusCode};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 const DESCRIPTION: &str = "\
 cartstream takes in e-commerce cart events in real time. Each event is validated, stored once \
@@ -55,24 +59,84 @@ unload without a preflight.
 `ping` messages, pipelined; every message gets exactly one reply, in order. See the project's \
 PROTOCOL.md, section 3.";
 
+/// The HTTP adapter's limits, taken from the settings once at startup.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest body of `POST /events`, after decompression; also the bound on every other
+    /// route's body (the operator API's bodies are small).
+    pub max_event_body_bytes: usize,
+    /// Largest body of `POST /events/batch` and `POST /events/beacon`, after decompression.
+    pub max_batch_body_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// Byte budget of one `GET /events` page.
+    pub read_max_page_bytes: usize,
+    /// How long `GET /events` waits for a turn before it is answered `503`.
+    pub read_queue_timeout: Duration,
+    /// How long a browser may cache a preflight's answer.
+    pub cors_max_age: Duration,
+}
+
+/// What the guard decides with: keys, rate limits, proxies and origins.
+pub struct Gate {
+    /// Every configured key, with its scopes, origins and limits.
+    pub access: Arc<Access>,
+    /// Shared with the WebSocket adapter: one bucket per client across both channels.
+    pub rate_limits: Arc<RateLimits>,
+    /// Proxies whose forwarding headers name the client.
+    pub proxies: TrustedProxies,
+    /// Every browser origin the server allows (`cors_origins` and every key's `origins`);
+    /// empty: no CORS and no `Origin` check.
+    pub allowed_origins: Vec<String>,
+}
+
+/// The stores behind `GET /events` and `GET /ready`.
+pub struct Backends {
+    pub store: Arc<dyn EventStore>,
+    pub dedup: Arc<dyn DedupStore>,
+    /// Names of the configured backends, for readiness (`embedded`, `clickhouse`, `redis`).
+    pub store_kind: &'static str,
+    pub dedup_kind: &'static str,
+    /// Turns for `GET /events` (`read_max_concurrency` of them): a read holds a page in
+    /// memory twice (events and their JSON), so at most this many pages are built at once.
+    pub reads: Arc<Semaphore>,
+}
+
+/// Everything the HTTP adapter needs, built once in [`crate::app::startup`].
+pub struct HttpState<U> {
+    pub ingest: U,
+    pub limits: HttpLimits,
+    pub gate: Gate,
+    pub backends: Backends,
+    pub metrics: Arc<Metrics>,
+    /// Route administration, when routes are configured, for the operator API.
+    pub routing: Option<Arc<dyn RouteAdmin>>,
+}
+
 /// The OpenAPI service for `state`. The document it serves does not depend on the state.
-pub fn openapi(state: Arc<AppState>) -> OpenApiService<(api::Api, operator::OperatorApi), ()> {
-    let apis = (
-        api::Api {
-            state: Arc::clone(&state),
-        },
-        operator::OperatorApi { state },
-    );
+pub fn openapi<U: IngestUseCase>(
+    state: Arc<HttpState<U>>,
+) -> OpenApiService<(api::Api<U>, operator::OperatorApi), ()> {
+    let operator = operator::OperatorApi {
+        routing: state.routing.clone(),
+        metrics: Arc::clone(&state.metrics),
+    };
+    let apis = (api::Api { state }, operator);
     OpenApiService::new(apis, "cartstream", env!("CARGO_PKG_VERSION")).description(DESCRIPTION)
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in under `openapi/`.
-pub fn openapi_document(state: Arc<AppState>) -> String {
+pub fn openapi_document<U: IngestUseCase>(state: Arc<HttpState<U>>) -> String {
     openapi(state).spec()
 }
 
-/// Every route of the server.
-pub fn routes(state: Arc<AppState>) -> impl Endpoint {
+/// Every route of the server: the OpenAPI operations and documents, and `stream` (the
+/// WebSocket adapter's endpoint, which this adapter mounts without knowing) at
+/// `/events/stream`, all behind the guard.
+pub fn routes<U: IngestUseCase>(
+    state: Arc<HttpState<U>>,
+    stream: impl Endpoint + 'static,
+) -> impl Endpoint {
     let service = openapi(Arc::clone(&state));
     let allowed = Arc::new(allow::AllowedMethods::from_spec(
         &service.spec(),
@@ -80,21 +144,20 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     ));
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
-    let guard_state = Arc::clone(&state);
-    let error_state = Arc::clone(&state);
+    let metrics = Arc::clone(&state.metrics);
     let cors = Arc::new(cors::Cors {
-        origins: state.allowed_origins.clone(),
-        max_age_secs: state.settings.cors_max_age.as_secs(),
+        origins: state.gate.allowed_origins.clone(),
+        max_age_secs: state.limits.cors_max_age.as_secs(),
     });
     Route::new()
-        .at("/events/stream", ws::endpoint(Arc::clone(&state)))
+        .at("/events/stream", stream)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", service)
-        .around(move |ep, req| guard(Arc::clone(&guard_state), ep, req))
+        .around(move |ep, req| guard(Arc::clone(&state), ep, req))
         .catch_all_error(move |e| {
-            let state = Arc::clone(&error_state);
-            async move { error_response(&state, e) }
+            let metrics = Arc::clone(&metrics);
+            async move { error_response(&metrics, e) }
         })
         .around(move |ep, req| {
             let allowed = Arc::clone(&allowed);
@@ -114,8 +177,8 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
 /// Rejects what must not reach a handler: a request without the key its endpoint needs, a
 /// client over its read rate, an oversized or undecodable body. Puts the [`auth::Caller`] in
 /// the request for the handlers.
-async fn guard<E: Endpoint>(
-    state: Arc<AppState>,
+async fn guard<U, E: Endpoint>(
+    state: Arc<HttpState<U>>,
     ep: Arc<E>,
     mut req: Request,
 ) -> poem::Result<Response> {
@@ -123,16 +186,16 @@ async fn guard<E: Endpoint>(
         .remote_addr()
         .as_socket_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let client_ip = state.proxies.client_ip(peer, req.headers());
+    let client_ip = state.gate.proxies.client_ip(peer, req.headers());
     let caller = match auth::need(req.method(), req.uri().path()) {
-        None => auth::Caller(Client {
+        None => Caller(Client {
             key: None,
             ip: client_ip,
         }),
         Some(need) => match auth::authorize(
-            &state.access,
-            &state.rate_limits,
-            &state.allowed_origins,
+            &state.gate.access,
+            &state.gate.rate_limits,
+            &state.gate.allowed_origins,
             &req,
             need,
             client_ip,
@@ -145,14 +208,14 @@ async fn guard<E: Endpoint>(
                     code = refusal.body.code.as_str(),
                     "request refused"
                 );
-                return Ok(refused(&state, refusal));
+                return Ok(refused(&state.metrics, refusal));
             }
         },
     };
     if req.method() == Method::GET && req.uri().path() == "/events" {
-        if let Err(wait) = state.rate_limits.check_read(caller.0) {
+        if let Err(wait) = state.gate.rate_limits.check_read(caller.0) {
             return Ok(refused(
-                &state,
+                &state.metrics,
                 auth::Refusal::rate_limited(
                     format!("too many reads; retry after {} ms", wait.as_millis().max(1)),
                     wait,
@@ -161,38 +224,37 @@ async fn guard<E: Endpoint>(
         }
     }
     req.extensions_mut().insert(caller);
-    if let Some(limit) = body_limit(&state, &req) {
-        match body::read_limited(&mut req, limit).await {
-            Ok(bytes) => req.set_body(bytes),
-            Err(e) => {
-                let (status, code) = match e {
-                    body::BodyError::TooLarge(_) => {
-                        (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
-                    }
-                    body::BodyError::UnsupportedEncoding(_) => (
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        ErrorCode::UnsupportedMediaType,
-                    ),
-                    body::BodyError::BadGzip | body::BodyError::Read(_) => {
-                        (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson)
-                    }
-                };
-                return Ok(json_error(
-                    &state,
-                    status,
-                    ErrorBody::new(code, e.to_string()),
-                ));
-            }
+    if let Some(limit) = body_limit(&state.limits, &req) {
+        if let Err(e) = body::read_limited(&mut req, limit)
+            .await
+            .map(|b| req.set_body(b))
+        {
+            return Ok(body_refused(&state.metrics, &e));
         }
     }
     ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// The answer to a body that could not be read within its limit.
+fn body_refused(metrics: &Metrics, e: &body::BodyError) -> Response {
+    let (status, code) = match e {
+        body::BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+        body::BodyError::UnsupportedEncoding(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+        ),
+        body::BodyError::BadGzip | body::BodyError::Read(_) => {
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson)
+        }
+    };
+    json_error(metrics, status, ErrorBody::new(code, e.to_string()))
 }
 
 /// How much of a request's body may be read, for every request that can carry one: the event
 /// and batch limits on their routes, the event limit on every other route (the operator API's
 /// bodies are small), so no route buffers an unbounded body. `None` for the WebSocket upgrade
 /// and for methods without a body.
-fn body_limit(state: &AppState, req: &Request) -> Option<usize> {
+fn body_limit(limits: &HttpLimits, req: &Request) -> Option<usize> {
     let path = req.uri().path();
     if path == "/events/stream"
         || matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
@@ -200,13 +262,13 @@ fn body_limit(state: &AppState, req: &Request) -> Option<usize> {
         return None;
     }
     Some(match path {
-        "/events/batch" | "/events/beacon" => state.settings.max_batch_body_bytes,
-        _ => state.settings.max_event_body_bytes,
+        "/events/batch" | "/events/beacon" => limits.max_batch_body_bytes,
+        _ => limits.max_event_body_bytes,
     })
 }
 
-fn refused(state: &AppState, refusal: auth::Refusal) -> Response {
-    let mut resp = json_error(state, refusal.status, refusal.body);
+fn refused(metrics: &Metrics, refusal: auth::Refusal) -> Response {
+    let mut resp = json_error(metrics, refusal.status, refusal.body);
     if let Some(wait) = refusal.retry_after {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         resp.headers_mut()
@@ -215,22 +277,12 @@ fn refused(state: &AppState, refusal: auth::Refusal) -> Response {
     resp
 }
 
-pub(crate) fn json_error(state: &AppState, status: StatusCode, body: ErrorBody) -> Response {
-    state.metrics.error(Channel::Http, body.code.as_str());
-    let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
-    Response::builder()
-        .status(status)
-        .content_type("application/json; charset=utf-8")
-        .body(text)
-}
-
 /// Maps poem's and poem-openapi's own errors (unparseable body, wrong content type, bad query
 /// parameter, unknown path) into the contract's error body.
-fn error_response(state: &AppState, e: poem::Error) -> Response {
+fn error_response(metrics: &Metrics, e: poem::Error) -> Response {
     use poem_openapi::error::{
         ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
     };
-    let status = e.status();
     let (status, body) = if let Some(p) = e.downcast_ref::<ParseRequestPayloadError>() {
         let message = if p.reason.contains("must be a JSON object") {
             p.reason.clone()
@@ -264,31 +316,40 @@ fn error_response(state: &AppState, e: poem::Error) -> Response {
             ),
         )
     } else {
-        let code = match status {
-            StatusCode::NOT_FOUND => ErrorCode::NotFound,
-            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
-            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
-            StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
-            StatusCode::FORBIDDEN => ErrorCode::Forbidden,
-            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
-            s if s.is_client_error() => ErrorCode::InvalidMessage,
-            _ => ErrorCode::InternalError,
-        };
-        let message = match code {
-            ErrorCode::NotFound => "no such path".to_owned(),
-            ErrorCode::InternalError => {
-                tracing::error!(cause = %e, "request failed");
-                "internal error".to_owned()
-            }
-            _ => e.to_string(),
-        };
-        let status = if code == ErrorCode::InternalError {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            status
-        };
-        (status, ErrorBody::new(code, message))
+        by_status(&e)
     };
-    json_error(state, status, body)
+    json_error(metrics, status, body)
 }
+
+/// An error poem raised by itself (no such path, wrong method, ...), answered by its status.
+fn by_status(e: &poem::Error) -> (StatusCode, ErrorBody) {
+    let status = e.status();
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        s if s.is_client_error() => ErrorCode::InvalidMessage,
+        _ => ErrorCode::InternalError,
+    };
+    let message = match code {
+        ErrorCode::NotFound => "no such path".to_owned(),
+        ErrorCode::InternalError => {
+            tracing::error!(cause = %e, "request failed");
+            "internal error".to_owned()
+        }
+        _ => e.to_string(),
+    };
+    let status = if code == ErrorCode::InternalError {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        status
+    };
+    (status, ErrorBody::new(code, message))
+}
+
+#[cfg(test)]
+mod tests;

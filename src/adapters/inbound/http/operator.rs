@@ -2,16 +2,14 @@
 
 use super::auth::AdminKey;
 use crate::adapters::inbound::wire::{rfc3339, ErrorBody, ErrorCode, EventView};
-use crate::app::metrics::Channel;
-use crate::app::routing::Routing;
-use crate::app::state::AppState;
+use crate::app::metrics::{Channel, Metrics};
+use crate::ports::RouteAdmin;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
 use std::borrow::Cow;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Tags)]
@@ -20,8 +18,11 @@ enum OperatorTags {
     Routing,
 }
 
+/// The operator API needs only route administration (`None`: no routes are configured, and
+/// every operation answers so) and the error counters.
 pub struct OperatorApi {
-    pub state: Arc<AppState>,
+    pub routing: Option<Arc<dyn RouteAdmin>>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -264,12 +265,12 @@ pub enum DeleteResponse {
 }
 
 impl OperatorApi {
-    fn routing(&self) -> Option<&Arc<Routing>> {
-        self.state.routing.as_ref()
+    fn routing(&self) -> Option<&Arc<dyn RouteAdmin>> {
+        self.routing.as_ref()
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
-        self.state.metrics.error(Channel::Http, code.as_str());
+        self.metrics.error(Channel::Http, code.as_str());
         Json(ErrorBody::new(code, message))
     }
 
@@ -293,44 +294,33 @@ impl OperatorApi {
         let Some(routing) = self.routing() else {
             return RoutesResponse::Ok(Json(RouteList { routes: Vec::new() }));
         };
-        let mut routes = Vec::with_capacity(routing.routes.len());
-        for route in &routing.routes {
-            let backlog = match routing.outbox.backlog(route.name()).await {
-                Ok(b) => b,
-                Err(e) => return RoutesResponse::Unavailable(self.unavailable(&e)),
-            };
-            let s = &route.status;
-            let failing = s.failing.load(Ordering::Relaxed);
-            let last_error = s
-                .last_error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            let last_delivered_at = *s
-                .last_delivered_at
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            routes.push(RouteView {
-                name: route.name().to_owned(),
-                event_types: route.rule.matcher.describe(),
-                target: route.target.describe(),
-                state: if failing && backlog.pending > 0 {
+        let reports = match routing.routes().await {
+            Ok(reports) => reports,
+            Err(e) => return RoutesResponse::Unavailable(self.unavailable(&e)),
+        };
+        let routes = reports
+            .into_iter()
+            .map(|r| RouteView {
+                name: r.name,
+                event_types: r.event_types,
+                target: r.target,
+                state: if r.retrying {
                     RouteState::Retrying
                 } else {
                     RouteState::Ok
                 },
-                backlog: backlog.pending,
-                dead_letters: backlog.dead,
-                delivered: s.delivered.load(Ordering::Relaxed),
-                failed_attempts: s.failed_attempts.load(Ordering::Relaxed),
-                dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
-                last_error: last_error.map(|(message, at)| LastError {
+                backlog: r.backlog,
+                dead_letters: r.dead_letters,
+                delivered: r.delivered,
+                failed_attempts: r.failed_attempts,
+                dead_lettered: r.dead_lettered,
+                last_error: r.last_error.map(|(message, at)| LastError {
                     message,
                     at: rfc3339(at),
                 }),
-                last_delivered_at: last_delivered_at.map(rfc3339),
-            });
-        }
+                last_delivered_at: r.last_delivered_at.map(rfc3339),
+            })
+            .collect();
         RoutesResponse::Ok(Json(RouteList { routes }))
     }
 
@@ -356,7 +346,7 @@ impl OperatorApi {
             }));
         };
         let limit = limit.0.unwrap_or(100) as usize;
-        match routing.outbox.dead_letters(route.0, after.0, limit).await {
+        match routing.dead_letters(route.0, after.0, limit).await {
             Ok(letters) => {
                 let next = (letters.len() == limit)
                     .then(|| letters.last().map(|d| d.id))
@@ -400,13 +390,8 @@ impl OperatorApi {
         let Some(routing) = self.routing() else {
             return ReplayResponse::Ok(Json(ReplayResult { replayed: 0 }));
         };
-        match routing.outbox.replay(route, ids).await {
-            Ok(replayed) => {
-                for r in &routing.routes {
-                    r.wake.notify_waiters();
-                }
-                ReplayResponse::Ok(Json(ReplayResult { replayed }))
-            }
+        match routing.replay(route, ids).await {
+            Ok(replayed) => ReplayResponse::Ok(Json(ReplayResult { replayed })),
             Err(e) => ReplayResponse::Unavailable(self.unavailable(&e)),
         }
     }
@@ -424,7 +409,7 @@ impl OperatorApi {
         let Some(routing) = self.routing() else {
             return DeleteResponse::NotFound(self.error(ErrorCode::NotFound, not_found()));
         };
-        match routing.outbox.delete_dead_letter(id.0).await {
+        match routing.delete_dead_letter(id.0).await {
             Ok(true) => DeleteResponse::Deleted,
             Ok(false) => DeleteResponse::NotFound(self.error(ErrorCode::NotFound, not_found())),
             Err(e) => DeleteResponse::Unavailable(self.unavailable(&e)),

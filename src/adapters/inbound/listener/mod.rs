@@ -9,7 +9,7 @@ mod io;
 pub use self::framing::Timeouts;
 pub use self::io::GuardedIo;
 
-use crate::adapters::inbound::http::client::TrustedProxies;
+use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::app::metrics::Metrics;
 use poem::http::uri::Scheme;
 use poem::listener::Acceptor;

@@ -8,17 +8,15 @@
 
 pub mod protocol;
 
-use crate::adapters::inbound::http::auth::Caller;
-use crate::adapters::inbound::http::json_error;
+use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::wire::{
     batch_answer, details, rfc3339, unavailable_message, BatchAnswer, ErrorBody, ErrorCode,
     ItemStatus,
 };
-use crate::app::ingest::Outcome;
-use crate::app::metrics::{Channel, ReasonLabels};
-use crate::app::rate_limit::Client;
-use crate::app::state::AppState;
+use crate::app::metrics::{Channel, Metrics, ReasonLabels};
+use crate::app::rate_limit::{Client, RateLimits};
 use crate::domain::Source;
+use crate::ports::{Clock, IngestUseCase, Outcome};
 use futures_util::future::{self, BoxFuture, FutureExt};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
@@ -35,33 +33,56 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a closing handshake may take once the close frame is sent.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// The WebSocket adapter's limits and timers, taken from the settings once at startup.
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// Largest message (and frame) a client may send.
+    pub max_message_bytes: usize,
+    /// Most events in one `cart_event_batch`.
+    pub max_batch_events: usize,
+    /// How often the server pings an open connection.
+    pub ping_interval: Duration,
+    /// Pings in a row without a pong before the connection is dropped.
+    pub max_missed_pings: u32,
+    /// Replies pending at once before reading pauses.
+    pub max_in_flight: usize,
+    /// How long a closing connection may take to send what is in flight.
+    pub drain_timeout: Duration,
+}
+
+/// Everything the WebSocket adapter needs, built once in [`crate::app::startup`].
+pub struct WsState<U> {
+    pub ingest: U,
+    pub settings: WsSettings,
+    /// Shared with the HTTP adapter: one bucket per client across both channels.
+    pub rate_limits: Arc<RateLimits>,
+    pub metrics: Arc<Metrics>,
+    /// The time in `connection_ack` and `pong`; timers run on tokio's clock.
+    pub clock: Arc<dyn Clock>,
+    /// Cancelled when the server starts shutting down; connections then drain and close.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to drain.
+    pub connections: TaskTracker,
+}
+
 /// The endpoint that upgrades `GET /events/stream`.
-pub fn endpoint(state: Arc<AppState>) -> impl Endpoint {
+pub fn endpoint<U: IngestUseCase>(state: Arc<WsState<U>>) -> impl Endpoint {
     poem::endpoint::make(move |req: Request| {
         let state = Arc::clone(&state);
         async move { Ok::<_, poem::Error>(upgrade(state, req)) }
     })
 }
 
-fn upgrade(state: Arc<AppState>, req: Request) -> Response {
-    let header_is = |name: header::HeaderName, want: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
-        })
-    };
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let valid = req.method() == Method::GET
-        && header_is(header::UPGRADE, "websocket")
-        && header_is(header::CONNECTION, "upgrade")
-        && header_is(header::SEC_WEBSOCKET_VERSION, "13");
-    let (Some(key), true) = (key, valid) else {
+fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
+    let Some(key) = handshake_key(&req) else {
         return json_error(
-            &state,
+            &state.metrics,
             StatusCode::BAD_REQUEST,
             ErrorBody::new(
                 ErrorCode::InvalidMessage,
@@ -71,14 +92,14 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
     };
     if state.shutdown.is_cancelled() {
         return json_error(
-            &state,
+            &state.metrics,
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorBody::new(ErrorCode::Unavailable, "the server is shutting down"),
         );
     }
     let Ok(on_upgrade) = req.take_upgrade() else {
         return json_error(
-            &state,
+            &state.metrics,
             StatusCode::BAD_REQUEST,
             ErrorBody::new(
                 ErrorCode::InvalidMessage,
@@ -118,11 +139,29 @@ fn upgrade(state: Arc<AppState>, req: Request) -> Response {
         .finish()
 }
 
+/// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 4.2.1), else `None`.
+fn handshake_key(req: &Request) -> Option<poem::http::HeaderValue> {
+    let header_is = |name: header::HeaderName, want: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
+        })
+    };
+    let valid = req.method() == Method::GET
+        && header_is(header::UPGRADE, "websocket")
+        && header_is(header::CONNECTION, "upgrade")
+        && header_is(header::SEC_WEBSOCKET_VERSION, "13");
+    req.headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| valid)
+        .cloned()
+}
+
 type ReplyFuture = BoxFuture<'static, String>;
 
-struct Connection {
+struct Connection<U> {
     id: String,
-    state: Arc<AppState>,
+    state: Arc<WsState<U>>,
     /// Its key and address: the rate limit's bucket, shared with the client's other
     /// connections and HTTP requests.
     client: Client,
@@ -141,8 +180,8 @@ enum Ending {
     Abort(CloseCode, &'static str),
 }
 
-impl Connection {
-    fn new(state: Arc<AppState>, client: Client) -> Self {
+impl<U: IngestUseCase> Connection<U> {
+    fn new(state: Arc<WsState<U>>, client: Client) -> Self {
         let id = format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         Self {
             id,
@@ -163,7 +202,7 @@ impl Connection {
         let ack = Reply::ConnectionAck {
             connection_id: self.id.clone(),
             protocol_version: protocol::PROTOCOL_VERSION,
-            server_time: rfc3339(chrono::Utc::now()),
+            server_time: rfc3339(self.state.clock.now()),
             limits: Limits {
                 max_message_bytes: self.state.settings.max_message_bytes,
                 max_batch_events: self.state.settings.max_batch_events,
@@ -214,7 +253,7 @@ impl Connection {
     {
         // Bounded, so a client that stops reading cannot hold shutdown hostage.
         let drained =
-            tokio::time::timeout(self.state.settings.shutdown_timeout, self.drain(writer)).await;
+            tokio::time::timeout(self.state.settings.drain_timeout, self.drain(writer)).await;
         if matches!(drained, Ok(Ok(()))) {
             close(reader, writer, code, why).await;
         }
@@ -230,14 +269,15 @@ impl Connection {
         R: AsyncRead + AsyncWrite + Unpin,
         W: AsyncRead + AsyncWrite + Unpin,
     {
-        let settings = Arc::clone(&self.state.settings);
-        let shutdown = self.state.shutdown.clone();
-        let interval = settings.ws_ping_interval;
+        let state = Arc::clone(&self.state);
+        let settings = &state.settings;
+        let shutdown = state.shutdown.clone();
+        let interval = settings.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unanswered = 0u32;
         loop {
-            let can_read = self.in_flight.len() < settings.ws_max_in_flight;
+            let can_read = self.in_flight.len() < settings.max_in_flight;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -248,45 +288,13 @@ impl Connection {
                         return Ending::Gone;
                     }
                 }
-                frame = reader.next(), if can_read => match frame {
-                    None => return Ending::Gone,
-                    Some(Ok(Message::Close(frame))) => {
-                        return Ending::ClosedByClient(close_reply(frame.as_ref()));
+                frame = reader.next(), if can_read => {
+                    if let Some(ending) = self.on_frame(frame, writer, &mut unanswered).await {
+                        return ending;
                     }
-                    Some(Ok(Message::Text(text))) => {
-                        let reply = self.dispatch(text.as_str());
-                        self.in_flight.push_back(reply);
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = self.refuse(None, ErrorCode::InvalidJson,
-                            "binary frames are not supported; send each message as a JSON text frame");
-                        self.in_flight.push_back(reply);
-                    }
-                    Some(Ok(Message::Pong(_))) => unanswered = 0,
-                    // The reader's own pongs go nowhere (see `split`): answer here.
-                    Some(Ok(Message::Ping(payload))) => {
-                        if writer.send(Message::Pong(payload)).await.is_err() {
-                            return Ending::Gone;
-                        }
-                    }
-                    // Reading never yields raw frames.
-                    Some(Ok(Message::Frame(_))) => {}
-                    Some(Err(WsError::Capacity(_))) => {
-                        return Ending::Close(CloseCode::Size, "message larger than maxMessageBytes");
-                    }
-                    // Also a close frame whose reason is not UTF-8: 1007 is the code for data
-                    // that is not the UTF-8 its frame promises, wherever it is.
-                    Some(Err(WsError::Utf8(_))) => {
-                        return Ending::Close(CloseCode::Invalid, "text is not valid UTF-8");
-                    }
-                    // Also a close frame with a 1-byte payload.
-                    Some(Err(WsError::Protocol(_))) => {
-                        return Ending::Close(CloseCode::Protocol, "WebSocket protocol error");
-                    }
-                    Some(Err(_)) => return Ending::Gone,
-                },
+                }
                 _ = ping.tick() => {
-                    if unanswered >= settings.ws_max_missed_pings {
+                    if unanswered >= settings.max_missed_pings {
                         return Ending::Abort(CloseCode::Error, "no answer to pings");
                     }
                     unanswered += 1;
@@ -296,6 +304,68 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Handles what the reader produced; `Some` when the connection must end.
+    async fn on_frame<W>(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+        writer: &mut WebSocketStream<W>,
+        unanswered: &mut u32,
+    ) -> Option<Ending>
+    where
+        W: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The end of the stream: the client is gone.
+        let Some(frame) = frame else {
+            return Some(Ending::Gone);
+        };
+        match frame {
+            Ok(Message::Close(frame)) => {
+                return Some(Ending::ClosedByClient(close_reply(frame.as_ref())))
+            }
+            Ok(Message::Text(text)) => {
+                let reply = self.dispatch(text.as_str());
+                self.in_flight.push_back(reply);
+            }
+            Ok(Message::Binary(_)) => {
+                let reply = self.refuse(
+                    None,
+                    ErrorCode::InvalidJson,
+                    "binary frames are not supported; send each message as a JSON text frame",
+                );
+                self.in_flight.push_back(reply);
+            }
+            Ok(Message::Pong(_)) => *unanswered = 0,
+            // The reader's own pongs go nowhere (see `split`): answer here.
+            Ok(Message::Ping(payload)) => {
+                if writer.send(Message::Pong(payload)).await.is_err() {
+                    return Some(Ending::Gone);
+                }
+            }
+            // Reading never yields raw frames.
+            Ok(Message::Frame(_)) => {}
+            Err(WsError::Capacity(_)) => {
+                return Some(Ending::Close(
+                    CloseCode::Size,
+                    "message larger than maxMessageBytes",
+                ));
+            }
+            // Also a close frame whose reason is not UTF-8: 1007 is the code for data that is
+            // not the UTF-8 its frame promises, wherever it is.
+            Err(WsError::Utf8(_)) => {
+                return Some(Ending::Close(CloseCode::Invalid, "text is not valid UTF-8"));
+            }
+            // Also a close frame with a 1-byte payload.
+            Err(WsError::Protocol(_)) => {
+                return Some(Ending::Close(
+                    CloseCode::Protocol,
+                    "WebSocket protocol error",
+                ));
+            }
+            Err(_) => return Some(Ending::Gone),
+        }
+        None
     }
 
     /// Sends `first` and every reply already finished behind it with one flush.
@@ -354,83 +424,89 @@ impl Connection {
     /// Handles one text message: refusals and pongs are ready at once; events are validated
     /// and submitted now, and answered when recorded.
     fn dispatch(&self, text: &str) -> ReplyFuture {
-        let message = match protocol::parse(text, self.state.settings.max_batch_events) {
-            Ok(m) => m,
-            Err(r) => return self.refuse(r.request_id, r.code, &r.message),
-        };
-        let ingest = &self.state.ingest;
-        let metrics = Arc::clone(&self.state.metrics);
-        match message {
-            ClientMessage::Ping { request_id } => future::ready(
-                Reply::Pong {
-                    request_id,
-                    server_time: rfc3339(chrono::Utc::now()),
-                }
-                .to_text(),
-            )
-            .boxed(),
-            ClientMessage::Event { request_id, data } => {
-                if let Some(limited) = self.rate_limited(&request_id, 1) {
-                    return limited;
-                }
-                let submitted = ingest.submit(vec![ingest.validate(data)], Source::Ws);
-                async move {
-                    let reply = match submitted.await.pop() {
-                        Some(Outcome::Accepted(id)) => Reply::EventAck {
-                            request_id,
-                            event_id: id.into_string(),
-                            status: ItemStatus::Accepted,
-                        },
-                        Some(Outcome::Duplicate(id)) => Reply::EventAck {
-                            request_id,
-                            event_id: id.into_string(),
-                            status: ItemStatus::Duplicate,
-                        },
-                        Some(Outcome::Rejected(errors)) => Reply::Error {
-                            request_id,
-                            code: ErrorCode::ValidationFailed,
-                            message: "event is invalid".into(),
-                            details: Some(details(errors)),
-                            retryable: false,
-                            retry_after_ms: None,
-                        },
-                        Some(Outcome::Unavailable(reason)) => Reply::error(
-                            request_id,
-                            ErrorCode::Unavailable,
-                            unavailable_message(reason),
-                        ),
-                        None => Reply::error(
-                            request_id,
-                            ErrorCode::InternalError,
-                            "no outcome for the event",
-                        ),
-                    };
-                    if let Reply::Error { code, .. } = &reply {
-                        metrics.error(Channel::Ws, code.as_str());
+        match protocol::parse(text, self.state.settings.max_batch_events) {
+            Ok(ClientMessage::Ping { request_id }) => {
+                let server_time = rfc3339(self.state.clock.now());
+                future::ready(
+                    Reply::Pong {
+                        request_id,
+                        server_time,
                     }
-                    reply.to_text()
-                }
+                    .to_text(),
+                )
                 .boxed()
             }
-            ClientMessage::Batch { request_id, data } => {
-                if let Some(limited) = self.rate_limited(&request_id, data.len()) {
-                    return limited;
-                }
-                let items = data.into_iter().map(|e| ingest.validate(e)).collect();
-                let submitted = ingest.submit(items, Source::Ws);
-                async move {
-                    let reply = match batch_answer(submitted.await) {
-                        BatchAnswer::Results(result) => Reply::BatchAck { request_id, result },
-                        BatchAnswer::Unavailable(reason) => {
-                            metrics.error(Channel::Ws, ErrorCode::Unavailable.as_str());
-                            Reply::error(request_id, ErrorCode::Unavailable, reason)
-                        }
-                    };
-                    reply.to_text()
-                }
-                .boxed()
-            }
+            Ok(ClientMessage::Event { request_id, data }) => self.event(request_id, data),
+            Ok(ClientMessage::Batch { request_id, data }) => self.batch(request_id, data),
+            Err(r) => self.refuse(r.request_id, r.code, &r.message),
         }
+    }
+
+    fn event(&self, request_id: Option<String>, data: serde_json::Value) -> ReplyFuture {
+        if let Some(limited) = self.rate_limited(&request_id, 1) {
+            return limited;
+        }
+        let ingest = &self.state.ingest;
+        let submitted = ingest.submit_one(ingest.validate(data), Source::Ws);
+        let metrics = Arc::clone(&self.state.metrics);
+        async move {
+            let reply = event_reply(request_id, submitted.await);
+            if let Reply::Error { code, .. } = &reply {
+                metrics.error(Channel::Ws, code.as_str());
+            }
+            reply.to_text()
+        }
+        .boxed()
+    }
+
+    fn batch(&self, request_id: Option<String>, data: Vec<serde_json::Value>) -> ReplyFuture {
+        if let Some(limited) = self.rate_limited(&request_id, data.len()) {
+            return limited;
+        }
+        let ingest = &self.state.ingest;
+        let items = data.into_iter().map(|e| ingest.validate(e)).collect();
+        let submitted = ingest.submit(items, Source::Ws);
+        let metrics = Arc::clone(&self.state.metrics);
+        async move {
+            let reply = match batch_answer(submitted.await) {
+                BatchAnswer::Results(result) => Reply::BatchAck { request_id, result },
+                BatchAnswer::Unavailable(reason) => {
+                    metrics.error(Channel::Ws, ErrorCode::Unavailable.as_str());
+                    Reply::error(request_id, ErrorCode::Unavailable, reason)
+                }
+            };
+            reply.to_text()
+        }
+        .boxed()
+    }
+}
+
+/// The reply to a `cart_event`: an `event_ack`, or an `error` saying why it was not recorded.
+fn event_reply(request_id: Option<String>, outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Accepted(id) => Reply::EventAck {
+            request_id,
+            event_id: id.into_string(),
+            status: ItemStatus::Accepted,
+        },
+        Outcome::Duplicate(id) => Reply::EventAck {
+            request_id,
+            event_id: id.into_string(),
+            status: ItemStatus::Duplicate,
+        },
+        Outcome::Rejected(errors) => Reply::Error {
+            request_id,
+            code: ErrorCode::ValidationFailed,
+            message: "event is invalid".into(),
+            details: Some(details(errors)),
+            retryable: false,
+            retry_after_ms: None,
+        },
+        Outcome::Unavailable(reason) => Reply::error(
+            request_id,
+            ErrorCode::Unavailable,
+            unavailable_message(reason),
+        ),
     }
 }
 
@@ -576,37 +652,4 @@ impl<S: AsyncWrite> AsyncWrite for WriteOnly<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply_to(code: u16) -> u16 {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: "".into(),
-        };
-        close_reply(Some(&frame)).into()
-    }
-
-    #[test]
-    fn a_close_code_that_may_be_sent_is_echoed() {
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
-        ] {
-            assert_eq!(reply_to(code), code);
-        }
-    }
-
-    #[test]
-    fn a_close_code_no_endpoint_may_send_is_answered_1002() {
-        for code in [
-            0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
-        ] {
-            assert_eq!(reply_to(code), 1002, "{code}");
-        }
-    }
-
-    #[test]
-    fn a_close_without_a_code_is_answered_1000() {
-        assert_eq!(close_reply(None), CloseCode::Normal);
-    }
-}
+mod tests;

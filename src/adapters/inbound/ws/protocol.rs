@@ -3,7 +3,7 @@
 
 use crate::adapters::inbound::wire::{BatchResult, ErrorCode, FieldErrorBody, ItemStatus};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Longest `requestId` echoed back.
 pub const REQUEST_ID_MAX: usize = 128;
@@ -47,6 +47,37 @@ impl Refusal {
 /// `type` (`unsupported_message_type`), then the envelope: `requestId` and `data`
 /// (`invalid_message`). A `requestId` is echoed whenever it is valid.
 pub fn parse(text: &str, max_batch: usize) -> Result<ClientMessage, Refusal> {
+    let mut obj = object(text)?;
+    let (request_id, bad_request_id) = take_request_id(&mut obj);
+    let kind = match kind(&obj) {
+        Ok(kind) => kind,
+        Err(message) => {
+            return Err(Refusal::new(
+                request_id,
+                ErrorCode::UnsupportedMessageType,
+                message,
+            ))
+        }
+    };
+    if let Some(message) = bad_request_id {
+        return Err(Refusal::new(None, ErrorCode::InvalidMessage, message));
+    }
+    let data = obj.remove("data");
+    match kind {
+        Kind::Ping => Ok(ClientMessage::Ping { request_id }),
+        Kind::Event => event(request_id, data),
+        Kind::Batch => batch(request_id, data, max_batch),
+    }
+}
+
+/// The message types a client may send.
+enum Kind {
+    Event,
+    Batch,
+    Ping,
+}
+
+fn object(text: &str) -> Result<Map<String, Value>, Refusal> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         Refusal::new(
             None,
@@ -54,14 +85,20 @@ pub fn parse(text: &str, max_batch: usize) -> Result<ClientMessage, Refusal> {
             format!("the message is not valid JSON: {e}"),
         )
     })?;
-    let Value::Object(mut obj) = value else {
-        return Err(Refusal::new(
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(Refusal::new(
             None,
             ErrorCode::InvalidJson,
             "the message must be a JSON object",
-        ));
-    };
-    let (request_id, bad_request_id) = match obj.remove("requestId") {
+        )),
+    }
+}
+
+/// The `requestId` when absent or valid, else what is wrong with it (refused only once the
+/// type is known to be good).
+fn take_request_id(obj: &mut Map<String, Value>) -> (Option<String>, Option<String>) {
+    match obj.remove("requestId") {
         None => (None, None),
         Some(Value::String(s)) if s.chars().count() <= REQUEST_ID_MAX => (Some(s), None),
         Some(Value::String(_)) => (
@@ -71,82 +108,59 @@ pub fn parse(text: &str, max_batch: usize) -> Result<ClientMessage, Refusal> {
             )),
         ),
         Some(_) => (None, Some("requestId must be a string".to_owned())),
-    };
-    let kind = match obj.get("type") {
-        Some(Value::String(t))
-            if matches!(t.as_str(), "cart_event" | "cart_event_batch" | "ping") =>
-        {
-            t.clone()
-        }
-        Some(Value::String(t)) => {
-            return Err(Refusal::new(
-                request_id,
-                ErrorCode::UnsupportedMessageType,
-                format!(
-                    "unsupported message type {t:?}; expected cart_event, cart_event_batch or ping"
-                ),
-            ))
-        }
-        Some(_) => {
-            return Err(Refusal::new(
-                request_id,
-                ErrorCode::UnsupportedMessageType,
-                "type must be a string: cart_event, cart_event_batch or ping",
-            ))
-        }
+    }
+}
+
+/// The message's `type`, or why it is not one the channel knows.
+fn kind(obj: &Map<String, Value>) -> Result<Kind, String> {
+    match obj.get("type") {
+        Some(Value::String(t)) => match t.as_str() {
+            "cart_event" => Ok(Kind::Event),
+            "cart_event_batch" => Ok(Kind::Batch),
+            "ping" => Ok(Kind::Ping),
+            _ => Err(format!(
+                "unsupported message type {t:?}; expected cart_event, cart_event_batch or ping"
+            )),
+        },
+        Some(_) => Err("type must be a string: cart_event, cart_event_batch or ping".into()),
         None => {
-            return Err(Refusal::new(
-                request_id,
-                ErrorCode::UnsupportedMessageType,
-                "the message has no type; expected cart_event, cart_event_batch or ping",
-            ))
+            Err("the message has no type; expected cart_event, cart_event_batch or ping".into())
         }
+    }
+}
+
+fn event(request_id: Option<String>, data: Option<Value>) -> Result<ClientMessage, Refusal> {
+    match data {
+        Some(data @ Value::Object(_)) => Ok(ClientMessage::Event { request_id, data }),
+        Some(_) => Err(Refusal::new(
+            request_id,
+            ErrorCode::InvalidMessage,
+            "data must be an event object",
+        )),
+        None => Err(Refusal::new(
+            request_id,
+            ErrorCode::InvalidMessage,
+            "data is required: the event object",
+        )),
+    }
+}
+
+fn batch(
+    request_id: Option<String>,
+    data: Option<Value>,
+    max_batch: usize,
+) -> Result<ClientMessage, Refusal> {
+    let message = match data {
+        Some(Value::Array(data)) if data.is_empty() => "data must hold at least one event".into(),
+        Some(Value::Array(data)) if data.len() > max_batch => format!(
+            "data holds {} events; at most {max_batch} are allowed",
+            data.len()
+        ),
+        Some(Value::Array(data)) => return Ok(ClientMessage::Batch { request_id, data }),
+        Some(_) => "data must be an array of events".into(),
+        None => "data is required: an array of events".into(),
     };
-    if let Some(message) = bad_request_id {
-        return Err(Refusal::new(None, ErrorCode::InvalidMessage, message));
-    }
-    match kind.as_str() {
-        "ping" => Ok(ClientMessage::Ping { request_id }),
-        "cart_event" => match obj.remove("data") {
-            Some(data @ Value::Object(_)) => Ok(ClientMessage::Event { request_id, data }),
-            Some(_) => Err(Refusal::new(
-                request_id,
-                ErrorCode::InvalidMessage,
-                "data must be an event object",
-            )),
-            None => Err(Refusal::new(
-                request_id,
-                ErrorCode::InvalidMessage,
-                "data is required: the event object",
-            )),
-        },
-        _ => match obj.remove("data") {
-            Some(Value::Array(data)) if data.is_empty() => Err(Refusal::new(
-                request_id,
-                ErrorCode::InvalidMessage,
-                "data must hold at least one event",
-            )),
-            Some(Value::Array(data)) if data.len() > max_batch => Err(Refusal::new(
-                request_id,
-                ErrorCode::InvalidMessage,
-                format!(
-                    "data holds {} events; at most {max_batch} are allowed",
-                    data.len()
-                ),
-            )),
-            Some(Value::Array(data)) => Ok(ClientMessage::Batch { request_id, data }),
-            Some(_) => Err(Refusal::new(
-                request_id,
-                ErrorCode::InvalidMessage,
-                "data must be an array of events",
-            )),
-            None => Err(Refusal::new(
-                request_id,
-                ErrorCode::InvalidMessage,
-                "data is required: an array of events",
-            )),
-        },
-    }
+    Err(Refusal::new(request_id, ErrorCode::InvalidMessage, message))
 }
 
 #[derive(Debug, Serialize)]
