@@ -7,8 +7,9 @@
 
 use crate::app::metrics::Metrics;
 use crate::domain::{DedupKey, StoredEvent};
-use crate::ports::{EventPage, EventQuery, EventStore, Journal, PageBuilder, PageKey, PortError};
-use chrono::Utc;
+use crate::ports::{
+    Clock, EventPage, EventQuery, EventStore, Journal, PageBuilder, PageKey, PortError,
+};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,8 @@ pub struct Forwarder {
     pub policy: FlushPolicy,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// How old the oldest entry is (journal entries are dated by their `receivedAt`).
+    pub clock: Arc<dyn Clock>,
     /// How far routing has read the journal, when routes are configured: entries past it are
     /// kept (though forwarded) until routing has taken them into the outbox.
     pub routed_through: Option<Arc<AtomicI64>>,
@@ -135,7 +138,8 @@ impl Forwarder {
                 }
             }
             let stats = self.journal.stats();
-            self.metrics.set_journal(&stats);
+            let now = self.clock.now();
+            self.metrics.set_journal(&stats, now);
             let stopping = stop.is_cancelled();
             if stats.entries == 0 {
                 if stopping {
@@ -150,7 +154,7 @@ impl Forwarder {
             }
             let age = stats
                 .oldest
-                .and_then(|t| (Utc::now() - t).to_std().ok())
+                .and_then(|t| (now - t).to_std().ok())
                 .unwrap_or_default();
             let due = stopping
                 || stats.entries >= self.policy.max_rows as u64

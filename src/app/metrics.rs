@@ -334,14 +334,19 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_journal(&self, stats: &crate::ports::JournalStats) {
+    /// The journal's figures, its oldest entry's age as of `now`.
+    pub fn set_journal(
+        &self,
+        stats: &crate::ports::JournalStats,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
         self.journal_entries
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         self.journal_bytes
             .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-        let age = stats.oldest.map_or(0.0, |t| {
-            (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
-        });
+        let age = stats
+            .oldest
+            .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
         self.journal_oldest_age_seconds.set(age);
     }
 

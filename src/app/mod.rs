@@ -9,3 +9,5 @@ pub mod rate_limit;
 pub mod routing;
 pub mod startup;
 pub mod telemetry;
+#[cfg(test)]
+mod test_wait;

@@ -6,9 +6,12 @@
 //! in order, retrying failures with capped exponential backoff and jitter; what keeps failing
 //! (or is refused for good) moves to the dead-letter store, from which operators replay it.
 
-use crate::app::metrics::Metrics;
+use crate::app::metrics::{Metrics, RouteLabels};
 use crate::domain::routing::{partition, RouteRule};
-use crate::ports::{Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteTarget};
+use crate::domain::StoredEvent;
+use crate::ports::{
+    Clock, Delivery, DeliveryError, EventFeed, FeedEntry, Outbox, OutboxItem, RouteTarget,
+};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,6 +86,21 @@ pub struct Routing {
     /// past it).
     pub routed_through: Arc<AtomicI64>,
     pub metrics: Arc<Metrics>,
+    /// When a delivery is due, when to retry it, and the times operators see.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One ordered lane of a route, as its worker sees it.
+struct Lane {
+    route: Arc<Route>,
+    index: u32,
+    labels: RouteLabels,
+}
+
+impl Lane {
+    fn name(&self) -> &str {
+        self.route.name()
+    }
 }
 
 const FEED_BATCH: usize = 1_000;
@@ -236,102 +254,150 @@ impl Routing {
         true
     }
 
+    /// Delivers one lane of `route` in order, a batch of due items at a time, until `stop`.
     async fn deliver_lane(self: Arc<Self>, route: Arc<Route>, lane: u32, stop: CancellationToken) {
-        let name = route.name().to_owned();
-        let labels = crate::app::metrics::RouteLabels {
-            route: name.clone(),
+        let labels = RouteLabels {
+            route: route.name().to_owned(),
+        };
+        let lane = Lane {
+            route,
+            index: lane,
+            labels,
         };
         while !stop.is_cancelled() {
-            let items = match self.outbox.head(&name, lane, route.policy.batch_size).await {
-                Ok(items) => items,
-                Err(e) => {
-                    tracing::warn!(route = %name, cause = %e, "reading the outbox failed");
-                    pause(&stop, ERROR_PAUSE).await;
-                    continue;
-                }
-            };
-            let now = Utc::now();
-            let Some(first) = items.first() else {
-                tokio::select! {
-                    () = route.wake.notified() => {}
-                    () = stop.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+            let Some(due) = self.next_due(&lane, &stop).await else {
                 continue;
             };
-            if first.next_at > now {
-                // The lane's head is waiting out its backoff: nothing behind it may overtake.
-                let wait = (first.next_at - now).to_std().unwrap_or_default();
-                pause(&stop, wait).await;
-                continue;
-            }
-            let due: Vec<&OutboxItem> = items.iter().take_while(|i| i.next_at <= now).collect();
             let events: Vec<_> = due.iter().map(|i| i.event.clone()).collect();
-            let ids: Vec<i64> = due.iter().map(|i| i.id).collect();
-            match route.target.deliver(&events).await {
-                Ok(()) => {
-                    let done = Utc::now();
-                    if let Err(e) = self.outbox.delivered(&ids).await {
-                        // Delivered again later: at least once.
-                        tracing::warn!(route = %name, cause = %e, "marking deliveries done failed");
-                    }
-                    route
-                        .status
-                        .delivered
-                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                    route.status.failing.store(false, Ordering::Relaxed);
-                    *lock(&route.status.last_delivered_at) = Some(done);
-                    self.metrics
-                        .route_delivered
-                        .get_or_create(&labels)
-                        .inc_by(ids.len() as u64);
-                    let latency = self.metrics.route_latency.get_or_create(&labels);
-                    for e in &events {
-                        latency.observe(
-                            (done - e.received_at).num_milliseconds().max(0) as f64 / 1000.0,
-                        );
-                    }
-                }
-                Err(e) => {
-                    route.status.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    route.status.failing.store(true, Ordering::Relaxed);
-                    *lock(&route.status.last_error) = Some((e.message.clone(), Utc::now()));
-                    self.metrics.route_failures.get_or_create(&labels).inc();
-                    let (dead, retry): (Vec<&OutboxItem>, Vec<&OutboxItem>) = due
-                        .iter()
-                        .partition(|i| !e.retryable || i.attempts + 1 >= route.policy.max_attempts);
-                    tracing::warn!(route = %name, lane, cause = %e.message, events = due.len(),
-                        dead_lettered = dead.len(), "delivery failed");
-                    if !dead.is_empty() {
-                        let ids: Vec<i64> = dead.iter().map(|i| i.id).collect();
-                        match self.outbox.dead_letter(&ids, &e.message).await {
-                            Ok(()) => {
-                                route
-                                    .status
-                                    .dead_lettered
-                                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                                self.metrics
-                                    .route_dead_lettered
-                                    .get_or_create(&labels)
-                                    .inc_by(ids.len() as u64);
-                            }
-                            Err(err) => {
-                                tracing::warn!(route = %name, cause = %err, "dead-lettering failed")
-                            }
-                        }
-                    }
-                    if let Some(head) = retry.first() {
-                        let ids: Vec<i64> = retry.iter().map(|i| i.id).collect();
-                        let delay = backoff(&route.policy, head.attempts);
-                        let next =
-                            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                        if let Err(err) = self.outbox.retry_later(&ids, next, &e.message).await {
-                            tracing::warn!(route = %name, cause = %err, "scheduling a retry failed");
-                            pause(&stop, delay).await;
-                        }
-                    }
-                }
+            match lane.route.target.deliver(&events).await {
+                Ok(()) => self.delivered(&lane, &due, &events).await,
+                Err(e) => self.failed(&lane, &due, &e, &stop).await,
             }
+        }
+    }
+
+    /// The lane's items due now, from its head; `None` after waiting (for work, for the
+    /// head's backoff, or after a read error), when the caller should look again.
+    async fn next_due(&self, lane: &Lane, stop: &CancellationToken) -> Option<Vec<OutboxItem>> {
+        let route = &lane.route;
+        let items = match self
+            .outbox
+            .head(lane.name(), lane.index, route.policy.batch_size)
+            .await
+        {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(route = %lane.name(), cause = %e, "reading the outbox failed");
+                pause(stop, ERROR_PAUSE).await;
+                return None;
+            }
+        };
+        let now = self.clock.now();
+        let Some(first) = items.first() else {
+            tokio::select! {
+                () = route.wake.notified() => {}
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            return None;
+        };
+        if first.next_at > now {
+            // The lane's head is waiting out its backoff: nothing behind it may overtake.
+            let wait = (first.next_at - now).to_std().unwrap_or_default();
+            pause(stop, wait).await;
+            return None;
+        }
+        Some(items.into_iter().take_while(|i| i.next_at <= now).collect())
+    }
+
+    /// After the target took `due`: out of the outbox, counted, and timed.
+    async fn delivered(&self, lane: &Lane, due: &[OutboxItem], events: &[StoredEvent]) {
+        let done = self.clock.now();
+        let ids: Vec<i64> = due.iter().map(|i| i.id).collect();
+        if let Err(e) = self.outbox.delivered(&ids).await {
+            // Delivered again later: at least once.
+            tracing::warn!(route = %lane.name(), cause = %e, "marking deliveries done failed");
+        }
+        let status = &lane.route.status;
+        status
+            .delivered
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        status.failing.store(false, Ordering::Relaxed);
+        *lock(&status.last_delivered_at) = Some(done);
+        self.metrics
+            .route_delivered
+            .get_or_create(&lane.labels)
+            .inc_by(ids.len() as u64);
+        let latency = self.metrics.route_latency.get_or_create(&lane.labels);
+        for e in events {
+            latency.observe((done - e.received_at).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
+
+    /// After the target failed `due`: what failed for good or too often becomes a dead
+    /// letter, the rest is retried after a backoff.
+    async fn failed(
+        &self,
+        lane: &Lane,
+        due: &[OutboxItem],
+        e: &DeliveryError,
+        stop: &CancellationToken,
+    ) {
+        let route = &lane.route;
+        route.status.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        route.status.failing.store(true, Ordering::Relaxed);
+        *lock(&route.status.last_error) = Some((e.message.clone(), self.clock.now()));
+        self.metrics
+            .route_failures
+            .get_or_create(&lane.labels)
+            .inc();
+        let (dead, retry): (Vec<&OutboxItem>, Vec<&OutboxItem>) = due
+            .iter()
+            .partition(|i| !e.retryable || i.attempts + 1 >= route.policy.max_attempts);
+        tracing::warn!(route = %lane.name(), lane = lane.index, cause = %e.message,
+            events = due.len(), dead_lettered = dead.len(), "delivery failed");
+        if !dead.is_empty() {
+            self.dead_letter(lane, &dead, &e.message).await;
+        }
+        if !retry.is_empty() {
+            self.retry_later(lane, &retry, &e.message, stop).await;
+        }
+    }
+
+    async fn dead_letter(&self, lane: &Lane, dead: &[&OutboxItem], error: &str) {
+        let ids: Vec<i64> = dead.iter().map(|i| i.id).collect();
+        match self.outbox.dead_letter(&ids, error).await {
+            Ok(()) => {
+                lane.route
+                    .status
+                    .dead_lettered
+                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                self.metrics
+                    .route_dead_lettered
+                    .get_or_create(&lane.labels)
+                    .inc_by(ids.len() as u64);
+            }
+            Err(err) => {
+                tracing::warn!(route = %lane.name(), cause = %err, "dead-lettering failed")
+            }
+        }
+    }
+
+    /// Schedules `retry` (non-empty, head first) after the head's backoff; when that cannot
+    /// be saved, waits the backoff here instead.
+    async fn retry_later(
+        &self,
+        lane: &Lane,
+        retry: &[&OutboxItem],
+        error: &str,
+        stop: &CancellationToken,
+    ) {
+        let ids: Vec<i64> = retry.iter().map(|i| i.id).collect();
+        let delay = backoff(&lane.route.policy, retry[0].attempts);
+        let next = self.clock.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        if let Err(err) = self.outbox.retry_later(&ids, next, error).await {
+            tracing::warn!(route = %lane.name(), cause = %err, "scheduling a retry failed");
+            pause(stop, delay).await;
         }
     }
 
@@ -339,7 +405,7 @@ impl Routing {
         while !stop.is_cancelled() {
             for route in &self.routes {
                 if let Ok(b) = self.outbox.backlog(route.name()).await {
-                    let labels = crate::app::metrics::RouteLabels {
+                    let labels = RouteLabels {
                         route: route.name().to_owned(),
                     };
                     self.metrics

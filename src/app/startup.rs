@@ -100,7 +100,8 @@ impl Ports {
     /// # Errors
     /// When a local database cannot be opened or a backend setting is malformed.
     pub fn from_settings(settings: &Settings) -> Result<Self, StartupError> {
-        let mut embedded = LazyEmbedded::new(settings);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut embedded = LazyEmbedded::new(settings, Arc::clone(&clock));
         let (dedup, dedup_kind) = dedup_side(settings, &mut embedded)?;
         let events = match &settings.clickhouse_url {
             Some(url) => clickhouse_side(settings, url)?,
@@ -109,12 +110,12 @@ impl Ports {
         let routes = settings
             .routes
             .iter()
-            .map(|r| build_route(r, settings.redis_url.as_deref()))
+            .map(|r| build_route(r, settings.redis_url.as_deref(), Arc::clone(&clock)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             store: events.store,
             dedup,
-            clock: Arc::new(SystemClock),
+            clock,
             store_kind: events.kind,
             dedup_kind,
             forwarding: Some(events.forwarding),
@@ -130,11 +131,12 @@ impl Ports {
 struct LazyEmbedded<'a> {
     settings: &'a Settings,
     mode: DedupMode,
+    clock: Arc<dyn Clock>,
     opened: Option<EmbeddedStore>,
 }
 
 impl<'a> LazyEmbedded<'a> {
-    fn new(settings: &'a Settings) -> Self {
+    fn new(settings: &'a Settings, clock: Arc<dyn Clock>) -> Self {
         let mode = match (&settings.redis_url, &settings.clickhouse_url) {
             (None, None) => DedupMode::Events {
                 window: settings.dedup_window,
@@ -144,6 +146,7 @@ impl<'a> LazyEmbedded<'a> {
         Self {
             settings,
             mode,
+            clock,
             opened: None,
         }
     }
@@ -152,8 +155,9 @@ impl<'a> LazyEmbedded<'a> {
         if let Some(store) = &self.opened {
             return Ok(store.clone());
         }
-        let store = EmbeddedStore::open_with(&self.settings.data_dir, self.mode)
-            .map_err(StartupError::Store)?;
+        let store =
+            EmbeddedStore::open_with(&self.settings.data_dir, self.mode, Arc::clone(&self.clock))
+                .map_err(StartupError::Store)?;
         self.opened = Some(store.clone());
         Ok(store)
     }
@@ -246,13 +250,15 @@ fn embedded_side(
 fn build_route(
     r: &RouteSettings,
     default_redis_url: Option<&str>,
+    clock: Arc<dyn Clock>,
 ) -> Result<Arc<Route>, StartupError> {
     let bad = |e: String| StartupError::Route(r.name.clone(), e);
     let rule = RouteRule {
         name: RouteName::parse(&r.name).map_err(|e| bad(e.to_string()))?,
         matcher: RouteMatch::parse(&r.event_types).map_err(|e| bad(e.to_string()))?,
     };
-    let target = build_target(&r.target, default_redis_url).map_err(|e| bad(e.to_string()))?;
+    let target =
+        build_target(&r.target, default_redis_url, clock).map_err(|e| bad(e.to_string()))?;
     let policy = RoutePolicy {
         batch_size: r.batch_size,
         max_attempts: r.max_attempts,
@@ -335,7 +341,8 @@ fn routing(
     if ports.routes.is_empty() {
         return Ok(None);
     }
-    let outbox = SqliteOutbox::open(&settings.data_dir).map_err(StartupError::Store)?;
+    let outbox = SqliteOutbox::open(&settings.data_dir, Arc::clone(&ports.clock))
+        .map_err(StartupError::Store)?;
     Ok(Some(Arc::new(Routing {
         routes: ports.routes.clone(),
         outbox: Arc::new(outbox),
@@ -344,6 +351,7 @@ fn routing(
         recorded: Arc::clone(recorded),
         routed_through: Arc::new(AtomicI64::new(0)),
         metrics: Arc::clone(metrics),
+        clock: Arc::clone(&ports.clock),
     })))
 }
 
@@ -353,6 +361,7 @@ impl Background {
         routing: Option<&Arc<Routing>>,
         forwarding: Option<Forwarding>,
         metrics: &Arc<Metrics>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let routing_stop = CancellationToken::new();
         let routing_task = routing.map(|r| tokio::spawn(Arc::clone(r).run(routing_stop.clone())));
@@ -364,6 +373,7 @@ impl Background {
                 policy: f.policy,
                 wake: f.wake,
                 metrics: Arc::clone(metrics),
+                clock,
                 routed_through: routing.map(|r| Arc::clone(&r.routed_through)),
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
@@ -526,7 +536,12 @@ impl Application {
             committer_stop.clone(),
         );
         let routing = routing(&settings, &ports, &recorded, &metrics)?;
-        let background = Background::start(routing.as_ref(), ports.forwarding, &metrics);
+        let background = Background::start(
+            routing.as_ref(),
+            ports.forwarding,
+            &metrics,
+            Arc::clone(&ports.clock),
+        );
         let gate = gate(&settings, proxies, local_addr)?;
         let ws = ws_state(&settings, ingest.clone(), &gate, &metrics, ports.clock);
         let backends = Backends {

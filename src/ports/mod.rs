@@ -57,6 +57,8 @@ mod outbox;
 mod route_admin;
 mod route_target;
 
+#[cfg(test)]
+pub use clock::TokioClock;
 pub use clock::{Clock, SystemClock};
 pub use dedup_store::{Claim, DedupStore, Lease};
 pub use event_store::{

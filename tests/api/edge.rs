@@ -3,7 +3,7 @@
 //! when a cut happens are loose enough for a loaded machine, yet tell "at the deadline" from
 //! "never" and from "at the first byte".
 
-use crate::helpers::{item_added, recv_json, send_json, unique, TestApp};
+use crate::helpers::{item_added, poll_until, recv_json, send_json, unique, TestApp};
 use cartstream::app::config::Settings;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -31,6 +31,7 @@ fn dribble(mut w: tokio::net::tcp::OwnedWriteHalf, bytes: Vec<u8>, every: Durati
             if w.write_all(&[b]).await.is_err() {
                 return;
             }
+            // A slow peer on purpose: the server's own deadlines are what is under test.
             tokio::time::sleep(every).await;
         }
         // Keep the socket open: only the server may end it.
@@ -181,6 +182,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
         let mut buf = [0u8; 4096];
         let n = s.read(&mut buf).await.unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // Idle on purpose, past the keep-alive deadline under test.
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let answered = Instant::now() - Duration::from_millis(1000);
@@ -204,11 +206,13 @@ async fn requests_keep_alive_and_websockets_work_with_short_deadlines() {
     for _ in 0..2 {
         let (status, _) = app.post_event(&item_added(&unique("edge"))).await;
         assert_eq!(status, 202);
+        // Idle on purpose between requests, within the keep-alive deadline.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // A WebSocket outlives every HTTP deadline.
     let (mut ws, ack) = app.ws().await;
     assert_eq!(ack["type"], "connection_ack");
+    // Idle on purpose past every HTTP deadline: the server's timers are under test.
     tokio::time::sleep(HEAD + KEEP_ALIVE).await;
     let id = unique("edge-ws");
     send_json(
@@ -260,14 +264,12 @@ async fn connections_over_the_per_address_cap_get_503_while_others_are_served() 
     assert!(other.starts_with("HTTP/1.1 200"), "{other:?}");
     // A closed connection frees its place.
     held.pop();
-    let mut again = String::new();
-    for _ in 0..50 {
-        again = health_over(connect_from("127.0.0.1", app.addr).await).await;
-        if again.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let again = poll_until(
+        Duration::from_secs(5),
+        || async { health_over(connect_from("127.0.0.1", app.addr).await).await },
+        |again| again.starts_with("HTTP/1.1 200"),
+    )
+    .await;
     assert!(again.starts_with("HTTP/1.1 200"), "{again:?}");
     assert_eq!(
         metric(

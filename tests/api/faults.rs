@@ -55,16 +55,9 @@ impl Ch {
             .collect()
     }
 
-    /// Waits until the table holds at least `n` rows.
+    /// Waits until the table holds at least `n` rows, or `within` has passed; the counts then.
     async fn wait_for(&self, n: u64, within: Duration) -> (u64, u64) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let c = self.counts().await;
-            if c.0 >= n || tokio::time::Instant::now() > deadline {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_until(within, || self.counts(), |c| c.0 >= n).await
     }
 }
 
@@ -121,6 +114,7 @@ async fn ws_client(
             if tx.flush().await.is_err() {
                 return;
             }
+            // Paces the load so it spans the fault: a client's rhythm, not a wait for the server.
             tokio::time::sleep(pause).await;
         }
         // Keep the sink alive until the reader is done.
@@ -186,6 +180,7 @@ async fn http_client(url: String, rounds: usize, per_round: usize, pause: Durati
             }
             Err(_) => out.unanswered.extend(ids),
         }
+        // Paces the load so it spans the fault: a client's rhythm, not a wait for the server.
         tokio::time::sleep(pause).await;
     }
     out
@@ -240,13 +235,30 @@ async fn clickhouse_cut_during_load_acks_keep_flowing_and_nothing_is_lost() {
     let http = tokio::spawn(http_client(app.url(""), 40, 25, Duration::from_millis(50)));
     // First slow (every chunk to and from ClickHouse delayed), then cut altogether.
     proxy.slow(Duration::from_millis(150));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked_at_slow = acked.load(Ordering::SeqCst);
+    wait_until(
+        "acks while ClickHouse is slow",
+        Duration::from_secs(20),
+        || acked.load(Ordering::SeqCst) > acked_at_slow,
+    )
+    .await;
     proxy.cut();
     let acked_at_cut = acked.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Cut until acks flowed and the journal held them; the clients keep sending meanwhile.
+    let journal_during_cut = poll_until(
+        Duration::from_secs(20),
+        || async {
+            if acked.load(Ordering::SeqCst) > acked_at_cut {
+                metric(&app.url(""), "cartstream_journal_entries").await
+            } else {
+                0.0
+            }
+        },
+        |entries| *entries > 0.0,
+    )
+    .await;
     let acked_during_cut = acked.load(Ordering::SeqCst) - acked_at_cut;
     let rows_during_cut = ch.counts().await.0;
-    let journal_during_cut = metric(&app.url(""), "cartstream_journal_entries").await;
     proxy.restore();
     let mut all = Vec::new();
     for c in clients {
@@ -333,7 +345,9 @@ async fn redis_cut_fail_open_keeps_accepting_and_still_answers_duplicates() {
     assert_eq!(app.post_event(&item_added(&new_during)).await.0, 200);
     assert!(metric(&app.url(""), "cartstream_dedup_fallback_total").await > 0.0);
     proxy.restore();
-    tokio::time::sleep(Duration::from_millis(1200)).await; // the dedup store's rest period
+    // After a dedup failure the server rests its dedup store for a second (an in-process timer
+    // with no outward sign while fail-open keeps accepting): wait it out.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let after = unique("after");
     assert_eq!(app.post_event(&item_added(&after)).await.0, 202);
     assert_eq!(app.post_event(&item_added(&after)).await.0, 200);
@@ -367,6 +381,9 @@ async fn redis_cut_fail_closed_answers_unavailable_and_recovers() {
     let (status, body) = app.post_event(&item_added(&unique("closed"))).await;
     assert_eq!((status, body["retryable"].as_bool()), (503, Some(true)));
     proxy.restore();
+    // Waits out the server's dedup rest period (an in-process timer). Not by retrying until
+    // accepted: a claim refused while resting counts as a new failure and restarts the rest,
+    // so retries closer than a second apart are refused for as long as they keep coming.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // The client's retry of an event refused during the cut is accepted now.
     let retry = during.answered[0].0.clone();
@@ -444,12 +461,14 @@ async fn a_full_journal_answers_unavailable_keeps_what_it_has_and_recovers() {
     // Space is free again: a refused event's retry is accepted.
     let retry = refused.iter().next().unwrap().clone();
     let mut accepted_all = accepted.clone();
-    for _ in 0..50 {
-        if app.post_event(&item_added(&retry)).await.0 == 202 {
-            accepted_all.insert(retry.clone());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = poll_until(
+        Duration::from_secs(10),
+        || async { app.post_event(&item_added(&retry)).await.0 },
+        |status| *status == 202,
+    )
+    .await;
+    if status == 202 {
+        accepted_all.insert(retry.clone());
     }
     assert!(
         accepted_all.contains(&retry),
@@ -482,9 +501,10 @@ async fn load_until_acked(proc: &Process, n: usize) -> Vec<tokio::task::JoinHand
             ))
         })
         .collect();
-    while acked.load(Ordering::SeqCst) < n {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("events acked under load", Duration::from_secs(120), || {
+        acked.load(Ordering::SeqCst) >= n
+    })
+    .await;
     clients
 }
 
@@ -577,31 +597,35 @@ async fn kill_9_under_load_then_restart_loses_nothing_acked_and_retries_are_not_
     let mut retried_duplicate = HashSet::new();
     for chunk in answers.unanswered.chunks(250) {
         let mut pending: Vec<String> = chunk.to_vec();
-        for _ in 0..40 {
-            if pending.is_empty() {
-                break;
-            }
-            let events: Vec<Value> = pending.iter().map(|id| item_added(id)).collect();
-            let r = http
-                .post(format!("{}/events/batch", proc.url))
-                .json(&json!({"events": events}))
-                .send()
-                .await
-                .unwrap();
-            if r.status().as_u16() == 200 {
-                let body: Value = r.json().await.unwrap();
-                for (id, res) in pending.iter().zip(body["results"].as_array().unwrap()) {
-                    match res["status"].as_str().unwrap() {
-                        "accepted" => retried_accepted.insert(id.clone()),
-                        "duplicate" => retried_duplicate.insert(id.clone()),
-                        other => panic!("{other}"),
-                    };
+        let events: Vec<Value> = pending.iter().map(|id| item_added(id)).collect();
+        // In flight from the killed process until its holds lapse: retried until answered.
+        let answered = poll_until(
+            Duration::from_secs(20),
+            || async {
+                let r = http
+                    .post(format!("{}/events/batch", proc.url))
+                    .json(&json!({"events": events}))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status().as_u16() == 200 {
+                    Some(r.json::<Value>().await.unwrap())
+                } else {
+                    None
                 }
-                pending.clear();
-            } else {
-                // In flight from the killed process until its holds lapse: retry shortly.
-                tokio::time::sleep(Duration::from_millis(250)).await;
+            },
+            Option::is_some,
+        )
+        .await;
+        if let Some(body) = answered {
+            for (id, res) in pending.iter().zip(body["results"].as_array().unwrap()) {
+                match res["status"].as_str().unwrap() {
+                    "accepted" => retried_accepted.insert(id.clone()),
+                    "duplicate" => retried_duplicate.insert(id.clone()),
+                    other => panic!("{other}"),
+                };
             }
+            pending.clear();
         }
         assert!(pending.is_empty(), "retries were answered");
     }

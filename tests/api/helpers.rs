@@ -7,6 +7,7 @@ use cartstream::app::startup::{Application, Ports};
 use cartstream::ports::SystemClock;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -226,6 +227,36 @@ pub async fn recv_close_code(ws: &mut Ws) -> u16 {
             None => panic!("connection ended without a close frame"),
         }
     }
+}
+
+/// How often [`poll_until`] looks again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Tests wait on what they can observe (an endpoint, a metric, the store), never for a fixed
+/// time: probes until `done` holds for what `probe` returns or `within` has passed, and returns
+/// the last probe either way, so the caller's own assertion says what was expected.
+pub async fn poll_until<T, F>(
+    within: Duration,
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    F: Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = probe().await;
+        if done(&got) || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Waits until `ok` holds; fails naming `what` after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let held = poll_until(within, || std::future::ready(ok()), |held| *held).await;
+    assert!(held, "timed out waiting for {what}");
 }
 
 pub fn now_rfc3339() -> String {

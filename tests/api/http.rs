@@ -638,15 +638,16 @@ async fn events_a_crash_left_in_the_journal_are_kept_and_still_duplicates() {
     let (_, body) = app.get_json("/events").await;
     assert_eq!(body["events"].as_array().unwrap().len(), 1);
     // Moved into the table (the forwarder's interval is 1 s), and still one event.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, metrics) = app.get_text("/metrics").await;
-        if metrics.contains("cartstream_journal_entries 0") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "journal not drained");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (_, metrics) = poll_until(
+        std::time::Duration::from_secs(10),
+        || app.get_text("/metrics"),
+        |(_, metrics)| metrics.contains("cartstream_journal_entries 0"),
+    )
+    .await;
+    assert!(
+        metrics.contains("cartstream_journal_entries 0"),
+        "journal not drained"
+    );
     assert_eq!(
         app.post_event(&item_added(&id)).await.1["status"],
         "duplicate"

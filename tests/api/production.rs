@@ -90,15 +90,14 @@ async fn stored_ids(b: &Backends) -> HashSet<String> {
 }
 
 async fn wait_for_rows(b: &Backends, n: u64) -> (u64, u64) {
-    let mut last = (0, 0);
-    for _ in 0..300 {
-        last = table_counts(b).await;
-        if last.0 >= n {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("ClickHouse has {last:?} rows, expected {n}");
+    let last = poll_until(
+        Duration::from_secs(30),
+        || table_counts(b),
+        |last| last.0 >= n,
+    )
+    .await;
+    assert!(last.0 >= n, "ClickHouse has {last:?} rows, expected {n}");
+    last
 }
 
 #[tokio::test]
@@ -170,19 +169,19 @@ async fn websocket_and_http_events_land_in_clickhouse_and_read_back() {
         ["http", "ws"]
     );
     // Routed from the journal: both events reached the webhook too.
-    let mut routed = std::collections::HashSet::new();
-    for _ in 0..500 {
-        routed = receiver
-            .requests()
-            .iter()
-            .flat_map(|r| r.json()["events"].as_array().unwrap().clone())
-            .map(|e| e["eventId"].as_str().unwrap().to_owned())
-            .collect();
-        if routed.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let routed: std::collections::HashSet<String> = poll_until(
+        Duration::from_secs(20),
+        || async {
+            receiver
+                .requests()
+                .iter()
+                .flat_map(|r| r.json()["events"].as_array().unwrap().clone())
+                .map(|e| e["eventId"].as_str().unwrap().to_owned())
+                .collect()
+        },
+        |routed: &std::collections::HashSet<String>| routed.len() == 2,
+    )
+    .await;
     assert_eq!(
         routed,
         [ws_id.clone(), http_id.clone()].into_iter().collect()

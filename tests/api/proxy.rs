@@ -127,6 +127,7 @@ async fn pipe(client: TcpStream, server: TcpStream, state: Arc<State>) {
 async fn delay(state: &State) {
     let ms = state.delay_ms.load(Ordering::SeqCst);
     if ms > 0 {
+        // The fault being injected: a slow link.
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }

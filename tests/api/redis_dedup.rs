@@ -4,6 +4,7 @@
 
 use crate::backends::{redis_prefix, redis_url_or_skip, silent_server, DEAD_REDIS_URL};
 use crate::contract::dedup_store::{keys, lease, lease_for};
+use crate::helpers::poll_until;
 use bb8_redis::redis;
 use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use cartstream::ports::{Claim, DedupStore, PortError};
@@ -231,19 +232,25 @@ impl OwnRedis {
             child: Some(child),
         };
         let client = redis::Client::open(own.url()).unwrap();
-        for _ in 0..100 {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-                {
-                    return Some(own);
+        let answers = poll_until(
+            Duration::from_secs(10),
+            || async {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut c) => redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("own redis-server on port {port} did not answer within 10 s");
+            },
+            |answers| *answers,
+        )
+        .await;
+        assert!(
+            answers,
+            "own redis-server on port {port} did not answer within 10 s"
+        );
+        Some(own)
     }
 
     fn stop(&mut self) {

@@ -51,14 +51,6 @@ fn received_ids(receiver: &Receiver) -> Vec<String> {
     ids
 }
 
-async fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn routes(app: &TestApp) -> Value {
     let r = app
         .http
@@ -135,16 +127,16 @@ async fn a_webhook_gets_every_matching_event_signed_retries_and_dead_letters_wit
         "{r}"
     );
     receiver.state.status.store(200, Ordering::SeqCst);
-    let mut delivered = 0;
-    for _ in 0..1000 {
-        delivered = routes(&app).await["routes"][0]["delivered"]
-            .as_u64()
-            .unwrap();
-        if delivered == 11 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let delivered = poll_until(
+        Duration::from_secs(20),
+        || async {
+            routes(&app).await["routes"][0]["delivered"]
+                .as_u64()
+                .unwrap()
+        },
+        |d| *d == 11,
+    )
+    .await;
     assert_eq!(delivered, 11, "the retried event was delivered");
     assert_eq!(routes(&app).await["routes"][0]["state"], "ok");
 
@@ -152,24 +144,25 @@ async fn a_webhook_gets_every_matching_event_signed_retries_and_dead_letters_wit
     receiver.state.status.store(503, Ordering::SeqCst);
     let doomed = unique("doomed");
     assert_eq!(app.post_event(&checkout(&doomed)).await.0, 202);
-    let mut dead = Value::Null;
-    for _ in 0..500 {
-        let r = app
-            .http
-            .get(app.url("/dead-letters?route=checkout"))
-            .bearer_auth("admin-1")
-            .send()
-            .await
-            .unwrap();
-        dead = r.json().await.unwrap();
-        if dead["deadLetters"]
-            .as_array()
-            .is_some_and(|d| !d.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let dead: Value = poll_until(
+        Duration::from_secs(20),
+        || async {
+            let r = app
+                .http
+                .get(app.url("/dead-letters?route=checkout"))
+                .bearer_auth("admin-1")
+                .send()
+                .await
+                .unwrap();
+            r.json().await.unwrap()
+        },
+        |dead: &Value| {
+            dead["deadLetters"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+        },
+    )
+    .await;
     let letter = &dead["deadLetters"][0];
     assert_eq!(letter["event"]["eventId"], doomed.as_str(), "{dead}");
     assert_eq!(
@@ -197,14 +190,12 @@ async fn a_webhook_gets_every_matching_event_signed_retries_and_dead_letters_wit
         received_ids(&receiver).contains(&doomed)
     })
     .await;
-    let mut r = routes(&app).await;
-    for _ in 0..500 {
-        if r["routes"][0]["backlog"] == 0 && r["routes"][0]["state"] == "ok" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        r = routes(&app).await;
-    }
+    let r = poll_until(
+        Duration::from_secs(20),
+        || routes(&app),
+        |r| r["routes"][0]["backlog"] == 0 && r["routes"][0]["state"] == "ok",
+    )
+    .await;
     assert_eq!(
         (
             r["routes"][0]["deadLetters"].as_u64(),
@@ -270,35 +261,39 @@ async fn the_operator_api_needs_the_admin_key_and_manages_dead_letters() {
     for _ in 0..3 {
         app.post_event(&item_added(&unique("x"))).await;
     }
-    let mut page = Value::Null;
-    for _ in 0..500 {
-        page = app
-            .http
-            .get(app.url("/dead-letters?limit=2"))
-            .header("X-Admin-Key", "admin-1")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["next"].is_i64() {
-            let second: Value = app
+    // The first page, once a second page holds the third letter.
+    let (page, _) = poll_until(
+        Duration::from_secs(20),
+        || async {
+            let page: Value = app
                 .http
-                .get(app.url(&format!("/dead-letters?limit=2&after={}", page["next"])))
-                .bearer_auth("admin-1")
+                .get(app.url("/dead-letters?limit=2"))
+                .header("X-Admin-Key", "admin-1")
                 .send()
                 .await
                 .unwrap()
                 .json()
                 .await
                 .unwrap();
-            if second["deadLetters"].as_array().unwrap().len() == 1 {
-                break;
+            let mut second = 0;
+            if page["next"].is_i64() {
+                let next: Value = app
+                    .http
+                    .get(app.url(&format!("/dead-letters?limit=2&after={}", page["next"])))
+                    .bearer_auth("admin-1")
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                second = next["deadLetters"].as_array().unwrap().len();
             }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            (page, second)
+        },
+        |(_, second)| *second == 1,
+    )
+    .await;
     let letters = page["deadLetters"].as_array().unwrap();
     assert_eq!(letters.len(), 2, "{page}");
     assert_eq!(letters[0]["attempts"], 1);
@@ -369,14 +364,12 @@ async fn a_redis_stream_route_gets_each_event_with_the_documented_fields() {
     for id in &ids[1..] {
         assert_eq!(app.post_event(&item_added(id)).await.0, 202);
     }
-    let mut got = Vec::new();
-    for _ in 0..500 {
-        got = entries(&redis_url, &stream.key).await;
-        if got.len() == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let got = poll_until(
+        Duration::from_secs(20),
+        || entries(&redis_url, &stream.key),
+        |got| got.len() == 5,
+    )
+    .await;
     assert_eq!(got.len(), 5);
     let ordered: Vec<String> = got
         .iter()

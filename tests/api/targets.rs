@@ -11,7 +11,7 @@ use cartstream::adapters::outbound::targets::{
     RedisStreamConfig, RedisStreamTarget, WebhookConfig, WebhookTarget,
 };
 use cartstream::domain::{Source, StoredEvent};
-use cartstream::ports::{DeliveryError, RouteTarget};
+use cartstream::ports::{DeliveryError, MockClock, RouteTarget, SystemClock};
 use hmac::{Hmac, Mac};
 use poem::http::{HeaderMap, StatusCode};
 use poem::listener::{Acceptor, Listener, TcpListener};
@@ -162,6 +162,7 @@ async fn record(req: &Request, body: Body, state: Data<&Arc<ReceiverState>>) -> 
     });
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
+        // A slow receiver on purpose: the webhook target's timeout is under test.
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap();
@@ -174,7 +175,7 @@ async fn record(req: &Request, body: Body, state: Data<&Arc<ReceiverState>>) -> 
 fn webhook(url: &str, configure: impl FnOnce(&mut WebhookConfig)) -> WebhookTarget {
     let mut config = WebhookConfig::new(url);
     configure(&mut config);
-    WebhookTarget::new(config).unwrap()
+    WebhookTarget::new(config, Arc::new(SystemClock)).unwrap()
 }
 
 async fn deliver(target: &dyn RouteTarget, events: &[StoredEvent]) -> Result<(), DeliveryError> {
@@ -217,6 +218,32 @@ async fn a_batch_is_one_signed_request_a_receiver_can_verify() {
         sig,
         &r.body,
         now() + 301
+    ));
+}
+
+#[tokio::test]
+async fn the_signature_is_dated_by_the_targets_clock() {
+    let receiver = Receiver::start(204).await;
+    let mut clock = MockClock::new();
+    clock
+        .expect_now()
+        .returning(|| "2026-01-02T03:04:05.678Z".parse().unwrap());
+    let mut config = WebhookConfig::new(&receiver.url);
+    config.secret = Some("whsec_hunter2".into());
+    let target = WebhookTarget::new(config, Arc::new(clock)).unwrap();
+
+    deliver(&target, &events(1)).await.unwrap();
+
+    let requests = receiver.requests();
+    let sig = requests[0]
+        .header("x-cartstream-signature")
+        .expect("signed");
+    assert!(sig.starts_with("t=1767323045,"), "{sig}");
+    assert!(verify_signature(
+        b"whsec_hunter2",
+        sig,
+        &requests[0].body,
+        1_767_323_045
     ));
 }
 

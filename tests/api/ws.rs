@@ -379,8 +379,15 @@ async fn a_client_that_ignores_pings_is_closed_with_1011() {
     })
     .await;
     let (mut ws, _) = app.ws().await;
-    // Not reading means tungstenite never answers the pings.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Not reading means tungstenite never answers the pings. The server counts the close
+    // before it sends it: wait for that over HTTP, never touching the socket (what is read
+    // next says whether it came).
+    poll_until(
+        Duration::from_secs(10),
+        || app.get_text("/metrics"),
+        |(_, m)| m.contains("cartstream_ws_closes_total{reason=\"ping_timeout\"} 1"),
+    )
+    .await;
     let mut pings = 0;
     let code = loop {
         match tokio::time::timeout(REPLY_TIMEOUT, futures_util::StreamExt::next(&mut ws))
@@ -401,7 +408,18 @@ async fn a_client_that_answers_pings_stays_connected() {
     let (mut ws, _) = app.ws().await;
     // recv_json keeps reading, so tungstenite answers every ping.
     for i in 0..8 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Waits for the server's next ping (reading it makes tungstenite answer it), so the
+        // exchange spans eight ping intervals.
+        loop {
+            let frame = tokio::time::timeout(REPLY_TIMEOUT, futures_util::StreamExt::next(&mut ws))
+                .await
+                .expect("a ping in time")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            if matches!(frame, Message::Ping(_)) {
+                break;
+            }
+        }
         send_json(
             &mut ws,
             &json!({"type": "ping", "requestId": i.to_string()}),

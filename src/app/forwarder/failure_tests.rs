@@ -5,6 +5,7 @@
 use super::*;
 use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
 use crate::ports::{JournalEntry, JournalStats, MockEventStore, MockJournal};
+use chrono::Utc;
 use serde_json::json;
 use std::sync::Mutex;
 
@@ -94,6 +95,7 @@ fn forwarder(journal: MockJournal, remote: MockEventStore, metrics: &Arc<Metrics
         },
         wake: Arc::new(Notify::new()),
         metrics: Arc::clone(metrics),
+        clock: Arc::new(crate::ports::SystemClock),
         routed_through: None,
     }
 }

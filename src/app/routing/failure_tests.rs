@@ -4,6 +4,7 @@
 //! over the real outbox.
 
 use super::*;
+use crate::app::test_wait::wait_for;
 use crate::domain::routing::{RouteMatch, RouteName};
 use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
 use crate::ports::{
@@ -202,6 +203,7 @@ fn routing_over(
         recorded: Arc::new(Notify::new()),
         routed_through: Arc::new(AtomicI64::new(at)),
         metrics: Arc::new(Metrics::new()),
+        clock: Arc::new(crate::ports::SystemClock),
     }
 }
 
@@ -221,16 +223,6 @@ impl Running {
         self.stop.cancel();
         self.task.await.unwrap();
     }
-}
-
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]

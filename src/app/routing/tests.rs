@@ -1,9 +1,10 @@
 use super::*;
 use crate::adapters::outbound::embedded::EmbeddedStore;
 use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::app::test_wait::{wait_for, wait_until};
 use crate::domain::routing::{RouteMatch, RouteName};
 use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
-use crate::ports::{DeliveryError, EventStore};
+use crate::ports::{DeliveryError, EventStore, TokioClock};
 use serde_json::json;
 use std::sync::atomic::AtomicUsize;
 
@@ -75,14 +76,16 @@ struct Harness {
 
 fn start(dir: &std::path::Path, routes: Vec<Arc<Route>>) -> Harness {
     let store = EmbeddedStore::open(dir).unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
     let routing = Arc::new(Routing {
         routes,
-        outbox: Arc::new(SqliteOutbox::open(dir).unwrap()),
+        outbox: Arc::new(SqliteOutbox::open(dir, Arc::clone(&clock)).unwrap()),
         feed: Arc::new(store.clone()),
         retired: None,
         recorded: Arc::new(Notify::new()),
         routed_through: Arc::new(AtomicI64::new(0)),
         metrics: Arc::new(Metrics::new()),
+        clock,
     });
     let stop = CancellationToken::new();
     let task = tokio::spawn(Arc::clone(&routing).run(stop.clone()));
@@ -118,22 +121,17 @@ fn route(name: &str, types: &[&str], target: Arc<Recorder>, policy: RoutePolicy)
     ))
 }
 
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
+/// Waits until the router has saved its starting cursor: events recorded from then on are
+/// routed.
+async fn started(routing: &Routing) {
+    wait_until("the router's starting cursor", || async {
+        let feed = routing.feed.name();
+        routing.outbox.cursor(feed).await.unwrap().is_some()
+    })
+    .await;
 }
 
-/// Lets the router save its starting cursor before events are recorded.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn matching_events_reach_each_route_in_order_and_others_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let checkout = Arc::new(Recorder::default());
@@ -150,7 +148,7 @@ async fn matching_events_reach_each_route_in_order_and_others_do_not() {
             route("all", &[], Arc::clone(&all), policy(3, 4)),
         ],
     );
-    settle().await;
+    started(&h.routing).await;
     let events: Vec<StoredEvent> = (0..30)
         .map(|i| {
             let t = if i % 3 == 0 {
@@ -186,7 +184,7 @@ async fn matching_events_reach_each_route_in_order_and_others_do_not() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn failures_are_retried_until_they_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let target = Arc::new(Recorder::default());
@@ -195,7 +193,7 @@ async fn failures_are_retried_until_they_succeed() {
         dir.path(),
         vec![route("r", &[], Arc::clone(&target), policy(10, 1))],
     );
-    settle().await;
+    started(&h.routing).await;
     h.record(&[
         event("a", "u", "cart_viewed"),
         event("b", "u", "cart_viewed"),
@@ -211,7 +209,7 @@ async fn failures_are_retried_until_they_succeed() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn after_max_attempts_deliveries_are_dead_lettered_and_replay_delivers_them() {
     let dir = tempfile::tempdir().unwrap();
     let target = Arc::new(Recorder::default());
@@ -220,20 +218,17 @@ async fn after_max_attempts_deliveries_are_dead_lettered_and_replay_delivers_the
         dir.path(),
         vec![route("r", &[], Arc::clone(&target), policy(3, 1))],
     );
-    settle().await;
+    started(&h.routing).await;
     h.record(&[event("a", "u", "cart_viewed")]).await;
     let outbox = Arc::clone(&h.routing.outbox);
-    for _ in 0..500 {
-        if !outbox
+    wait_until("a dead letter", || async {
+        !outbox
             .dead_letters(None, None, 10)
             .await
             .unwrap()
             .is_empty()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     let dead = outbox.dead_letters(None, None, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -250,7 +245,7 @@ async fn after_max_attempts_deliveries_are_dead_lettered_and_replay_delivers_the
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_permanent_refusal_is_dead_lettered_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let target = Arc::new(Recorder::default());
@@ -260,7 +255,7 @@ async fn a_permanent_refusal_is_dead_lettered_at_once() {
         dir.path(),
         vec![route("r", &[], Arc::clone(&target), policy(10, 1))],
     );
-    settle().await;
+    started(&h.routing).await;
     h.record(&[event("a", "u", "cart_viewed")]).await;
     let outbox = Arc::clone(&h.routing.outbox);
     wait_for("a dead letter", || {
@@ -278,7 +273,7 @@ async fn a_permanent_refusal_is_dead_lettered_at_once() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn undelivered_events_are_delivered_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let down = Arc::new(Recorder::default());
@@ -287,7 +282,7 @@ async fn undelivered_events_are_delivered_after_a_restart() {
         dir.path(),
         vec![route("r", &[], Arc::clone(&down), policy(1000, 1))],
     );
-    settle().await;
+    started(&h.routing).await;
     h.record(&[
         event("a", "u", "cart_viewed"),
         event("b", "v", "cart_viewed"),
@@ -308,7 +303,7 @@ async fn undelivered_events_are_delivered_after_a_restart() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn events_recorded_before_routes_existed_are_not_routed() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -323,7 +318,7 @@ async fn events_recorded_before_routes_existed_are_not_routed() {
         dir.path(),
         vec![route("r", &[], Arc::clone(&target), policy(3, 1))],
     );
-    settle().await;
+    started(&h.routing).await;
     h.record(&[event("new", "u", "cart_viewed")]).await;
     wait_for("the new event", || {
         target.received.lock().unwrap().len() == 1
@@ -358,14 +353,15 @@ fn backoff_doubles_up_to_the_cap_with_jitter() {
 /// A setup whose routing read the embedded events table now reads a journal in front of it:
 /// what the table held unrouted when the process started is routed first, then the table's
 /// cursor is retired, and rows that came later (through the journal) are not routed twice.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retired_feed_is_caught_up_once_then_the_new_feed_is_routed() {
     use crate::adapters::outbound::journal::SqliteJournal;
     use crate::ports::{Journal, Outbox};
 
     let dir = tempfile::tempdir().unwrap();
     let table = EmbeddedStore::open(dir.path()).unwrap();
-    let outbox = Arc::new(SqliteOutbox::open(dir.path()).unwrap());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
+    let outbox = Arc::new(SqliteOutbox::open(dir.path(), Arc::clone(&clock)).unwrap());
     // The old router had taken the table through its first row.
     table
         .insert(&[event("old-1", "u", "cart_viewed")])
@@ -396,10 +392,11 @@ async fn a_retired_feed_is_caught_up_once_then_the_new_feed_is_routed() {
         recorded: Arc::new(Notify::new()),
         routed_through: Arc::new(AtomicI64::new(0)),
         metrics: Arc::new(Metrics::new()),
+        clock,
     });
     let stop = CancellationToken::new();
     let task = tokio::spawn(Arc::clone(&routing).run(stop.clone()));
-    settle().await;
+    started(&routing).await;
     journal
         .append(&[event("new-1", "u", "cart_viewed")])
         .await
@@ -409,7 +406,14 @@ async fn a_retired_feed_is_caught_up_once_then_the_new_feed_is_routed() {
         target.received.lock().unwrap().len() == 3
     })
     .await;
-    settle().await;
+    // Nothing more can come once both feeds are taken in and the outbox is empty.
+    let head = journal.head().await.unwrap();
+    wait_until("routing to go idle", || async {
+        routing.routed_through.load(Ordering::Acquire) == head
+            && outbox.cursor("embedded").await.unwrap() == Some(RETIRED)
+            && outbox.backlog("r").await.unwrap().pending == 0
+    })
+    .await;
     assert_eq!(
         *target.received.lock().unwrap(),
         ["old-2", "old-3", "new-1"]

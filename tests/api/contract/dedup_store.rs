@@ -2,12 +2,13 @@
 //! store. Runs on the embedded store (dedup state in its own table) and Redis.
 
 use crate::backends::{redis_prefix, redis_url_or_skip};
-use cartstream::adapters::outbound::embedded::EmbeddedStore;
+use cartstream::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use cartstream::domain::{DedupKey, EventId};
-use cartstream::ports::{Claim, DedupStore, Lease};
+use cartstream::ports::{Claim, Clock, DedupStore, Lease};
+use chrono::{DateTime, Utc};
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const HOLD: Duration = Duration::from_secs(60);
@@ -16,23 +17,45 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// A store under test.
 pub struct Subject {
     store: Arc<dyn DedupStore>,
+    /// The store's clock, when the test can move it.
+    clock: Option<Arc<ManualClock>>,
     /// What must live as long as the store (its directory).
     _keep: Box<dyn Any + Send>,
 }
 
 impl Subject {
-    /// Lets `d` pass for the store's holds and windows. A real wait: Redis expires keys on its
-    /// own clock, and the embedded store reads the system clock.
+    /// Lets `d` pass for the store's holds and windows: the embedded store's injected clock
+    /// is moved; Redis expires keys on its own clock, so for Redis this is a real wait.
     async fn let_pass(&self, d: Duration) {
-        tokio::time::sleep(d).await;
+        match &self.clock {
+            Some(clock) => clock.advance(d),
+            None => tokio::time::sleep(d).await,
+        }
+    }
+}
+
+/// A clock that stands still until moved.
+struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    fn advance(&self, d: Duration) {
+        *self.0.lock().unwrap() += chrono::Duration::from_std(d).unwrap();
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
     }
 }
 
 async fn embedded() -> Option<Subject> {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let clock = Arc::new(ManualClock(Mutex::new(Utc::now())));
+    let store = EmbeddedStore::open_with(dir.path(), DedupMode::Table, clock.clone()).unwrap();
     Some(Subject {
         store: Arc::new(store),
+        clock: Some(clock),
         _keep: Box::new(dir),
     })
 }
@@ -42,6 +65,7 @@ async fn redis() -> Option<Subject> {
     config.key_prefix = redis_prefix();
     Some(Subject {
         store: Arc::new(RedisDedupStore::new(config).unwrap()),
+        clock: None,
         _keep: Box::new(()),
     })
 }

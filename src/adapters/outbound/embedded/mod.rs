@@ -12,14 +12,14 @@ use super::sqlite::{
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
-    Claim, DedupStore, EventFeed, EventPage, EventQuery, EventStore, FeedEntry, Lease, PortError,
+    Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, FeedEntry, Lease,
+    PortError, SystemClock,
 };
-use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -43,19 +43,19 @@ CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires_at);
 
 /// How many expired dedup rows one purge removes at most, so a purge never stalls writes.
 const PURGE_BATCH: i64 = 5_000;
-/// How often confirmations purge expired dedup rows.
-const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// How often confirmations purge expired dedup rows, in milliseconds.
+const PURGE_EVERY_MS: i64 = 30_000;
 
 struct ClaimState {
     conn: Connection,
-    /// Keys claimed but not yet confirmed or released, with when the hold ends and the lease
-    /// holding them. Held only in memory on purpose: a crash between claim and commit must
-    /// leave nothing behind.
-    pending: HashMap<String, (Instant, u128)>,
+    /// Keys claimed but not yet confirmed or released, with when the hold ends (Unix
+    /// milliseconds by the store's clock) and the lease holding them. Held only in memory on
+    /// purpose: a crash between claim and commit must leave nothing behind.
+    pending: HashMap<String, (i64, u128)>,
     /// In `DedupMode::Events`: keys whose events are recorded (in the journal in front of
-    /// this store) but not yet in the `events` table, until when they are remembered. A key
-    /// leaves when its event reaches the table.
-    recorded: HashMap<String, Instant>,
+    /// this store) but not yet in the `events` table, until when (Unix milliseconds) they are
+    /// remembered. A key leaves when its event reaches the table.
+    recorded: HashMap<String, i64>,
     /// Keys whose events reached the table while still claimed (the journal was drained
     /// before the claim was confirmed): their confirmation has nothing left to remember.
     indexed_early: std::collections::HashSet<String>,
@@ -63,7 +63,8 @@ struct ClaimState {
 
 struct WriteState {
     conn: Connection,
-    last_purge: Instant,
+    /// Unix milliseconds.
+    last_purge: i64,
 }
 
 /// Event store and dedup store over one SQLite file.
@@ -85,6 +86,9 @@ pub enum DedupMode {
 
 struct Inner {
     mode: DedupMode,
+    /// Every reading of the time: holds, what is remembered until when, the window, purges.
+    /// One clock, so the in-memory deadlines and the stored times agree.
+    clock: Arc<dyn Clock>,
     write: Mutex<WriteState>,
     /// Confirmations go through their own connection with `synchronous=NORMAL`: they need no
     /// fsync of their own. Losing the last confirmations to a power cut only means a retry
@@ -95,24 +99,37 @@ struct Inner {
     read: Mutex<Connection>,
 }
 
-fn now_ms() -> i64 {
-    unix_ms(Utc::now())
+impl Inner {
+    fn now_ms(&self) -> i64 {
+        unix_ms(self.clock.now())
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) `cartstream.db` in `data_dir`.
+    /// Opens (creating if needed) `cartstream.db` in `data_dir`, keeping dedup state in its
+    /// own table, on the system clock.
     ///
     /// # Errors
     /// When the directory cannot be created or the database cannot be opened.
     pub fn open(data_dir: &Path) -> Result<Self, PortError> {
-        Self::open_with(data_dir, DedupMode::Table)
+        Self::open_with(data_dir, DedupMode::Table, Arc::new(SystemClock))
     }
 
-    /// Like [`open`](Self::open), choosing where dedup state lives.
+    /// Like [`open`](Self::open), choosing where dedup state lives and the clock that says
+    /// when holds end and ids stop being remembered.
     ///
     /// # Errors
     /// When the directory cannot be created or the database cannot be opened.
-    pub fn open_with(data_dir: &Path, mode: DedupMode) -> Result<Self, PortError> {
+    pub fn open_with(
+        data_dir: &Path,
+        mode: DedupMode,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, PortError> {
         let path = db_path(data_dir, "cartstream.db")?;
         let write = open_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
@@ -122,16 +139,18 @@ impl EmbeddedStore {
             .map_err(db_err)?;
         let claims = open_conn(&path)?;
         let read = open_conn(&path)?;
+        let now = unix_ms(clock.now());
         Ok(Self {
             inner: Arc::new(Inner {
                 mode,
+                clock,
                 write: Mutex::new(WriteState {
                     conn: write,
-                    last_purge: Instant::now(),
+                    last_purge: now,
                 }),
                 confirm: Mutex::new(WriteState {
                     conn: confirm,
-                    last_purge: Instant::now(),
+                    last_purge: now,
                 }),
                 claims: Mutex::new(ClaimState {
                     conn: claims,
@@ -231,8 +250,7 @@ impl DedupStore for EmbeddedStore {
         let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
         self.blocking(move |inner| {
             let mut state = lock(&inner.claims);
-            let now = Instant::now();
-            let now_ms = now_ms();
+            let now = inner.now_ms();
             let ClaimState {
                 conn,
                 pending,
@@ -244,7 +262,7 @@ impl DedupStore for EmbeddedStore {
                 DedupMode::Table => ("SELECT expires_at FROM dedup WHERE key = ?1", 0),
                 DedupMode::Events { window } => (
                     "SELECT received_at FROM events WHERE event_id = ?1",
-                    window.as_millis().min(i64::MAX as u128) as i64,
+                    millis(window),
                 ),
             };
             let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
@@ -263,10 +281,10 @@ impl DedupStore for EmbeddedStore {
                     .optional()
                     .map_err(db_err)?
                     .map(|t| t.saturating_add(extra_ms));
-                if expires.is_some_and(|e| e > now_ms) {
+                if expires.is_some_and(|e| e > now) {
                     out.push(Claim::Duplicate);
                 } else {
-                    pending.insert(key, (now + hold, lease_id));
+                    pending.insert(key, (now.saturating_add(millis(hold)), lease_id));
                     out.push(Claim::New);
                 }
             }
@@ -293,7 +311,7 @@ impl DedupStore for EmbeddedStore {
             return self
                 .blocking(move |inner| {
                     let mut state = lock(&inner.claims);
-                    let until = Instant::now() + remembered;
+                    let until = inner.now_ms().saturating_add(millis(remembered));
                     for k in keys {
                         unpend(&mut state.pending, &k, lease_id);
                         if !state.indexed_early.remove(&k) {
@@ -305,11 +323,12 @@ impl DedupStore for EmbeddedStore {
                 .await;
         }
         let keys: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
-        let expires_at = now_ms().saturating_add(window.as_millis().min(i64::MAX as u128) as i64);
         let confirmed = keys.clone();
         self.blocking(move |inner| {
+            let now = inner.now_ms();
+            let expires_at = now.saturating_add(millis(window));
             let mut state = lock(&inner.confirm);
-            let purge = state.last_purge.elapsed() >= PURGE_EVERY;
+            let purge = now.saturating_sub(state.last_purge) >= PURGE_EVERY_MS;
             let tx = state.conn.transaction().map_err(db_err)?;
             {
                 let mut stmt = tx
@@ -324,14 +343,14 @@ impl DedupStore for EmbeddedStore {
                     tx.execute(
                         "DELETE FROM dedup WHERE rowid IN
                          (SELECT rowid FROM dedup WHERE expires_at <= ?1 LIMIT ?2)",
-                        params![now_ms(), PURGE_BATCH],
+                        params![now, PURGE_BATCH],
                     )
                     .map_err(db_err)?;
                 }
             }
             tx.commit().map_err(db_err)?;
             if purge {
-                state.last_purge = Instant::now();
+                state.last_purge = now;
             }
             Ok(())
         })
@@ -397,7 +416,7 @@ impl EmbeddedStore {
     /// store still holds.
     pub fn remember_recorded(&self, ids: impl IntoIterator<Item = String>) {
         if let DedupMode::Events { window } = self.inner.mode {
-            let until = Instant::now() + window;
+            let until = self.inner.now_ms().saturating_add(millis(window));
             let mut claims = lock(&self.inner.claims);
             for id in ids {
                 claims.recorded.insert(id, until);
@@ -419,7 +438,7 @@ impl EmbeddedStore {
 }
 
 /// Ends `lease`'s hold on `key`; a hold another lease took since (after ours ran out) stays.
-fn unpend(pending: &mut HashMap<String, (Instant, u128)>, key: &str, lease: u128) {
+fn unpend(pending: &mut HashMap<String, (i64, u128)>, key: &str, lease: u128) {
     if pending.get(key).is_some_and(|(_, holder)| *holder == lease) {
         pending.remove(key);
     }

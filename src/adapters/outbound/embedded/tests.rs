@@ -31,6 +31,16 @@ async fn claim_anew(store: &EmbeddedStore, hold: Duration, keys: &[DedupKey]) ->
     store.claim(&lease(hold, WINDOW), keys).await.unwrap()
 }
 
+/// A store whose clock follows tokio's (paused) time: `tokio::time::advance` moves it.
+fn open_on_tokio_time(dir: &Path) -> EmbeddedStore {
+    EmbeddedStore::open_with(
+        dir,
+        DedupMode::Table,
+        Arc::new(crate::ports::TokioClock::start()),
+    )
+    .unwrap()
+}
+
 fn q() -> EventQuery {
     EventQuery::first(100)
 }
@@ -41,16 +51,16 @@ fn keys(ks: &[&str]) -> Vec<DedupKey> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_expired_hold_frees_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let store = open_on_tokio_time(dir.path());
     let ks = keys(&["k-1"]);
     store
         .claim(&lease(Duration::from_millis(20), WINDOW), &ks)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(40)).await;
+    tokio::time::advance(Duration::from_millis(40)).await;
     assert_eq!(
         store
             .claim(&lease(Duration::from_secs(1), WINDOW), &ks)
@@ -92,6 +102,7 @@ async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
         DedupMode::Events {
             window: Duration::from_secs(3600),
         },
+        Arc::new(SystemClock),
     )
     .unwrap();
     let hold = Duration::from_secs(30);
@@ -137,7 +148,12 @@ async fn in_events_mode_dedup_reads_the_stored_events_within_the_window() {
 async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let window = Duration::from_secs(3600);
-    let store = EmbeddedStore::open_with(dir.path(), DedupMode::Events { window }).unwrap();
+    let store = EmbeddedStore::open_with(
+        dir.path(),
+        DedupMode::Events { window },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     let hold = Duration::from_secs(30);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut e = event("late", &now);
@@ -193,14 +209,14 @@ async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_ta
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lease_ends_only_its_own_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let store = open_on_tokio_time(dir.path());
     let ks = keys(&["k-1"]);
     let late = lease(Duration::from_millis(20), WINDOW);
     store.claim(&late, &ks).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(40)).await;
+    tokio::time::advance(Duration::from_millis(40)).await;
     let taker = lease(HOLD, WINDOW);
     assert_eq!(store.claim(&taker, &ks).await.unwrap(), [Claim::New]);
     // The holder whose hold ran out gives up: the taker's hold stays.

@@ -5,7 +5,7 @@
 use crate::adapters::outbound::sqlite::{
     blocking, db_err, db_path, from_ms, lock, open_conn, unix_ms, Row,
 };
-use crate::ports::{DeadLetter, Delivery, Outbox, OutboxItem, PortError, RouteBacklog};
+use crate::ports::{Clock, DeadLetter, Delivery, Outbox, OutboxItem, PortError, RouteBacklog};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -63,14 +63,16 @@ pub struct SqliteOutbox {
 struct Inner {
     write: Mutex<Connection>,
     read: Mutex<Connection>,
+    /// When a delivery became a dead letter (`failedAt`).
+    clock: Arc<dyn Clock>,
 }
 
 impl SqliteOutbox {
-    /// Opens (creating if needed) `outbox.db` in `data_dir`.
+    /// Opens (creating if needed) `outbox.db` in `data_dir`; `clock` dates dead letters.
     ///
     /// # Errors
     /// When the directory or database cannot be opened.
-    pub fn open(data_dir: &Path) -> Result<Self, PortError> {
+    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, PortError> {
         let path = db_path(data_dir, "outbox.db")?;
         let write = open_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
@@ -79,6 +81,7 @@ impl SqliteOutbox {
             inner: Arc::new(Inner {
                 write: Mutex::new(write),
                 read: Mutex::new(read),
+                clock,
             }),
         })
     }
@@ -258,7 +261,7 @@ impl Outbox for SqliteOutbox {
                 let mut delete = tx
                     .prepare_cached("DELETE FROM deliveries WHERE id = ?1")
                     .map_err(db_err)?;
-                let now = unix_ms(Utc::now());
+                let now = unix_ms(inner.clock.now());
                 for id in &ids {
                     copy.execute(params![id, error, now]).map_err(db_err)?;
                     delete.execute([id]).map_err(db_err)?;

@@ -17,6 +17,17 @@ fn event(id: &str) -> StoredEvent {
     }
 }
 
+/// When the outbox's clock says dead letters failed.
+fn at() -> DateTime<Utc> {
+    "2026-01-02T03:04:05.678Z".parse().unwrap()
+}
+
+fn open(dir: &Path) -> SqliteOutbox {
+    let mut clock = crate::ports::MockClock::new();
+    clock.expect_now().returning(at);
+    SqliteOutbox::open(dir, Arc::new(clock)).unwrap()
+}
+
 fn d(route: &str, lane: u32, id: &str) -> Delivery {
     Delivery {
         route: route.into(),
@@ -35,7 +46,7 @@ fn ids(items: &[OutboxItem]) -> Vec<&str> {
 #[tokio::test]
 async fn enqueue_moves_the_cursor_and_lanes_keep_their_order() {
     let dir = tempfile::tempdir().unwrap();
-    let o = SqliteOutbox::open(dir.path()).unwrap();
+    let o = open(dir.path());
     assert_eq!(o.cursor("journal").await.unwrap(), None);
     o.enqueue(
         "journal",
@@ -71,7 +82,7 @@ async fn enqueue_moves_the_cursor_and_lanes_keep_their_order() {
 #[tokio::test]
 async fn delivered_retried_and_dead_lettered_items() {
     let dir = tempfile::tempdir().unwrap();
-    let o = SqliteOutbox::open(dir.path()).unwrap();
+    let o = open(dir.path());
     o.enqueue("f", &[d("a", 0, "e1"), d("a", 0, "e2"), d("a", 0, "e3")], 1)
         .await
         .unwrap();
@@ -92,6 +103,7 @@ async fn delivered_retried_and_dead_lettered_items() {
         (2, "gave up")
     );
     assert_eq!(dead[0].event.event.event_id().as_str(), "e2");
+    assert_eq!(dead[0].failed_at, at(), "dated by the outbox's clock");
     assert_eq!(dead[0].event.event.metadata().to_object()["k"], "ü");
     assert_eq!(
         o.backlog("a").await.unwrap(),
@@ -105,7 +117,7 @@ async fn delivered_retried_and_dead_lettered_items() {
 #[tokio::test]
 async fn dead_letters_page_filter_replay_and_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let o = SqliteOutbox::open(dir.path()).unwrap();
+    let o = open(dir.path());
     o.enqueue(
         "f",
         &[
@@ -155,10 +167,10 @@ async fn dead_letters_page_filter_replay_and_delete() {
 async fn a_reopened_outbox_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let o = SqliteOutbox::open(dir.path()).unwrap();
+        let o = open(dir.path());
         o.enqueue("f", &[d("a", 0, "e1")], 42).await.unwrap();
     }
-    let o = SqliteOutbox::open(dir.path()).unwrap();
+    let o = open(dir.path());
     assert_eq!(o.cursor("f").await.unwrap(), Some(42));
     assert_eq!(ids(&o.head("a", 0, 10).await.unwrap()), ["e1"]);
 }

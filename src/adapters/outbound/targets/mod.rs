@@ -10,7 +10,7 @@ pub use log::{LogConfig, LogLevel, LogTarget};
 pub use redis_stream::{RedisStreamConfig, RedisStreamTarget};
 pub use webhook::{WebhookConfig, WebhookTarget};
 
-use crate::ports::{PortError, RouteTarget};
+use crate::ports::{Clock, PortError, RouteTarget};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ pub enum TargetConfig {
 /// Builds the target `config` describes, without touching the network; call it inside the
 /// Tokio runtime (Redis pools need one). `default_redis_url`
 /// (the service's `CARTSTREAM_REDIS_URL`) is where a `redis_stream` target without its own
-/// `url` writes.
+/// `url` writes. `clock` dates webhook signatures.
 ///
 /// # Errors
 /// `Failed` when the configuration is invalid (see each target's `new`); messages contain no
@@ -34,9 +34,10 @@ pub enum TargetConfig {
 pub fn build_target(
     config: &TargetConfig,
     default_redis_url: Option<&str>,
+    clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn RouteTarget>, PortError> {
     Ok(match config {
-        TargetConfig::Webhook(c) => Arc::new(WebhookTarget::new(c.clone())?),
+        TargetConfig::Webhook(c) => Arc::new(WebhookTarget::new(c.clone(), clock)?),
         TargetConfig::RedisStream(c) => {
             Arc::new(RedisStreamTarget::new(c.clone(), default_redis_url)?)
         }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::domain::{fixtures, StoredEvent};
+use crate::ports::SystemClock;
 use serde_json::json;
 use std::io::Write;
 use std::sync::Mutex;
@@ -136,7 +137,7 @@ fn config_mistakes_are_rejected_by_name() {
 #[tokio::test]
 async fn build_target_builds_each_kind_offline() {
     let build = |text: &str, default: Option<&str>| {
-        build_target(&parse(text).unwrap(), default).map(|t| t.describe())
+        build_target(&parse(text).unwrap(), default, Arc::new(SystemClock)).map(|t| t.describe())
     };
     assert_eq!(
         build(

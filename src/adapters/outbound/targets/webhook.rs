@@ -8,7 +8,7 @@
 use super::super::redact::{scrub, url_secrets};
 use crate::adapters::event_json::event_json;
 use crate::domain::StoredEvent;
-use crate::ports::{DeliveryError, PortError, RouteTarget};
+use crate::ports::{Clock, DeliveryError, PortError, RouteTarget};
 use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
@@ -16,7 +16,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The signature header; absent when the target has no secret.
 pub const SIGNATURE_HEADER: &str = "x-cartstream-signature";
@@ -99,6 +100,8 @@ pub struct WebhookTarget {
     shown_url: String,
     /// The secret and the URL's password and query, scrubbed from every message.
     secrets: Vec<String>,
+    /// The signature's timestamp, which receivers check for freshness.
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for WebhookTarget {
@@ -118,7 +121,7 @@ impl WebhookTarget {
     /// `Failed` for a URL that is not http(s), an empty secret, a zero timeout, or a header name
     /// or value that is not valid HTTP (or one the target sets itself). Messages never contain
     /// the secret, header values or URL credentials.
-    pub fn new(config: WebhookConfig) -> Result<Self, PortError> {
+    pub fn new(config: WebhookConfig, clock: Arc<dyn Clock>) -> Result<Self, PortError> {
         let shown_url = shown_url_of(&config.url);
         let mut secrets = url_secrets(&config.url);
         let url = Url::parse(&config.url).map_err(|e| {
@@ -163,6 +166,7 @@ impl WebhookTarget {
             batch: config.batch,
             shown_url,
             secrets,
+            clock,
         })
     }
 
@@ -176,7 +180,7 @@ impl WebhookTarget {
         if let Some(secret) = &self.secret {
             let mut value = HeaderValue::try_from(signature_header(
                 secret.as_bytes(),
-                unix_seconds(),
+                u64::try_from(self.clock.now().timestamp()).unwrap_or(0),
                 &body,
             ))
             .map_err(|_| DeliveryError::permanent("webhook signature is not a header value"))?;
@@ -270,12 +274,6 @@ fn signature(secret: &[u8], t: u64, body: &[u8]) -> Vec<u8> {
     mac.update(b".");
     mac.update(body);
     mac.finalize().into_bytes().to_vec()
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether a non-2xx answer may succeed later: timeouts, "too early", rate limits and server
@@ -422,7 +420,7 @@ mod tests {
     fn target(url: &str, secret: Option<&str>) -> WebhookTarget {
         let mut config = WebhookConfig::new(url);
         config.secret = secret.map(str::to_owned);
-        WebhookTarget::new(config).unwrap()
+        WebhookTarget::new(config, Arc::new(crate::ports::SystemClock)).unwrap()
     }
 
     #[test]
@@ -488,7 +486,7 @@ mod tests {
         let with = |name: &str, value: &str| {
             let mut c = WebhookConfig::new("https://example.com/hook");
             c.headers.insert(name.into(), value.into());
-            WebhookTarget::new(c)
+            WebhookTarget::new(c, Arc::new(crate::ports::SystemClock))
         };
         assert!(with("Authorization", "Bearer abc").is_ok());
         assert!(with("X-Team", "carts").is_ok());
@@ -505,13 +503,21 @@ mod tests {
 
     #[test]
     fn bad_urls_and_empty_secrets_are_rejected() {
-        assert!(WebhookTarget::new(WebhookConfig::new("not a url")).is_err());
-        assert!(WebhookTarget::new(WebhookConfig::new("ftp://example.com/x")).is_err());
+        assert!(WebhookTarget::new(
+            WebhookConfig::new("not a url"),
+            Arc::new(crate::ports::SystemClock)
+        )
+        .is_err());
+        assert!(WebhookTarget::new(
+            WebhookConfig::new("ftp://example.com/x"),
+            Arc::new(crate::ports::SystemClock)
+        )
+        .is_err());
         let mut c = WebhookConfig::new("https://example.com");
         c.secret = Some(String::new());
-        assert!(WebhookTarget::new(c).is_err());
+        assert!(WebhookTarget::new(c, Arc::new(crate::ports::SystemClock)).is_err());
         let mut c = WebhookConfig::new("https://example.com");
         c.timeout = Duration::ZERO;
-        assert!(WebhookTarget::new(c).is_err());
+        assert!(WebhookTarget::new(c, Arc::new(crate::ports::SystemClock)).is_err());
     }
 }
