@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use super::{parse_event, CartEvent, EventId, Source, StoredEvent, ValidationPolicy};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{json, Value};
 
 /// When fixtures happen unless told otherwise: 2025-08-10T03:27:04.000Z.
@@ -26,8 +26,7 @@ pub fn event(id: &str) -> Fixture {
     }
 }
 
-/// An event as the wire sends it (`raw` must have a `timestamp`), received at its timestamp
-/// over HTTP.
+/// An event as the wire sends it, received at its timestamp (or now, without one) over HTTP.
 pub fn from_json(raw: Value) -> Fixture {
     Fixture {
         raw,
@@ -108,31 +107,40 @@ impl Fixture {
         self
     }
 
-    /// The event's `timestamp`.
+    /// The event's `timestamp`, or the current time for an event without one (the server's
+    /// clock would have stamped it).
     pub fn timestamp(&self) -> DateTime<Utc> {
-        self.raw["timestamp"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .expect("fixtures have an RFC 3339 timestamp")
+        match self.raw.get("timestamp") {
+            Some(t) => t
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .expect("a fixture's timestamp is RFC 3339"),
+            None => Utc::now().trunc_subsecs(3),
+        }
     }
 
     /// The validated event, as the wire would have sent it at its own timestamp.
     pub fn cart_event(&self) -> CartEvent {
-        parse_event(
-            &self.raw,
-            &ValidationPolicy::protocol_default(),
-            self.timestamp(),
-            || EventId::from_random_bytes([1; 16]),
-        )
-        .unwrap_or_else(|errors| panic!("fixture {} is invalid: {errors:?}", self.raw))
+        self.parsed_at(self.timestamp())
     }
 
     /// The event as a store keeps it.
     pub fn stored(&self) -> StoredEvent {
+        let at = self.timestamp();
         StoredEvent {
-            event: self.cart_event(),
-            received_at: self.timestamp() + chrono::Duration::milliseconds(self.received_later_ms),
+            event: self.parsed_at(at),
+            received_at: at + chrono::Duration::milliseconds(self.received_later_ms),
             source: self.source,
         }
+    }
+
+    fn parsed_at(&self, now: DateTime<Utc>) -> CartEvent {
+        parse_event(
+            &self.raw,
+            &ValidationPolicy::protocol_default(),
+            now,
+            || EventId::from_random_bytes([1; 16]),
+        )
+        .unwrap_or_else(|errors| panic!("fixture {} is invalid: {errors:?}", self.raw))
     }
 }

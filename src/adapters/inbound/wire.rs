@@ -276,25 +276,16 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
+    use crate::domain::{fixtures, Source};
 
     #[test]
     fn route_targets_see_exactly_what_get_events_returns() {
-        let now = chrono::Utc::now();
         for raw in [
             serde_json::json!({"eventId": "e", "userId": "u", "sessionId": "s", "eventType": "item_added",
                                "metadata": {"productId": "p", "z": [1, {"a": null}]}}),
             serde_json::json!({"userId": "u", "eventType": "cart_viewed"}),
         ] {
-            let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-                EventId::from_random_bytes([9; 16])
-            })
-            .unwrap();
-            let stored = StoredEvent {
-                event,
-                received_at: now,
-                source: Source::Ws,
-            };
+            let stored = fixtures::from_json(raw).via(Source::Ws).stored();
             let view = serde_json::to_value(EventView::from(stored.clone())).unwrap();
             assert_eq!(view, crate::adapters::event_json::event_json(&stored));
         }

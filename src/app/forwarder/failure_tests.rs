@@ -3,26 +3,18 @@
 //! for the forwarder to loop as it does over the real journal.
 
 use super::*;
-use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
+use crate::domain::{fixtures, Source};
 use crate::ports::{JournalEntry, JournalStats, MockEventStore, MockJournal};
 use chrono::Utc;
-use serde_json::json;
 use std::sync::Mutex;
 
 fn entry(seq: i64) -> JournalEntry {
-    let raw = json!({"eventId": format!("e{seq}"), "userId": "u", "eventType": "cart_viewed"});
-    let now = Utc::now();
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-        EventId::from_random_bytes([7; 16])
-    })
-    .unwrap();
     JournalEntry {
         seq,
-        event: StoredEvent {
-            event,
-            received_at: crate::domain::event::to_millis(now),
-            source: Source::Ws,
-        },
+        event: fixtures::event(&format!("e{seq}"))
+            .at_now()
+            .via(Source::Ws)
+            .stored(),
         bytes: 100,
     }
 }

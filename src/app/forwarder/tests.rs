@@ -1,24 +1,12 @@
 use super::*;
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::app::test_wait::wait_for;
-use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
+use crate::domain::{fixtures, Source};
 use crate::ports::{MockEventStore, TokioClock};
-use chrono::Utc;
-use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn event(id: &str) -> StoredEvent {
-    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed"});
-    let now = Utc::now();
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-        EventId::from_random_bytes([3; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: crate::domain::event::to_millis(now),
-        source: Source::Ws,
-    }
+    fixtures::event(id).at_now().via(Source::Ws).stored()
 }
 
 fn policy(max_rows: usize, interval_ms: u64) -> FlushPolicy {
@@ -149,21 +137,7 @@ async fn reads_see_journal_entries_and_remote_rows_once_each() {
 
 /// An event `ms` after a fixed instant, so tests can place it in the listing.
 fn event_at(id: &str, ms: i64) -> StoredEvent {
-    let at = chrono::DateTime::parse_from_rfc3339("2025-08-10T03:27:04.000Z")
-        .unwrap()
-        .with_timezone(&Utc)
-        + chrono::Duration::milliseconds(ms);
-    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed",
-                     "timestamp": at.to_rfc3339()});
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), at, || {
-        EventId::from_random_bytes([3; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: at,
-        source: Source::Ws,
-    }
+    fixtures::event(id).at_ms(ms).via(Source::Ws).stored()
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::domain::parse_event;
+use crate::domain::{fixtures, parse_event};
 use crate::ports::{MockClock, MockDedupStore, MockEventStore};
 use chrono::{TimeZone, Utc};
 use mockall::predicate::always;
@@ -32,15 +32,7 @@ fn committer_on(dedup: MockDedupStore, store: MockEventStore, outage: DedupOutag
 }
 
 fn ev(id: &str) -> (CartEvent, Source) {
-    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed"});
-    let e = parse_event(
-        &raw,
-        &ValidationPolicy::protocol_default(),
-        Utc.with_ymd_and_hms(2025, 8, 10, 3, 27, 4).unwrap(),
-        || EventId::from_random_bytes([0; 16]),
-    )
-    .unwrap();
-    (e, Source::Http)
+    (fixtures::event(id).cart_event(), Source::Http)
 }
 
 fn no_id() -> (CartEvent, Source) {

@@ -6,28 +6,17 @@
 use super::*;
 use crate::app::test_wait::wait_for;
 use crate::domain::routing::{RouteMatch, RouteName};
-use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
+use crate::domain::{fixtures, Source, StoredEvent};
 use crate::ports::{
     DeliveryError, MockEventFeed, MockOutbox, MockRouteTarget, PortError, RouteBacklog,
 };
-use serde_json::json;
 use std::collections::HashMap;
 use std::time::Instant;
 
 const ROUTE: &str = "crm";
 
 fn event(id: &str) -> StoredEvent {
-    let raw = json!({"eventId": id, "userId": "u", "eventType": "cart_viewed"});
-    let now = Utc::now();
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-        EventId::from_random_bytes([6; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: crate::domain::event::to_millis(now),
-        source: Source::Ws,
-    }
+    fixtures::event(id).at_now().via(Source::Ws).stored()
 }
 
 fn entries(seqs: std::ops::RangeInclusive<i64>) -> Vec<FeedEntry> {

@@ -3,7 +3,7 @@ use crate::adapters::outbound::embedded::EmbeddedStore;
 use crate::adapters::outbound::outbox::SqliteOutbox;
 use crate::app::test_wait::{wait_for, wait_until};
 use crate::domain::routing::{RouteMatch, RouteName};
-use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
+use crate::domain::{fixtures, Source, StoredEvent};
 use crate::ports::{DeliveryError, EventStore, TokioClock};
 use serde_json::json;
 use std::sync::atomic::AtomicUsize;
@@ -43,18 +43,13 @@ impl RouteTarget for Recorder {
 }
 
 fn event(id: &str, user: &str, t: &str) -> StoredEvent {
-    let raw = json!({"eventId": id, "userId": user, "eventType": t,
-        "metadata": {"productId": "p", "cartValue": 1, "itemCount": 1}});
-    let now = Utc::now();
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-        EventId::from_random_bytes([5; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: crate::domain::event::to_millis(now),
-        source: Source::Ws,
-    }
+    fixtures::event(id)
+        .user(user)
+        .kind(t)
+        .metadata(json!({"productId": "p", "cartValue": 1, "itemCount": 1}))
+        .at_now()
+        .via(Source::Ws)
+        .stored()
 }
 
 fn policy(max_attempts: u32, lanes: u32) -> RoutePolicy {

@@ -160,20 +160,11 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
     use crate::adapters::inbound::wire::EventView;
-    use crate::domain::{parse_event, EventId, Source, ValidationPolicy};
+    use crate::domain::{fixtures, Source};
     use serde_json::{json, Value};
 
     fn stored(raw: Value) -> StoredEvent {
-        let now = chrono::Utc::now();
-        let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-            EventId::from_random_bytes([9; 16])
-        })
-        .unwrap();
-        StoredEvent {
-            event,
-            received_at: now,
-            source: Source::Ws,
-        }
+        fixtures::from_json(raw).via(Source::Ws).stored()
     }
 
     fn plain(id: &str) -> StoredEvent {

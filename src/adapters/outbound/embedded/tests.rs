@@ -14,7 +14,6 @@ fn event(id: &str, ts: &str) -> StoredEvent {
         .stored()
 }
 
-const HOLD: Duration = Duration::from_secs(30);
 const WINDOW: Duration = Duration::from_secs(3600);
 
 /// A lease of its own; the embedded store keeps the phase per key, so ids do not matter.
@@ -31,16 +30,6 @@ async fn claim_anew(store: &EmbeddedStore, hold: Duration, keys: &[DedupKey]) ->
     store.claim(&lease(hold, WINDOW), keys).await.unwrap()
 }
 
-/// A store whose clock follows tokio's (paused) time: `tokio::time::advance` moves it.
-fn open_on_tokio_time(dir: &Path) -> EmbeddedStore {
-    EmbeddedStore::open_with(
-        dir,
-        DedupMode::Table,
-        Arc::new(crate::ports::TokioClock::start()),
-    )
-    .unwrap()
-}
-
 fn q() -> EventQuery {
     EventQuery::first(100)
 }
@@ -49,25 +38,6 @@ fn keys(ks: &[&str]) -> Vec<DedupKey> {
     ks.iter()
         .map(|k| DedupKey::from(&EventId::parse(k).unwrap()))
         .collect()
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_expired_hold_frees_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_on_tokio_time(dir.path());
-    let ks = keys(&["k-1"]);
-    store
-        .claim(&lease(Duration::from_millis(20), WINDOW), &ks)
-        .await
-        .unwrap();
-    tokio::time::advance(Duration::from_millis(40)).await;
-    assert_eq!(
-        store
-            .claim(&lease(Duration::from_secs(1), WINDOW), &ks)
-            .await
-            .unwrap(),
-        [Claim::New]
-    );
 }
 
 #[tokio::test]
@@ -207,21 +177,4 @@ async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_ta
         claim_anew(&store, hold, &keys(&["held"])).await,
         [Claim::Duplicate]
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_lease_ends_only_its_own_holds() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_on_tokio_time(dir.path());
-    let ks = keys(&["k-1"]);
-    let late = lease(Duration::from_millis(20), WINDOW);
-    store.claim(&late, &ks).await.unwrap();
-    tokio::time::advance(Duration::from_millis(40)).await;
-    let taker = lease(HOLD, WINDOW);
-    assert_eq!(store.claim(&taker, &ks).await.unwrap(), [Claim::New]);
-    // The holder whose hold ran out gives up: the taker's hold stays.
-    store.release(&late, &ks).await.unwrap();
-    assert_eq!(claim_anew(&store, HOLD, &ks).await, [Claim::InFlight]);
-    store.release(&taker, &ks).await.unwrap();
-    assert_eq!(claim_anew(&store, HOLD, &ks).await, [Claim::New]);
 }

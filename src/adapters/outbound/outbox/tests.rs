@@ -1,20 +1,12 @@
 use super::*;
-use crate::domain::{parse_event, EventId, Source, StoredEvent, ValidationPolicy};
+use crate::domain::{fixtures, StoredEvent};
 use serde_json::json;
 
 fn event(id: &str) -> StoredEvent {
-    let now = Utc::now();
-    let raw =
-        json!({"eventId": id, "userId": "u", "eventType": "cart_viewed", "metadata": {"k": "ü"}});
-    let event = parse_event(&raw, &ValidationPolicy::protocol_default(), now, || {
-        EventId::from_random_bytes([4; 16])
-    })
-    .unwrap();
-    StoredEvent {
-        event,
-        received_at: crate::domain::event::to_millis(now),
-        source: Source::Http,
-    }
+    fixtures::event(id)
+        .metadata(json!({"k": "ü"}))
+        .at_now()
+        .stored()
 }
 
 /// When the outbox's clock says dead letters failed.
