@@ -38,8 +38,8 @@ run() {
     events=$(curl -fs "$URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}')
     kill -TERM "$pid"; wait "$pid" || true
     ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dir/cg.out")
-    printf '%-10s %12s instructions / %9s events = %8.0f per event  (%s)\n' \
-        "$(basename "$(dirname "$(dirname "$(dirname "$bin")")")")" "$ir" "$events" \
+    printf '%-24s %12s instructions / %9s events = %8.0f per event  (%s)\n' \
+        "$bin" "$ir" "$events" \
         "$(echo "$ir / ($events + 0.000001)" | bc -l)" "$(grep -m1 throughput "$dir/bench" | sed 's/^ *//')"
     if [ "$backend" = rc ]; then
         curl -fsS --data-binary "DROP DATABASE IF EXISTS cg_$tag" http://127.0.0.1:8123/ || true

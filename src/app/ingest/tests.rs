@@ -415,12 +415,18 @@ async fn fail_open_with_the_store_unreadable_claims_nothing_accepted() {
     assert!(matches!(out[0], Outcome::Unavailable(_)));
 }
 
-/// An event store that takes its time, so consecutive groups overlap.
-struct SlowStore(crate::adapters::outbound::embedded::EmbeddedStore);
+/// An event store that takes its time, so consecutive groups overlap; it says when an
+/// insert has started.
+struct SlowStore(
+    crate::adapters::outbound::embedded::EmbeddedStore,
+    Arc<tokio::sync::Notify>,
+);
 
 #[async_trait::async_trait]
 impl EventStore for SlowStore {
     async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+        self.1.notify_one();
+        // Slow on purpose: the store turn is held this long, while later groups claim.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.0.insert(events).await
     }
@@ -442,9 +448,10 @@ impl EventStore for SlowStore {
 async fn a_repeat_claimed_while_the_first_is_being_stored_is_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let embedded = crate::adapters::outbound::embedded::EmbeddedStore::open(dir.path()).unwrap();
+    let storing = Arc::new(tokio::sync::Notify::new());
     let committer = Committer::new(
         Arc::new(embedded.clone()),
-        Arc::new(SlowStore(embedded.clone())),
+        Arc::new(SlowStore(embedded.clone(), Arc::clone(&storing))),
         Arc::new(crate::ports::SystemClock),
         Arc::new(Metrics::new()),
         DedupPolicy {
@@ -463,8 +470,8 @@ async fn a_repeat_claimed_while_the_first_is_being_stored_is_a_duplicate() {
     );
     let event = || json!({"eventId": "x", "userId": "u", "eventType": "cart_viewed"});
     let first = ingest.submit(vec![ingest.validate(event())], Source::Ws);
-    // The first group is now claiming or storing; the second claims while it stores.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Once the first group is storing, the second claims while it stores.
+    storing.notified().await;
     let started = std::time::Instant::now();
     let second = ingest.submit(vec![ingest.validate(event())], Source::Http);
     let third = ingest.submit(
