@@ -5,6 +5,9 @@
 # hit both alike: compare the two builds' figures within a round.
 #
 # Usage: scripts/bench-ab.sh OLD_BINARY NEW_BINARY [ROUNDS]   (default 2 rounds)
+#    or: scripts/bench-ab.sh OLD_BINARY NEW_BINARY abba embedded|rc BENCH-ARGS...
+#        one figure alone, 12 runs in ABBA order (old new new old, three times), so neither
+#        build always follows the other, e.g. ... abba rc ws --connections 8 --window 64
 #   e.g. git worktree add /tmp/old <rev> && (cd /tmp/old && cargo build --release)
 #        cargo build --release --examples
 #        scripts/bench-ab.sh /tmp/old/target/release/cartstream target/release/cartstream
@@ -38,6 +41,16 @@ run() {
     fi
     rm -rf "$dir" "$dir.log"
 }
+
+if [ "$ROUNDS" = abba ]; then
+    shift 3
+    for which in old new new old old new new old old new new old; do
+        bin=$OLD; [ "$which" = new ] && bin=$NEW
+        echo "### $which build ($bin), $(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg)"
+        run "$bin" "$@"
+    done
+    exit 0
+fi
 
 for round in $(seq "$ROUNDS"); do
     for which in old new; do
