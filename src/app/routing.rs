@@ -1,6 +1,6 @@
 //! Routing accepted events to downstream targets, at least once, never on the ack path.
 //!
-//! The [`Router`] reads the durable record of accepted events (the feed) in order and enqueues
+//! The router (`Routing::run`'s feed task) reads the durable record of accepted events (the feed) in order and enqueues
 //! one delivery per matching route into the outbox, moving its cursor in the same
 //! transaction. One worker per lane of each route then delivers from the outbox in batches,
 //! in order, retrying failures with capped exponential backoff and jitter; what keeps failing
