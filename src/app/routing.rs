@@ -2,9 +2,10 @@
 //!
 //! The router (the feed task of `Routing::run`) reads the durable record of accepted events
 //! (the feed) in order and enqueues one delivery per matching route into the outbox, moving
-//! its cursor in the same transaction. One worker per lane of each route then delivers from the outbox in batches,
-//! in order, retrying failures with capped exponential backoff and jitter; what keeps failing
-//! (or is refused for good) moves to the dead-letter store, from which operators replay it.
+//! its cursor in the same transaction. One worker per lane of each route then delivers from
+//! the outbox in batches, in order, retrying failures with capped exponential backoff and
+//! jitter; what keeps failing (or is refused for good) moves to the dead-letter store, from
+//! which operators replay it.
 
 use crate::app::metrics::{Metrics, RouteLabels};
 use crate::domain::routing::{partition, RouteRule};
