@@ -872,7 +872,8 @@ mod tests {
         assert!(err.contains("/nonexistent/c.toml"), "{err}");
     }
 
-    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type
+    // figment::Jail fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
     fn run(vars: &[(&str, &str)], file: Option<&str>) -> Result<Settings, ConfigError> {
         let mut out = None;
         figment::Jail::expect_with(|jail| {

@@ -496,7 +496,8 @@ impl<U: IngestUseCase> Api<U> {
     /// **Load.** Only a few reads are served at once; one that waits too long for its turn
     /// is answered `503 unavailable` with `Retry-After`.
     #[oai(path = "/events", method = "get", tag = "ApiTags::Events")]
-    #[allow(clippy::too_many_arguments)] // one per query parameter of the contract
+    // One argument per query parameter of the contract.
+    #[allow(clippy::too_many_arguments)]
     async fn get_events(
         &self,
         _auth: ReadKey,
