@@ -23,6 +23,7 @@ use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{
     Clock, DedupStore, EventFeed, EventStore, Journal, PortError, RouteAdmin, SystemClock,
 };
+use lock::DataDirLock;
 use poem::Server;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod lock;
 
 /// The outbound side of the application.
 pub struct Ports {
@@ -284,6 +287,19 @@ pub enum StartupError {
     Route(String, String),
     #[error("keys, limits or origins: {0}")]
     Security(String),
+    #[error(
+        "the data dir {dir:?} is in use by another cartstream (pid {holder}); every instance \
+         needs a CARTSTREAM_DATA_DIR of its own"
+    )]
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        holder: String,
+    },
+    #[error("cannot lock the data dir ({path:?}): {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Every origin a browser page may send from: `cors_origins` and every key's `origins`.
@@ -484,6 +500,8 @@ pub struct Application {
     committer_stop: CancellationToken,
     committer: tokio::task::JoinHandle<()>,
     background: Background,
+    /// Held until the application is dropped: no other instance runs on its data dir.
+    _data_dir: DataDirLock,
 }
 
 /// The tasks that run beside the server: routing and the forwarder, when configured.
@@ -500,15 +518,26 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the store cannot be opened.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // Before anything in the data dir is opened.
+        let lock = DataDirLock::acquire(&settings.data_dir)?;
         let ports = Ports::from_settings(&settings)?;
-        Self::build_with(settings, ports).await
+        Self::assemble(settings, ports, lock).await
     }
 
     /// Binds the listener and wires the use case to the given ports.
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When the data dir is held by another application or the address cannot be bound.
     pub async fn build_with(settings: Settings, ports: Ports) -> Result<Self, StartupError> {
+        let lock = DataDirLock::acquire(&settings.data_dir)?;
+        Self::assemble(settings, ports, lock).await
+    }
+
+    async fn assemble(
+        settings: Settings,
+        ports: Ports,
+        data_dir: DataDirLock,
+    ) -> Result<Self, StartupError> {
         let addr = settings.listen;
         let metrics = Arc::new(Metrics::new());
         let proxies =
@@ -568,6 +597,7 @@ impl Application {
             committer_stop,
             committer,
             background,
+            _data_dir: data_dir,
         })
     }
 

@@ -716,3 +716,41 @@ async fn sigterm_under_load_exits_0_after_answering_and_flushing() {
         "flushed on shutdown: every acked event, nothing else"
     );
 }
+
+#[tokio::test]
+async fn a_second_instance_on_the_same_data_dir_is_refused_and_a_killed_ones_dir_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [("CARTSTREAM_DATA_DIR", dir.path().display().to_string())];
+    let mut first = start_binary(&envs).await;
+    let first_pid = first.child.id().unwrap();
+
+    // The second one refuses to start, naming the holder, before it opens anything.
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartstream"))
+        .env("CARTSTREAM_LISTEN", "127.0.0.1:0")
+        .env("CARTSTREAM_DATA_DIR", dir.path())
+        .env("CARTSTREAM_LOG", "info")
+        .env_remove("CARTSTREAM_CONFIG")
+        .kill_on_drop(true)
+        .output();
+    let second = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the second instance exits in time")
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stdout).to_string()
+        + &String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{said}");
+    assert!(
+        said.contains("is in use by another cartstream") && said.contains(&first_pid.to_string()),
+        "{said}"
+    );
+    // The first one is untouched.
+    let health = reqwest::get(format!("{}/health", first.url)).await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    // kill -9 leaves no lock behind: the operating system releases it with the process.
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    let again = start_binary(&envs).await;
+    let health = reqwest::get(format!("{}/health", again.url)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
