@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD="$1"; NEW="$2"; ROUNDS="${3:-2}"
 BENCH="${BENCH:-target/release/examples/cartstream-bench}"
-URL=http://127.0.0.1:3101
+. scripts/fresh-server.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # run BINARY embedded|rc BENCH-ARGS...: one server, one cartstream-bench run, cleaned up.
@@ -24,21 +24,14 @@ run() {
     local bin="$1" backend="$2"; shift 2
     local dir tag pid
     dir=$(mktemp -d)
-    tag=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    local env=(CARTSTREAM_DATA_DIR="$dir" CARTSTREAM_LISTEN=127.0.0.1:3101 CARTSTREAM_LOG=warn)
-    if [ "$backend" = rc ]; then
-        env+=(CARTSTREAM_REDIS_URL=redis://127.0.0.1:6379 CARTSTREAM_REDIS_KEY_PREFIX="bench:$tag:"
-              CARTSTREAM_CLICKHOUSE_URL=http://127.0.0.1:8123 CARTSTREAM_CLICKHOUSE_DATABASE="bench_$tag")
-    fi
-    env "${env[@]}" "$bin" >"$dir.log" 2>&1 &
+    tag=$(fresh_tag)
+    fresh_env "$backend" "$dir" "$tag"
+    env "${FRESH_ENV[@]}" "$bin" >"$dir.log" 2>&1 &
     pid=$!
-    for _ in $(seq 100); do curl -fs "$URL/ready" >/dev/null && break; sleep 0.1; done
-    "$BENCH" "$@" --url "$URL" --server-pid "$pid" --warmup 2s --duration 8s | grep -vE '^\{' || true
+    fresh_wait 10 || true
+    "$BENCH" "$@" --url "$FRESH_URL" --server-pid "$pid" --warmup 2s --duration 8s | grep -vE '^\{' || true
     kill -TERM "$pid"; wait "$pid" || true
-    if [ "$backend" = rc ]; then
-        curl -fsS --data-binary "DROP DATABASE IF EXISTS bench_$tag" http://127.0.0.1:8123/ || true
-        redis-cli --scan --pattern "bench:$tag:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
-    fi
+    fresh_cleanup "$backend" "$tag"
     rm -rf "$dir" "$dir.log"
 }
 

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD="$1"; NEW="$2"; SECS="${3:-20}"
 BENCH="${BENCH:-target/release/examples/cartstream-bench}"
-URL=http://127.0.0.1:3101
+. scripts/fresh-server.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # run BINARY embedded|rc BENCH-ARGS...: prints instructions per event.
@@ -24,27 +24,20 @@ run() {
     local bin="$1" backend="$2"; shift 2
     local dir tag pid events ir
     dir=$(mktemp -d)
-    tag=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    local env=(CARTSTREAM_DATA_DIR="$dir/data" CARTSTREAM_LISTEN=127.0.0.1:3101 CARTSTREAM_LOG=warn)
-    if [ "$backend" = rc ]; then
-        env+=(CARTSTREAM_REDIS_URL=redis://127.0.0.1:6379 CARTSTREAM_REDIS_KEY_PREFIX="cg:$tag:"
-              CARTSTREAM_CLICKHOUSE_URL=http://127.0.0.1:8123 CARTSTREAM_CLICKHOUSE_DATABASE="cg_$tag")
-    fi
-    env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" \
+    tag=$(fresh_tag)
+    fresh_env "$backend" "$dir/data" "$tag"
+    env "${FRESH_ENV[@]}" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" \
         >"$dir/log" 2>&1 &
     pid=$!
-    for _ in $(seq 600); do curl -fs "$URL/ready" >/dev/null && break; sleep 0.1; done
-    "$BENCH" "$@" --url "$URL" --warmup 1s --duration "${SECS}s" >"$dir/bench" 2>&1 || true
-    events=$(curl -fs "$URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}')
+    fresh_wait 60 || true
+    "$BENCH" "$@" --url "$FRESH_URL" --warmup 1s --duration "${SECS}s" >"$dir/bench" 2>&1 || true
+    events=$(curl -fs "$FRESH_URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}')
     kill -TERM "$pid"; wait "$pid" || true
     ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dir/cg.out")
     printf '%-24s %12s instructions / %9s events = %8.0f per event  (%s)\n' \
         "$bin" "$ir" "$events" \
         "$(echo "$ir / ($events + 0.000001)" | bc -l)" "$(grep -m1 throughput "$dir/bench" | sed 's/^ *//')"
-    if [ "$backend" = rc ]; then
-        curl -fsS --data-binary "DROP DATABASE IF EXISTS cg_$tag" http://127.0.0.1:8123/ || true
-        redis-cli --scan --pattern "cg:$tag:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
-    fi
+    fresh_cleanup "$backend" "$tag"
     rm -rf "$dir"
 }
 
