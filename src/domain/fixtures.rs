@@ -35,6 +35,20 @@ pub fn from_json(raw: Value) -> Fixture {
     }
 }
 
+/// An event with every field set, to check that a store keeps each one: `item_added` by
+/// `ws-test-user-123` in session `sess-42` at 2025-08-10T03:27:04.123Z with
+/// [`rich_metadata`], received 7 ms later over WebSocket.
+pub fn full(id: &str) -> Fixture {
+    event(id)
+        .user("ws-test-user-123")
+        .session("sess-42")
+        .kind("item_added")
+        .at("2025-08-10T03:27:04.123Z")
+        .metadata(rich_metadata())
+        .received_after(7)
+        .via(Source::Ws)
+}
+
 /// Metadata that exercises a store's text handling: every protocol field, non-ASCII text,
 /// nesting, floats and `null`.
 pub fn rich_metadata() -> Value {

@@ -7,7 +7,7 @@ use crate::backends::{
 };
 use crate::fixtures::{self, rich_metadata};
 use cartstream::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
-use cartstream::domain::{Source, StoredEvent};
+use cartstream::domain::StoredEvent;
 use cartstream::ports::{EventQuery, EventStore, PortError};
 use serde_json::Value;
 use std::time::Duration;
@@ -36,15 +36,7 @@ async fn every_column_round_trips_with_milliseconds_and_unicode() {
     let Some((store, db)) = store().await else {
         return;
     };
-    let full = fixtures::event("e-full")
-        .user("ws-test-user-123")
-        .session("sess-42")
-        .kind("item_added")
-        .at("2025-08-10T03:27:04.123Z")
-        .metadata(rich_metadata())
-        .received_after(7)
-        .via(Source::Ws)
-        .stored();
+    let full = fixtures::full("e-full").stored();
     let bare = fixtures::event("e-bare")
         .at("2025-08-10T03:27:04.001Z")
         .stored();

@@ -8,11 +8,11 @@
 //! definition.
 
 use super::paging::pages_by_contract;
-use crate::fixtures::{event, ids, rich_metadata};
+use crate::fixtures::{event, full, ids, rich_metadata};
 use cartstream::adapters::outbound::embedded::EmbeddedStore;
 use cartstream::adapters::outbound::journal::SqliteJournal;
 use cartstream::app::forwarder::JournaledStore;
-use cartstream::domain::{DedupKey, EventId, EventType, Source, StoredEvent};
+use cartstream::domain::{DedupKey, EventId, EventType, StoredEvent};
 use cartstream::ports::{EventQuery, EventStore, PageBuilder, PageKey};
 use chrono::{DateTime, Utc};
 use std::any::Any;
@@ -111,15 +111,7 @@ async fn listed(store: &dyn EventStore, query: &EventQuery) -> Vec<StoredEvent> 
 }
 
 async fn an_event_reads_back_with_every_field(s: &Subject) {
-    let full = event("e-full")
-        .user("ws-test-user-123")
-        .session("sess-42")
-        .kind("item_added")
-        .at("2025-08-10T03:27:04.123Z")
-        .metadata(rich_metadata())
-        .received_after(7)
-        .via(Source::Ws)
-        .stored();
+    let full = full("e-full").stored();
     let bare = event("e-bare")
         .user("u-2")
         .at("2025-08-10T03:27:04.001Z")
