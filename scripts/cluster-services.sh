@@ -2,7 +2,7 @@
 # Starts (or stops) the servers the multi-instance tests of issue 13 run against, from the
 # same Debian packages as scripts/ensure-services.sh, beside the default ones and without
 # touching them:
-#   - a Redis Cluster of 3 masters with one replica each, on 127.0.0.1:7101-7106
+#   - a Redis Cluster of 3 masters with one replica each, on 127.0.0.1:7101-7106 by default
 #     (node timeout 2 s, so a replica takes over quickly when its master stops);
 #   - two ClickHouse servers forming the 2-shard cluster `cartstream_shards` (no replicas, so
 #     no ZooKeeper): shard 1 HTTP 8201 / native 9201, shard 2 HTTP 8202 / native 9202.
@@ -13,7 +13,13 @@
 set -euo pipefail
 
 DIR="${CLUSTER_DIR:-/tmp/cartstream-cluster}"
-REDIS_PORTS=(7101 7102 7103 7104 7105 7106)
+# Another set of ports (for a second cluster beside the first, say a failover test that must
+# not disturb other users): CLUSTER_REDIS_BASE=7200 gives 7201-7206, CLUSTER_CH_OFFSET=100
+# gives HTTP 8301/8302, native 9301/9302.
+REDIS_BASE="${CLUSTER_REDIS_BASE:-7100}"
+CH_OFFSET="${CLUSTER_CH_OFFSET:-0}"
+REDIS_PORTS=()
+for i in 1 2 3 4 5 6; do REDIS_PORTS+=($((REDIS_BASE + i))); done
 CH_SHARDS=(1 2)
 WAIT="${CLUSTER_WAIT:-60}"
 
@@ -36,15 +42,18 @@ until_ok() {
 }
 
 redis_ping() { [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; }
-cluster_ok() { redis-cli -p 7101 cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
-ch_http() { echo $((8200 + $1)); }
-ch_tcp() { echo $((9200 + $1)); }
+cluster_ok() { redis-cli -p "${REDIS_PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+ch_http() { echo $((8200 + CH_OFFSET + $1)); }
+ch_tcp() { echo $((9200 + CH_OFFSET + $1)); }
 ch_ping() { [ "$(curl -fsS --max-time 2 --data-binary 'SELECT 1' "http://127.0.0.1:$(ch_http "$1")/" 2>/dev/null)" = 1 ]; }
 
 start_redis() {
     for port in "${REDIS_PORTS[@]}"; do
         redis_ping "$port" && die "something already answers on 127.0.0.1:$port"
         mkdir -p "$DIR/redis-$port"
+        # A node that finds an old nodes.conf rejoins its old cluster and `--cluster create`
+        # refuses it ("not empty"): every start is a new cluster.
+        rm -f "$DIR/redis-$port/nodes.conf" "$DIR/redis-$port/dump.rdb"
         redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$DIR/redis-$port" \
             --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
             --save "" --appendonly no --pidfile "$DIR/redis-$port/pid" \
@@ -56,13 +65,27 @@ start_redis() {
     done
     local nodes=()
     for port in "${REDIS_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/redis-create.log" 2>&1 ||
-        die "redis-cli --cluster create failed (see $DIR/redis-create.log)"
+    # Tried twice: after a failure, every node forgets what the first try told it.
+    local try
+    for try in 1 2; do
+        if redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+            >"$DIR/redis-create.log" 2>&1; then
+            break
+        fi
+        log "redis-cli --cluster create failed (try $try); its output:"
+        sed 's/^/    /' "$DIR/redis-create.log" >&2
+        [ "$try" = 1 ] || die "redis-cli --cluster create failed twice"
+        for port in "${REDIS_PORTS[@]}"; do
+            redis-cli -p "$port" flushall >/dev/null 2>&1 || true
+            redis-cli -p "$port" cluster reset hard >/dev/null 2>&1 || true
+        done
+        sleep 1
+    done
     until_ok "$WAIT" cluster_ok || die "the Redis Cluster did not reach cluster_state:ok within ${WAIT}s"
     # Every replica attached to its master: replication is what a failover test relies on.
-    until_ok "$WAIT" sh -c "[ \$(redis-cli -p 7101 cluster nodes | grep -c slave) -eq 3 ]" ||
+    until_ok "$WAIT" sh -c "[ \$(redis-cli -p ${REDIS_PORTS[0]} cluster nodes | grep -c slave) -eq 3 ]" ||
         die "the Redis Cluster's replicas did not attach within ${WAIT}s"
-    log "Redis Cluster up: 127.0.0.1:7101-7106 (3 masters, 3 replicas)"
+    log "Redis Cluster up: 127.0.0.1:${REDIS_PORTS[0]}-${REDIS_PORTS[5]} (3 masters, 3 replicas)"
 }
 
 ch_config() {
@@ -73,7 +96,7 @@ ch_config() {
     <logger><level>warning</level><log>$d/log</log><errorlog>$d/err.log</errorlog></logger>
     <http_port>$(ch_http "$n")</http_port>
     <tcp_port>$(ch_tcp "$n")</tcp_port>
-    <interserver_http_port>$((9210 + n))</interserver_http_port>
+    <interserver_http_port>$((9210 + CH_OFFSET + n))</interserver_http_port>
     <listen_host>127.0.0.1</listen_host>
     <max_connections>1024</max_connections>
     <max_concurrent_queries>100</max_concurrent_queries>
@@ -115,7 +138,7 @@ start_clickhouse() {
         "SELECT count() FROM system.clusters WHERE cluster = 'cartstream_shards'" \
         "http://127.0.0.1:$(ch_http 1)/")
     [ "$shards" = 2 ] || die "cluster cartstream_shards lists $shards shards, not 2"
-    log "ClickHouse cluster cartstream_shards up: shards on HTTP 8201 and 8202"
+    log "ClickHouse cluster cartstream_shards up: shards on HTTP $(ch_http 1) and $(ch_http 2)"
 }
 
 stop_all() {
@@ -144,6 +167,8 @@ stop_all() {
 
 case "${1:-}" in
     start)
+        # What an earlier run left running (a run killed before its stop) is stopped first.
+        if [ -f "$DIR/pids" ]; then log "stopping what an earlier run left in $DIR"; stop_all; fi
         mkdir -p "$DIR"
         STARTING=1
         trap 'die "a command failed (line $LINENO)"' ERR
