@@ -32,8 +32,14 @@ CREATE TABLE IF NOT EXISTS events (
     source       TEXT NOT NULL,
     metadata     TEXT NOT NULL     -- the metadata object as compact JSON
 );
-CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at DESC);
-CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, occurred_at DESC);
+-- One index per filter of `GET /events`, each in the listing's full order, so a page reads its
+-- rows in order and stops: no sort of every match (`embedded::tests::every_listing_reads_an_index_in_order`).
+CREATE INDEX IF NOT EXISTS events_listing_order ON events (occurred_at DESC, received_at DESC, event_id DESC);
+CREATE INDEX IF NOT EXISTS events_by_user_order ON events (user_id, occurred_at DESC, received_at DESC, event_id DESC);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (event_type, occurred_at DESC, received_at DESC, event_id DESC);
+-- Earlier versions' indexes, which the ones above replace.
+DROP INDEX IF EXISTS events_by_time;
+DROP INDEX IF EXISTS events_by_user;
 CREATE TABLE IF NOT EXISTS dedup (
     key         TEXT PRIMARY KEY NOT NULL,
     expires_at  INTEGER NOT NULL   -- Unix milliseconds

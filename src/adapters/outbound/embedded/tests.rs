@@ -178,3 +178,117 @@ async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_ta
         [Claim::Duplicate]
     );
 }
+
+/// `EXPLAIN QUERY PLAN` of the page `query` asks for, one line per step.
+fn plan(conn: &Connection, query: &EventQuery) -> String {
+    let (clause, args) = crate::adapters::outbound::listing_sql::page_clause(
+        query,
+        &crate::adapters::outbound::listing_sql::SQLITE,
+    );
+    let sql = format!("EXPLAIN QUERY PLAN SELECT * FROM events WHERE 1 = 1{clause}");
+    let mut stmt = conn.prepare(&sql).unwrap();
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+        .unwrap();
+    rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+}
+
+#[tokio::test]
+async fn every_listing_reads_an_index_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    store
+        .insert(&[
+            event("e-1", "2025-01-01T00:00:00Z"),
+            event("e-2", "2025-01-02T00:00:00Z"),
+        ])
+        .await
+        .unwrap();
+    let conn = Connection::open(dir.path().join("cartstream.db")).unwrap();
+    // The planner's statistics, as a store with rows in it would have them.
+    conn.execute_batch("ANALYZE").unwrap();
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let page_two = crate::domain::PageKey {
+        occurred_at_ms: 5,
+        received_at_ms: 6,
+        event_id: "e-9".into(),
+    };
+    let cases = [
+        ("no filter", q(), "events_listing_order"),
+        (
+            "a time range",
+            EventQuery {
+                since: Some(at("2025-01-01T00:00:00Z")),
+                until: Some(at("2025-02-01T00:00:00Z")),
+                ..q()
+            },
+            "events_listing_order",
+        ),
+        (
+            "a user",
+            EventQuery {
+                user_id: Some("u-1".into()),
+                ..q()
+            },
+            "events_by_user_order",
+        ),
+        (
+            "a type, page two",
+            EventQuery {
+                event_type: Some(crate::domain::EventType::ItemAdded),
+                after: Some(page_two.clone()),
+                ..q()
+            },
+            "events_by_type",
+        ),
+        (
+            "a user and a time range, page two",
+            EventQuery {
+                user_id: Some("u-1".into()),
+                since: Some(at("2025-01-01T00:00:00Z")),
+                after: Some(page_two),
+                ..q()
+            },
+            "events_by_user_order",
+        ),
+    ];
+    for (what, query, index) in cases {
+        let plan = plan(&conn, &query);
+        assert!(plan.contains(index), "{what}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{what} sorts: {plan}");
+    }
+}
+
+#[test]
+fn an_old_stores_indexes_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cartstream.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events (event_id TEXT PRIMARY KEY NOT NULL, user_id TEXT NOT NULL,
+             session_id TEXT, event_type TEXT NOT NULL, occurred_at INTEGER NOT NULL,
+             received_at INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT NOT NULL);
+         CREATE INDEX events_by_time ON events (occurred_at DESC);
+         CREATE INDEX events_by_user ON events (user_id, occurred_at DESC);",
+    )
+    .unwrap();
+    drop(conn);
+    drop(EmbeddedStore::open(dir.path()).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL ORDER BY name")
+        .unwrap();
+    let names: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "events_by_type",
+            "events_by_user_order",
+            "events_listing_order"
+        ]
+    );
+}
