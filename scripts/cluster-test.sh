@@ -58,29 +58,8 @@ else
     STARTED_SERVICES=1
 fi
 
-cat >"$WORK/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout tunnel 120s
-    option redispatch
-    retries 2
-frontend cartstream
-    bind 127.0.0.1:$BALANCER_PORT
-    option forwardfor
-    default_backend instances
-backend instances
-    balance roundrobin
-    option httpchk GET /health
-    default-server inter 300ms fall 2 rise 2
-    http-response set-header X-Served-By %s
-    server s1 127.0.0.1:${PORTS[0]} check
-    server s2 127.0.0.1:${PORTS[1]} check
-CFG
+. scripts/balancer.sh
+CHECKS=1 balancer_config "$BALANCER_PORT" "${PORTS[@]}" >"$WORK/haproxy.cfg"
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
 

@@ -20,6 +20,7 @@ PORTS=(3171 3172)
 PIDS=()
 HAPROXY_PID=""
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+. scripts/balancer.sh
 
 cleanup() {
     for pid in "${PIDS[@]}" "$HAPROXY_PID"; do [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true; done
@@ -61,7 +62,6 @@ start() {
     tag=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
     TAG=$tag
     PIDS=()
-    local servers=""
     for n in $(seq 0 $((count - 1))); do
         mkdir -p "$WORK/d-$tag-$n"
         # shellcheck disable=SC2046
@@ -69,26 +69,9 @@ start() {
             CARTSTREAM_LOG=warn CARTSTREAM_TRUSTED_PROXIES=127.0.0.1 $(backend_env "$tag" "$n") \
             "$BIN" >"$WORK/i-$tag-$n.log" 2>&1 &
         PIDS+=($!)
-        servers+="    server s$((n + 1)) 127.0.0.1:${PORTS[$n]}"$'\n'
     done
-    cat >"$WORK/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-    nbthread 1
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout tunnel 120s
-frontend cartstream
-    bind 127.0.0.1:$PORT
-    option forwardfor
-    default_backend instances
-backend instances
-    balance roundrobin
-$servers
-CFG
+    # No health checks: nothing is killed here, and checks would cost CPU in the figures.
+    balancer_config "$PORT" "${PORTS[@]:0:$count}" >"$WORK/haproxy.cfg"
     haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
     HAPROXY_PID=$!
     for n in $(seq 0 $((count - 1))); do
