@@ -214,6 +214,16 @@ impl Forwarder {
         self.remote.insert(&events).await?;
         self.metrics.forwarded_inserts.inc();
         self.metrics.forwarded_events.inc_by(events.len() as u64);
+        let now = self.clock.now();
+        for e in &events {
+            let lag = (now - e.received_at).to_std().unwrap_or_default();
+            self.metrics.store_lag_seconds.observe(lag.as_secs_f64());
+        }
+        tracing::debug!(
+            events = events.len(),
+            through = last,
+            "forwarded a batch to the event store"
+        );
         Ok(Some(last))
     }
 }

@@ -82,6 +82,9 @@ pub struct Metrics {
     /// INSERTs sent to the remote event store, and the events they carried.
     pub forwarded_inserts: Counter,
     pub forwarded_events: Counter,
+    /// Per event forwarded: from its `receivedAt` to the event store's confirmation of the
+    /// insert that carried it (how fresh `GET /events` is).
+    pub store_lag_seconds: Histogram,
     /// Failed forwarding attempts (each is retried).
     pub flush_errors: Counter,
     /// Dedup keys decided by the event store's reads because the dedup store was down.
@@ -124,6 +127,7 @@ impl Metrics {
             journal_oldest_age_seconds: Gauge::default(),
             forwarded_inserts: Counter::default(),
             forwarded_events: Counter::default(),
+            store_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             flush_errors: Counter::default(),
             dedup_fallback: Counter::default(),
             route_delivered: Family::default(),
@@ -251,6 +255,11 @@ impl Metrics {
             "forwarded_events",
             "Events moved from the journal to the event store",
             self.forwarded_events.clone(),
+        );
+        self.registry.register(
+            "store_lag_seconds",
+            "From an event's receivedAt to the event store's confirmation of its insert",
+            self.store_lag_seconds.clone(),
         );
         self.registry.register(
             "flush_errors",

@@ -178,3 +178,49 @@ async fn pages_over_journal_and_remote_list_every_event_once_in_order() {
     }
     assert_eq!(listed, ["r1", "r2", "p1", "r3", "both", "p2"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_forwarded_event_reports_its_lag_from_receipt_to_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path(), 1 << 30).unwrap());
+    let mut remote = MockEventStore::new();
+    remote.expect_insert().returning(|_| Ok(()));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
+    let wake = Arc::new(Notify::new());
+    let store = JournaledStore::new(
+        journal.clone(),
+        Arc::new(MockEventStore::new()),
+        wake.clone(),
+    );
+    // Received 2 s before the clock's now, so the lag is 2 s, whatever the flush interval.
+    let evs: Vec<StoredEvent> = (0..3)
+        .map(|i| StoredEvent {
+            received_at: clock.now() - chrono::Duration::seconds(2),
+            ..event(&format!("lag-{i}"))
+        })
+        .collect();
+    store.insert(&evs).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+    let fwd = Forwarder {
+        journal: journal.clone(),
+        remote: Arc::new(remote),
+        policy: policy(100, 60_000),
+        wake,
+        metrics: Arc::clone(&metrics),
+        clock,
+        routed_through: None,
+    };
+    stop.cancel();
+    fwd.run(stop).await;
+    let text = metrics.render();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {text}"))
+    };
+    assert_eq!(value("cartstream_store_lag_seconds_count "), 3.0);
+    let sum = value("cartstream_store_lag_seconds_sum ");
+    assert!((5.9..6.5).contains(&sum), "three lags of about 2 s: {sum}");
+}
