@@ -5,7 +5,7 @@ use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::http::{self, Backends, Gate, HttpLimits, HttpState};
 use crate::adapters::inbound::listener::{Caps, GuardedAcceptor, Timeouts};
 use crate::adapters::inbound::ws::{self, WsSettings, WsState};
-use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
+use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore, ClusterConfig};
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
@@ -206,6 +206,14 @@ fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupE
         user: settings.clickhouse_user.clone(),
         password: settings.clickhouse_password.clone(),
         request_timeout: settings.clickhouse_timeout,
+        cluster: settings
+            .clickhouse_cluster
+            .as_ref()
+            .map(|name| ClusterConfig {
+                name: name.clone(),
+                shard_urls: settings.clickhouse_shard_urls.clone(),
+            }),
+        manage_tables: settings.clickhouse_manage_tables,
     };
     let remote: Arc<dyn EventStore> =
         Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
