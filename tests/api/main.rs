@@ -4,6 +4,7 @@
 
 mod backends;
 mod bounds;
+mod clickhouse_cluster;
 mod clickhouse_store;
 mod contract;
 mod edge;
