@@ -34,7 +34,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-mod lock;
+pub(crate) mod lock;
 
 /// The outbound side of the application.
 pub struct Ports {
@@ -356,7 +356,7 @@ async fn bind(
 }
 
 /// Routing over the configured routes, or `None` when there are none.
-fn routing(
+pub(crate) fn routing(
     settings: &Settings,
     ports: &Ports,
     recorded: &Arc<Notify>,
@@ -381,7 +381,7 @@ fn routing(
 
 impl Background {
     /// Starts routing and the forwarder, each when configured.
-    fn start(
+    pub(crate) fn start(
         routing: Option<&Arc<Routing>>,
         forwarding: Option<Forwarding>,
         metrics: &Arc<Metrics>,
@@ -411,7 +411,7 @@ impl Background {
     }
 
     /// Stops routing, then flushes the journal, each within `grace`.
-    async fn stop(self, grace: Duration) {
+    pub(crate) async fn stop(self, grace: Duration) {
         if let Some(routing) = self.routing {
             // Undelivered events stay in the outbox and go out after the next start.
             self.routing_stop.cancel();
@@ -512,8 +512,9 @@ pub struct Application {
     _data_dir: DataDirLock,
 }
 
-/// The tasks that run beside the server: routing and the forwarder, when configured.
-struct Background {
+/// The tasks that run beside the server (and `cartstream drain`): routing and the forwarder,
+/// when configured.
+pub(crate) struct Background {
     forwarder_stop: CancellationToken,
     forwarder: Option<tokio::task::JoinHandle<()>>,
     routing_stop: CancellationToken,

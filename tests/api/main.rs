@@ -7,6 +7,7 @@ mod bounds;
 mod clickhouse_cluster;
 mod clickhouse_store;
 mod contract;
+mod drain;
 mod edge;
 mod failing;
 mod faults;
