@@ -585,8 +585,13 @@ impl EventStore for ClickHouseStore {
                 .await
                 .map_err(|e| self.map_err_at("ping", url, e))?;
             if one != 1 {
+                // One server: the message it always had; a cluster names the server.
+                let at = match &self.inner.cluster {
+                    Some(_) => format!(" (at {url})"),
+                    None => String::new(),
+                };
                 return Err(PortError::Failed(format!(
-                    "clickhouse SELECT 1 at {url} answered {one}"
+                    "clickhouse SELECT 1 answered {one}{at}"
                 )));
             }
         }
@@ -646,11 +651,16 @@ ORDER BY event_id"
     fn debug_output_hides_the_password() {
         let mut cfg = ClickHouseConfig::new("http://u:hunter2@h:8123");
         cfg.password = Some("hunter3".to_owned());
+        cfg.cluster = Some(ClusterConfig {
+            name: "c".to_owned(),
+            shard_urls: vec!["http://u:hunter4@s1:8123".to_owned()],
+        });
         let shown = format!("{cfg:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            !shown.contains("hunter2") && !shown.contains("hunter3") && !shown.contains("hunter4"),
             "{shown}"
         );
+        assert!(shown.contains("s1:8123"), "{shown}");
     }
 
     #[test]
