@@ -45,6 +45,18 @@ pub struct Settings {
     /// How long one ClickHouse request may take.
     #[serde(with = "humantime_serde")]
     pub clickhouse_timeout: Duration,
+    /// A cluster in the ClickHouse servers' `remote_servers`: events are sharded over it
+    /// (docs/backends.md, "ClickHouse cluster"). Unset: one server, one table.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub clickhouse_cluster: Option<String>,
+    /// The HTTP URL of every server that holds a shard's local table, comma-separated: where
+    /// the tables are created. Needed with `clickhouse_cluster` unless `clickhouse_manage_tables`
+    /// is false.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub clickhouse_shard_urls: Vec<String>,
+    /// false: an operator creates the ClickHouse database and tables; the service only checks
+    /// that they exist and names what is missing.
+    pub clickhouse_manage_tables: bool,
 
     /// Most bytes of accepted events the local journal holds while ClickHouse is behind or
     /// down; when full, new events are answered `unavailable`.
@@ -335,6 +347,9 @@ impl Default for Settings {
             clickhouse_user: None,
             clickhouse_password: None,
             clickhouse_timeout: Duration::from_secs(10),
+            clickhouse_cluster: None,
+            clickhouse_shard_urls: Vec::new(),
+            clickhouse_manage_tables: true,
             journal_max_bytes: 1 << 30,
             forward_max_rows: 50_000,
             forward_max_bytes: 16 << 20,
@@ -457,6 +472,9 @@ const ENV_KEYS: &[&str] = &[
     "clickhouse_user",
     "clickhouse_password",
     "clickhouse_timeout",
+    "clickhouse_cluster",
+    "clickhouse_shard_urls",
+    "clickhouse_manage_tables",
     "journal_max_bytes",
     "forward_max_rows",
     "forward_max_bytes",
@@ -609,7 +627,42 @@ impl Settings {
                 }
             }
         }
-        Ok(())
+        self.check_clickhouse_cluster()
+    }
+
+    /// A cluster needs the URL it is reached through, and each shard's URL unless an operator
+    /// manages the tables.
+    fn check_clickhouse_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        for url in &self.clickhouse_shard_urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("clickhouse_shard_urls (CARTSTREAM_CLICKHOUSE_SHARD_URLS): each must be an http:// or https:// URL");
+            }
+        }
+        match &self.clickhouse_cluster {
+            None if !self.clickhouse_shard_urls.is_empty() => bad(
+                "clickhouse_shard_urls (CARTSTREAM_CLICKHOUSE_SHARD_URLS): only used with \
+                 CARTSTREAM_CLICKHOUSE_CLUSTER, which is not set",
+            ),
+            None => Ok(()),
+            Some(_) if self.clickhouse_url.is_none() => bad(
+                "clickhouse_cluster (CARTSTREAM_CLICKHOUSE_CLUSTER): needs CARTSTREAM_CLICKHOUSE_URL, \
+                 the server (one of the shards, or any with the cluster's config) that inserts and \
+                 reads go through",
+            ),
+            Some(_) if self.clickhouse_shard_urls.is_empty() && self.clickhouse_manage_tables => {
+                bad(
+                    "clickhouse_cluster (CARTSTREAM_CLICKHOUSE_CLUSTER): needs \
+                     CARTSTREAM_CLICKHOUSE_SHARD_URLS (the HTTP URL of every server with a local \
+                     table, comma-separated) to create the tables, or \
+                     CARTSTREAM_CLICKHOUSE_MANAGE_TABLES=false when an operator creates them",
+                )
+            }
+            Some(name) if name.trim().is_empty() => {
+                bad("clickhouse_cluster (CARTSTREAM_CLICKHOUSE_CLUSTER): is empty")
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     /// Validation bounds for events.
@@ -844,6 +897,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CARTSTREAM_READ_MAX_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn a_clickhouse_cluster_needs_its_urls_or_operator_managed_tables() {
+        let ch = ("CARTSTREAM_CLICKHOUSE_URL", "http://127.0.0.1:8201");
+        let cluster = ("CARTSTREAM_CLICKHOUSE_CLUSTER", "cartstream_shards");
+        let shards = (
+            "CARTSTREAM_CLICKHOUSE_SHARD_URLS",
+            "http://127.0.0.1:8201, http://127.0.0.1:8202",
+        );
+        let s = run(&[ch, cluster, shards], None).unwrap();
+        assert_eq!(s.clickhouse_cluster.as_deref(), Some("cartstream_shards"));
+        assert_eq!(
+            s.clickhouse_shard_urls,
+            ["http://127.0.0.1:8201", "http://127.0.0.1:8202"]
+        );
+        assert!(s.clickhouse_manage_tables);
+        let managed = ("CARTSTREAM_CLICKHOUSE_MANAGE_TABLES", "false");
+        let s = run(&[ch, cluster, managed], None).unwrap();
+        assert!(!s.clickhouse_manage_tables && s.clickhouse_shard_urls.is_empty());
+
+        let err = run(&[ch, cluster], None).unwrap_err().to_string();
+        assert!(
+            err.contains("CARTSTREAM_CLICKHOUSE_CLUSTER")
+                && err.contains("CARTSTREAM_CLICKHOUSE_SHARD_URLS")
+                && err.contains("CARTSTREAM_CLICKHOUSE_MANAGE_TABLES=false"),
+            "{err}"
+        );
+        let err = run(&[cluster, shards], None).unwrap_err().to_string();
+        assert!(err.contains("CARTSTREAM_CLICKHOUSE_URL"), "{err}");
+        let err = run(&[ch, shards], None).unwrap_err().to_string();
+        assert!(err.contains("CARTSTREAM_CLICKHOUSE_SHARD_URLS"), "{err}");
+        let ftp = ("CARTSTREAM_CLICKHOUSE_SHARD_URLS", "ftp://h");
+        let err = run(&[ch, cluster, ftp], None).unwrap_err().to_string();
+        assert!(err.contains("CARTSTREAM_CLICKHOUSE_SHARD_URLS"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod config;
+pub mod drain;
 pub mod forwarder;
 pub mod ingest;
 pub mod metrics;

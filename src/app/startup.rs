@@ -5,7 +5,7 @@ use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::http::{self, Backends, Gate, HttpLimits, HttpState};
 use crate::adapters::inbound::listener::{Caps, GuardedAcceptor, Timeouts};
 use crate::adapters::inbound::ws::{self, WsSettings, WsState};
-use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
+use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore, ClusterConfig};
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
@@ -34,7 +34,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-mod lock;
+pub(crate) mod lock;
 
 /// The outbound side of the application.
 pub struct Ports {
@@ -206,6 +206,14 @@ fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupE
         user: settings.clickhouse_user.clone(),
         password: settings.clickhouse_password.clone(),
         request_timeout: settings.clickhouse_timeout,
+        cluster: settings
+            .clickhouse_cluster
+            .as_ref()
+            .map(|name| ClusterConfig {
+                name: name.clone(),
+                shard_urls: settings.clickhouse_shard_urls.clone(),
+            }),
+        manage_tables: settings.clickhouse_manage_tables,
     };
     let remote: Arc<dyn EventStore> =
         Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
@@ -348,7 +356,7 @@ async fn bind(
 }
 
 /// Routing over the configured routes, or `None` when there are none.
-fn routing(
+pub(crate) fn routing(
     settings: &Settings,
     ports: &Ports,
     recorded: &Arc<Notify>,
@@ -373,7 +381,7 @@ fn routing(
 
 impl Background {
     /// Starts routing and the forwarder, each when configured.
-    fn start(
+    pub(crate) fn start(
         routing: Option<&Arc<Routing>>,
         forwarding: Option<Forwarding>,
         metrics: &Arc<Metrics>,
@@ -403,7 +411,7 @@ impl Background {
     }
 
     /// Stops routing, then flushes the journal, each within `grace`.
-    async fn stop(self, grace: Duration) {
+    pub(crate) async fn stop(self, grace: Duration) {
         if let Some(routing) = self.routing {
             // Undelivered events stay in the outbox and go out after the next start.
             self.routing_stop.cancel();
@@ -504,8 +512,9 @@ pub struct Application {
     _data_dir: DataDirLock,
 }
 
-/// The tasks that run beside the server: routing and the forwarder, when configured.
-struct Background {
+/// The tasks that run beside the server (and `cartstream drain`): routing and the forwarder,
+/// when configured.
+pub(crate) struct Background {
     forwarder_stop: CancellationToken,
     forwarder: Option<tokio::task::JoinHandle<()>>,
     routing_stop: CancellationToken,

@@ -513,12 +513,12 @@ async fn load_until_acked(proc: &Process, n: usize) -> Vec<tokio::task::JoinHand
 }
 
 /// The real binary, as operators run it.
-struct Process {
-    child: tokio::process::Child,
-    url: String,
+pub(crate) struct Process {
+    pub child: tokio::process::Child,
+    pub url: String,
 }
 
-async fn start_binary(envs: &[(&str, String)]) -> Process {
+pub(crate) async fn start_binary(envs: &[(&str, String)]) -> Process {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartstream"));
     cmd.env("CARTSTREAM_LISTEN", "127.0.0.1:0")
         .env("CARTSTREAM_LOG", "info")

@@ -4,8 +4,10 @@
 
 mod backends;
 mod bounds;
+mod clickhouse_cluster;
 mod clickhouse_store;
 mod contract;
+mod drain;
 mod edge;
 mod failing;
 mod faults;

@@ -85,8 +85,20 @@ async fn journaled_over_clickhouse() -> Option<Subject> {
     Some(Subject::journaled(Arc::new(remote), db))
 }
 
+/// Sharded over the 2-shard cluster, read and written through its `Distributed` table.
+async fn clickhouse_cluster() -> Option<Subject> {
+    let (store, db) = crate::clickhouse_cluster::store().await?;
+    Some(Subject::alone(Arc::new(store), db))
+}
+
 contract_tests! {
-    adapters: [embedded, clickhouse, journaled_over_embedded, journaled_over_clickhouse],
+    adapters: [
+        embedded,
+        clickhouse,
+        journaled_over_embedded,
+        journaled_over_clickhouse,
+        clickhouse_cluster,
+    ],
     checks: [
         an_event_reads_back_with_every_field,
         inserting_again_keeps_one_copy,

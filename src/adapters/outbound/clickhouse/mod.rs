@@ -17,6 +17,12 @@
 //! Credentials go in [`ClickHouseConfig::user`] and [`ClickHouseConfig::password`] (sent as
 //! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
 
+pub mod cluster;
+
+pub use cluster::{
+    create_distributed_table_sql, create_local_table_sql, local_table, ClusterConfig,
+};
+
 use super::listing_sql::{page_clause, Arg, CLICKHOUSE};
 use super::redact::{redact_url, scrub};
 use crate::domain::{DedupKey, StoredEvent, StoredFields};
@@ -41,7 +47,17 @@ pub const DEFAULT_TABLE: &str = "cart_events";
 /// `argMax`/`LIMIT 1 BY event_id`) to see each once.
 pub fn create_table_sql(database: &str, table: &str) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS {}.{} (
+        "CREATE TABLE IF NOT EXISTS {}.{} {COLUMNS}
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY event_id",
+        quote(database),
+        quote(table)
+    )
+}
+
+/// The table's columns, as in [`create_table_sql`]; the cluster's tables have the same.
+const COLUMNS: &str = "(
     event_id        String,
     user_id         String,
     session_id      Nullable(String),
@@ -52,14 +68,7 @@ pub fn create_table_sql(database: &str, table: &str) -> String {
     received_at     DateTime('UTC'),
     received_at_ms  Int64,
     source          String
-)
-ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(occurred_at)
-ORDER BY event_id",
-        quote(database),
-        quote(table)
-    )
-}
+)";
 
 /// Where and how to reach ClickHouse.
 #[derive(Clone)]
@@ -74,6 +83,11 @@ pub struct ClickHouseConfig {
     pub password: Option<String>,
     /// How long one request (insert, query, ping) may take before answering `Unavailable`.
     pub request_timeout: Duration,
+    /// Events sharded over a cluster (see [`cluster`]); `None`: one server, one table.
+    pub cluster: Option<ClusterConfig>,
+    /// `true`: the service creates the database and tables. `false`: an operator does, and
+    /// the service only checks that they exist, naming what is missing.
+    pub manage_tables: bool,
 }
 
 impl ClickHouseConfig {
@@ -86,6 +100,8 @@ impl ClickHouseConfig {
             user: None,
             password: None,
             request_timeout: Duration::from_secs(10),
+            cluster: None,
+            manage_tables: true,
         }
     }
 }
@@ -99,6 +115,17 @@ impl fmt::Debug for ClickHouseConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("request_timeout", &self.request_timeout)
+            .field("cluster", &self.cluster.as_ref().map(|c| &c.name))
+            .field(
+                "shard_urls",
+                &self.cluster.as_ref().map(|c| {
+                    c.shard_urls
+                        .iter()
+                        .map(|u| redact_url(u))
+                        .collect::<Vec<_>>()
+                }),
+            )
+            .field("manage_tables", &self.manage_tables)
             .finish()
     }
 }
@@ -113,6 +140,9 @@ struct Inner {
     client: Client,
     database: String,
     table: String,
+    /// The cluster's name and a client per shard, in cluster mode.
+    cluster: Option<(String, Vec<Server>)>,
+    manage_tables: bool,
     /// `` `database`.`table` ``, ready to put in SQL.
     qualified: String,
     timeout: Duration,
@@ -128,6 +158,22 @@ impl fmt::Debug for ClickHouseStore {
             .field("table", &self.inner.qualified)
             .finish_non_exhaustive()
     }
+}
+
+/// One server of a cluster, for DDL and checks.
+struct Server {
+    client: Client,
+    shown_url: String,
+}
+
+/// A table a server must hold, and (a part of) the name of its engine.
+type Expected = (String, &'static str);
+
+/// A row of `system.tables`.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct TableRow {
+    name: String,
+    engine: String,
 }
 
 /// One row of the table, in column order (RowBinary without validation is positional).
@@ -216,7 +262,7 @@ impl ClickHouseStore {
     /// are created on first use (or by [`ensure_schema`](Self::ensure_schema)).
     ///
     /// # Errors
-    /// `Failed` when the database or table name is not a plain identifier.
+    /// `Failed` when the database, table or cluster name is not a plain identifier.
     pub fn new(config: ClickHouseConfig) -> Result<Self, PortError> {
         check_identifier("database", &config.database)?;
         check_identifier("table", &config.table)?;
@@ -224,23 +270,30 @@ impl ClickHouseStore {
         if let Some(p) = config.password.as_ref().filter(|p| !p.is_empty()) {
             secrets.push(p.clone());
         }
-        // No `with_database`: the database may not exist yet, and every statement names it.
-        let mut client = Client::default()
-            .with_url(config.url.as_str())
-            .with_validation(false)
-            .with_compression(Compression::Lz4);
-        if let Some(user) = &config.user {
-            client = client.with_user(user.as_str());
-        }
-        if let Some(password) = &config.password {
-            client = client.with_password(password.as_str());
-        }
+        let client = Self::client(&config, &config.url);
+        let cluster = match &config.cluster {
+            None => None,
+            Some(c) => {
+                cluster::check_cluster_name(&c.name)?;
+                check_identifier("local table", &local_table(&config.table))?;
+                let shards = c.shard_urls.iter().map(|url| {
+                    secrets.extend(super::redact::url_secrets(url));
+                    Server {
+                        client: Self::client(&config, url),
+                        shown_url: redact_url(url),
+                    }
+                });
+                Some((c.name.clone(), shards.collect()))
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 qualified: format!("{}.{}", quote(&config.database), quote(&config.table)),
                 database: config.database,
                 table: config.table,
+                cluster,
+                manage_tables: config.manage_tables,
                 timeout: config.request_timeout,
                 shown_url: redact_url(&config.url),
                 secrets,
@@ -249,54 +302,154 @@ impl ClickHouseStore {
         })
     }
 
-    /// The `CREATE TABLE` statement this store runs.
+    fn client(config: &ClickHouseConfig, url: &str) -> Client {
+        // No `with_database`: the database may not exist yet, and every statement names it.
+        let mut client = Client::default()
+            .with_url(url)
+            .with_validation(false)
+            .with_compression(Compression::Lz4);
+        if let Some(user) = &config.user {
+            client = client.with_user(user.as_str());
+        }
+        if let Some(password) = &config.password {
+            client = client.with_password(password.as_str());
+        }
+        client
+    }
+
+    /// The `CREATE TABLE` statement this store runs (on one server; see [`cluster`] for
+    /// what a cluster runs).
     pub fn create_table_sql(&self) -> String {
         create_table_sql(&self.inner.database, &self.inner.table)
     }
 
-    /// Creates the database and the table if missing. Idempotent; insert and query call it
-    /// themselves until ClickHouse has answered it once.
+    /// Creates the database and the table if missing; in cluster mode, on every shard the
+    /// local and the `Distributed` table, then the `Distributed` table on the configured URL.
+    /// With `manage_tables` off, only checks that they exist. Idempotent; insert and query
+    /// call it themselves until ClickHouse has answered it once.
     ///
     /// # Errors
-    /// `Unavailable` when ClickHouse cannot be reached or refuses the DDL.
+    /// `Unavailable` when a server cannot be reached or refuses the DDL; `Failed` naming each
+    /// table that is missing (or of another engine) when `manage_tables` is off.
     pub async fn ensure_schema(&self) -> Result<(), PortError> {
+        if !self.inner.manage_tables {
+            return self.verify_schema().await;
+        }
         self.create_schema()
             .await
-            .map_err(|(what, e)| self.map_err(what, e))
+            .map_err(|(what, url, e)| self.map_err_at(what, &url, e))
     }
 
-    async fn create_schema(&self) -> Result<(), (&'static str, clickhouse::error::Error)> {
-        let db = format!(
-            "CREATE DATABASE IF NOT EXISTS {}",
-            quote(&self.inner.database)
-        );
-        self.timed_raw(self.inner.client.query_raw(&db).execute())
-            .await
-            .map_err(|e| ("create database", e))?;
-        let ddl = self.create_table_sql();
-        self.timed_raw(self.inner.client.query_raw(&ddl).execute())
-            .await
-            .map_err(|e| ("create table", e))?;
+    /// The statements that create the schema, in order, each with its server.
+    fn ddl(&self) -> Vec<(&Client, &str, &'static str, String)> {
+        let (db, table) = (&self.inner.database, &self.inner.table);
+        let create_db = format!("CREATE DATABASE IF NOT EXISTS {}", quote(db));
+        let main = (&self.inner.client, self.inner.shown_url.as_str());
+        let Some((cluster, shards)) = &self.inner.cluster else {
+            return vec![
+                (main.0, main.1, "create database", create_db),
+                (main.0, main.1, "create table", create_table_sql(db, table)),
+            ];
+        };
+        let distributed = create_distributed_table_sql(db, table, cluster);
+        let mut plan = Vec::new();
+        for s in shards {
+            let at = (&s.client, s.shown_url.as_str());
+            plan.push((at.0, at.1, "create database", create_db.clone()));
+            let local = create_local_table_sql(db, table);
+            plan.push((at.0, at.1, "create local table", local));
+            plan.push((at.0, at.1, "create distributed table", distributed.clone()));
+        }
+        // The configured URL may be a server with the cluster's config but no shard.
+        plan.push((main.0, main.1, "create database", create_db));
+        plan.push((main.0, main.1, "create distributed table", distributed));
+        plan
+    }
+
+    async fn create_schema(&self) -> Result<(), (&'static str, String, clickhouse::error::Error)> {
+        for (client, url, what, sql) in self.ddl() {
+            self.timed_raw(client.query_raw(&sql).execute())
+                .await
+                .map_err(|e| (what, url.to_owned(), e))?;
+        }
         self.inner.schema_ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The tables each server must hold, each with (a part of) the engine it must have.
+    fn expected_tables(&self) -> Vec<(&Client, &str, Vec<Expected>)> {
+        let table = &self.inner.table;
+        let main = (&self.inner.client, self.inner.shown_url.as_str());
+        let Some((_, shards)) = &self.inner.cluster else {
+            return vec![(main.0, main.1, vec![(table.clone(), "ReplacingMergeTree")])];
+        };
+        let mut expected = vec![(main.0, main.1, vec![(table.clone(), "Distributed")])];
+        for s in shards {
+            let tables = vec![
+                (local_table(table), "ReplacingMergeTree"),
+                (table.clone(), "Distributed"),
+            ];
+            expected.push((&s.client, s.shown_url.as_str(), tables));
+        }
+        expected
+    }
+
+    /// Checks (without creating anything) that every table is there with its engine.
+    async fn verify_schema(&self) -> Result<(), PortError> {
+        let db = &self.inner.database;
+        let mut wrong = Vec::new();
+        for (client, url, tables) in self.expected_tables() {
+            let q = client
+                .query("SELECT name, engine FROM system.tables WHERE database = ?")
+                .bind(db.as_str());
+            let found: Vec<TableRow> = self
+                .timed_raw(q.fetch_all())
+                .await
+                .map_err(|e| self.map_err_at("check tables", url, e))?;
+            for (name, engine) in tables {
+                let shown = format!("{}.{} on {url}", quote(db), quote(&name));
+                match found.iter().find(|r| r.name == name) {
+                    None => wrong.push(format!("{shown} is missing")),
+                    Some(r) if !r.engine.contains(engine) => {
+                        wrong.push(format!("{shown} is {}, not {engine}", r.engine));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if wrong.is_empty() {
+            self.inner.schema_ready.store(true, Ordering::Release);
+            return Ok(());
+        }
+        Err(PortError::Failed(scrub(
+            &format!(
+                "clickhouse tables are not as expected (CARTSTREAM_CLICKHOUSE_MANAGE_TABLES=false: \
+                 an operator creates them; docs/backends.md has the DDL): {}",
+                wrong.join("; ")
+            ),
+            &self.inner.secrets,
+        )))
     }
 
     async fn schema(&self) -> Result<(), PortError> {
         if self.inner.schema_ready.load(Ordering::Acquire) {
             return Ok(());
         }
+        if !self.inner.manage_tables {
+            return self.verify_schema().await;
+        }
         match self.create_schema().await {
             Ok(()) => Ok(()),
             // The server answered but refused, e.g. a user allowed to insert and select but not
             // to create: assume an operator created the table; the statement itself will fail
             // clearly if not. Retrying the DDL on every call would only add round trips.
-            Err((what, e @ clickhouse::error::Error::BadResponse(_))) => {
-                let err = self.map_err(what, e);
+            Err((what, url, e @ clickhouse::error::Error::BadResponse(_))) => {
+                let err = self.map_err_at(what, &url, e);
                 tracing::warn!(cause = %err, "cannot create the ClickHouse schema; assuming it exists");
                 self.inner.schema_ready.store(true, Ordering::Release);
                 Ok(())
             }
-            Err((what, e)) => Err(self.map_err(what, e)),
+            Err((what, url, e)) => Err(self.map_err_at(what, &url, e)),
         }
     }
 
@@ -318,9 +471,13 @@ impl ClickHouseStore {
     }
 
     fn map_err(&self, what: &str, e: clickhouse::error::Error) -> PortError {
+        self.map_err_at(what, &self.inner.shown_url, e)
+    }
+
+    fn map_err_at(&self, what: &str, shown_url: &str, e: clickhouse::error::Error) -> PortError {
         use clickhouse::error::Error as E;
         let msg = scrub(
-            &format!("clickhouse {what} at {}: {e}", self.inner.shown_url),
+            &format!("clickhouse {what} at {shown_url}: {e}"),
             &self.inner.secrets,
         );
         match e {
@@ -354,6 +511,11 @@ impl ClickHouseStore {
             .client
             .insert_unescaped::<EventRow>(&self.inner.qualified)
             .await?;
+        if self.inner.cluster.is_some() {
+            // Return only once every shard has its rows, with a shard's error as ours: the
+            // journal is trimmed after this, so rows queued on one server would be at risk.
+            insert = insert.with_setting("insert_distributed_sync", "1");
+        }
         for row in rows {
             insert.write(row).await?;
         }
@@ -412,17 +574,28 @@ impl EventStore for ClickHouseStore {
         self.timed("query", read).await?
     }
 
+    /// `SELECT 1` on the configured URL and, in cluster mode, on every shard: inserts need
+    /// them all.
     async fn check(&self) -> Result<(), PortError> {
-        let one: u8 = self
-            .timed("ping", self.inner.client.query("SELECT 1").fetch_one())
-            .await?;
-        if one == 1 {
-            Ok(())
-        } else {
-            Err(PortError::Failed(format!(
-                "clickhouse SELECT 1 answered {one}"
-            )))
+        let shards = self.inner.cluster.iter().flat_map(|(_, s)| s);
+        let main = std::iter::once((&self.inner.client, self.inner.shown_url.as_str()));
+        for (client, url) in main.chain(shards.map(|s| (&s.client, s.shown_url.as_str()))) {
+            let one: u8 = self
+                .timed_raw(client.query("SELECT 1").fetch_one())
+                .await
+                .map_err(|e| self.map_err_at("ping", url, e))?;
+            if one != 1 {
+                // One server: the message it always had; a cluster names the server.
+                let at = match &self.inner.cluster {
+                    Some(_) => format!(" (at {url})"),
+                    None => String::new(),
+                };
+                return Err(PortError::Failed(format!(
+                    "clickhouse SELECT 1 answered {one}{at}"
+                )));
+            }
         }
+        Ok(())
     }
 }
 
@@ -478,11 +651,16 @@ ORDER BY event_id"
     fn debug_output_hides_the_password() {
         let mut cfg = ClickHouseConfig::new("http://u:hunter2@h:8123");
         cfg.password = Some("hunter3".to_owned());
+        cfg.cluster = Some(ClusterConfig {
+            name: "c".to_owned(),
+            shard_urls: vec!["http://u:hunter4@s1:8123".to_owned()],
+        });
         let shown = format!("{cfg:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            !shown.contains("hunter2") && !shown.contains("hunter3") && !shown.contains("hunter4"),
             "{shown}"
         );
+        assert!(shown.contains("s1:8123"), "{shown}");
     }
 
     #[test]
