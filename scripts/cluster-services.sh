@@ -21,6 +21,8 @@ CH_OFFSET="${CLUSTER_CH_OFFSET:-0}"
 REDIS_PORTS=()
 for i in 1 2 3 4 5 6; do REDIS_PORTS+=($((REDIS_BASE + i))); done
 CH_SHARDS=(1 2)
+# What to start: both by default; CLUSTER_PARTS=clickhouse for the ClickHouse shards alone.
+PARTS="${CLUSTER_PARTS:-redis clickhouse}"
 WAIT="${CLUSTER_WAIT:-60}"
 
 log() { echo "cluster-services: $*" >&2; }
@@ -172,8 +174,8 @@ case "${1:-}" in
         mkdir -p "$DIR"
         STARTING=1
         trap 'die "a command failed (line $LINENO)"' ERR
-        start_redis
-        start_clickhouse
+        case "$PARTS" in *redis*) start_redis ;; esac
+        case "$PARTS" in *clickhouse*) start_clickhouse ;; esac
         trap - ERR
         STARTING=0
         ;;

@@ -381,20 +381,48 @@ async fn a_server_on_the_cluster_stores_events_over_both_shards_and_reads_them_b
     app.stop().await.unwrap();
 }
 
-/// A second cluster that this test may stop shards of, found through its directory.
+/// A second cluster that this test may stop shards of, found through its directory; started
+/// here (ClickHouse only, on ports 8601/8602) when it is not running, and then stopped when
+/// dropped.
 struct SpareCluster {
     dir: PathBuf,
     urls: Vec<String>,
+    started_here: bool,
 }
+
+const SPARE_START: [(&str, &str); 3] = [
+    ("CLUSTER_REDIS_BASE", "7400"),
+    ("CLUSTER_CH_OFFSET", "400"),
+    ("CLUSTER_PARTS", "clickhouse"),
+];
 
 impl SpareCluster {
     async fn get_or_skip() -> Option<Self> {
         let dir = PathBuf::from(
             std::env::var(SPARE_ENV).unwrap_or_else(|_| "/tmp/cc-chshard".to_owned()),
         );
+        let mut started_here = false;
+        if !dir.join("clickhouse-2").join("config.xml").exists() {
+            // scripts/cluster-services.sh bounds every wait; it needs root (runuser).
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster-services.sh");
+            let out = Command::new(script)
+                .arg("start")
+                .env("CLUSTER_DIR", &dir)
+                .envs(SPARE_START)
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                return skip_or_fail(&format!(
+                    "cannot start a spare ClickHouse cluster in {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            started_here = true;
+        }
         let how = format!(
             "start it with CLUSTER_DIR={} CLUSTER_REDIS_BASE=7400 CLUSTER_CH_OFFSET=400 \
-             scripts/cluster-services.sh start (or set {SPARE_ENV})",
+             CLUSTER_PARTS=clickhouse scripts/cluster-services.sh start (or set {SPARE_ENV})",
             dir.display()
         );
         let mut urls = Vec::new();
@@ -407,8 +435,14 @@ impl SpareCluster {
             };
             urls.push(format!("http://127.0.0.1:{port}"));
         }
-        let urls = cluster_or_skip(urls, &how).await?;
-        Some(Self { dir, urls })
+        // Built first, so a cluster started here is stopped again if it does not answer.
+        let mut spare = Self {
+            dir,
+            urls: Vec::new(),
+            started_here,
+        };
+        spare.urls = cluster_or_skip(urls, &how).await?;
+        Some(spare)
     }
 
     /// Shard `n`'s native port, as its config says (what the Distributed table connects to).
@@ -598,4 +632,17 @@ async fn a_shard_that_is_down_fails_the_insert_and_the_journal_keeps_the_rows_un
         assert!(ids_in_ch.lines().any(|l| l == id), "{id} missing");
     }
     app.stop().await.unwrap();
+}
+
+impl Drop for SpareCluster {
+    fn drop(&mut self) {
+        if self.started_here {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster-services.sh");
+            let _ = Command::new(script)
+                .arg("stop")
+                .env("CLUSTER_DIR", &self.dir)
+                .envs(SPARE_START)
+                .status();
+        }
+    }
 }
