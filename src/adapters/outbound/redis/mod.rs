@@ -24,6 +24,7 @@
 //! as above. When a claim times out, Redis may still have taken its keys; they lapse after
 //! `hold`, and retries meanwhile see `InFlight`, never a false `Duplicate`.
 
+pub mod cluster;
 pub(crate) mod pool;
 
 use super::redact::redact_url;
