@@ -5,7 +5,7 @@
 //!
 //! - `event_store`: the embedded store, ClickHouse, and the journaled store (the local journal
 //!   in front of a remote store) over each.
-//! - `dedup_store`: the embedded store and Redis.
+//! - `dedup_store`: the embedded store, Redis and Redis Cluster.
 //! - `journal`: the SQLite journal.
 //! - `feed`: the embedded store and the SQLite journal, as the feeds routing reads.
 
