@@ -452,3 +452,122 @@ async fn claims_follow_a_slot_moving_to_another_master_without_an_error() {
         "and back again"
     );
 }
+
+/// `(master's port, its replica's port)` pairs from `CLUSTER NODES`.
+async fn pairs(seeds: &[String]) -> Vec<(u16, u16)> {
+    let mut c = conn(seeds[0].as_str()).await;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let port = |addr: &str| -> u16 {
+        let hostport = addr.split('@').next().unwrap();
+        hostport.rsplit_once(':').unwrap().1.parse().unwrap()
+    };
+    let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
+    let mut out = Vec::new();
+    for m in lines
+        .iter()
+        .filter(|f| f[2].contains("master") && !f[2].contains("fail"))
+    {
+        if let Some(r) = lines
+            .iter()
+            .find(|f| f[3] == m[0] && !f[2].contains("fail"))
+        {
+            out.push((port(m[1]), port(r[1])));
+        }
+    }
+    out
+}
+
+/// `ROLE`'s first word, and for a replica its link's state (`connected` once in sync).
+async fn role(port: u16) -> String {
+    let mut c = conn(&format!("redis://127.0.0.1:{port}")).await;
+    let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
+    let word = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+        other => format!("{other:?}"),
+    };
+    match word(&role[0]).as_str() {
+        "slave" => format!("slave {}", word(&role[3])),
+        other => other.to_owned(),
+    }
+}
+
+/// `CLUSTER FAILOVER` on `replica`, then waits (at most 15 s) until it is a master and its
+/// old master a replica in sync with it (a second failover before that times out).
+async fn fail_over_to(replica: u16, master: u16) {
+    let mut c = conn(&format!("redis://127.0.0.1:{replica}")).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let settled = crate::helpers::poll_until(
+        Duration::from_secs(15),
+        || async { (role(replica).await, role(master).await) },
+        |(r, m)| r == "master" && m == "slave connected",
+    )
+    .await;
+    assert_eq!(
+        settled,
+        ("master".into(), "slave connected".into()),
+        "failover to {replica}"
+    );
+}
+
+#[tokio::test]
+async fn claims_keep_working_while_a_replica_takes_over_its_master() {
+    let Some(seeds) = crate::backends::redis_failover_cluster_or_skip().await else {
+        return;
+    };
+    let store = store(&seeds, &redis_cluster_prefix());
+    let confirmed_ids = as_keys(&ids("confirmed", 60));
+    let held_ids = as_keys(&ids("held", 60));
+    let (confirmed, held) = (lease(), lease());
+    store.claim(&confirmed, &confirmed_ids).await.unwrap();
+    store.confirm(&confirmed, &confirmed_ids).await.unwrap();
+    store.claim(&held, &held_ids).await.unwrap();
+    let (master, replica) = pairs(&seeds).await[0];
+
+    // Claims go on all along, each over every master; none may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let (mut done, mut n) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let ks = as_keys(&ids(&format!("load{n}"), 30));
+                let got = store.claim(&lease(), &ks).await;
+                assert!(
+                    got.as_ref()
+                        .is_ok_and(|c| c.iter().all(|c| *c == Claim::New)),
+                    "claim {n} during the failover: {got:?}"
+                );
+                done += 1;
+            }
+            done
+        }
+    });
+    fail_over_to(replica, master).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = load.await.unwrap();
+    assert!(done > 0);
+
+    // After the promotion (the store's map still names the old master: MOVED, refresh).
+    let dup = store.claim(&lease(), &confirmed_ids).await.unwrap();
+    assert!(dup.iter().all(|c| *c == Claim::Duplicate), "{dup:?}");
+    let inflight = store.claim(&lease(), &held_ids).await.unwrap();
+    assert!(
+        inflight.iter().all(|c| *c == Claim::InFlight),
+        "{inflight:?}"
+    );
+    store.confirm(&held, &held_ids).await.unwrap();
+    let dup = store.claim(&lease(), &held_ids).await.unwrap();
+    assert!(dup.iter().all(|c| *c == Claim::Duplicate), "{dup:?}");
+    store.check().await.unwrap();
+    // The roles stay swapped: masters refuse to vote for a second failover of the same slots
+    // within twice the node timeout, and the next run takes whichever master has a replica.
+}
