@@ -517,11 +517,15 @@ async fn fail_over_to(replica: u16, master: u16) {
     );
 }
 
+/// The failover tests share one cluster: one at a time.
+static FAILOVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn claims_keep_working_while_a_replica_takes_over_its_master() {
     let Some(seeds) = crate::backends::redis_failover_cluster_or_skip().await else {
         return;
     };
+    let _one_at_a_time = FAILOVER.lock().await;
     let store = store(&seeds, &redis_cluster_prefix());
     let confirmed_ids = as_keys(&ids("confirmed", 60));
     let held_ids = as_keys(&ids("held", 60));
@@ -570,4 +574,120 @@ async fn claims_keep_working_while_a_replica_takes_over_its_master() {
     store.check().await.unwrap();
     // The roles stay swapped: masters refuse to vote for a second failover of the same slots
     // within twice the node timeout, and the next run takes whichever master has a replica.
+}
+
+/// `CONFIG GET name` on `port`.
+async fn config_get(port: u16, name: &str) -> String {
+    let mut c = conn(&format!("redis://127.0.0.1:{port}")).await;
+    let got: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    got[1].clone()
+}
+
+#[tokio::test]
+async fn a_stopped_master_answers_unavailable_until_its_replica_takes_over_never_wrong() {
+    let Some(seeds) = crate::backends::redis_failover_cluster_or_skip().await else {
+        return;
+    };
+    let _one_at_a_time = FAILOVER.lock().await;
+    let store = store(&seeds, &redis_cluster_prefix());
+    let confirmed_ids = as_keys(&ids("confirmed", 60));
+    let confirmed = lease();
+    store.claim(&confirmed, &confirmed_ids).await.unwrap();
+    store.confirm(&confirmed, &confirmed_ids).await.unwrap();
+    let (master, replica) = pairs(&seeds).await[0];
+    // What it takes to start the master again as `scripts/cluster-services.sh` did, so the
+    // cluster gets its replica back (and `stop` still finds it by its pid file).
+    let (dir, pidfile, logfile) = (
+        config_get(master, "dir").await,
+        config_get(master, "pidfile").await,
+        config_get(master, "logfile").await,
+    );
+    // The replica has the confirmation before its master goes (replication is asynchronous:
+    // what a master acked and had not sent is lost with it, as with any Redis failover).
+    let mut m = conn(&format!("redis://127.0.0.1:{master}")).await;
+    let synced: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(&mut m)
+        .await
+        .unwrap();
+    assert_eq!(synced, 1);
+    let _: Option<()> = redis::cmd("SHUTDOWN")
+        .arg("NOSAVE")
+        .query_async(&mut m)
+        .await
+        .ok();
+
+    let (mut unavailable, mut n, started) = (0, 0, std::time::Instant::now());
+    loop {
+        n += 1;
+        let ks = as_keys(&ids(&format!("outage{n}"), 30));
+        match store.claim(&lease(), &ks).await {
+            Ok(c) => {
+                assert!(c.iter().all(|c| *c == Claim::New), "claim {n}: {c:?}");
+                if role(replica).await == "master" {
+                    break;
+                }
+            }
+            Err(cartstream::ports::PortError::Unavailable(_)) => unavailable += 1,
+            Err(e) => panic!("claim {n}: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no promotion in 20 s"
+        );
+    }
+    let dup = store.claim(&lease(), &confirmed_ids).await.unwrap();
+    assert!(dup.iter().all(|c| *c == Claim::Duplicate), "{dup:?}");
+    eprintln!(
+        "master {master} stopped: {unavailable} of {n} claims unavailable, promotion of \
+         {replica} seen after {:?}",
+        started.elapsed()
+    );
+
+    let status = std::process::Command::new("redis-server")
+        .args([
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &master.to_string(),
+        ])
+        .args(["--dir", &dir, "--cluster-enabled", "yes"])
+        .args([
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ])
+        .args(["--save", "", "--appendonly", "no", "--pidfile", &pidfile])
+        .args(["--logfile", &logfile])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let back = crate::helpers::poll_until(
+        Duration::from_secs(15),
+        || async {
+            match redis::Client::open(format!("redis://127.0.0.1:{master}").as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+            {
+                Ok(_) => role(master).await,
+                Err(e) => e.to_string(),
+            }
+        },
+        |r| r == "slave connected",
+    )
+    .await;
+    assert_eq!(
+        back, "slave connected",
+        "the old master is back as a replica"
+    );
 }
