@@ -691,3 +691,38 @@ async fn a_stopped_master_answers_unavailable_until_its_replica_takes_over_never
         "the old master is back as a replica"
     );
 }
+
+#[tokio::test]
+async fn the_server_dedups_on_a_cluster_named_by_its_seeds() {
+    let Some(seeds) = redis_cluster_or_skip().await else {
+        return;
+    };
+    let prefix = redis_cluster_prefix();
+    let app = crate::helpers::TestApp::spawn_with(move |s| {
+        s.redis_cluster_nodes = seeds;
+        s.redis_key_prefix = prefix;
+    })
+    .await;
+    let (status, ready) = app.get_json("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["dedupStore"]["backend"], "redis");
+    let events: Vec<serde_json::Value> = (0..50)
+        .map(|i| crate::helpers::item_added(&crate::helpers::unique(&format!("rc{i}"))))
+        .collect();
+    let (status, body) = app
+        .post_batch(&serde_json::json!({ "events": events }))
+        .await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (200, Some(50)),
+        "{body}"
+    );
+    let (status, body) = app
+        .post_batch(&serde_json::json!({ "events": events }))
+        .await;
+    assert_eq!(
+        (status, body["duplicates"].as_u64()),
+        (200, Some(50)),
+        "{body}"
+    );
+}
