@@ -644,6 +644,9 @@ async fn a_stopped_master_answers_unavailable_until_its_replica_takes_over_never
     }
     let dup = store.claim(&lease(), &confirmed_ids).await.unwrap();
     assert!(dup.iter().all(|c| *c == Claim::Duplicate), "{dup:?}");
+    // Ready again: a fresh store (whose first map may still name the stopped master) too.
+    store.check().await.unwrap();
+    self::store(&seeds, "x").check().await.unwrap();
     eprintln!(
         "master {master} stopped: {unavailable} of {n} claims unavailable, promotion of \
          {replica} seen after {:?}",

@@ -294,17 +294,21 @@ impl DedupStore for RedisClusterDedupStore {
         self.run("release", cmds).await.map(drop)
     }
 
-    /// Pings every master the slot map names.
+    /// Pings every master the slot map names; when one does not answer, reads the map again
+    /// (a replica may have taken over) and pings the masters it names.
     async fn check(&self) -> Result<(), PortError> {
-        let masters = self.inner.router.masters().await?;
-        let pings = masters
-            .iter()
-            .map(|m| self.inner.router.ping(m))
-            .collect::<Vec<_>>();
-        for result in futures_util::future::join_all(pings).await {
-            result?;
+        let router = &self.inner.router;
+        let ping_all = |masters: Vec<String>| async move {
+            let pings = masters.iter().map(|m| router.ping(m)).collect::<Vec<_>>();
+            futures_util::future::join_all(pings)
+                .await
+                .into_iter()
+                .collect::<Result<(), PortError>>()
+        };
+        if ping_all(router.masters(false).await?).await.is_ok() {
+            return Ok(());
         }
-        Ok(())
+        ping_all(router.masters(true).await?).await
     }
 }
 

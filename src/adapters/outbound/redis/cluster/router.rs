@@ -125,11 +125,12 @@ impl Router {
         Arc::clone(&self.topology.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Every master's address, refreshing the slot map first if it is still empty.
-    pub async fn masters(&self) -> Result<Vec<Addr>, PortError> {
+    /// Every master's address, refreshing the slot map first if it is still empty or `fresh`
+    /// is asked for.
+    pub async fn masters(&self, fresh: bool) -> Result<Vec<Addr>, PortError> {
         let deadline = Instant::now() + self.command_timeout;
         let mut topo = self.current();
-        if topo.masters.is_empty() {
+        if fresh || topo.masters.is_empty() {
             self.refresh(topo.generation, deadline)
                 .await
                 .map_err(|e| self.unavailable("slot map", &e))?;
