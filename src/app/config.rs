@@ -25,6 +25,10 @@ pub struct Settings {
     /// comma-separated `redis://` URLs. Every node is reached with the first one's credentials.
     #[serde(default, deserialize_with = "string_or_list")]
     pub redis_cluster_nodes: Vec<String>,
+    /// On a cluster, 0: each event key in its own slot; `n`: event keys in `n` slots only, so
+    /// a group's confirm costs at most `n` commands (see docs/backends.md).
+    #[validate(range(max = 16384))]
+    pub redis_cluster_buckets: u16,
     /// Prefix of every dedup key in Redis.
     #[serde(deserialize_with = "lenient_string")]
     pub redis_key_prefix: String,
@@ -330,6 +334,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             redis_url: None,
             redis_cluster_nodes: Vec::new(),
+            redis_cluster_buckets: 0,
             redis_key_prefix: "cartstream:dedup:".into(),
             redis_pool_size: 8,
             redis_connect_timeout: Duration::from_secs(2),
@@ -453,6 +458,7 @@ const ENV_KEYS: &[&str] = &[
     "data_dir",
     "redis_url",
     "redis_cluster_nodes",
+    "redis_cluster_buckets",
     "redis_key_prefix",
     "redis_pool_size",
     "redis_connect_timeout",
@@ -769,7 +775,15 @@ mod tests {
     #[test]
     fn a_redis_cluster_is_named_by_its_seeds_and_never_beside_a_single_redis() {
         let seeds = "redis://127.0.0.1:7101, redis://127.0.0.1:7102";
-        let s = run(&[("CARTSTREAM_REDIS_CLUSTER_NODES", seeds)], None).unwrap();
+        let s = run(
+            &[
+                ("CARTSTREAM_REDIS_CLUSTER_NODES", seeds),
+                ("CARTSTREAM_REDIS_CLUSTER_BUCKETS", "64"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.redis_cluster_buckets, 64);
         assert_eq!(
             s.redis_cluster_nodes,
             ["redis://127.0.0.1:7101", "redis://127.0.0.1:7102"]

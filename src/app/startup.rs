@@ -178,6 +178,7 @@ fn dedup_side(
         let config = RedisClusterDedupConfig {
             seeds: settings.redis_cluster_nodes.clone(),
             key_prefix: settings.redis_key_prefix.clone(),
+            buckets: settings.redis_cluster_buckets,
             connect_timeout: settings.redis_connect_timeout,
             command_timeout: settings.redis_command_timeout,
         };

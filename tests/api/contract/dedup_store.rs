@@ -85,8 +85,20 @@ async fn redis_cluster() -> Option<Subject> {
     })
 }
 
+/// Event keys in 16 slots only.
+async fn redis_cluster_buckets() -> Option<Subject> {
+    let mut config = RedisClusterDedupConfig::new(redis_cluster_or_skip().await?);
+    config.key_prefix = redis_cluster_prefix();
+    config.buckets = 16;
+    Some(Subject {
+        store: Arc::new(RedisClusterDedupStore::new(config).unwrap()),
+        clock: None,
+        _keep: Box::new(()),
+    })
+}
+
 contract_tests! {
-    adapters: [embedded, redis, redis_cluster],
+    adapters: [embedded, redis, redis_cluster, redis_cluster_buckets],
     checks: [
         claims_tell_new_in_flight_and_duplicate_apart,
         release_frees_the_leases_keys_and_never_a_confirmed_or_foreign_one,

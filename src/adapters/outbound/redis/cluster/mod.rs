@@ -30,7 +30,7 @@ use crate::domain::DedupKey;
 use crate::ports::{Claim, DedupStore, Lease, PortError};
 use bb8_redis::redis::{self, Cmd, Value};
 use router::{Router, SlotCmd};
-use slots::{key_slot, slot_tag};
+use slots::{key_slot, slot_tag, SLOTS};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +44,12 @@ pub struct RedisClusterDedupConfig {
     pub seeds: Vec<String>,
     /// Prepended to every key, as for a single Redis.
     pub key_prefix: String,
+    /// `0`: event keys are `<prefix><eventId>`, in whatever slot Redis puts them, so a group
+    /// of `k` keys spans about `k` slots. `n`: event keys are `<prefix>{T}<eventId>`, `T` the
+    /// tag of one of `n` slots spread evenly over the 16384 (chosen by the event id), so a
+    /// group spans at most `n` slots, and a confirm costs at most `n` `SET`s; the cluster is
+    /// then balanced in steps of `1/n`. Changing it forgets the window, as a new prefix does.
+    pub buckets: u16,
     /// How long to wait for a connection to a node.
     pub connect_timeout: Duration,
     /// How long one call may take, redirections and failover retries included, before
@@ -57,6 +63,7 @@ impl RedisClusterDedupConfig {
         Self {
             seeds,
             key_prefix: "cartstream:dedup:".to_owned(),
+            buckets: 0,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
         }
@@ -73,6 +80,7 @@ impl fmt::Debug for RedisClusterDedupConfig {
         f.debug_struct("RedisClusterDedupConfig")
             .field("seeds", &seeds)
             .field("key_prefix", &self.key_prefix)
+            .field("buckets", &self.buckets)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .finish()
@@ -88,6 +96,7 @@ pub struct RedisClusterDedupStore {
 struct Inner {
     router: Router,
     key_prefix: String,
+    buckets: u16,
 }
 
 impl fmt::Debug for RedisClusterDedupStore {
@@ -123,6 +132,7 @@ impl RedisClusterDedupStore {
             inner: Arc::new(Inner {
                 router,
                 key_prefix: config.key_prefix,
+                buckets: config.buckets.min(SLOTS),
             }),
         })
     }
@@ -136,13 +146,26 @@ impl RedisClusterDedupStore {
         )
     }
 
+    /// An event's key: `<prefix><eventId>`, or with buckets `<prefix>{T}<eventId>`.
+    fn event_key(&self, k: &DedupKey) -> String {
+        let (prefix, id) = (&self.inner.key_prefix, k.as_str());
+        match u32::from(self.inner.buckets) {
+            0 => format!("{prefix}{id}"),
+            n => {
+                let bucket = u32::from(key_slot(id.as_bytes())) % n;
+                // Spread evenly, so buckets spread over masters as the slots do.
+                let slot = u16::try_from(bucket * u32::from(SLOTS) / n).unwrap_or(0);
+                format!("{prefix}{{{}}}{id}", slot_tag(slot))
+            }
+        }
+    }
+
     /// The group's keys per slot, slots in ascending order.
     fn by_slot(&self, lease: &Lease, keys: &[DedupKey]) -> Vec<SlotKeys> {
-        let prefix = &self.inner.key_prefix;
         let id = lease_value(lease);
         let mut slots: BTreeMap<u16, SlotKeys> = BTreeMap::new();
         for (i, k) in keys.iter().enumerate() {
-            let key = format!("{prefix}{}", k.as_str());
+            let key = self.event_key(k);
             let slot = key_slot(key.as_bytes());
             let entry = slots.entry(slot).or_insert_with(|| SlotKeys {
                 slot,
@@ -329,6 +352,32 @@ mod tests {
     fn debug_output_hides_the_password() {
         let cfg = RedisClusterDedupConfig::new(vec!["redis://u:hunter2@127.0.0.1:1".into()]);
         assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn with_buckets_a_group_spans_at_most_that_many_slots() {
+        let mut config = RedisClusterDedupConfig::new(vec!["redis://127.0.0.1:1".into()]);
+        config.buckets = 8;
+        let store = RedisClusterDedupStore::new(config).unwrap();
+        let keys: Vec<DedupKey> = (0..500)
+            .map(|i| DedupKey::from(&crate::domain::EventId::parse(&format!("e-{i}")).unwrap()))
+            .collect();
+        let groups = store.by_slot(
+            &Lease {
+                id: 1,
+                hold: Duration::ZERO,
+                window: Duration::ZERO,
+            },
+            &keys,
+        );
+        let slots: Vec<u16> = groups.iter().map(|g| g.slot).collect();
+        assert_eq!(slots, [0, 2048, 4096, 6144, 8192, 10240, 12288, 14336]);
+        for g in &groups {
+            assert!(g
+                .script_keys
+                .iter()
+                .all(|k| key_slot(k.as_bytes()) == g.slot));
+        }
     }
 
     #[test]
