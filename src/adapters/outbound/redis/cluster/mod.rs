@@ -12,10 +12,10 @@
 //! - release: per slot, the single-node release script.
 //!
 //! The commands of a call are grouped by the master that owns their slot: one pipeline per
-//! master, all masters at once (see [`router`]). A group of `k` keys costs one round trip
+//! master, all masters at once (see `router.rs`). A group of `k` keys costs one round trip
 //! however many masters it spans, and the slots it spans set how many commands those
 //! pipelines carry: at most `min(k, 16384)`, so a confirm costs a `SET` per slot instead of one
-//! per group.
+//! per group; with `buckets = n`, at most `n` (docs/backends.md has the measurements).
 //!
 //! When a master cannot answer within the command timeout (down, before its replica takes
 //! over), the whole call answers `Unavailable`, so the dedup outage policy decides for the
