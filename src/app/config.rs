@@ -21,6 +21,14 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Redis for dedup; unset: embedded.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster for dedup, instead of `redis_url`. In the environment:
+    /// comma-separated `redis://` URLs. Every node is reached with the first one's credentials.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub redis_cluster_nodes: Vec<String>,
+    /// On a cluster, 0: each event key in its own slot; `n`: event keys in `n` slots only, so
+    /// a group's confirm costs at most `n` commands (see docs/backends.md).
+    #[validate(range(max = 16384))]
+    pub redis_cluster_buckets: u16,
     /// Prefix of every dedup key in Redis.
     #[serde(deserialize_with = "lenient_string")]
     pub redis_key_prefix: String,
@@ -337,6 +345,8 @@ impl Default for Settings {
             listen: SocketAddr::from(([0, 0, 0, 0], 3001)),
             data_dir: PathBuf::from("./data"),
             redis_url: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_cluster_buckets: 0,
             redis_key_prefix: "cartstream:dedup:".into(),
             redis_pool_size: 8,
             redis_connect_timeout: Duration::from_secs(2),
@@ -462,6 +472,8 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "redis_url",
+    "redis_cluster_nodes",
+    "redis_cluster_buckets",
     "redis_key_prefix",
     "redis_pool_size",
     "redis_connect_timeout",
@@ -610,6 +622,7 @@ impl Settings {
                 )));
             }
         }
+        self.check_redis_cluster()?;
         for (name, url) in [
             ("redis_url", &self.redis_url),
             ("clickhouse_url", &self.clickhouse_url),
@@ -663,6 +676,31 @@ impl Settings {
             }
             Some(_) => Ok(()),
         }
+    }
+
+    /// A cluster's seeds are `redis://` URLs, and a cluster and a single Redis are not both
+    /// named: which one holds the dedup state must not depend on a precedence rule.
+    fn check_redis_cluster(&self) -> Result<(), ConfigError> {
+        if self.redis_url.is_some() && !self.redis_cluster_nodes.is_empty() {
+            return Err(ConfigError::Invalid(
+                "redis_url (CARTSTREAM_REDIS_URL) and redis_cluster_nodes \
+                 (CARTSTREAM_REDIS_CLUSTER_NODES) are both set: set the first for a single \
+                 Redis, the second for a Redis Cluster"
+                    .into(),
+            ));
+        }
+        if self
+            .redis_cluster_nodes
+            .iter()
+            .any(|u| !u.starts_with("redis://"))
+        {
+            return Err(ConfigError::Invalid(
+                "redis_cluster_nodes (CARTSTREAM_REDIS_CLUSTER_NODES): every seed must be a \
+                 redis:// URL"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Validation bounds for events.
@@ -785,6 +823,40 @@ mod tests {
     fn api_keys_from_env_are_comma_separated() {
         let s = run(&[("CARTSTREAM_API_KEYS", "a, b,,c")], None).unwrap();
         assert_eq!(s.api_keys, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_its_seeds_and_never_beside_a_single_redis() {
+        let seeds = "redis://127.0.0.1:7101, redis://127.0.0.1:7102";
+        let s = run(
+            &[
+                ("CARTSTREAM_REDIS_CLUSTER_NODES", seeds),
+                ("CARTSTREAM_REDIS_CLUSTER_BUCKETS", "64"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.redis_cluster_buckets, 64);
+        assert_eq!(
+            s.redis_cluster_nodes,
+            ["redis://127.0.0.1:7101", "redis://127.0.0.1:7102"]
+        );
+        let both = run(
+            &[
+                ("CARTSTREAM_REDIS_CLUSTER_NODES", seeds),
+                ("CARTSTREAM_REDIS_URL", "redis://127.0.0.1:6379"),
+            ],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("CARTSTREAM_REDIS_URL")
+                && both.contains("CARTSTREAM_REDIS_CLUSTER_NODES"),
+            "{both}"
+        );
+        let scheme = run(&[("CARTSTREAM_REDIS_CLUSTER_NODES", "http://h:1")], None).unwrap_err();
+        assert!(scheme.to_string().contains("redis://"), "{scheme}");
     }
 
     #[test]

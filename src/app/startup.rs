@@ -9,6 +9,7 @@ use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore, C
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::adapters::outbound::redis::cluster::{RedisClusterDedupConfig, RedisClusterDedupStore};
 use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use crate::adapters::outbound::targets::build_target;
 use crate::app::access::Access;
@@ -140,8 +141,9 @@ struct LazyEmbedded<'a> {
 
 impl<'a> LazyEmbedded<'a> {
     fn new(settings: &'a Settings, clock: Arc<dyn Clock>) -> Self {
-        let mode = match (&settings.redis_url, &settings.clickhouse_url) {
-            (None, None) => DedupMode::Events {
+        let redis = settings.redis_url.is_some() || !settings.redis_cluster_nodes.is_empty();
+        let mode = match (redis, &settings.clickhouse_url) {
+            (false, None) => DedupMode::Events {
                 window: settings.dedup_window,
             },
             _ => DedupMode::Table,
@@ -166,11 +168,24 @@ impl<'a> LazyEmbedded<'a> {
     }
 }
 
-/// The dedup store the settings ask for (Redis, or the embedded store), with its name.
+/// The dedup store the settings ask for (a Redis Cluster, a single Redis, or the embedded
+/// store), with its name.
 fn dedup_side(
     settings: &Settings,
     embedded: &mut LazyEmbedded<'_>,
 ) -> Result<(Arc<dyn DedupStore>, &'static str), StartupError> {
+    if !settings.redis_cluster_nodes.is_empty() {
+        let config = RedisClusterDedupConfig {
+            seeds: settings.redis_cluster_nodes.clone(),
+            key_prefix: settings.redis_key_prefix.clone(),
+            buckets: settings.redis_cluster_buckets,
+            connect_timeout: settings.redis_connect_timeout,
+            command_timeout: settings.redis_command_timeout,
+        };
+        let store = RedisClusterDedupStore::new(config).map_err(StartupError::Backend)?;
+        // Still `redis` in `GET /ready` (the API's documented names); its errors say "cluster".
+        return Ok((Arc::new(store), "redis"));
+    }
     Ok(match &settings.redis_url {
         Some(url) => {
             let config = RedisDedupConfig {

@@ -16,7 +16,7 @@ pub const CLICKHOUSE_ENV: &str = "CARTSTREAM_TEST_CLICKHOUSE_URL";
 pub const DEAD_REDIS_URL: &str = "redis://user:hunter2@127.0.0.1:1";
 pub const DEAD_CLICKHOUSE_URL: &str = "http://127.0.0.1:1";
 
-fn unreachable(what: &str, url: &str, cause: &str) -> Option<String> {
+fn unreachable<T>(what: &str, url: &str, cause: &str) -> Option<T> {
     let msg = format!(
         "{what} not reachable at {url} ({cause}); run scripts/ensure-services.sh \
          (or set the URL in the environment)"
@@ -150,4 +150,59 @@ pub async fn silent_server() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+pub const REDIS_CLUSTER_ENV: &str = "CARTSTREAM_TEST_REDIS_CLUSTER_NODES";
+/// A Redis Cluster the failover test may fail over: not the shared one.
+pub const REDIS_FAILOVER_ENV: &str = "CARTSTREAM_TEST_REDIS_FAILOVER_NODES";
+
+/// The Redis Cluster to test against (its seed URLs), or `None` (after a loud message) when it
+/// is down or not `cluster_state:ok` outside CI. `scripts/cluster-services.sh start` starts it.
+pub async fn redis_cluster_or_skip() -> Option<Vec<String>> {
+    let default = (7101..=7106)
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let seeds = std::env::var(REDIS_CLUSTER_ENV).unwrap_or(default);
+    cluster_or_skip("Redis Cluster (scripts/cluster-services.sh start)", &seeds).await
+}
+
+/// The Redis Cluster the failover test may disturb, named by `CARTSTREAM_TEST_REDIS_FAILOVER_NODES`
+/// (no default: a test must never fail over a cluster others use), or `None` as above.
+pub async fn redis_failover_cluster_or_skip() -> Option<Vec<String>> {
+    let hint = "a Redis Cluster of its own for the failover test (e.g. CLUSTER_DIR=/tmp/cc-x \
+                CLUSTER_REDIS_BASE=7300 CLUSTER_CH_OFFSET=300 scripts/cluster-services.sh start, \
+                then CARTSTREAM_TEST_REDIS_FAILOVER_NODES=redis://127.0.0.1:7301)";
+    match std::env::var(REDIS_FAILOVER_ENV) {
+        Ok(seeds) => cluster_or_skip(hint, &seeds).await,
+        Err(_) => unreachable(
+            hint,
+            "(CARTSTREAM_TEST_REDIS_FAILOVER_NODES unset)",
+            "not named",
+        ),
+    }
+}
+
+async fn cluster_or_skip(what: &str, seeds: &str) -> Option<Vec<String>> {
+    let seeds: Vec<String> = seeds.split(',').map(|s| s.trim().to_owned()).collect();
+    let shown = seeds.join(",");
+    let info = async {
+        let client = redis::Client::open(seeds[0].as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async::<String>(&mut conn)
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), info).await {
+        Ok(Ok(info)) if info.contains("cluster_state:ok") => Some(seeds),
+        Ok(Ok(_)) => unreachable(what, &shown, "cluster_state is not ok"),
+        Ok(Err(e)) => unreachable(what, &shown, &e.to_string()),
+        Err(_) => unreachable(what, &shown, "no answer within 5 s"),
+    }
+}
+
+/// A key prefix for the cluster tests no other test (or run) uses.
+pub fn redis_cluster_prefix() -> String {
+    format!("rc-test:{}:", random_suffix())
 }

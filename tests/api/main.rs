@@ -18,6 +18,7 @@ mod openapi;
 mod production;
 mod proxy;
 mod reads;
+mod redis_cluster_dedup;
 mod redis_dedup;
 mod routing;
 mod security;

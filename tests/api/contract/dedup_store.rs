@@ -1,8 +1,13 @@
 //! The `DedupStore` contract: claims, confirmations and releases answer the same on every
-//! store. Runs on the embedded store (dedup state in its own table) and Redis.
+//! store. Runs on the embedded store (dedup state in its own table), Redis and Redis Cluster.
 
-use crate::backends::{redis_prefix, redis_url_or_skip};
+use crate::backends::{
+    redis_cluster_or_skip, redis_cluster_prefix, redis_prefix, redis_url_or_skip,
+};
 use cartstream::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
+use cartstream::adapters::outbound::redis::cluster::{
+    RedisClusterDedupConfig, RedisClusterDedupStore,
+};
 use cartstream::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use cartstream::domain::{DedupKey, EventId};
 use cartstream::ports::{Claim, Clock, DedupStore, Lease};
@@ -70,8 +75,30 @@ async fn redis() -> Option<Subject> {
     })
 }
 
+async fn redis_cluster() -> Option<Subject> {
+    let mut config = RedisClusterDedupConfig::new(redis_cluster_or_skip().await?);
+    config.key_prefix = redis_cluster_prefix();
+    Some(Subject {
+        store: Arc::new(RedisClusterDedupStore::new(config).unwrap()),
+        clock: None,
+        _keep: Box::new(()),
+    })
+}
+
+/// Event keys in 16 slots only.
+async fn redis_cluster_buckets() -> Option<Subject> {
+    let mut config = RedisClusterDedupConfig::new(redis_cluster_or_skip().await?);
+    config.key_prefix = redis_cluster_prefix();
+    config.buckets = 16;
+    Some(Subject {
+        store: Arc::new(RedisClusterDedupStore::new(config).unwrap()),
+        clock: None,
+        _keep: Box::new(()),
+    })
+}
+
 contract_tests! {
-    adapters: [embedded, redis],
+    adapters: [embedded, redis, redis_cluster, redis_cluster_buckets],
     checks: [
         claims_tell_new_in_flight_and_duplicate_apart,
         release_frees_the_leases_keys_and_never_a_confirmed_or_foreign_one,

@@ -5,7 +5,8 @@
 //!
 //! - `event_store`: the embedded store, ClickHouse, and the journaled store (the local journal
 //!   in front of a remote store) over each.
-//! - `dedup_store`: the embedded store and Redis.
+//! - `dedup_store`: the embedded store, Redis and Redis Cluster (event keys where Redis puts
+//!   them, and in 16 buckets).
 //! - `journal`: the SQLite journal.
 //! - `feed`: the embedded store and the SQLite journal, as the feeds routing reads.
 

@@ -14,7 +14,7 @@
 //!
 //! The scripts touch keys they are not given (the lease keys of other holders), which Redis
 //! Cluster does not allow; this adapter targets a single Redis (or a replicated primary), like
-//! the default setup. It also needs Redis not to evict keys (`maxmemory-policy noeviction`, the
+//! the default setup. [`cluster`] runs the same scripts per hash slot on a Redis Cluster. It also needs Redis not to evict keys (`maxmemory-policy noeviction`, the
 //! default): an evicted lease key makes its events look abandoned, so a retry would be recorded
 //! twice (the stores absorb that, since inserts are idempotent per event id, but it is not
 //! answered `duplicate`).
@@ -24,6 +24,7 @@
 //! as above. When a claim times out, Redis may still have taken its keys; they lapse after
 //! `hold`, and retries meanwhile see `InFlight`, never a false `Duplicate`.
 
+pub mod cluster;
 pub(crate) mod pool;
 
 use super::redact::redact_url;
