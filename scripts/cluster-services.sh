@@ -87,6 +87,14 @@ start_redis() {
     # Every replica attached to its master: replication is what a failover test relies on.
     until_ok "$WAIT" sh -c "[ \$(redis-cli -p ${REDIS_PORTS[0]} cluster nodes | grep -c slave) -eq 3 ]" ||
         die "the Redis Cluster's replicas did not attach within ${WAIT}s"
+    # ...and in sync: until its first sync is done, a replica cannot take over, a manual
+    # failover stalls its master and WAIT blocks.
+    for port in "${REDIS_PORTS[@]}"; do
+        if redis-cli -p "$port" info replication | grep -q '^role:master'; then
+            until_ok "$WAIT" sh -c "redis-cli -p $port info replication | grep -q 'state=online'" ||
+                die "the replica of the master on $port did not come in sync within ${WAIT}s"
+        fi
+    done
     log "Redis Cluster up: 127.0.0.1:${REDIS_PORTS[0]}-${REDIS_PORTS[5]} (3 masters, 3 replicas)"
 }
 

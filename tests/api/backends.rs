@@ -167,20 +167,69 @@ pub async fn redis_cluster_or_skip() -> Option<Vec<String>> {
     cluster_or_skip("Redis Cluster (scripts/cluster-services.sh start)", &seeds).await
 }
 
-/// The Redis Cluster the failover test may disturb, named by `CARTSTREAM_TEST_REDIS_FAILOVER_NODES`
-/// (no default: a test must never fail over a cluster others use), or `None` as above.
-pub async fn redis_failover_cluster_or_skip() -> Option<Vec<String>> {
-    let hint = "a Redis Cluster of its own for the failover test (e.g. CLUSTER_DIR=/tmp/cc-x \
-                CLUSTER_REDIS_BASE=7300 CLUSTER_CH_OFFSET=300 scripts/cluster-services.sh start, \
-                then CARTSTREAM_TEST_REDIS_FAILOVER_NODES=redis://127.0.0.1:7301)";
-    match std::env::var(REDIS_FAILOVER_ENV) {
-        Ok(seeds) => cluster_or_skip(hint, &seeds).await,
-        Err(_) => unreachable(
-            hint,
-            "(CARTSTREAM_TEST_REDIS_FAILOVER_NODES unset)",
-            "not named",
-        ),
+/// A Redis Cluster the failover tests may disturb: the one `CARTSTREAM_TEST_REDIS_FAILOVER_NODES`
+/// names, or else one started here for the test alone (Redis only, on 7301-7306, by
+/// `scripts/cluster-services.sh`) and stopped when this is dropped. Never the shared one.
+pub struct FailoverCluster {
+    pub seeds: Vec<String>,
+    started_in: Option<std::path::PathBuf>,
+}
+
+const FAILOVER_START: [(&str, &str); 3] = [
+    ("CLUSTER_REDIS_BASE", "7300"),
+    ("CLUSTER_CH_OFFSET", "300"),
+    ("CLUSTER_PARTS", "redis"),
+];
+
+fn cluster_services(dir: &std::path::Path, verb: &str) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster-services.sh");
+    std::process::Command::new(script)
+        .arg(verb)
+        .env("CLUSTER_DIR", dir)
+        .envs(FAILOVER_START)
+        .output()
+        .unwrap()
+}
+
+impl Drop for FailoverCluster {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.started_in {
+            cluster_services(dir, "stop");
+        }
     }
+}
+
+/// The failover tests' cluster, or `None` (after a loud message) when it cannot be had outside
+/// CI. Callers run one at a time: a cluster started here takes fixed ports.
+pub async fn redis_failover_cluster_or_skip() -> Option<FailoverCluster> {
+    if let Ok(seeds) = std::env::var(REDIS_FAILOVER_ENV) {
+        let seeds = cluster_or_skip("the failover tests' Redis Cluster", &seeds).await?;
+        return Some(FailoverCluster {
+            seeds,
+            started_in: None,
+        });
+    }
+    let dir = std::env::temp_dir().join("cartstream-failover-cluster");
+    let out = cluster_services(&dir, "start");
+    // Built first, so what was started is stopped again if it does not answer.
+    let mut cluster = FailoverCluster {
+        seeds: Vec::new(),
+        started_in: Some(dir),
+    };
+    if !out.status.success() {
+        return unreachable(
+            "a Redis Cluster of the failover tests' own (scripts/cluster-services.sh, or \
+             CARTSTREAM_TEST_REDIS_FAILOVER_NODES)",
+            "127.0.0.1:7301-7306",
+            &String::from_utf8_lossy(&out.stderr),
+        );
+    }
+    let seeds = (7301..=7303)
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    cluster.seeds = cluster_or_skip("the failover tests' Redis Cluster", &seeds).await?;
+    Some(cluster)
 }
 
 async fn cluster_or_skip(what: &str, seeds: &str) -> Option<Vec<String>> {

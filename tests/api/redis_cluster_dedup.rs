@@ -522,10 +522,11 @@ static FAILOVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn claims_keep_working_while_a_replica_takes_over_its_master() {
-    let Some(seeds) = crate::backends::redis_failover_cluster_or_skip().await else {
+    let _one_at_a_time = FAILOVER.lock().await;
+    let Some(cluster) = crate::backends::redis_failover_cluster_or_skip().await else {
         return;
     };
-    let _one_at_a_time = FAILOVER.lock().await;
+    let seeds = cluster.seeds.clone();
     let store = store(&seeds, &redis_cluster_prefix());
     let confirmed_ids = as_keys(&ids("confirmed", 60));
     let held_ids = as_keys(&ids("held", 60));
@@ -590,10 +591,11 @@ async fn config_get(port: u16, name: &str) -> String {
 
 #[tokio::test]
 async fn a_stopped_master_answers_unavailable_until_its_replica_takes_over_never_wrong() {
-    let Some(seeds) = crate::backends::redis_failover_cluster_or_skip().await else {
+    let _one_at_a_time = FAILOVER.lock().await;
+    let Some(cluster) = crate::backends::redis_failover_cluster_or_skip().await else {
         return;
     };
-    let _one_at_a_time = FAILOVER.lock().await;
+    let seeds = cluster.seeds.clone();
     let store = store(&seeds, &redis_cluster_prefix());
     let confirmed_ids = as_keys(&ids("confirmed", 60));
     let confirmed = lease();
