@@ -36,7 +36,7 @@ HAPROXY_PID=""
 STARTED_SERVICES=0
 cleanup() {
     for pid in "${PIDS[@]}" "$HAPROXY_PID"; do
-        [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+        [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
     done
     if [ "$STARTED_SERVICES" = 1 ]; then scripts/cluster-services.sh stop || true; fi
     rm -rf "$WORK"
@@ -153,6 +153,7 @@ case "$PHASES" in *b*)
     sleep 3
     log "phase b: kill -9 of instance 0 (pid ${PIDS[0]})"
     kill -9 "${PIDS[0]}"
+    wait "${PIDS[0]}" 2>/dev/null || true
     PIDS[0]=""
     sleep 3
     log "phase b: instance 0 started again on its data dir"
@@ -174,8 +175,10 @@ case "$PHASES" in *c*)
     other=7101
     [ "$victim" = 7101 ] && other=7102
     stopped_at=$SECONDS
-    # Taken over: the cluster answers again with three masters that are not failing.
-    until redis-cli -p "$other" cluster info | grep -q cluster_state:ok &&
+    # Taken over: the stopped master is marked failed, and the cluster answers again with
+    # three masters that are not failing.
+    until redis-cli -p "$other" cluster nodes | grep ":$victim@" | grep -q 'fail' &&
+        redis-cli -p "$other" cluster info | grep -q cluster_state:ok &&
         [ "$(redis-cli -p "$other" cluster nodes | awk '$3 ~ /master/ && $3 !~ /fail/' | wc -l)" = 3 ]; do
         [ $((SECONDS - stopped_at)) -lt 30 ] || fail "phase c: no replica took over within 30 s"
         sleep 0.2
