@@ -7,7 +7,8 @@
 #                                              every other round 2 then 1)
 #   BACKEND=cluster (default: the Redis Cluster and 2-shard ClickHouse of
 #   scripts/cluster-services.sh, started if not running) or single (Redis 6379, ClickHouse
-#   8123 of scripts/ensure-services.sh). BIN and BENCH name the release builds.
+#   8123 of scripts/ensure-services.sh). BIN and BENCH name the release builds; SERVER_ENV adds
+#   settings to every instance (e.g. SERVER_ENV="CARTSTREAM_REDIS_CLUSTER_BUCKETS=64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
@@ -66,7 +67,7 @@ start() {
         mkdir -p "$WORK/d-$tag-$n"
         # shellcheck disable=SC2046
         env CARTSTREAM_LISTEN="127.0.0.1:${PORTS[$n]}" CARTSTREAM_DATA_DIR="$WORK/d-$tag-$n" \
-            CARTSTREAM_LOG=warn CARTSTREAM_TRUSTED_PROXIES=127.0.0.1 $(backend_env "$tag" "$n") \
+            CARTSTREAM_LOG=warn CARTSTREAM_TRUSTED_PROXIES=127.0.0.1 $(backend_env "$tag" "$n") ${SERVER_ENV:-} \
             "$BIN" >"$WORK/i-$tag-$n.log" 2>&1 &
         PIDS+=($!)
     done
@@ -98,8 +99,9 @@ stop() {
 measure() {
     local count=$1 name=$2; shift 2
     start "$count"
-    # The load generator reports its own CPU (it has exited when the run ends).
-    local procs=("$BIN" "haproxy -f $WORK" "redis-server" "clickhouse-server")
+    # The instances are counted by their pids (other cartstream processes may run); the load
+    # generator reports its own CPU (it has exited when the run ends).
+    local procs=("haproxy -f $WORK" "redis-server" "clickhouse-server")
     local before=() after=() i
     for i in "${!procs[@]}"; do before[$i]=$(ticks "${procs[$i]}"); done
     local inst_before=()
@@ -108,21 +110,24 @@ measure() {
     json=$("$BENCH" "$@" --url "http://127.0.0.1:$PORT" --warmup 2s --duration 8s --json | tail -n 1)
     local wall=$((SECONDS - t0))
     for i in "${!procs[@]}"; do after[$i]=$(ticks "${procs[$i]}"); done
-    local per_inst=""
+    local per_inst="" inst_total=0
     for j in "${!PIDS[@]}"; do
         local now
         now=$(awk '{print $14 + $15}' "/proc/${PIDS[$j]}/stat")
+        inst_total=$((inst_total + now - inst_before[j]))
         per_inst+="$(awk -v d=$((now - inst_before[j])) -v w="$wall" 'BEGIN{printf "%.2f", d / 100 / w}') "
     done
-    local hz=100 cores=()
+    local cores=()
     for i in "${!procs[@]}"; do
-        cores[$i]=$(awk -v d=$((after[i] - before[i])) -v w="$wall" -v hz=$hz 'BEGIN{printf "%.2f", d / hz / w}')
+        cores[$i]=$(awk -v d=$((after[i] - before[i])) -v w="$wall" 'BEGIN{printf "%.2f", d / 100 / w}')
     done
+    local all
+    all=$(awk -v d="$inst_total" -v w="$wall" 'BEGIN{printf "%.2f", d / 100 / w}')
     python3 -c 'import json, sys
 j = json.loads(sys.argv[1])
 bad = j["errors"] + j["mismatches"] + j["protocol_errors"]
 print("%d events/s, errors %d, bench %.2f cores" % (j["events_per_sec"], bad, (j["client_cpu_pct"] or 0) / 100), end="")' "$json"
-    echo " | $name, $count instance(s) | cores: cartstream ${cores[0]} (each: ${per_inst% }), haproxy ${cores[1]}, redis ${cores[2]}, clickhouse ${cores[3]} (over ${wall} s)"
+    echo " | $name, $count instance(s) | cores: cartstream $all (each: ${per_inst% }), haproxy ${cores[0]}, redis ${cores[1]}, clickhouse ${cores[2]} (over ${wall} s)"
     stop
 }
 
