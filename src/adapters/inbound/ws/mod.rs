@@ -325,11 +325,13 @@ impl<U: IngestUseCase> Connection<U> {
                 return Some(Ending::ClosedByClient(close_reply(frame.as_ref())))
             }
             Ok(Message::Text(text)) => {
-                let reply = self.dispatch(text.as_str());
+                // Awaited here, not in the reply: a global rate check waits for Redis, and
+                // events must still be submitted in the order they arrived.
+                let reply = self.handler().dispatch(text.as_str()).await;
                 self.in_flight.push_back(reply);
             }
             Ok(Message::Binary(_)) => {
-                let reply = self.refuse(
+                let reply = self.handler().refuse(
                     None,
                     ErrorCode::InvalidJson,
                     "binary frames are not supported; send each message as a JSON text frame",
@@ -395,16 +397,39 @@ impl<U: IngestUseCase> Connection<U> {
         Ok(())
     }
 
+    /// What handling one message needs, borrowed apart from the rest of the connection.
+    fn handler(&self) -> Handler<'_, U> {
+        Handler {
+            state: &self.state,
+            client: self.client,
+        }
+    }
+}
+
+/// Handles one client message for a connection. Only shared state is borrowed, so a message
+/// can wait (for a global rate check) without the connection itself having to be `Sync`.
+struct Handler<'a, U> {
+    state: &'a WsState<U>,
+    /// The rate limit's bucket, shared with the client's other connections and HTTP requests.
+    client: Client,
+}
+
+impl<U: IngestUseCase> Handler<'_, U> {
     fn refuse(&self, request_id: Option<String>, code: ErrorCode, message: &str) -> ReplyFuture {
         self.state.metrics.error(Channel::Ws, code.as_str());
         future::ready(Reply::error(request_id, code, message).to_text()).boxed()
     }
 
-    fn rate_limited(&self, request_id: &Option<String>, events: usize) -> Option<ReplyFuture> {
+    async fn rate_limited(
+        &self,
+        request_id: &Option<String>,
+        events: usize,
+    ) -> Option<ReplyFuture> {
         let wait = self
             .state
             .rate_limits
-            .check_events(self.client, events)
+            .admit_events(self.client, events)
+            .await
             .err()?;
         self.state
             .metrics
@@ -423,7 +448,7 @@ impl<U: IngestUseCase> Connection<U> {
 
     /// Handles one text message: refusals and pongs are ready at once; events are validated
     /// and submitted now, and answered when recorded.
-    fn dispatch(&self, text: &str) -> ReplyFuture {
+    async fn dispatch(&self, text: &str) -> ReplyFuture {
         match protocol::parse(text, self.state.settings.max_batch_events) {
             Ok(ClientMessage::Ping { request_id }) => {
                 let server_time = rfc3339(self.state.clock.now());
@@ -436,14 +461,14 @@ impl<U: IngestUseCase> Connection<U> {
                 )
                 .boxed()
             }
-            Ok(ClientMessage::Event { request_id, data }) => self.event(request_id, data),
-            Ok(ClientMessage::Batch { request_id, data }) => self.batch(request_id, data),
+            Ok(ClientMessage::Event { request_id, data }) => self.event(request_id, data).await,
+            Ok(ClientMessage::Batch { request_id, data }) => self.batch(request_id, data).await,
             Err(r) => self.refuse(r.request_id, r.code, &r.message),
         }
     }
 
-    fn event(&self, request_id: Option<String>, data: serde_json::Value) -> ReplyFuture {
-        if let Some(limited) = self.rate_limited(&request_id, 1) {
+    async fn event(&self, request_id: Option<String>, data: serde_json::Value) -> ReplyFuture {
+        if let Some(limited) = self.rate_limited(&request_id, 1).await {
             return limited;
         }
         let ingest = &self.state.ingest;
@@ -459,8 +484,8 @@ impl<U: IngestUseCase> Connection<U> {
         .boxed()
     }
 
-    fn batch(&self, request_id: Option<String>, data: Vec<serde_json::Value>) -> ReplyFuture {
-        if let Some(limited) = self.rate_limited(&request_id, data.len()) {
+    async fn batch(&self, request_id: Option<String>, data: Vec<serde_json::Value>) -> ReplyFuture {
+        if let Some(limited) = self.rate_limited(&request_id, data.len()).await {
             return limited;
         }
         let ingest = &self.state.ingest;
