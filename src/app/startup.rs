@@ -479,6 +479,7 @@ fn shared_limits(
     let buckets = RedisBuckets::single(
         url,
         settings.rate_limit_key_prefix.clone(),
+        settings.redis_connect_timeout,
         settings.rate_limit_redis_timeout,
     )
     .map_err(StartupError::Backend)?;

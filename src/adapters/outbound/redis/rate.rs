@@ -108,15 +108,22 @@ impl fmt::Debug for RedisBuckets {
 impl RedisBuckets {
     /// Buckets in the single Redis at `url`, under `key_prefix`, through a pool of their own
     /// (so a slow dedup claim never holds up a rate check). Touches no network until used.
+    /// A connection may take `connect_timeout` to open (it goes on opening in the background
+    /// when a caller stops waiting for it); a script may take `command_timeout`.
     ///
     /// # Errors
     /// `Failed` when the URL cannot be parsed; the message never contains the password.
-    pub fn single(url: &str, key_prefix: String, timeout: Duration) -> Result<Self, PortError> {
+    pub fn single(
+        url: &str,
+        key_prefix: String,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self, PortError> {
         let pool = RedisPool::new(&PoolSettings {
             url,
             pool_size: 4,
-            connect_timeout: timeout,
-            command_timeout: timeout,
+            connect_timeout,
+            command_timeout,
         })?;
         Ok(Self::over(Arc::new(pool), key_prefix))
     }
