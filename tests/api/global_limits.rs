@@ -1,12 +1,15 @@
 //! Rate limits shared by every instance through Redis: the Lua script against the GCRA
 //! arithmetic it mirrors, two servers holding one rate together, and failing open (to the
-//! per-instance limit, counted) while Redis is unreachable.
+//! per-instance limit, counted) while Redis is unreachable, and the same script on a Redis
+//! Cluster.
 
 use crate::backends::{random_suffix, redis_prefix, redis_url_or_skip, DEAD_REDIS_URL};
 use crate::helpers::*;
-use cartstream::adapters::outbound::redis::rate::RedisBuckets;
+use cartstream::adapters::outbound::redis::rate::{RedisBuckets, ScriptRunner};
+use cartstream::adapters::outbound::redis::Lua;
 use cartstream::app::config::RateLimitScope;
 use cartstream::domain::gcra::{self, Gcra};
+use cartstream::ports::{PortError, SharedBuckets};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -255,5 +258,92 @@ async fn global_scope_without_redis_is_refused_at_startup() {
     assert!(
         err.to_string().contains("CARTSTREAM_RATE_LIMIT_SCOPE"),
         "{err}"
+    );
+}
+
+/// The seed nodes of the Redis Cluster to test against (`scripts/cluster-services.sh start`),
+/// or `None` (after a loud message) when it does not answer outside CI.
+async fn redis_cluster_or_skip() -> Option<redis::cluster_async::ClusterConnection> {
+    let nodes = std::env::var("CARTSTREAM_TEST_REDIS_CLUSTER_NODES").unwrap_or_else(|_| {
+        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103".to_owned()
+    });
+    let connect = async {
+        let client = redis::cluster::ClusterClient::new(nodes.split(',').collect::<Vec<_>>())?;
+        let mut conn = client.get_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok::<_, redis::RedisError>(conn)
+    };
+    let cause = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(conn)) => return Some(conn),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5 s".to_owned(),
+    };
+    let msg = format!(
+        "Redis Cluster not reachable at {nodes} ({cause}); run scripts/cluster-services.sh start"
+    );
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true and {msg}"
+    );
+    crate::backends::loud_skip(&msg);
+    None
+}
+
+/// Scripts run on whichever cluster node owns their keys' slot (the cluster client routes
+/// EVALSHA by its first key and follows MOVED/ASK).
+struct ClusterRunner(redis::cluster_async::ClusterConnection);
+
+#[async_trait::async_trait]
+impl ScriptRunner for ClusterRunner {
+    async fn eval(
+        &self,
+        script: &Lua,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<i64>, PortError> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        script
+            .invoke(&mut self.0.clone(), &keys, &args)
+            .await
+            .map_err(|e| PortError::Unavailable(e.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_each_request_is_one_script_on_the_node_of_its_key() {
+    let Some(conn) = redis_cluster_or_skip().await else {
+        return;
+    };
+    let buckets = RedisBuckets::over(Arc::new(ClusterRunner(conn.clone())), rl_prefix());
+    let client = Gcra::new(10, 5).unwrap();
+    let total = Gcra::new(10, 8).unwrap();
+    // Keys of many API keys spread over the cluster's slots (and so its nodes); the two
+    // buckets of one request share a tag, so no call is refused with CROSSSLOT.
+    let mut slots = std::collections::HashSet::new();
+    for k in 0..30 {
+        let pair = |ip: u8| {
+            vec![
+                (format!("{{k:key-{k}}}:10.0.0.{ip}"), client),
+                (format!("{{k:key-{k}}}:total"), total),
+            ]
+        };
+        assert_eq!(buckets.take(&pair(1), 5).await.unwrap(), None);
+        let wait = buckets.take(&pair(1), 1).await.unwrap().expect("refused");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        // Another address of the same key: its own bucket, but only 3 left in the total.
+        assert!(buckets.take(&pair(2), 4).await.unwrap().is_some());
+        assert_eq!(buckets.take(&pair(2), 3).await.unwrap(), None);
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{{k:key-{k}}}"))
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        slots.insert(slot / 5462);
+    }
+    assert_eq!(
+        slots.len(),
+        3,
+        "the keys reached all three masters' slot ranges"
     );
 }
