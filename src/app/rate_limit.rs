@@ -309,20 +309,24 @@ impl Global {
     }
 }
 
-/// While the shared buckets fail, requests are limited in process: the first failure is
-/// logged and starts a rest of [`Fallback::REST`] during which the buckets are not asked
-/// (so a slow Redis costs one timeout a second, not one per request); the next answer is
-/// logged too. Every locally decided request is counted.
+/// While the shared buckets fail, requests are limited in process: a failure starts a rest
+/// of [`Fallback::REST`] during which the buckets are not asked (so a slow Redis costs one
+/// timeout a second, not one per request). Every locally decided request is counted; a
+/// warning goes out at most every [`Fallback::LOG_EVERY`], so a Redis that comes and goes
+/// does not flood the log.
 struct Fallback {
     count: Counter,
     origin: Instant,
     /// Milliseconds after `origin` before which the buckets are not asked.
     rest_until_ms: AtomicU64,
     down: AtomicBool,
+    /// Milliseconds after `origin` of the last warning, plus one (0: none yet).
+    warned_ms: AtomicU64,
 }
 
 impl Fallback {
     const REST: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(10);
 
     fn new(count: Counter) -> Self {
         Self {
@@ -330,6 +334,7 @@ impl Fallback {
             origin: Instant::now(),
             rest_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            warned_ms: AtomicU64::new(0),
         }
     }
 
@@ -343,20 +348,35 @@ impl Fallback {
 
     fn failed(&self, now: Instant, cause: &str) {
         self.count.inc();
-        let until = self.millis(now + Self::REST);
-        self.rest_until_ms.store(until, Ordering::Relaxed);
-        if !self.down.swap(true, Ordering::Relaxed) {
+        let at = self.millis(now);
+        self.rest_until_ms
+            .store(self.millis(now + Self::REST), Ordering::Relaxed);
+        self.down.store(true, Ordering::Relaxed);
+        if self.warning_due(at) {
             tracing::warn!(
                 cause,
                 "shared rate limits unavailable: limiting each instance on its own until they \
-                 answer (counted in cartstream_rate_limit_fallbacks_total)"
+                 answer (counted in cartstream_rate_limit_fallbacks_total; logged at most \
+                 every 10 s)"
             );
         }
     }
 
+    /// Whether a failure `at` (ms after `origin`) is to be logged: the first, and then one
+    /// every [`Fallback::LOG_EVERY`]; claimed by one caller only.
+    fn warning_due(&self, at: u64) -> bool {
+        let every = u64::try_from(Self::LOG_EVERY.as_millis()).unwrap_or(u64::MAX);
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        (last == 0 || at + 1 >= last.saturating_add(every))
+            && self
+                .warned_ms
+                .compare_exchange(last, at + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     fn recovered(&self) {
         if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
-            tracing::info!("shared rate limits answer again");
+            tracing::debug!("shared rate limits answer again");
         }
     }
 }
@@ -773,6 +793,16 @@ mod shared_tests {
         assert!(!global.fallback.down.load(Ordering::Relaxed), "recovered");
         assert_eq!(r.admit_events(c, 1).await, Err(Duration::from_millis(700)));
         assert_eq!(fallbacks(&r), 1);
+    }
+
+    #[test]
+    fn a_flapping_redis_is_logged_at_most_every_ten_seconds() {
+        let f = Fallback::new(Counter::default());
+        assert!(f.warning_due(0), "the first failure");
+        assert!(!f.warning_due(1_000));
+        assert!(!f.warning_due(9_999));
+        assert!(f.warning_due(10_000));
+        assert!(!f.warning_due(10_001));
     }
 
     /// Shared buckets that never answer.

@@ -121,7 +121,10 @@ impl RedisBuckets {
     ) -> Result<Self, PortError> {
         let pool = RedisPool::new(&PoolSettings {
             url,
-            pool_size: 4,
+            // A pooled connection is held for a whole round trip, so the pool's size caps the
+            // checks in flight: with 4, eight pipelining WebSocket clients queued behind each
+            // other and ran into the timeout on the benchmark box.
+            pool_size: 16,
             connect_timeout,
             command_timeout,
         })?;
