@@ -9,10 +9,13 @@
 //! per call, so it runs unchanged on a Redis Cluster node: [`ScriptRunner`] says where a
 //! script runs (a single Redis through the pool, or whichever cluster node owns the slot).
 
-use super::pool::{PoolSettings, RedisPool};
+use super::super::redact::{redact_url, scrub, url_secrets};
+use super::pool::RedisPool;
 use super::Lua;
 use crate::domain::gcra::Gcra;
 use crate::ports::{PortError, SharedBuckets};
+use bb8_redis::redis::aio::MultiplexedConnection;
+use bb8_redis::redis::{self, AsyncConnectionConfig, RedisError};
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -90,6 +93,91 @@ impl ScriptRunner for RedisPool {
     }
 }
 
+/// One multiplexed connection shared by every check, opened on first use and again after it
+/// broke. Unlike the pool (which lends a connection to one call for its whole round trip),
+/// every check in flight is pipelined on it: a few hundred pipelined WebSocket messages
+/// checked at once queued behind a pool of 16 and ran into the timeout.
+struct Multiplexed {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    conn: tokio::sync::RwLock<Option<MultiplexedConnection>>,
+    shown_url: String,
+    secrets: Vec<String>,
+}
+
+impl Multiplexed {
+    fn new(
+        url: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self, PortError> {
+        let (shown_url, secrets) = (redact_url(url), url_secrets(url));
+        let client = redis::Client::open(url).map_err(|e| {
+            PortError::Failed(scrub(&format!("bad Redis URL {shown_url}: {e}"), &secrets))
+        })?;
+        Ok(Self {
+            client,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(command_timeout)),
+            conn: tokio::sync::RwLock::new(None),
+            shown_url,
+            secrets,
+        })
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(conn) = self.conn.read().await.as_ref() {
+            return Ok(conn.clone());
+        }
+        let mut slot = self.conn.write().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn unavailable(&self, cause: &RedisError) -> PortError {
+        PortError::Unavailable(scrub(
+            &format!("redis rate limit at {}: {cause}", self.shown_url),
+            &self.secrets,
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl ScriptRunner for Multiplexed {
+    async fn eval(
+        &self,
+        script: &Lua,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<i64>, PortError> {
+        let mut conn = self.connection().await.map_err(|e| self.unavailable(&e))?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match script.invoke(&mut conn, &keys, &args).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+                    || e.is_timeout()
+                {
+                    // A multiplexed connection does not reconnect by itself.
+                    *self.conn.write().await = None;
+                }
+                Err(self.unavailable(&e))
+            }
+        }
+    }
+}
+
 /// [`SharedBuckets`] in Redis.
 #[derive(Clone)]
 pub struct RedisBuckets {
@@ -106,10 +194,10 @@ impl fmt::Debug for RedisBuckets {
 }
 
 impl RedisBuckets {
-    /// Buckets in the single Redis at `url`, under `key_prefix`, through a pool of their own
-    /// (so a slow dedup claim never holds up a rate check). Touches no network until used.
-    /// A connection may take `connect_timeout` to open (it goes on opening in the background
-    /// when a caller stops waiting for it); a script may take `command_timeout`.
+    /// Buckets in the single Redis at `url`, under `key_prefix`, over one multiplexed
+    /// connection of their own (so a slow dedup claim never holds up a rate check). Touches
+    /// no network until used. Connecting may take `connect_timeout`, a script
+    /// `command_timeout`.
     ///
     /// # Errors
     /// `Failed` when the URL cannot be parsed; the message never contains the password.
@@ -119,16 +207,8 @@ impl RedisBuckets {
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Self, PortError> {
-        let pool = RedisPool::new(&PoolSettings {
-            url,
-            // A pooled connection is held for a whole round trip, so the pool's size caps the
-            // checks in flight: with 4, eight pipelining WebSocket clients queued behind each
-            // other and ran into the timeout on the benchmark box.
-            pool_size: 16,
-            connect_timeout,
-            command_timeout,
-        })?;
-        Ok(Self::over(Arc::new(pool), key_prefix))
+        let runner = Multiplexed::new(url, connect_timeout, command_timeout)?;
+        Ok(Self::over(Arc::new(runner), key_prefix))
     }
 
     /// Buckets run by `runner` (a single Redis, a cluster), under `key_prefix`.
