@@ -10,7 +10,6 @@
 //! script runs (a single Redis through the pool, or whichever cluster node owns the slot).
 
 use super::super::redact::{redact_url, scrub, url_secrets};
-use super::pool::RedisPool;
 use super::Lua;
 use crate::domain::gcra::Gcra;
 use crate::ports::{PortError, SharedBuckets};
@@ -75,22 +74,6 @@ pub trait ScriptRunner: Send + Sync {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<i64>, PortError>;
-}
-
-#[async_trait::async_trait]
-impl ScriptRunner for RedisPool {
-    async fn eval(
-        &self,
-        script: &Lua,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Vec<i64>, PortError> {
-        self.run("rate limit", |mut conn| async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            script.invoke(&mut conn, &keys, &args).await
-        })
-        .await
-    }
 }
 
 /// One multiplexed connection shared by every check, opened on first use and again after it
