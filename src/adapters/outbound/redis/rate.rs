@@ -7,7 +7,8 @@
 //!
 //! The script only touches the keys it is given, and the caller gives keys with one hash tag
 //! per call, so it runs unchanged on a Redis Cluster node: [`ScriptRunner`] says where a
-//! script runs (a single Redis through the pool, or whichever cluster node owns the slot).
+//! script runs (a single Redis over one multiplexed connection, or whichever cluster node
+//! owns the slot).
 
 use super::super::redact::{redact_url, scrub, url_secrets};
 use super::Lua;
