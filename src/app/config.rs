@@ -163,6 +163,18 @@ pub struct Settings {
     pub rate_limit_key_total_per_second: u32,
     /// Burst of that total; 0 = one second's worth.
     pub rate_limit_key_total_burst: u32,
+    /// `global`: the event limits above hold for all instances together, through buckets in
+    /// Redis (one round trip per request); `local`: each instance limits on its own. Unset:
+    /// `global` when Redis is configured, else `local`.
+    #[serde(default)]
+    pub rate_limit_scope: Option<RateLimitScope>,
+    /// How long a global rate-limit check may wait for Redis before this instance decides
+    /// alone (and counts it in `cartstream_rate_limit_fallbacks_total`).
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_redis_timeout: Duration,
+    /// Prefix of the global rate-limit buckets' keys in Redis.
+    #[serde(deserialize_with = "lenient_string")]
+    pub rate_limit_key_prefix: String,
     /// `GET /events` requests per second per client (key and address); 0 = no limit. On by
     /// default: a read costs far more than a send, and a page of a listing is up to 4 MiB.
     pub read_rate_limit_per_second: u32,
@@ -332,6 +344,14 @@ mod defaults {
     }
 }
 
+/// Where the event rate limits are kept: see `Settings::rate_limit_scope`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    Global,
+    Local,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -389,6 +409,9 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             rate_limit_key_total_per_second: 0,
             rate_limit_key_total_burst: 0,
+            rate_limit_scope: None,
+            rate_limit_redis_timeout: Duration::from_millis(50),
+            rate_limit_key_prefix: "cartstream:rl:".into(),
             read_rate_limit_per_second: 10,
             read_rate_limit_burst: 20,
             auth_failures_per_minute: 60,
@@ -515,6 +538,9 @@ const ENV_KEYS: &[&str] = &[
     "trusted_proxies",
     "rate_limit_key_total_per_second",
     "rate_limit_key_total_burst",
+    "rate_limit_scope",
+    "rate_limit_redis_timeout",
+    "rate_limit_key_prefix",
     "read_rate_limit_per_second",
     "read_rate_limit_burst",
     "auth_failures_per_minute",
@@ -588,6 +614,7 @@ impl Settings {
             ("ws_ping_interval", self.ws_ping_interval),
             ("redis_connect_timeout", self.redis_connect_timeout),
             ("redis_command_timeout", self.redis_command_timeout),
+            ("rate_limit_redis_timeout", self.rate_limit_redis_timeout),
             ("clickhouse_timeout", self.clickhouse_timeout),
             ("forward_backoff_max", self.forward_backoff_max),
             ("http_head_timeout", self.http_head_timeout),

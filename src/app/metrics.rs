@@ -89,6 +89,9 @@ pub struct Metrics {
     pub flush_errors: Counter,
     /// Dedup keys decided by the event store's reads because the dedup store was down.
     pub dedup_fallback: Counter,
+    /// Rate-limit checks decided by the local limiter because the shared (Redis) buckets did
+    /// not answer.
+    pub rate_limit_fallbacks: Counter,
     /// Per route: events delivered, failed attempts, events dead-lettered, deliveries waiting,
     /// dead letters kept, and the time from acceptance to confirmed delivery.
     pub route_delivered: Family<RouteLabels, Counter>,
@@ -130,6 +133,7 @@ impl Metrics {
             store_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             flush_errors: Counter::default(),
             dedup_fallback: Counter::default(),
+            rate_limit_fallbacks: Counter::default(),
             route_delivered: Family::default(),
             route_failures: Family::default(),
             route_dead_lettered: Family::default(),
@@ -226,6 +230,12 @@ impl Metrics {
             "dedup_fallback",
             "Dedup keys checked against the event store because the dedup store was down",
             self.dedup_fallback.clone(),
+        );
+        self.registry.register(
+            "rate_limit_fallbacks",
+            "Rate-limit checks decided by this instance alone because the shared buckets in \
+             Redis did not answer",
+            self.rate_limit_fallbacks.clone(),
         );
     }
 

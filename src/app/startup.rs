@@ -10,15 +10,16 @@ use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
 use crate::adapters::outbound::redis::cluster::{RedisClusterDedupConfig, RedisClusterDedupStore};
+use crate::adapters::outbound::redis::rate::RedisBuckets;
 use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
 use crate::adapters::outbound::targets::build_target;
 use crate::app::access::Access;
 use crate::app::config::RouteSettings;
-use crate::app::config::Settings;
+use crate::app::config::{RateLimitScope, Settings};
 use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
 use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::metrics::Metrics;
-use crate::app::rate_limit::RateLimits;
+use crate::app::rate_limit::{RateLimits, SharedLimits};
 use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{
@@ -451,10 +452,14 @@ fn gate(
     settings: &Settings,
     proxies: TrustedProxies,
     local_addr: SocketAddr,
+    metrics: &Metrics,
 ) -> Result<Gate, StartupError> {
     let access =
         Access::from_settings(settings).map_err(|e| StartupError::Security(e.to_string()))?;
-    let rate_limits = RateLimits::new(settings, &access).map_err(StartupError::Security)?;
+    let mut rate_limits = RateLimits::new(settings, &access).map_err(StartupError::Security)?;
+    if let Some(shared) = shared_limits(settings, metrics)? {
+        rate_limits = rate_limits.with_shared(shared);
+    }
     let allowed_origins = allowed_origins(settings, &access)?;
     if access.is_open() && !local_addr.ip().is_loopback() {
         tracing::warn!(
@@ -470,6 +475,42 @@ fn gate(
         proxies,
         allowed_origins,
     })
+}
+
+/// The shared (Redis) buckets of the event rate limits, unless they are to stay local:
+/// `rate_limit_scope`, by default global when Redis is configured.
+fn shared_limits(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Option<SharedLimits>, StartupError> {
+    let redis = settings.redis_url.as_deref();
+    let scope = settings.rate_limit_scope.unwrap_or(match redis {
+        Some(_) => RateLimitScope::Global,
+        None => RateLimitScope::Local,
+    });
+    let url = match (scope, redis) {
+        (RateLimitScope::Local, _) => return Ok(None),
+        (RateLimitScope::Global, Some(url)) => url,
+        (RateLimitScope::Global, None) => {
+            return Err(StartupError::Security(
+                "rate_limit_scope (CARTSTREAM_RATE_LIMIT_SCOPE) is global, which needs Redis \
+                 (CARTSTREAM_REDIS_URL)"
+                    .into(),
+            ))
+        }
+    };
+    let buckets = RedisBuckets::single(
+        url,
+        settings.rate_limit_key_prefix.clone(),
+        settings.redis_connect_timeout,
+        settings.rate_limit_redis_timeout,
+    )
+    .map_err(StartupError::Backend)?;
+    Ok(Some(SharedLimits {
+        buckets: Arc::new(buckets),
+        timeout: settings.rate_limit_redis_timeout,
+        fallbacks: metrics.rate_limit_fallbacks.clone(),
+    }))
 }
 
 /// What the HTTP adapter takes from the settings.
@@ -595,7 +636,7 @@ impl Application {
             &metrics,
             Arc::clone(&ports.clock),
         );
-        let gate = gate(&settings, proxies, local_addr)?;
+        let gate = gate(&settings, proxies, local_addr, &metrics)?;
         let ws = ws_state(&settings, ingest.clone(), &gate, &metrics, ports.clock);
         let backends = Backends {
             store: ports.store,

@@ -6,6 +6,7 @@ pub mod error;
 pub mod event;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod gcra;
 pub mod listing;
 pub mod outcome;
 pub mod routing;

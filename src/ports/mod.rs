@@ -56,6 +56,7 @@ mod journal;
 mod outbox;
 mod route_admin;
 mod route_target;
+mod shared_buckets;
 
 #[cfg(test)]
 pub use clock::TokioClock;
@@ -69,6 +70,7 @@ pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
 pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
+pub use shared_buckets::SharedBuckets;
 
 #[cfg(any(test, feature = "mocks"))]
 pub use clock::MockClock;
@@ -82,6 +84,8 @@ pub use journal::MockJournal;
 pub use outbox::{MockEventFeed, MockOutbox};
 #[cfg(any(test, feature = "mocks"))]
 pub use route_target::MockRouteTarget;
+#[cfg(any(test, feature = "mocks"))]
+pub use shared_buckets::MockSharedBuckets;
 
 /// What an outbound adapter reports when it cannot do its job. Adapters map their own
 /// infrastructure errors into this at their edge.

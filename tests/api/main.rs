@@ -12,6 +12,7 @@ mod edge;
 mod failing;
 mod faults;
 mod fixtures;
+mod global_limits;
 mod helpers;
 mod http;
 mod openapi;

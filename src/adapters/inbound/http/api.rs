@@ -316,12 +316,13 @@ impl<U: IngestUseCase> Api<U> {
         }
     }
 
-    fn rate_limited(&self, caller: Caller, events: usize) -> Option<(Json<ErrorBody>, u64)> {
+    async fn rate_limited(&self, caller: Caller, events: usize) -> Option<(Json<ErrorBody>, u64)> {
         let wait = self
             .state
             .gate
             .rate_limits
-            .check_events(caller.0, events)
+            .admit_events(caller.0, events)
+            .await
             .err()?;
         let mut body = err(
             &self.state.metrics,
@@ -359,7 +360,7 @@ impl<U: IngestUseCase> Api<U> {
                 events.len()
             ));
         }
-        if let Some((body, secs)) = self.rate_limited(caller, events.len()) {
+        if let Some((body, secs)) = self.rate_limited(caller, events.len()).await {
             return BatchOutcome::RateLimited(body, secs);
         }
         let ingest = &self.state.ingest;
@@ -389,7 +390,7 @@ impl<U: IngestUseCase> Api<U> {
     /// after decompression too.
     #[oai(path = "/events", method = "post", tag = "ApiTags::Events")]
     async fn post_event(&self, auth: IngestKey, body: Json<RawEvent>) -> PostEventResponse {
-        if let Some((body, secs)) = self.rate_limited(auth.0, 1) {
+        if let Some((body, secs)) = self.rate_limited(auth.0, 1).await {
             return PostEventResponse::RateLimited(body, secs);
         }
         let ingest = &self.state.ingest;

@@ -1,7 +1,8 @@
 //! `GET /events/stream`: the WebSocket channel.
 //!
 //! One task per connection `select!`s on the next frame, the next finished reply and the
-//! lifecycle (pings, shutdown). Each message is validated and submitted as it is read, and
+//! lifecycle (pings, shutdown). Each message is validated and submitted as it is read (with
+//! rate limits shared through Redis: once its rate check answers, still in arrival order), and
 //! its reply future joins a `FuturesOrdered`, so clients can pipeline freely while replies
 //! leave strictly in arrival order. Reading pauses while `ws_max_in_flight` replies are
 //! pending, which pushes back on a client that sends faster than events are recorded.
@@ -16,7 +17,7 @@ use crate::adapters::inbound::wire::{
 use crate::app::metrics::{Channel, Metrics, ReasonLabels};
 use crate::app::rate_limit::{Client, RateLimits};
 use crate::domain::Source;
-use crate::ports::{Clock, IngestUseCase, Outcome};
+use crate::ports::{Clock, IngestUseCase, Item, Outcome, Unavailable};
 use futures_util::future::{self, BoxFuture, FutureExt};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -166,6 +168,9 @@ struct Connection<U> {
     /// connections and HTTP requests.
     client: Client,
     in_flight: FuturesOrdered<ReplyFuture>,
+    /// With shared (Redis) rate limits: closed once the last message that waits for its rate
+    /// check has been submitted or refused; the next one submits only after that.
+    submitted: Option<oneshot::Receiver<()>>,
 }
 
 /// Why the connection loop ended.
@@ -188,6 +193,7 @@ impl<U: IngestUseCase> Connection<U> {
             client,
             state,
             in_flight: FuturesOrdered::new(),
+            submitted: None,
         }
     }
 
@@ -406,24 +412,42 @@ impl<U: IngestUseCase> Connection<U> {
             .rate_limits
             .check_events(self.client, events)
             .err()?;
-        self.state
-            .metrics
-            .error(Channel::Ws, ErrorCode::RateLimited.as_str());
-        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-        let reply = Reply::Error {
-            request_id: request_id.clone(),
-            code: ErrorCode::RateLimited,
-            message: format!("too many events; retry after {ms} ms"),
-            details: None,
-            retryable: true,
-            retry_after_ms: Some(ms),
-        };
-        Some(future::ready(reply.to_text()).boxed())
+        let reply = rate_limited_reply(&self.state.metrics, request_id.clone(), wait);
+        Some(future::ready(reply).boxed())
+    }
+
+    /// With shared (Redis) rate limits: waits for the rate check, then submits `items` once
+    /// every earlier message of this connection has been submitted or refused. So the checks
+    /// of pipelined messages overlap (each is a round trip to Redis) while their events still
+    /// enter in the order they arrived. `Err(wait)` when refused.
+    fn admit_in_order(
+        &mut self,
+        items: Vec<Item>,
+    ) -> BoxFuture<'static, Result<Vec<Outcome>, Duration>> {
+        let state = Arc::clone(&self.state);
+        let client = self.client;
+        let earlier = self.submitted.take();
+        let (turn, next) = oneshot::channel::<()>();
+        self.submitted = Some(next);
+        async move {
+            let verdict = state.rate_limits.admit_events(client, items.len()).await;
+            if let Some(earlier) = earlier {
+                // Closed (never sent to) when the earlier message is through.
+                let _ = earlier.await;
+            }
+            let outcomes = verdict.map(|()| state.ingest.submit(items, Source::Ws));
+            drop(turn);
+            match outcomes {
+                Ok(outcomes) => Ok(outcomes.await),
+                Err(wait) => Err(wait),
+            }
+        }
+        .boxed()
     }
 
     /// Handles one text message: refusals and pongs are ready at once; events are validated
     /// and submitted now, and answered when recorded.
-    fn dispatch(&self, text: &str) -> ReplyFuture {
+    fn dispatch(&mut self, text: &str) -> ReplyFuture {
         match protocol::parse(text, self.state.settings.max_batch_events) {
             Ok(ClientMessage::Ping { request_id }) => {
                 let server_time = rfc3339(self.state.clock.now());
@@ -442,7 +466,26 @@ impl<U: IngestUseCase> Connection<U> {
         }
     }
 
-    fn event(&self, request_id: Option<String>, data: serde_json::Value) -> ReplyFuture {
+    fn event(&mut self, request_id: Option<String>, data: serde_json::Value) -> ReplyFuture {
+        if self.state.rate_limits.is_shared() {
+            let item = self.state.ingest.validate(data);
+            let admitted = self.admit_in_order(vec![item]);
+            let metrics = Arc::clone(&self.state.metrics);
+            return async move {
+                let outcome = match admitted.await {
+                    Ok(mut outcomes) => outcomes
+                        .pop()
+                        .unwrap_or(Outcome::Unavailable(Unavailable::ShuttingDown)),
+                    Err(wait) => return rate_limited_reply(&metrics, request_id, wait),
+                };
+                let reply = event_reply(request_id, outcome);
+                if let Reply::Error { code, .. } = &reply {
+                    metrics.error(Channel::Ws, code.as_str());
+                }
+                reply.to_text()
+            }
+            .boxed();
+        }
         if let Some(limited) = self.rate_limited(&request_id, 1) {
             return limited;
         }
@@ -459,16 +502,27 @@ impl<U: IngestUseCase> Connection<U> {
         .boxed()
     }
 
-    fn batch(&self, request_id: Option<String>, data: Vec<serde_json::Value>) -> ReplyFuture {
-        if let Some(limited) = self.rate_limited(&request_id, data.len()) {
-            return limited;
+    fn batch(&mut self, request_id: Option<String>, data: Vec<serde_json::Value>) -> ReplyFuture {
+        let shared = self.state.rate_limits.is_shared();
+        if !shared {
+            if let Some(limited) = self.rate_limited(&request_id, data.len()) {
+                return limited;
+            }
         }
         let ingest = &self.state.ingest;
         let items = data.into_iter().map(|e| ingest.validate(e)).collect();
-        let submitted = ingest.submit(items, Source::Ws);
+        let submitted = if shared {
+            self.admit_in_order(items)
+        } else {
+            ingest.submit(items, Source::Ws).map(Ok).boxed()
+        };
         let metrics = Arc::clone(&self.state.metrics);
         async move {
-            let reply = match batch_answer(submitted.await) {
+            let outcomes = match submitted.await {
+                Ok(outcomes) => outcomes,
+                Err(wait) => return rate_limited_reply(&metrics, request_id, wait),
+            };
+            let reply = match batch_answer(outcomes) {
                 BatchAnswer::Results(result) => Reply::BatchAck { request_id, result },
                 BatchAnswer::Unavailable(reason) => {
                     metrics.error(Channel::Ws, ErrorCode::Unavailable.as_str());
@@ -479,6 +533,21 @@ impl<U: IngestUseCase> Connection<U> {
         }
         .boxed()
     }
+}
+
+/// The `rate_limited` error for a message refused for `wait`, counted.
+fn rate_limited_reply(metrics: &Metrics, request_id: Option<String>, wait: Duration) -> String {
+    metrics.error(Channel::Ws, ErrorCode::RateLimited.as_str());
+    let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    Reply::Error {
+        request_id,
+        code: ErrorCode::RateLimited,
+        message: format!("too many events; retry after {ms} ms"),
+        details: None,
+        retryable: true,
+        retry_after_ms: Some(ms),
+    }
+    .to_text()
 }
 
 /// The reply to a `cart_event`: an `event_ack`, or an `error` saying why it was not recorded.

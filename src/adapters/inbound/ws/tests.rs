@@ -353,3 +353,76 @@ fn a_close_code_no_endpoint_may_send_is_answered_1002() {
 fn a_close_without_a_code_is_answered_1000() {
     assert_eq!(close_reply(None), CloseCode::Normal);
 }
+
+/// Shared buckets whose answer takes longer the more events are asked for, and which refuse
+/// exactly two: so the checks of pipelined messages finish in the reverse order.
+struct SlowerForMore;
+
+#[async_trait::async_trait]
+impl crate::ports::SharedBuckets for SlowerForMore {
+    async fn take(
+        &self,
+        _: &[(String, crate::domain::gcra::Gcra)],
+        n: u32,
+    ) -> Result<Option<Duration>, crate::ports::PortError> {
+        tokio::time::sleep(Duration::from_millis(15 * u64::from(n))).await;
+        Ok((n == 2).then_some(Duration::from_millis(300)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_shared_limits_checks_overlap_but_events_are_submitted_in_arrival_order() {
+    let settings = crate::app::config::Settings {
+        rate_limit_per_second: 100,
+        rate_limit_burst: 1000,
+        ..crate::app::config::Settings::default()
+    };
+    let access = crate::app::access::Access::from_settings(&settings).unwrap();
+    let limits = RateLimits::new(&settings, &access).unwrap().with_shared(
+        crate::app::rate_limit::SharedLimits {
+            buckets: Arc::new(SlowerForMore),
+            timeout: Duration::from_secs(5),
+            fallbacks: prometheus_client::metrics::counter::Counter::default(),
+        },
+    );
+    let mut state = state(FakeIngest::default());
+    Arc::get_mut(&mut state).unwrap().rate_limits = Arc::new(limits);
+    let (mut client, _) = connect(&state).await;
+    let batch = |n: usize, r: &str| {
+        let data: Vec<Value> = (0..n).map(|i| event(&format!("{r}-{i}"))).collect();
+        json!({"type": "cart_event_batch", "requestId": r, "data": data})
+    };
+    let started = tokio::time::Instant::now();
+    // Checks of 45, 30 and 15 ms: the last message's answer comes first.
+    send(&mut client, batch(3, "a")).await;
+    send(&mut client, batch(2, "b")).await;
+    send(
+        &mut client,
+        json!({"type": "cart_event", "requestId": "c", "data": event("c-0")}),
+    )
+    .await;
+    let a = next_json(&mut client).await;
+    let b = next_json(&mut client).await;
+    let c = next_json(&mut client).await;
+    assert_eq!(
+        (&a["type"], &a["requestId"]),
+        (&json!("batch_ack"), &json!("a"))
+    );
+    assert_eq!(b["code"], "rate_limited", "{b}");
+    assert_eq!(b["retryAfterMs"], 300);
+    assert_eq!(
+        (&c["type"], &c["eventId"]),
+        (&json!("event_ack"), &json!("c-0"))
+    );
+    assert_eq!(
+        *state.ingest.calls.lock().unwrap(),
+        vec![(3, Source::Ws), (1, Source::Ws)],
+        "submitted in arrival order, the refused batch left out"
+    );
+    // The checks ran side by side (45 ms), not one after another (90 ms).
+    assert!(
+        started.elapsed() < Duration::from_millis(90),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -26,11 +26,11 @@
 
 pub mod cluster;
 pub(crate) mod pool;
+pub mod rate;
 
 use super::redact::redact_url;
 use crate::domain::DedupKey;
 use crate::ports::{Claim, DedupStore, Lease, PortError};
-use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::redis::{self, FromRedisValue, RedisError};
 use pool::{PoolSettings, RedisPool};
 use std::fmt;
@@ -99,13 +99,13 @@ static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 /// A script sent as EVALSHA, so a call carries 40 bytes instead of the script. Redis answers
 /// NOSCRIPT when it has not seen the script (first use, restart, failover); then EVAL runs it
 /// and caches it server-side, so that costs one more round trip once per server.
-struct Lua {
+pub struct Lua {
     source: &'static str,
     sha1: String,
 }
 
 impl Lua {
-    fn new(source: &'static str) -> Self {
+    pub fn new(source: &'static str) -> Self {
         use sha1::Digest as _;
         Self {
             source,
@@ -113,9 +113,13 @@ impl Lua {
         }
     }
 
-    async fn invoke<T: FromRedisValue>(
+    /// Runs the script on `conn`: EVALSHA, or EVAL when the server has not seen it yet.
+    ///
+    /// # Errors
+    /// Whatever Redis answers.
+    pub async fn invoke<T: FromRedisValue>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
         keys: &[String],
         args: &[&str],
     ) -> Result<T, RedisError> {
