@@ -49,6 +49,8 @@ redis_up() {
 record() { echo "$1 $2" >>"$STATE"; }
 
 command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
+# The balancer in front of the multi-instance test's two instances (scripts/cluster-test.sh).
+command -v haproxy >/dev/null 2>&1 || apt_install haproxy
 
 # --- ClickHouse ---------------------------------------------------------------------------
 if clickhouse_up; then

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: makes sure Redis and ClickHouse are installed and
 # running (installing them with apt-get if needed), runs every test against them, then the
-# bounded attack and fuzz steps, and stops what it started. With CI=true a backend test that
-# cannot reach its server fails instead of skipping.
+# bounded attack, multi-instance and fuzz steps, and stops what it started. With CI=true a
+# backend test that cannot reach its server fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-services.sh
 trap 'scripts/stop-services.sh || true' EXIT
+# The Redis Cluster and 2-shard ClickHouse of the multi-instance tests (issue 13), beside the
+# default servers; stopped at the end.
+scripts/cluster-services.sh start
+trap 'scripts/cluster-services.sh stop || true; scripts/stop-services.sh || true' EXIT
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
@@ -45,6 +49,9 @@ bin=target/debug/cartstream
 step slowloris 180 python3 scripts/slowloris.py "$bin"
 # Ten parallel 1,000-event reads of 16 KB events stay under 100 MB of extra RSS (about 20 s).
 step read-memory 180 python3 scripts/read-memory.py --bin "$bin" --timeout 170
+# Two instances behind HAProxy on the Redis Cluster and the sharded ClickHouse: repeats across
+# instances, kill -9 of one, a Redis master's failover, a shared rate limit (about 3 minutes).
+step cluster 600 scripts/cluster-test.sh
 # schemathesis from openapi/openapi.json against the live server, 0 failures (about 1 minute;
 # the first run also makes its venv under target/, about 1.5 minutes more).
 step schemathesis 420 scripts/schemathesis.sh "$bin"
@@ -54,6 +61,7 @@ step schemathesis 420 scripts/schemathesis.sh "$bin"
 step fuzz 900 scripts/fuzz.sh 30
 
 trap - EXIT
+scripts/cluster-services.sh stop || true
 scripts/stop-services.sh || true
 # One closing line for the whole run: cargo prints a summary per test binary, and the last
 # binaries (examples) have no tests of their own.
