@@ -1,4 +1,6 @@
-use cartstream::app::{config::Settings, startup::Application, telemetry};
+use cartstream::adapters::outbound::clickhouse::ClickHouseStore;
+use cartstream::app::startup::{clickhouse_config, Application};
+use cartstream::app::{config::Settings, telemetry};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's allocator: the ingest path allocates per event (JSON trees,
@@ -26,6 +28,10 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
+    // The one subcommand so far; any other argument is ignored, as before.
+    if std::env::args().nth(1).as_deref() == Some("migrate-clickhouse") {
+        return migrate_clickhouse(&settings).await;
+    }
     raise_fd_limit();
     let app = match Application::build(settings).await {
         Ok(app) => app,
@@ -39,6 +45,42 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cartstream migrate-clickhouse`: moves the configured ClickHouse table from the layout before
+/// issue 14 to the read layout, on one server (docs/backends.md, "Migrating an existing table").
+async fn migrate_clickhouse(settings: &Settings) -> ExitCode {
+    let Some(url) = &settings.clickhouse_url else {
+        eprintln!("cartstream migrate-clickhouse: CARTSTREAM_CLICKHOUSE_URL is not set");
+        return ExitCode::from(2);
+    };
+    let done = match ClickHouseStore::new(clickhouse_config(settings, url)) {
+        Ok(store) => store.migrate_layout().await,
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(m) => {
+            match &m.old_table {
+                None => println!("nothing to migrate: the read layout is in place"),
+                Some(old) => println!(
+                    "old table {old} ({}renamed now): copied {} month(s) {:?}, {} copied \
+                     before; {} rows in the old table, {} in the new one (copies included). \
+                     Restart cartstream to read the new layout; the old table is kept.",
+                    if m.renamed { "" } else { "already " },
+                    m.copied.len(),
+                    m.copied,
+                    m.already_copied,
+                    m.old_rows,
+                    m.new_rows,
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cartstream migrate-clickhouse: {e}");
             ExitCode::FAILURE
         }
     }

@@ -608,3 +608,12 @@ async fn a_shard_that_is_down_fails_the_insert_and_the_journal_keeps_the_rows_un
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_retry_with_another_timestamp_is_listed_once_on_the_cluster() {
+    let Some((store, _db)) = store().await else {
+        return;
+    };
+    // Both copies of an id hash to one shard, where its local index rows are too.
+    crate::clickhouse_layout::check_retried_events_are_listed_once(&store).await;
+}
