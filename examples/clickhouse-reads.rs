@@ -3,7 +3,8 @@
 //! N synthetic events straight into it with `scripts/load-clickhouse-events.sh` (`INSERT ...
 //! SELECT FROM numbers(N)`: 200,000 users, 8 types, the last 30 days) unless it already holds
 //! them, then times `ClickHouseStore::query` (what `GET /events` runs, without the HTTP layer)
-//! for pages of 50: by user, by type, by time range (one random day) and unfiltered.
+//! for pages of 50: by user, by type, by time range (one random day) and unfiltered; and
+//! `known()` (the dedup fallback) for 100 ids, half stored, half not.
 //!
 //! ```sh
 //! cargo run --release --example clickhouse-reads -- --database rd_new_10m --rows 10000000
@@ -15,7 +16,7 @@
 use cartstream::adapters::outbound::clickhouse::{
     create_legacy_table_sql, ClickHouseConfig, ClickHouseStore,
 };
-use cartstream::domain::EventType;
+use cartstream::domain::{DedupKey, EventId, EventType};
 use cartstream::ports::{EventQuery, EventStore};
 use chrono::{Duration as Days, Utc};
 use clap::Parser;
@@ -36,6 +37,9 @@ struct Cli {
     /// Timed reads per filter.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Time `known()` only (the legacy layout's pages take seconds each).
+    #[arg(long)]
+    only_known: bool,
 }
 
 async fn sql(url: &str, body: &str) -> String {
@@ -121,6 +125,10 @@ async fn main() {
         ),
         ("none", Box::new(|_| EventQuery::first(50))),
     ];
+    time_known(&cli, &store).await;
+    if cli.only_known {
+        return;
+    }
     for (name, make) in &filters {
         let mut took = Vec::with_capacity(cli.samples);
         let mut listed = 0;
@@ -145,4 +153,40 @@ async fn main() {
             listed as f64 / cli.samples as f64,
         );
     }
+}
+
+/// `known()` for batches of 100 ids, 50 of them stored (taken from the table), 50 not.
+async fn time_known(cli: &Cli, store: &ClickHouseStore) {
+    let stored = sql(
+        &cli.url,
+        &format!(
+            "SELECT event_id FROM `{}`.cart_events WHERE cityHash64(event_id) % 1000 = 7 LIMIT 5000",
+            cli.database
+        ),
+    )
+    .await;
+    let stored: Vec<&str> = stored.lines().collect();
+    let key = |id: &str| -> DedupKey { (&EventId::parse(id).unwrap()).into() };
+    let mut took = Vec::with_capacity(cli.samples);
+    for round in 0..cli.samples {
+        let keys: Vec<DedupKey> = (0..50)
+            .map(|i| key(stored[(round * 50 + i) % stored.len()]))
+            .chain((0..50).map(|i| key(&format!("missing-{round}-{i}"))))
+            .collect();
+        let started = Instant::now();
+        let found = store.known(&keys).await.expect("known");
+        took.push(started.elapsed());
+        assert_eq!(found.iter().filter(|f| **f).count(), 50);
+    }
+    took.sort();
+    println!(
+        "{} layout={} rows={} known(100 ids) samples={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
+        cli.database,
+        cli.layout,
+        cli.rows,
+        cli.samples,
+        percentile(&took, 0.5),
+        percentile(&took, 0.99),
+        percentile(&took, 1.0),
+    );
 }
