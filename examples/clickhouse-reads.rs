@@ -23,6 +23,9 @@ use clap::Parser;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
+/// A random query of one filter.
+type MakeQuery = Box<dyn Fn(&mut rand::rngs::ThreadRng) -> EventQuery>;
+
 #[derive(Parser)]
 struct Cli {
     #[arg(long, default_value = "http://127.0.0.1:8123")]
@@ -97,7 +100,7 @@ async fn main() {
     load(&cli, &store).await;
     let mut rng = rand::rng();
     let now = Utc::now();
-    let filters: [(&str, Box<dyn Fn(&mut rand::rngs::ThreadRng) -> EventQuery>); 4] = [
+    let filters: [(&str, MakeQuery); 4] = [
         (
             "user",
             Box::new(|r| EventQuery {

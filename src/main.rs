@@ -66,10 +66,14 @@ async fn migrate_clickhouse(settings: &Settings) -> ExitCode {
             match &m.old_table {
                 None => println!("nothing to migrate: the read layout is in place"),
                 Some(old) => println!(
-                    "old table {old} ({}renamed now): copied {} month(s) {:?}, {} copied \
-                     before; {} rows in the old table, {} in the new one (copies included). \
-                     Restart cartstream to read the new layout; the old table is kept.",
-                    if m.renamed { "" } else { "already " },
+                    "old table {old} ({}): copied {} month(s) {:?}, {} copied before; {} rows \
+                     in the old table, {} in the new one (copies included). Restart cartstream \
+                     to read the new layout; the old table is kept.",
+                    if m.renamed {
+                        "renamed now"
+                    } else {
+                        "renamed before"
+                    },
                     m.copied.len(),
                     m.copied,
                     m.already_copied,
