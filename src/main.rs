@@ -1,4 +1,6 @@
-use cartstream::app::{config::Settings, drain, startup::Application, telemetry};
+use cartstream::adapters::outbound::clickhouse::ClickHouseStore;
+use cartstream::app::startup::{clickhouse_config, Application};
+use cartstream::app::{config::Settings, drain, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,10 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = humantime_serde::re::humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Moves the configured ClickHouse table from the layout before issue 14 to the read
+    /// layout, on one server: the old table is renamed and kept, and its rows are copied month
+    /// by month (a rerun resumes). docs/backends.md, "Migrating an existing table".
+    MigrateClickhouse,
 }
 
 /// Every WebSocket client holds a file descriptor, and many systems start processes with a soft
@@ -55,9 +61,13 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
-    if let Some(Command::Drain { data_dir, timeout }) = cli.command {
-        settings.data_dir = data_dir;
-        return run_drain(&settings, timeout).await;
+    match cli.command {
+        Some(Command::Drain { data_dir, timeout }) => {
+            settings.data_dir = data_dir;
+            return run_drain(&settings, timeout).await;
+        }
+        Some(Command::MigrateClickhouse) => return migrate_clickhouse(&settings).await,
+        None => {}
     }
     raise_fd_limit();
     let app = match Application::build(settings).await {
@@ -90,6 +100,46 @@ async fn run_drain(settings: &Settings, timeout: Duration) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cartstream drain {dir}: cannot drain: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cartstream migrate-clickhouse`: moves the configured ClickHouse table from the layout before
+/// issue 14 to the read layout, on one server (docs/backends.md, "Migrating an existing table").
+async fn migrate_clickhouse(settings: &Settings) -> ExitCode {
+    let Some(url) = &settings.clickhouse_url else {
+        eprintln!("cartstream migrate-clickhouse: CARTSTREAM_CLICKHOUSE_URL is not set");
+        return ExitCode::from(2);
+    };
+    let done = match ClickHouseStore::new(clickhouse_config(settings, url)) {
+        Ok(store) => store.migrate_layout().await,
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(m) => {
+            match &m.old_table {
+                None => println!("nothing to migrate: the read layout is in place"),
+                Some(old) => println!(
+                    "old table {old} ({}): copied {} month(s) {:?}, {} copied before; {} rows \
+                     in the old table, {} in the new one (copies included). Restart cartstream \
+                     to read the new layout; the old table is kept.",
+                    if m.renamed {
+                        "renamed now"
+                    } else {
+                        "renamed before"
+                    },
+                    m.copied.len(),
+                    m.copied,
+                    m.already_copied,
+                    m.old_rows,
+                    m.new_rows,
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cartstream migrate-clickhouse: {e}");
             ExitCode::FAILURE
         }
     }

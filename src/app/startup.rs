@@ -213,9 +213,9 @@ struct EventSide {
     retired_feed: Option<(Arc<dyn EventFeed>, i64)>,
 }
 
-/// ClickHouse behind the local journal.
-fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupError> {
-    let config = ClickHouseConfig {
+/// How to reach the ClickHouse at `url` the settings name (also for `migrate-clickhouse`).
+pub fn clickhouse_config(settings: &Settings, url: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
         url: url.to_owned(),
         database: settings.clickhouse_database.clone(),
         table: settings.clickhouse_table.clone(),
@@ -230,7 +230,12 @@ fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupE
                 shard_urls: settings.clickhouse_shard_urls.clone(),
             }),
         manage_tables: settings.clickhouse_manage_tables,
-    };
+    }
+}
+
+/// ClickHouse behind the local journal.
+fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupError> {
+    let config = clickhouse_config(settings, url);
     let remote: Arc<dyn EventStore> =
         Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
     let (store, forwarding, journal) = journaled(settings, remote)?;

@@ -152,7 +152,7 @@ fn key(id: &str) -> DedupKey {
 }
 
 #[tokio::test]
-async fn the_ddl_makes_a_local_and_a_distributed_table_on_every_shard() {
+async fn the_ddl_makes_the_local_layout_and_distributed_tables_on_every_shard() {
     let Some((_store, db)) = store().await else {
         return;
     };
@@ -170,11 +170,20 @@ async fn the_ddl_makes_a_local_and_a_distributed_table_on_every_shard() {
                 .unwrap(),
         };
         let tables: Vec<Vec<&str>> = tables.lines().map(|l| l.split('\t').collect()).collect();
-        assert_eq!(tables.len(), 2, "{url}: {tables:?}");
-        assert_eq!(tables[0][..2], ["cart_events", "Distributed"], "{url}");
+        let names: Vec<[&str; 2]> = tables.iter().map(|t| [t[0], t[1]]).collect();
+        // The read layout's local tables and views, and a Distributed table over each.
         assert_eq!(
-            tables[1][..2],
-            ["cart_events_local", "ReplacingMergeTree"],
+            names,
+            [
+                ["cart_events", "Distributed"],
+                ["cart_events_by_time", "Distributed"],
+                ["cart_events_by_time_local", "ReplacingMergeTree"],
+                ["cart_events_by_time_local_mv", "MaterializedView"],
+                ["cart_events_by_user", "Distributed"],
+                ["cart_events_by_user_local", "ReplacingMergeTree"],
+                ["cart_events_by_user_local_mv", "MaterializedView"],
+                ["cart_events_local", "ReplacingMergeTree"],
+            ],
             "{url}"
         );
         let create = clickhouse_sql(
@@ -645,4 +654,13 @@ impl Drop for SpareCluster {
                 .status();
         }
     }
+}
+
+#[tokio::test]
+async fn a_retry_with_another_timestamp_is_listed_once_on_the_cluster() {
+    let Some((store, _db)) = store().await else {
+        return;
+    };
+    // Both copies of an id hash to one shard, where its local index rows are too.
+    crate::clickhouse_layout::check_retried_events_are_listed_once(&store).await;
 }

@@ -7,21 +7,25 @@
 //! runs with validation off and binds parameters client-side, escaped). The client's default
 //! LZ4 compression works on 18.16 as on current servers (the tests run with it).
 //!
-//! Retries of a batch insert may repeat rows, so the table is a `ReplacingMergeTree` keyed on
-//! `event_id` and every read uses `FINAL`: each event is seen once whether or not the
-//! background merge has run yet. Two limits of that engine, both needing an event id reused
-//! after its dedup window with different contents: rows are merged only within a partition (a
-//! month of `occurred_at`), and the row kept is the last inserted, where the embedded store keeps
-//! the first.
+//! Retries of a batch insert may repeat rows, and the store is the dedup's last line, so one
+//! event can have several copies, not always equal (a retry without `timestamp` has another
+//! `occurred_at`). The tables and how reads find each event once, the newest copy received,
+//! are in [`layout`] and `reads`; a table created before that layout is detected and read as
+//! before (with `FINAL`) until `cartstream migrate-clickhouse` (see `migrate`) replaces it.
 //!
 //! Credentials go in [`ClickHouseConfig::user`] and [`ClickHouseConfig::password`] (sent as
 //! `X-ClickHouse-User`/`X-ClickHouse-Key` headers, which 18.16 understands), not in the URL.
 
 pub mod cluster;
+pub mod layout;
+mod migrate;
+mod reads;
 
 pub use cluster::{
     create_distributed_table_sql, create_local_table_sql, local_table, ClusterConfig,
 };
+pub use layout::create_legacy_table_sql;
+pub use migrate::Migration;
 
 use super::listing_sql::{page_clause, Arg, CLICKHOUSE};
 use super::redact::{redact_url, scrub};
@@ -31,32 +35,28 @@ use chrono::{DateTime, TimeZone, Utc};
 use clickhouse::{Client, Compression};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The table's default name.
 pub const DEFAULT_TABLE: &str = "cart_events";
 
-/// The `CREATE TABLE` statement for `database.table`, exactly as [`ClickHouseStore`] runs it.
+/// The `CREATE TABLE` statement of the main table `database.table`, exactly as
+/// [`ClickHouseStore`] runs it on one server (it then creates the index tables and their views:
+/// [`layout::create_layout_sql`]).
 ///
-/// `occurred_at`/`received_at` are whole seconds for partitioning and human queries;
-/// `occurred_at_ms`/`received_at_ms` are the precise Unix milliseconds the service reads back.
-/// `session_id` is `NULL` when the event had none. `metadata` is the metadata object as compact
-/// JSON. Rows with the same `event_id` are duplicates of one event: read with `FINAL` (or
-/// `argMax`/`LIMIT 1 BY event_id`) to see each once.
+/// `occurred_at`/`received_at` are whole seconds for human queries; `occurred_at_ms`/
+/// `received_at_ms` are the precise Unix milliseconds the service reads back. `session_id` is
+/// `NULL` when the event had none. `metadata` is the metadata object as compact JSON. Rows with
+/// the same `event_id` are copies of one event: the one to read is the copy with the greatest
+/// `received_at_ms` (what `FINAL` or `argMax(..., received_at_ms)` give).
 pub fn create_table_sql(database: &str, table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {}.{} {COLUMNS}
-ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(occurred_at)
-ORDER BY event_id",
-        quote(database),
-        quote(table)
-    )
+    layout::create_main_table_sql(database, table)
 }
 
-/// The table's columns, as in [`create_table_sql`]; the cluster's tables have the same.
+/// The table's columns, as in [`create_table_sql`] (which adds the merge version); the
+/// cluster's `Distributed` table has the same.
 const COLUMNS: &str = "(
     event_id        String,
     user_id         String,
@@ -145,6 +145,11 @@ struct Inner {
     manage_tables: bool,
     /// `` `database`.`table` ``, ready to put in SQL.
     qualified: String,
+    /// The index tables of reads by user and by type or time, ready to put in SQL.
+    qualified_by_user: String,
+    qualified_by_time: String,
+    /// Which layout the table has, once known: one of the `LAYOUT_*`.
+    layout: AtomicU8,
     timeout: Duration,
     shown_url: String,
     secrets: Vec<String>,
@@ -168,6 +173,12 @@ struct Server {
 
 /// A table a server must hold, and (a part of) the name of its engine.
 type Expected = (String, &'static str);
+
+const LAYOUT_UNKNOWN: u8 = 0;
+/// [`layout`]: reads through the index tables.
+const LAYOUT_READ: u8 = 1;
+/// A table from before the read layout: read with `FINAL`, as it was.
+const LAYOUT_LEGACY: u8 = 2;
 
 /// A row of `system.tables`.
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -266,6 +277,11 @@ impl ClickHouseStore {
     pub fn new(config: ClickHouseConfig) -> Result<Self, PortError> {
         check_identifier("database", &config.database)?;
         check_identifier("table", &config.table)?;
+        // The longest name derived from the table's.
+        check_identifier(
+            "index table",
+            &layout::view_of(&local_table(&layout::by_user_table(&config.table))),
+        )?;
         let mut secrets = super::redact::url_secrets(&config.url);
         if let Some(p) = config.password.as_ref().filter(|p| !p.is_empty()) {
             secrets.push(p.clone());
@@ -290,6 +306,17 @@ impl ClickHouseStore {
             inner: Arc::new(Inner {
                 client,
                 qualified: format!("{}.{}", quote(&config.database), quote(&config.table)),
+                qualified_by_user: format!(
+                    "{}.{}",
+                    quote(&config.database),
+                    quote(&layout::by_user_table(&config.table))
+                ),
+                qualified_by_time: format!(
+                    "{}.{}",
+                    quote(&config.database),
+                    quote(&layout::by_time_table(&config.table))
+                ),
+                layout: AtomicU8::new(LAYOUT_UNKNOWN),
                 database: config.database,
                 table: config.table,
                 cluster,
@@ -340,33 +367,48 @@ impl ClickHouseStore {
             .map_err(|(what, url, e)| self.map_err_at(what, &url, e))
     }
 
-    /// The statements that create the schema, in order, each with its server.
+    /// The statements that create the schema, in order, each with its server. With a legacy
+    /// table, only the database: the table is there and is not changed.
     fn ddl(&self) -> Vec<(&Client, &str, &'static str, String)> {
         let (db, table) = (&self.inner.database, &self.inner.table);
         let create_db = format!("CREATE DATABASE IF NOT EXISTS {}", quote(db));
         let main = (&self.inner.client, self.inner.shown_url.as_str());
+        let legacy = self.is_legacy();
         let Some((cluster, shards)) = &self.inner.cluster else {
-            return vec![
-                (main.0, main.1, "create database", create_db),
-                (main.0, main.1, "create table", create_table_sql(db, table)),
-            ];
+            let mut plan = vec![(main.0, main.1, "create database", create_db)];
+            if !legacy {
+                let tables = layout::create_layout_sql(db, table);
+                plan.extend(
+                    tables
+                        .into_iter()
+                        .map(|sql| (main.0, main.1, "create table", sql)),
+                );
+            }
+            return plan;
         };
-        let distributed = create_distributed_table_sql(db, table, cluster);
         let mut plan = Vec::new();
         for s in shards {
             let at = (&s.client, s.shown_url.as_str());
             plan.push((at.0, at.1, "create database", create_db.clone()));
-            let local = create_local_table_sql(db, table);
-            plan.push((at.0, at.1, "create local table", local));
-            plan.push((at.0, at.1, "create distributed table", distributed.clone()));
+            if !legacy {
+                let sqls = cluster::create_shard_sql(db, table, cluster);
+                plan.extend(sqls.into_iter().map(|(what, sql)| (at.0, at.1, what, sql)));
+            }
         }
         // The configured URL may be a server with the cluster's config but no shard.
         plan.push((main.0, main.1, "create database", create_db));
-        plan.push((main.0, main.1, "create distributed table", distributed));
+        if !legacy {
+            let sqls = cluster::create_distributed_layout_sql(db, table, cluster);
+            plan.extend(
+                sqls.into_iter()
+                    .map(|(what, sql)| (main.0, main.1, what, sql)),
+            );
+        }
         plan
     }
 
     async fn create_schema(&self) -> Result<(), (&'static str, String, clickhouse::error::Error)> {
+        self.detect_layout().await?;
         for (client, url, what, sql) in self.ddl() {
             self.timed_raw(client.query_raw(&sql).execute())
                 .await
@@ -376,19 +418,90 @@ impl ClickHouseStore {
         Ok(())
     }
 
+    /// The server that holds the main table's rows (the first shard's local table in
+    /// cluster mode), and that table's name; `None` when no shard URL is configured.
+    fn storage_server(&self) -> Option<(&Client, &str, String)> {
+        match &self.inner.cluster {
+            None => Some((
+                &self.inner.client,
+                self.inner.shown_url.as_str(),
+                self.inner.table.clone(),
+            )),
+            Some((_, shards)) => shards.first().map(|s| {
+                let table = local_table(&self.inner.table);
+                (&s.client, s.shown_url.as_str(), table)
+            }),
+        }
+    }
+
+    /// Whether the main table was created before the read layout (then it is read with
+    /// `FINAL`, as before, and a warning names the migration). A missing table gets the read
+    /// layout. Asked once.
+    async fn detect_layout(&self) -> Result<(), (&'static str, String, clickhouse::error::Error)> {
+        if self.inner.layout.load(Ordering::Acquire) != LAYOUT_UNKNOWN {
+            return Ok(());
+        }
+        let Some((client, url, table)) = self.storage_server() else {
+            self.inner.layout.store(LAYOUT_READ, Ordering::Release);
+            return Ok(());
+        };
+        let q = client
+            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(self.inner.database.as_str())
+            .bind(table.as_str());
+        let found: Option<String> = self
+            .timed_raw(q.fetch_optional())
+            .await
+            .map_err(|e| ("check the table's layout", url.to_owned(), e))?;
+        let legacy = found.is_some_and(|engine| !layout::is_read_layout(&engine));
+        if legacy {
+            tracing::warn!(
+                table = %self.inner.qualified,
+                "the ClickHouse table has the layout from before issue 14 (ordered by event_id \
+                 only): it is read as before, with FINAL, and every GET /events scans all of it. \
+                 Run `cartstream migrate-clickhouse` to move it to the read layout \
+                 (docs/backends.md, \"Migrating an existing table\")"
+            );
+        }
+        let layout = if legacy { LAYOUT_LEGACY } else { LAYOUT_READ };
+        self.inner.layout.store(layout, Ordering::Release);
+        Ok(())
+    }
+
+    fn is_legacy(&self) -> bool {
+        self.inner.layout.load(Ordering::Acquire) == LAYOUT_LEGACY
+    }
+
     /// The tables each server must hold, each with (a part of) the engine it must have.
     fn expected_tables(&self) -> Vec<(&Client, &str, Vec<Expected>)> {
         let table = &self.inner.table;
         let main = (&self.inner.client, self.inner.shown_url.as_str());
-        let Some((_, shards)) = &self.inner.cluster else {
-            return vec![(main.0, main.1, vec![(table.clone(), "ReplacingMergeTree")])];
+        let (by_user, by_time) = (layout::by_user_table(table), layout::by_time_table(table));
+        let legacy = self.is_legacy();
+        // The main table, then (read layout) the index tables and their views.
+        let stored = |main: String, user: String, time: String| -> Vec<Expected> {
+            let mut all = vec![(main, "ReplacingMergeTree")];
+            if !legacy {
+                all.push((layout::view_of(&user), "MaterializedView"));
+                all.push((layout::view_of(&time), "MaterializedView"));
+                all.push((user, "ReplacingMergeTree"));
+                all.push((time, "ReplacingMergeTree"));
+            }
+            all
         };
-        let mut expected = vec![(main.0, main.1, vec![(table.clone(), "Distributed")])];
+        let Some((_, shards)) = &self.inner.cluster else {
+            return vec![(main.0, main.1, stored(table.clone(), by_user, by_time))];
+        };
+        let mut distributed = vec![(table.clone(), "Distributed")];
+        if !legacy {
+            distributed.push((by_user.clone(), "Distributed"));
+            distributed.push((by_time.clone(), "Distributed"));
+        }
+        let mut expected = vec![(main.0, main.1, distributed.clone())];
         for s in shards {
-            let tables = vec![
-                (local_table(table), "ReplacingMergeTree"),
-                (table.clone(), "Distributed"),
-            ];
+            let (u, t) = (local_table(&by_user), local_table(&by_time));
+            let mut tables = stored(local_table(table), u, t);
+            tables.extend(distributed.iter().cloned());
             expected.push((&s.client, s.shown_url.as_str(), tables));
         }
         expected
@@ -397,6 +510,9 @@ impl ClickHouseStore {
     /// Checks (without creating anything) that every table is there with its engine.
     async fn verify_schema(&self) -> Result<(), PortError> {
         let db = &self.inner.database;
+        self.detect_layout()
+            .await
+            .map_err(|(what, url, e)| self.map_err_at(what, &url, e))?;
         let mut wrong = Vec::new();
         for (client, url, tables) in self.expected_tables() {
             let q = client
@@ -540,7 +656,8 @@ impl EventStore for ClickHouseStore {
         }
         self.schema().await?;
         // Existence needs no FINAL (any copy counts), and `IN (subquery)` lets the primary
-        // key (event_id) prune; 18.16 does not accept an array literal after IN.
+        // key (event_id, on both layouts) prune; 18.16 does not accept an array literal after
+        // IN. In cluster mode each shard answers for its ids.
         let sql = format!(
             "SELECT DISTINCT event_id FROM {} WHERE event_id IN (SELECT arrayJoin(?))",
             self.inner.qualified
@@ -554,6 +671,10 @@ impl EventStore for ClickHouseStore {
 
     async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
         self.schema().await?;
+        if self.inner.layout.load(Ordering::Acquire) == LAYOUT_READ {
+            return self.timed("query", self.read_page(query)).await?;
+        }
+        // A legacy table (or a layout that could not be asked): FINAL, correct on both.
         let q = self.page_query(query);
         // Rows stream in listing order and reading stops one row past the page (dropping
         // the cursor ends the response), so memory holds the page, never the whole match.
@@ -629,11 +750,12 @@ mod tests {
     occurred_at_ms  Int64,
     received_at     DateTime('UTC'),
     received_at_ms  Int64,
-    source          String
+    source          String,
+    received_version UInt64 MATERIALIZED toUInt64(received_at_ms)
 )
-ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(occurred_at)
-ORDER BY event_id"
+ENGINE = ReplacingMergeTree(received_version)
+ORDER BY event_id
+SETTINGS index_granularity = 256"
         );
     }
 
