@@ -143,13 +143,40 @@ async fn two_instances_on_one_redis_hold_one_rate_together() {
     let Some(url) = redis_url_or_skip().await else {
         return;
     };
-    const RATE: u64 = 200;
-    const BURST: u64 = 40;
     let (dedup_prefix, rl) = (redis_prefix(), rl_prefix());
-    let configure = |s: &mut cartstream::app::config::Settings| {
+    hold_one_rate_together(|s| {
         s.redis_url = Some(url.clone());
         s.redis_key_prefix = dedup_prefix.clone();
         s.rate_limit_key_prefix = rl.clone();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_redis_cluster_hold_one_rate_together() {
+    let Some(seeds) = crate::backends::redis_cluster_or_skip().await else {
+        return;
+    };
+    let (dedup_prefix, rl) = (gl2_prefix(), gl2_prefix());
+    hold_one_rate_together(|s| {
+        s.redis_cluster_nodes = seeds.clone();
+        s.redis_key_prefix = dedup_prefix.clone();
+        s.rate_limit_key_prefix = rl.clone();
+    })
+    .await;
+}
+
+/// A key prefix of the cluster rate tests no other test (or run) uses.
+fn gl2_prefix() -> String {
+    format!("gl2-test:{}:", random_suffix())
+}
+
+/// Two servers on the Redis that `redis` configures, three HTTP and one WebSocket sender on
+/// each, all on one API key: together they get the key's rate, not twice it.
+async fn hold_one_rate_together(redis: impl Fn(&mut cartstream::app::config::Settings)) {
+    const RATE: u64 = 200;
+    const BURST: u64 = 40;
+    let configure = |s: &mut cartstream::app::config::Settings| {
         s.api_keys = vec!["k-global".into()];
         s.rate_limit_per_second = u32::try_from(RATE).unwrap();
         s.rate_limit_burst = u32::try_from(BURST).unwrap();
@@ -157,9 +184,25 @@ async fn two_instances_on_one_redis_hold_one_rate_together() {
         // The default 50 ms is for a Redis on a quiet network; this machine runs debug builds
         // of two servers and eight clients on two shared cores. Fallbacks are checked below.
         s.rate_limit_redis_timeout = Duration::from_millis(250);
+        redis(s);
     };
     let a = Arc::new(TestApp::spawn_with(configure).await);
     let b = Arc::new(TestApp::spawn_with(configure).await);
+    // One event through each first, so the clock below does not start on cold connections
+    // (a cluster's slot map, its masters); then the bucket refills to its burst.
+    for app in [&a, &b] {
+        let events = vec![item_added(&unique("warm"))];
+        let r = app
+            .http
+            .post(app.url("/events/batch"))
+            .header("X-API-Key", "k-global")
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let until = started + Duration::from_secs(4);
