@@ -5,6 +5,7 @@
 
 use crate::backends::{random_suffix, redis_prefix, redis_url_or_skip, DEAD_REDIS_URL};
 use crate::helpers::*;
+use cartstream::adapters::outbound::redis::cluster::scripts::ClusterScripts;
 use cartstream::adapters::outbound::redis::rate::{RedisBuckets, ScriptRunner};
 use cartstream::adapters::outbound::redis::Lua;
 use cartstream::app::config::RateLimitScope;
@@ -350,6 +351,10 @@ impl ScriptRunner for ClusterRunner {
             .await
             .map_err(|e| PortError::Unavailable(e.to_string()))
     }
+
+    fn one_slot_per_call(&self) -> bool {
+        true
+    }
 }
 
 #[tokio::test]
@@ -389,4 +394,86 @@ async fn on_a_redis_cluster_each_request_is_one_script_on_the_node_of_its_key() 
         3,
         "the keys reached all three masters' slot ranges"
     );
+}
+
+/// Batches of requests over a few keys (some sharing buckets) against the GCRA sums taken one
+/// request after the other, at fixed times: what the queue sends as one call answers each
+/// request as if it had come alone, in order.
+async fn batches_match_the_sums(buckets: &RedisBuckets) {
+    let client = Gcra::new(50, 6).unwrap();
+    let total = Gcra::new(20, 10).unwrap();
+    // Three keys (tags), each with two addresses and a total: 9 buckets.
+    let names: Vec<(String, Gcra)> = (0..3)
+        .flat_map(|k| {
+            [
+                (format!("{{k:b{k}}}:1"), client),
+                (format!("{{k:b{k}}}:2"), client),
+                (format!("{{k:b{k}}}:total"), total),
+            ]
+        })
+        .collect();
+    let mut tats = vec![0u64; names.len()];
+    let mut now: u64 = 1_764_000_000_000_000;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let (mut taken, mut refused) = (0, 0);
+    for _ in 0..40 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        now += (seed >> 33) % 300_000;
+        let mut requests = Vec::new();
+        let mut touched = Vec::new();
+        for _ in 0..1 + (seed >> 50) % 12 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let key = usize::try_from((seed >> 40) % 3).unwrap();
+            let addr = usize::try_from((seed >> 44) % 2).unwrap();
+            let idx = [3 * key + addr, 3 * key + 2];
+            let n = 1 + (seed >> 20) % 4;
+            requests.push((
+                idx.iter().map(|&i| names[i].clone()).collect::<Vec<_>>(),
+                u32::try_from(n).unwrap(),
+            ));
+            touched.push((idx, n));
+        }
+        let got = buckets.take_many_at(&requests, Some(now)).await;
+        for ((idx, n), got) in touched.into_iter().zip(got) {
+            let current: Vec<(Gcra, u64)> = idx.iter().map(|&i| (names[i].1, tats[i])).collect();
+            match gcra::take_all(&current, now, n) {
+                Ok(new) => {
+                    assert_eq!(got, Ok(None), "at {now} taking {n} from {idx:?}");
+                    for (&i, t) in idx.iter().zip(new) {
+                        tats[i] = t;
+                    }
+                    taken += 1;
+                }
+                Err(wait) => {
+                    assert_eq!(got, Ok(Some(Duration::from_micros(wait))), "at {now}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        taken > 30 && refused > 30,
+        "{taken} taken, {refused} refused"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_requests_is_answered_in_order_as_the_gcra_sums_say() {
+    let Some(url) = redis_url_or_skip().await else {
+        return;
+    };
+    let two = Duration::from_secs(2);
+    let prefix = format!("gl2-test:{}:", random_suffix());
+    batches_match_the_sums(&RedisBuckets::single(&url, prefix, two, two).unwrap()).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_batch_is_one_call_per_slot_answered_as_the_sums_say() {
+    let Some(seeds) = crate::backends::redis_cluster_or_skip().await else {
+        return;
+    };
+    let two = Duration::from_secs(2);
+    let runner = ClusterScripts::new(&seeds, two, two).unwrap();
+    let prefix = format!("gl2-test:{}:", random_suffix());
+    batches_match_the_sums(&RedisBuckets::over(Arc::new(runner), prefix)).await;
 }
