@@ -9,6 +9,7 @@ use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore, C
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::adapters::outbound::redis::cluster::scripts::ClusterScripts;
 use crate::adapters::outbound::redis::cluster::{RedisClusterDedupConfig, RedisClusterDedupStore};
 use crate::adapters::outbound::redis::rate::RedisBuckets;
 use crate::adapters::outbound::redis::{RedisDedupConfig, RedisDedupStore};
@@ -489,28 +490,36 @@ fn shared_limits(
     metrics: &Metrics,
 ) -> Result<Option<SharedLimits>, StartupError> {
     let redis = settings.redis_url.as_deref();
-    let scope = settings.rate_limit_scope.unwrap_or(match redis {
-        Some(_) => RateLimitScope::Global,
-        None => RateLimitScope::Local,
+    let cluster = &settings.redis_cluster_nodes;
+    let configured = redis.is_some() || !cluster.is_empty();
+    let scope = settings.rate_limit_scope.unwrap_or(if configured {
+        RateLimitScope::Global
+    } else {
+        RateLimitScope::Local
     });
-    let url = match (scope, redis) {
+    let (prefix, connect, timeout) = (
+        settings.rate_limit_key_prefix.clone(),
+        settings.redis_connect_timeout,
+        settings.rate_limit_redis_timeout,
+    );
+    let buckets = match (scope, redis) {
         (RateLimitScope::Local, _) => return Ok(None),
-        (RateLimitScope::Global, Some(url)) => url,
+        // A cluster: the buckets of one request share a hash tag, so one master runs them.
+        (RateLimitScope::Global, None) if !cluster.is_empty() => {
+            let scripts = ClusterScripts::new(cluster, connect, timeout);
+            RedisBuckets::over(Arc::new(scripts.map_err(StartupError::Backend)?), prefix)
+        }
+        (RateLimitScope::Global, Some(url)) => {
+            RedisBuckets::single(url, prefix, connect, timeout).map_err(StartupError::Backend)?
+        }
         (RateLimitScope::Global, None) => {
             return Err(StartupError::Security(
                 "rate_limit_scope (CARTSTREAM_RATE_LIMIT_SCOPE) is global, which needs Redis \
-                 (CARTSTREAM_REDIS_URL)"
+                 (CARTSTREAM_REDIS_URL or CARTSTREAM_REDIS_CLUSTER_NODES)"
                     .into(),
             ))
         }
     };
-    let buckets = RedisBuckets::single(
-        url,
-        settings.rate_limit_key_prefix.clone(),
-        settings.redis_connect_timeout,
-        settings.rate_limit_redis_timeout,
-    )
-    .map_err(StartupError::Backend)?;
     Ok(Some(SharedLimits {
         buckets: Arc::new(buckets),
         timeout: settings.rate_limit_redis_timeout,

@@ -5,6 +5,7 @@
 
 use crate::backends::{random_suffix, redis_prefix, redis_url_or_skip, DEAD_REDIS_URL};
 use crate::helpers::*;
+use cartstream::adapters::outbound::redis::cluster::scripts::ClusterScripts;
 use cartstream::adapters::outbound::redis::rate::{RedisBuckets, ScriptRunner};
 use cartstream::adapters::outbound::redis::Lua;
 use cartstream::app::config::RateLimitScope;
@@ -143,13 +144,40 @@ async fn two_instances_on_one_redis_hold_one_rate_together() {
     let Some(url) = redis_url_or_skip().await else {
         return;
     };
-    const RATE: u64 = 200;
-    const BURST: u64 = 40;
     let (dedup_prefix, rl) = (redis_prefix(), rl_prefix());
-    let configure = |s: &mut cartstream::app::config::Settings| {
+    hold_one_rate_together(|s| {
         s.redis_url = Some(url.clone());
         s.redis_key_prefix = dedup_prefix.clone();
         s.rate_limit_key_prefix = rl.clone();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_redis_cluster_hold_one_rate_together() {
+    let Some(seeds) = crate::backends::redis_cluster_or_skip().await else {
+        return;
+    };
+    let (dedup_prefix, rl) = (gl2_prefix(), gl2_prefix());
+    hold_one_rate_together(|s| {
+        s.redis_cluster_nodes = seeds.clone();
+        s.redis_key_prefix = dedup_prefix.clone();
+        s.rate_limit_key_prefix = rl.clone();
+    })
+    .await;
+}
+
+/// A key prefix of the cluster rate tests no other test (or run) uses.
+fn gl2_prefix() -> String {
+    format!("gl2-test:{}:", random_suffix())
+}
+
+/// Two servers on the Redis that `redis` configures, three HTTP and one WebSocket sender on
+/// each, all on one API key: together they get the key's rate, not twice it.
+async fn hold_one_rate_together(redis: impl Fn(&mut cartstream::app::config::Settings)) {
+    const RATE: u64 = 200;
+    const BURST: u64 = 40;
+    let configure = |s: &mut cartstream::app::config::Settings| {
         s.api_keys = vec!["k-global".into()];
         s.rate_limit_per_second = u32::try_from(RATE).unwrap();
         s.rate_limit_burst = u32::try_from(BURST).unwrap();
@@ -157,9 +185,25 @@ async fn two_instances_on_one_redis_hold_one_rate_together() {
         // The default 50 ms is for a Redis on a quiet network; this machine runs debug builds
         // of two servers and eight clients on two shared cores. Fallbacks are checked below.
         s.rate_limit_redis_timeout = Duration::from_millis(250);
+        redis(s);
     };
     let a = Arc::new(TestApp::spawn_with(configure).await);
     let b = Arc::new(TestApp::spawn_with(configure).await);
+    // One event through each first, so the clock below does not start on cold connections
+    // (a cluster's slot map, its masters); then the bucket refills to its burst.
+    for app in [&a, &b] {
+        let events = vec![item_added(&unique("warm"))];
+        let r = app
+            .http
+            .post(app.url("/events/batch"))
+            .header("X-API-Key", "k-global")
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let until = started + Duration::from_secs(4);
@@ -307,6 +351,10 @@ impl ScriptRunner for ClusterRunner {
             .await
             .map_err(|e| PortError::Unavailable(e.to_string()))
     }
+
+    fn one_slot_per_call(&self) -> bool {
+        true
+    }
 }
 
 #[tokio::test]
@@ -346,4 +394,86 @@ async fn on_a_redis_cluster_each_request_is_one_script_on_the_node_of_its_key() 
         3,
         "the keys reached all three masters' slot ranges"
     );
+}
+
+/// Batches of requests over a few keys (some sharing buckets) against the GCRA sums taken one
+/// request after the other, at fixed times: what the queue sends as one call answers each
+/// request as if it had come alone, in order.
+async fn batches_match_the_sums(buckets: &RedisBuckets) {
+    let client = Gcra::new(50, 6).unwrap();
+    let total = Gcra::new(20, 10).unwrap();
+    // Three keys (tags), each with two addresses and a total: 9 buckets.
+    let names: Vec<(String, Gcra)> = (0..3)
+        .flat_map(|k| {
+            [
+                (format!("{{k:b{k}}}:1"), client),
+                (format!("{{k:b{k}}}:2"), client),
+                (format!("{{k:b{k}}}:total"), total),
+            ]
+        })
+        .collect();
+    let mut tats = vec![0u64; names.len()];
+    let mut now: u64 = 1_764_000_000_000_000;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let (mut taken, mut refused) = (0, 0);
+    for _ in 0..40 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        now += (seed >> 33) % 300_000;
+        let mut requests = Vec::new();
+        let mut touched = Vec::new();
+        for _ in 0..1 + (seed >> 50) % 12 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let key = usize::try_from((seed >> 40) % 3).unwrap();
+            let addr = usize::try_from((seed >> 44) % 2).unwrap();
+            let idx = [3 * key + addr, 3 * key + 2];
+            let n = 1 + (seed >> 20) % 4;
+            requests.push((
+                idx.iter().map(|&i| names[i].clone()).collect::<Vec<_>>(),
+                u32::try_from(n).unwrap(),
+            ));
+            touched.push((idx, n));
+        }
+        let got = buckets.take_many_at(&requests, Some(now)).await;
+        for ((idx, n), got) in touched.into_iter().zip(got) {
+            let current: Vec<(Gcra, u64)> = idx.iter().map(|&i| (names[i].1, tats[i])).collect();
+            match gcra::take_all(&current, now, n) {
+                Ok(new) => {
+                    assert_eq!(got, Ok(None), "at {now} taking {n} from {idx:?}");
+                    for (&i, t) in idx.iter().zip(new) {
+                        tats[i] = t;
+                    }
+                    taken += 1;
+                }
+                Err(wait) => {
+                    assert_eq!(got, Ok(Some(Duration::from_micros(wait))), "at {now}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        taken > 30 && refused > 30,
+        "{taken} taken, {refused} refused"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_requests_is_answered_in_order_as_the_gcra_sums_say() {
+    let Some(url) = redis_url_or_skip().await else {
+        return;
+    };
+    let two = Duration::from_secs(2);
+    let prefix = format!("gl2-test:{}:", random_suffix());
+    batches_match_the_sums(&RedisBuckets::single(&url, prefix, two, two).unwrap()).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_batch_is_one_call_per_slot_answered_as_the_sums_say() {
+    let Some(seeds) = crate::backends::redis_cluster_or_skip().await else {
+        return;
+    };
+    let two = Duration::from_secs(2);
+    let runner = ClusterScripts::new(&seeds, two, two).unwrap();
+    let prefix = format!("gl2-test:{}:", random_suffix());
+    batches_match_the_sums(&RedisBuckets::over(Arc::new(runner), prefix)).await;
 }

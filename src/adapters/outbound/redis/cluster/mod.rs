@@ -23,6 +23,7 @@
 //! is released at once (or lapses after the hold), so its retry is never a false duplicate.
 
 mod router;
+pub mod scripts;
 pub(crate) mod slots;
 
 use super::{lease_value, millis, Lua, CLAIM, LEASE_MARK, RELEASE};
