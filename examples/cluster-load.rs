@@ -9,8 +9,9 @@
 //!   answered `accepted` (never more than once, or the run fails).
 //! - `verify`: waits for ClickHouse to hold what the ledger says must be stored, then checks
 //!   that under `FINAL` it holds each of those exactly once and nothing that was never sent.
-//! - `rate`: sends as fast as it can with one key to both instances; prints how many events were
-//!   accepted, for a rate limit shared by both.
+//! - `rate`: sends as fast as it can with one key to both instances; after a warm-up that spends
+//!   the burst, prints how many events were accepted (and how many requests were refused), for a
+//!   rate limit shared by both.
 //!
 //! `cargo run --release --example cluster-load -- load --help`.
 
@@ -92,8 +93,12 @@ struct RateArgs {
     direct: Vec<String>,
     #[arg(long)]
     api_key: Option<String>,
+    /// How long answers are counted, after the warm-up.
     #[arg(long, value_parser = cli::parse_duration, default_value = "6s")]
     duration: Duration,
+    /// Sent first and not counted: it spends the burst, so what is counted is the rate alone.
+    #[arg(long, value_parser = cli::parse_duration, default_value = "2s")]
+    warmup: Duration,
     #[arg(long, default_value_t = 4)]
     workers: usize,
     #[arg(long, default_value_t = 10)]
@@ -643,7 +648,8 @@ async fn run_rate(args: RateArgs) -> Result<bool, String> {
     let accepted = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let until = started + args.duration;
+    let counted_from = started + args.warmup;
+    let until = counted_from + args.duration;
     let mut tasks = Vec::new();
     for n in 0..args.workers {
         let (http, args, ledger) = (http.clone(), Arc::clone(&args), Arc::clone(&ledger));
@@ -661,9 +667,14 @@ async fn run_rate(args: RateArgs) -> Result<bool, String> {
                 match post_batch(&http, base, args.api_key.as_deref(), &bodies).await {
                     Ok((statuses, _)) => {
                         let ok = statuses.iter().filter(|s| *s == "accepted").count();
-                        accepted.fetch_add(ok as u64, Ordering::Relaxed);
+                        let counted = Instant::now() >= counted_from;
+                        if counted {
+                            accepted.fetch_add(ok as u64, Ordering::Relaxed);
+                        }
                         if statuses.iter().any(|s| s == "rate_limited") {
-                            limited.fetch_add(1, Ordering::Relaxed);
+                            if counted {
+                                limited.fetch_add(1, Ordering::Relaxed);
+                            }
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
@@ -675,7 +686,7 @@ async fn run_rate(args: RateArgs) -> Result<bool, String> {
     for t in tasks {
         t.await.map_err(|e| e.to_string())?;
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = counted_from.elapsed().as_secs_f64();
     let summary = json!({
         "seconds": secs,
         "accepted": accepted.load(Ordering::Relaxed),
