@@ -528,7 +528,8 @@ mod tests {
         assert!(RateLimits::new(&s, &access).is_ok());
     }
 
-    fn key(name: &str) -> KeySettings {
+    /// An ingest key named and valued `name`, with the default limits.
+    pub(super) fn key(name: &str) -> KeySettings {
         KeySettings {
             name: name.into(),
             key: Some(name.into()),
@@ -599,9 +600,8 @@ mod tests {
 
 #[cfg(test)]
 mod shared_tests {
+    use super::tests::key;
     use super::*;
-    use crate::app::access::Scope;
-    use crate::app::config::KeySettings;
     use crate::domain::gcra;
     use crate::ports::{MockSharedBuckets, PortError};
     use std::collections::HashMap;
@@ -637,20 +637,6 @@ mod shared_tests {
                 }
                 Err(wait) => Ok(Some(Duration::from_micros(wait))),
             }
-        }
-    }
-
-    fn key(name: &str) -> KeySettings {
-        KeySettings {
-            name: name.into(),
-            key: Some(name.into()),
-            sha256: None,
-            scopes: vec![Scope::Ingest],
-            origins: Vec::new(),
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            rate_limit_total_per_second: None,
-            rate_limit_total_burst: None,
         }
     }
 
