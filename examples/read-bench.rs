@@ -195,7 +195,7 @@ enum Reader {
     Http {
         client: reqwest::Client,
         base: String,
-        server: tokio::process::Child,
+        server: Box<tokio::process::Child>,
     },
 }
 
@@ -225,7 +225,7 @@ impl Reader {
                     return Reader::Http {
                         client,
                         base,
-                        server,
+                        server: Box::new(server),
                     };
                 }
             }
