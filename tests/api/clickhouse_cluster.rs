@@ -179,9 +179,9 @@ async fn the_ddl_makes_the_local_layout_and_distributed_tables_on_every_shard() 
                 ["cart_events_by_time", "Distributed"],
                 ["cart_events_by_time_local", "ReplacingMergeTree"],
                 ["cart_events_by_time_local_mv", "MaterializedView"],
-                ["cart_events_ids", "Distributed"],
-                ["cart_events_ids_local", "ReplacingMergeTree"],
-                ["cart_events_ids_local_mv", "MaterializedView"],
+                ["cart_events_by_user", "Distributed"],
+                ["cart_events_by_user_local", "ReplacingMergeTree"],
+                ["cart_events_by_user_local_mv", "MaterializedView"],
                 ["cart_events_local", "ReplacingMergeTree"],
             ],
             "{url}"
@@ -212,11 +212,11 @@ async fn events_spread_over_the_shards_and_every_copy_of_one_stays_on_its_shard(
         .collect();
     store.insert(&events).await.unwrap();
     // Repeats of the first 20, inserted again (as a retried batch would be), with other
-    // contents (a copy shares its id and user): the later copy is the one FINAL keeps.
+    // contents: the later copy is the one FINAL keeps.
     let repeats: Vec<StoredEvent> = (0..20)
         .map(|i| {
             fixtures::event(&format!("spread-{i}"))
-                .session("the-repeat")
+                .user("the-repeat")
                 .at_now()
                 .stored()
         })
@@ -251,7 +251,7 @@ async fn events_spread_over_the_shards_and_every_copy_of_one_stays_on_its_shard(
     let repeated = page
         .events
         .iter()
-        .filter(|e| e.event.session_id() == Some("the-repeat"))
+        .filter(|e| e.event.user_id() == "the-repeat")
         .count();
     assert_eq!(repeated, 20, "the last copy of each repeat is the one read");
     let known = store

@@ -138,7 +138,7 @@ async fn a_retry_with_another_timestamp_is_listed_once_as_the_copy_received_last
     store.ensure_schema().await.unwrap();
     check_retried_events_are_listed_once(&store).await;
     // After the merges, the same: they keep the copy received last.
-    for t in ["cart_events", "cart_events_by_time", "cart_events_ids"] {
+    for t in ["cart_events", "cart_events_by_user", "cart_events_by_time"] {
         let sql = format!("OPTIMIZE TABLE `{}`.{t} FINAL", db.name);
         clickhouse_sql(&url, &sql).await.unwrap();
     }
@@ -284,8 +284,8 @@ async fn a_legacy_table_is_read_as_before_then_migrated_and_kept() {
     assert_eq!((done.old_rows, done.new_rows), (35, 35));
     assert_eq!(
         tables(&url, &db.name).await,
-        "cart_events\ncart_events_by_time\ncart_events_by_time_mv\ncart_events_ids\n\
-         cart_events_ids_mv\ncart_events_v1\ncart_events_v1_copied\n"
+        "cart_events\ncart_events_by_time\ncart_events_by_time_mv\ncart_events_by_user\n\
+         cart_events_by_user_mv\ncart_events_v1\ncart_events_v1_copied\n"
     );
     // A new store (a restarted cartstream) reads the new layout: every event once.
     let migrated = single_store(&url, &db).await;
@@ -329,82 +329,6 @@ async fn a_legacy_table_is_read_as_before_then_migrated_and_kept() {
     .await
     .unwrap();
     assert_eq!(old_rows.trim(), "35", "the old table is kept whole");
-}
-
-/// The first version of the read layout, as cartstream created it before the main table was
-/// ordered by user: main table ordered by `event_id`, an index table by user and one by time.
-const FIRST_VERSION: [&str; 5] = [
-    "CREATE TABLE `DB`.cart_events (event_id String, user_id String, \
-     session_id Nullable(String), event_type String, metadata String, \
-     occurred_at DateTime('UTC'), occurred_at_ms Int64, received_at DateTime('UTC'), \
-     received_at_ms Int64, source String, \
-     received_version UInt64 MATERIALIZED toUInt64(received_at_ms)) \
-     ENGINE = ReplacingMergeTree(received_version) ORDER BY event_id \
-     SETTINGS index_granularity = 256",
-    "CREATE TABLE `DB`.cart_events_by_user (user_id String, event_type String, \
-     occurred_at_ms Int64, received_at_ms Int64, event_id String) \
-     ENGINE = ReplacingMergeTree() ORDER BY (user_id, occurred_at_ms, received_at_ms, event_id)",
-    "CREATE TABLE `DB`.cart_events_by_time (event_type String, occurred_at_ms Int64, \
-     received_at_ms Int64, event_id String) \
-     ENGINE = ReplacingMergeTree() ORDER BY (occurred_at_ms, received_at_ms, event_id)",
-    "CREATE MATERIALIZED VIEW `DB`.cart_events_by_user_mv TO `DB`.cart_events_by_user AS \
-     SELECT user_id, event_type, occurred_at_ms, received_at_ms, event_id FROM `DB`.cart_events",
-    "CREATE MATERIALIZED VIEW `DB`.cart_events_by_time_mv TO `DB`.cart_events_by_time AS \
-     SELECT event_type, occurred_at_ms, received_at_ms, event_id FROM `DB`.cart_events",
-];
-
-#[tokio::test]
-async fn a_first_version_table_is_read_with_final_then_migrated_without_its_old_indexes() {
-    let Some(url) = clickhouse_url_or_skip().await else {
-        return;
-    };
-    let db = ThrowawayDatabase::new(&url);
-    clickhouse_sql(&url, &format!("CREATE DATABASE `{}`", db.name))
-        .await
-        .unwrap();
-    for sql in FIRST_VERSION {
-        clickhouse_sql(&url, &sql.replace("DB", &db.name))
-            .await
-            .unwrap();
-    }
-    let (first, newest) = retried();
-    let old = single_store(&url, &db).await;
-    old.ensure_schema().await.unwrap();
-    for batch in &first {
-        old.insert(std::slice::from_ref(batch)).await.unwrap();
-    }
-    old.insert(&newest).await.unwrap();
-    let before = tables(&url, &db.name).await;
-    assert_eq!(
-        before,
-        "cart_events\ncart_events_by_time\ncart_events_by_time_mv\ncart_events_by_user\n\
-         cart_events_by_user_mv\n",
-        "a first-version table is not changed, and nothing is added beside it"
-    );
-    let page = old.query(&EventQuery::first(10)).await.unwrap();
-    assert_eq!(
-        page.events, newest,
-        "read with FINAL: each event once, newest"
-    );
-
-    let done = old.migrate_layout().await.unwrap();
-    assert!(done.renamed);
-    assert_eq!(done.copied, ["all"], "unpartitioned: one go");
-    assert_eq!(
-        tables(&url, &db.name).await,
-        "cart_events\ncart_events_by_time\ncart_events_by_time_mv\ncart_events_ids\n\
-         cart_events_ids_mv\ncart_events_v1\ncart_events_v1_copied\n"
-    );
-    let migrated = single_store(&url, &db).await;
-    check_retried_events_are_listed_once(&migrated).await;
-    let ids: Vec<DedupKey> = newest
-        .iter()
-        .map(|e| key(e.columns().event_id))
-        .chain([key("never-sent")])
-        .collect();
-    assert_eq!(migrated.known(&ids).await.unwrap(), [true, true, false]);
-    let again = migrated.migrate_layout().await.unwrap();
-    assert!(!again.renamed && again.copied.is_empty(), "{again:?}");
 }
 
 async fn tables(url: &str, db: &str) -> String {

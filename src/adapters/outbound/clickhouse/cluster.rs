@@ -1,7 +1,7 @@
 //! Events sharded over a ClickHouse cluster: on every shard the single-server read layout
-//! under local names (`<table>_local`, `<table>_by_time_local`, `<table>_ids_local`, with
+//! under local names (`<table>_local`, `<table>_by_user_local`, `<table>_by_time_local`, with
 //! the views filling the index tables from `<table>_local` on the same shard), and a
-//! `Distributed` table over each (`<table>`, `<table>_by_time`, `<table>_ids`), sharded by
+//! `Distributed` table over each (`<table>`, `<table>_by_user`, `<table>_by_time`), sharded by
 //! `cityHash64(event_id)`. Every copy of an event (a retried
 //! insert, a repeat) lands on the shard its id hashes to, so `FINAL`, which the `Distributed`
 //! table applies on each shard, still shows each event once across the cluster.
@@ -13,8 +13,8 @@
 //! the journal keeps the batch until the whole cluster took it.
 
 use super::layout::{
-    by_time_table, create_by_time_sql, create_ids_sql, create_main_table_sql, create_view_sql,
-    ids_table, select_of, view_of, BY_TIME_COLUMNS, IDS_COLUMNS, IDS_SELECT,
+    by_time_table, by_user_table, create_by_time_sql, create_by_user_sql, create_main_table_sql,
+    create_view_sql, view_of, BY_TIME_COLUMNS, BY_USER_COLUMNS,
 };
 use super::{quote, COLUMNS};
 use crate::ports::PortError;
@@ -63,18 +63,29 @@ ENGINE = Distributed({}, {}, {}, cityHash64(event_id))",
 /// What one shard runs, in order, each `IF NOT EXISTS` and with what it creates: the local
 /// tables, the views filling the local index tables, then the `Distributed` tables.
 pub fn create_shard_sql(database: &str, table: &str, cluster: &str) -> Vec<(&'static str, String)> {
-    let (main_l, time_l, ids_l) = (
+    let (by_user, by_time) = (by_user_table(table), by_time_table(table));
+    let (main_l, user_l, time_l) = (
         local_table(table),
-        local_table(&by_time_table(table)),
-        local_table(&ids_table(table)),
+        local_table(&by_user),
+        local_table(&by_time),
     );
     vec![
         (
             "create local table",
             create_local_table_sql(database, table),
         ),
+        ("create local table", create_by_user_sql(database, &user_l)),
         ("create local table", create_by_time_sql(database, &time_l)),
-        ("create local table", create_ids_sql(database, &ids_l)),
+        (
+            "create view",
+            create_view_sql(
+                database,
+                &view_of(&user_l),
+                &user_l,
+                &main_l,
+                BY_USER_COLUMNS,
+            ),
+        ),
         (
             "create view",
             create_view_sql(
@@ -82,12 +93,8 @@ pub fn create_shard_sql(database: &str, table: &str, cluster: &str) -> Vec<(&'st
                 &view_of(&time_l),
                 &time_l,
                 &main_l,
-                &select_of(BY_TIME_COLUMNS),
+                BY_TIME_COLUMNS,
             ),
-        ),
-        (
-            "create view",
-            create_view_sql(database, &view_of(&ids_l), &ids_l, &main_l, IDS_SELECT),
         ),
     ]
     .into_iter()
@@ -106,11 +113,11 @@ pub fn create_distributed_layout_sql(
         (what, create_distributed_table_sql(database, table, cluster)),
         (
             what,
-            create_distributed_sql(database, &by_time_table(table), BY_TIME_COLUMNS, cluster),
+            create_distributed_sql(database, &by_user_table(table), BY_USER_COLUMNS, cluster),
         ),
         (
             what,
-            create_distributed_sql(database, &ids_table(table), IDS_COLUMNS, cluster),
+            create_distributed_sql(database, &by_time_table(table), BY_TIME_COLUMNS, cluster),
         ),
     ]
 }
@@ -160,15 +167,12 @@ ENGINE = Distributed(`cartstream_shards`, `default`, `cart_events_local`, cityHa
         let shard = create_shard_sql("default", "cart_events", "c");
         assert_eq!(shard.len(), 8);
         assert!(shard[3].1.contains(
-            "`default`.`cart_events_by_time_local_mv` TO `default`.`cart_events_by_time_local` \
-             AS SELECT event_type, occurred_at_ms, received_at_ms, event_id, user_id \
+            "`default`.`cart_events_by_user_local_mv` TO `default`.`cart_events_by_user_local` \
+             AS SELECT user_id, event_type, occurred_at_ms, received_at_ms, event_id \
              FROM `default`.`cart_events_local`"
         ), "{}", shard[3].1);
-        assert!(shard[6].1.contains(
-            "ENGINE = Distributed(`c`, `default`, `cart_events_by_time_local`, cityHash64(event_id))"
-        ));
         assert!(shard[7].1.contains(
-            "ENGINE = Distributed(`c`, `default`, `cart_events_ids_local`, cityHash64(event_id))"
+            "ENGINE = Distributed(`c`, `default`, `cart_events_by_time_local`, cityHash64(event_id))"
         ));
     }
 

@@ -1,16 +1,13 @@
-//! `cartstream migrate-clickhouse`: from a table created before the read layout (or with its
-//! first version) to it, on one server. The old table is renamed `<table>_v1` (and kept), the
-//! read layout is created under the old name, and the rows are copied month by month with
-//! `INSERT ... SELECT`, each month recorded in `<table>_v1_copied` once it is in (a table of
-//! the first version has no months: it is copied in one go). The first version's index tables
-//! and views hold nothing but copies of the main table's columns; they are dropped before the
-//! rename, and the copy fills the new ones. Run again after an interruption, it copies
+//! `cartstream migrate-clickhouse`: from a table created before the read layout to it, on one
+//! server. The old table is renamed `<table>_v1` (and kept), the read layout is created under
+//! the old name, and the rows are copied month by month with `INSERT ... SELECT`, each month
+//! recorded in `<table>_v1_copied` once it is in. Run again after an interruption, it copies
 //! only the months not recorded; a month cut off halfway is copied again whole, and the copies
 //! that makes are copies of events, which the layout lists once. A running cartstream keeps
 //! working through it (inserts fail for the moment between the rename and the new table, and
 //! the journal retries them); restart it afterwards to read the new layout.
 
-use super::layout::{create_layout_sql, first_version_tables, is_read_layout, is_versioned};
+use super::layout::{create_layout_sql, is_read_layout};
 use super::{check_identifier, quote, ClickHouseStore, LAYOUT_READ};
 use crate::ports::PortError;
 use std::sync::atomic::Ordering;
@@ -57,9 +54,10 @@ impl ClickHouseStore {
         check_identifier("old table", &progress)?;
         self.run(&format!("CREATE DATABASE IF NOT EXISTS {}", quote(db)))
             .await?;
-        let engine = self.engine_of(table).await?;
-        let legacy = engine.as_deref().is_some_and(|e| !is_read_layout(e));
-        let first_version = legacy && engine.as_deref().is_some_and(is_versioned);
+        let legacy = match self.engine_of(table).await? {
+            Some(engine) => !is_read_layout(&engine),
+            None => false,
+        };
         let old_exists = self.engine_of(&old).await?.is_some();
         let shown_old = format!("{}.{}", quote(db), quote(&old));
         if legacy && old_exists {
@@ -68,13 +66,6 @@ impl ClickHouseStore {
                  know which to keep; rename or drop one",
                 self.inner.qualified
             )));
-        }
-        if first_version {
-            for derived in first_version_tables(table) {
-                check_identifier("old index table", &derived)?;
-                let q = format!("DROP TABLE IF EXISTS {}.{}", quote(db), quote(&derived));
-                self.run(&q).await?;
-            }
         }
         if legacy {
             self.run(&format!(
@@ -143,24 +134,21 @@ impl ClickHouseStore {
                 done.already_copied += 1;
                 continue;
             }
-            // No timeout of ours: a month of a large table takes as long as it takes. An
-            // unpartitioned table has one partition, `all`.
+            // No timeout of ours: a month of a large table takes as long as it takes.
             let copy = format!(
                 "INSERT INTO {} ({COLUMN_NAMES}) SELECT {COLUMN_NAMES} FROM {old_q} \
-                 WHERE ? = 'all' OR toString(toYYYYMM(occurred_at)) = ?",
+                 WHERE toString(toYYYYMM(occurred_at)) = ?",
                 self.inner.qualified
             );
             let q = self.inner.client.query(&copy).bind(month.as_str());
-            let q = q.bind(month.as_str());
             q.execute()
                 .await
                 .map_err(|e| self.map_err(&format!("copy month {month}"), e))?;
             let q = self.inner.client.query(&format!(
                 "INSERT INTO {progress_q} SELECT ?, count() FROM {old_q} \
-                 WHERE ? = 'all' OR toString(toYYYYMM(occurred_at)) = ?"
+                 WHERE toString(toYYYYMM(occurred_at)) = ?"
             ));
             q.bind(month.as_str())
-                .bind(month.as_str())
                 .bind(month.as_str())
                 .execute()
                 .await

@@ -146,7 +146,7 @@ struct Inner {
     /// `` `database`.`table` ``, ready to put in SQL.
     qualified: String,
     /// The index tables of reads by user and by type or time, ready to put in SQL.
-    qualified_ids: String,
+    qualified_by_user: String,
     qualified_by_time: String,
     /// Which layout the table has, once known: one of the `LAYOUT_*`.
     layout: AtomicU8,
@@ -280,7 +280,7 @@ impl ClickHouseStore {
         // The longest name derived from the table's.
         check_identifier(
             "index table",
-            &layout::view_of(&local_table(&layout::by_time_table(&config.table))),
+            &layout::view_of(&local_table(&layout::by_user_table(&config.table))),
         )?;
         let mut secrets = super::redact::url_secrets(&config.url);
         if let Some(p) = config.password.as_ref().filter(|p| !p.is_empty()) {
@@ -306,10 +306,10 @@ impl ClickHouseStore {
             inner: Arc::new(Inner {
                 client,
                 qualified: format!("{}.{}", quote(&config.database), quote(&config.table)),
-                qualified_ids: format!(
+                qualified_by_user: format!(
                     "{}.{}",
                     quote(&config.database),
-                    quote(&layout::ids_table(&config.table))
+                    quote(&layout::by_user_table(&config.table))
                 ),
                 qualified_by_time: format!(
                     "{}.{}",
@@ -453,21 +453,14 @@ impl ClickHouseStore {
             .timed_raw(q.fetch_optional())
             .await
             .map_err(|e| ("check the table's layout", url.to_owned(), e))?;
-        let legacy = found
-            .as_deref()
-            .is_some_and(|engine| !layout::is_read_layout(engine));
+        let legacy = found.is_some_and(|engine| !layout::is_read_layout(&engine));
         if legacy {
-            let which = if found.as_deref().is_some_and(layout::is_versioned) {
-                "the first version of the read layout (ordered by event_id, with index tables \
-                 that cost ClickHouse more per insert)"
-            } else {
-                "the layout from before issue 14 (ordered by event_id only)"
-            };
             tracing::warn!(
                 table = %self.inner.qualified,
-                "the ClickHouse table has {which}: it is read as before, with FINAL, and every \
-                 GET /events scans all of it. Run `cartstream migrate-clickhouse` to move it to \
-                 the read layout (docs/backends.md, \"Migrating an existing table\")"
+                "the ClickHouse table has the layout from before issue 14 (ordered by event_id \
+                 only): it is read as before, with FINAL, and every GET /events scans all of it. \
+                 Run `cartstream migrate-clickhouse` to move it to the read layout \
+                 (docs/backends.md, \"Migrating an existing table\")"
             );
         }
         let layout = if legacy { LAYOUT_LEGACY } else { LAYOUT_READ };
@@ -483,31 +476,31 @@ impl ClickHouseStore {
     fn expected_tables(&self) -> Vec<(&Client, &str, Vec<Expected>)> {
         let table = &self.inner.table;
         let main = (&self.inner.client, self.inner.shown_url.as_str());
-        let (by_time, ids) = (layout::by_time_table(table), layout::ids_table(table));
+        let (by_user, by_time) = (layout::by_user_table(table), layout::by_time_table(table));
         let legacy = self.is_legacy();
         // The main table, then (read layout) the index tables and their views.
-        let stored = |main: String, time: String, ids: String| -> Vec<Expected> {
+        let stored = |main: String, user: String, time: String| -> Vec<Expected> {
             let mut all = vec![(main, "ReplacingMergeTree")];
             if !legacy {
+                all.push((layout::view_of(&user), "MaterializedView"));
                 all.push((layout::view_of(&time), "MaterializedView"));
-                all.push((layout::view_of(&ids), "MaterializedView"));
+                all.push((user, "ReplacingMergeTree"));
                 all.push((time, "ReplacingMergeTree"));
-                all.push((ids, "ReplacingMergeTree"));
             }
             all
         };
         let Some((_, shards)) = &self.inner.cluster else {
-            return vec![(main.0, main.1, stored(table.clone(), by_time, ids))];
+            return vec![(main.0, main.1, stored(table.clone(), by_user, by_time))];
         };
         let mut distributed = vec![(table.clone(), "Distributed")];
         if !legacy {
+            distributed.push((by_user.clone(), "Distributed"));
             distributed.push((by_time.clone(), "Distributed"));
-            distributed.push((ids.clone(), "Distributed"));
         }
         let mut expected = vec![(main.0, main.1, distributed.clone())];
         for s in shards {
-            let (t, i) = (local_table(&by_time), local_table(&ids));
-            let mut tables = stored(local_table(table), t, i);
+            let (u, t) = (local_table(&by_user), local_table(&by_time));
+            let mut tables = stored(local_table(table), u, t);
             tables.extend(distributed.iter().cloned());
             expected.push((&s.client, s.shown_url.as_str(), tables));
         }
@@ -663,25 +656,14 @@ impl EventStore for ClickHouseStore {
         }
         self.schema().await?;
         // Existence needs no FINAL (any copy counts), and `IN (subquery)` lets the primary
-        // key prune (18.16 does not accept an array literal after IN): on the read layout the
-        // ids table's `(id_hash, event_id)`, on a legacy table its `event_id`. In cluster mode
-        // each shard answers for its ids.
+        // key (event_id, on both layouts) prune; 18.16 does not accept an array literal after
+        // IN. In cluster mode each shard answers for its ids.
+        let sql = format!(
+            "SELECT DISTINCT event_id FROM {} WHERE event_id IN (SELECT arrayJoin(?))",
+            self.inner.qualified
+        );
         let ids: Vec<&str> = keys.iter().map(DedupKey::as_str).collect();
-        let q = if self.is_legacy() {
-            let sql = format!(
-                "SELECT DISTINCT event_id FROM {} WHERE event_id IN (SELECT arrayJoin(?))",
-                self.inner.qualified
-            );
-            self.inner.client.query(&sql).bind(ids)
-        } else {
-            let sql = format!(
-                "SELECT DISTINCT event_id FROM {} \
-                 WHERE id_hash IN (SELECT cityHash64(arrayJoin(?))) \
-                 AND event_id IN (SELECT arrayJoin(?))",
-                self.inner.qualified_ids
-            );
-            self.inner.client.query(&sql).bind(&ids).bind(&ids)
-        };
+        let q = self.inner.client.query(&sql).bind(ids);
         let found: Vec<String> = self.timed("known", q.fetch_all()).await?;
         let found: std::collections::HashSet<String> = found.into_iter().collect();
         Ok(keys.iter().map(|k| found.contains(k.as_str())).collect())
@@ -772,7 +754,7 @@ mod tests {
     received_version UInt64 MATERIALIZED toUInt64(received_at_ms)
 )
 ENGINE = ReplacingMergeTree(received_version)
-ORDER BY (user_id, event_id)
+ORDER BY event_id
 SETTINGS index_granularity = 256"
         );
     }

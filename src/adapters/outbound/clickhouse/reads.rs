@@ -1,13 +1,12 @@
 //! `GET /events` on the read layout ([`super::layout`]), without `FINAL`.
 //!
-//! A page is built from candidates: `(event_id, user_id, occurred_at_ms, received_at_ms)` in
-//! listing order, from the main table itself when a user is given (it is ordered by user),
-//! else from `<table>_by_time`.
+//! A page is built from candidates: `(event_id, occurred_at_ms, received_at_ms)` in listing
+//! order from an index table, `<table>_by_user` when a user is given, else `<table>_by_time`.
 //! The latter is read newest window first (an hour below the query's upper bound, then each
 //! window 8 times the one before, then unbounded), so an unfiltered or by-type page reads a few
 //! ranges of the index instead of all of it. Every candidate query filters and orders like the
 //! legacy one and stops at a `LIMIT`. Then every copy of the candidates' ids is read from the
-//! main table by its key (`user_id`, `event_id`), and a candidate is kept only if it is the newest copy
+//! main table by its key (`event_id`), and a candidate is kept only if it is the newest copy
 //! received of its id, so each event is listed once, as its newest copy, whatever the
 //! background merges have done. A stale candidate is dropped, and the index is read on past it
 //! until the page is full or the windows are exhausted.
@@ -29,7 +28,6 @@ const BOUNDED_WINDOWS: u32 = 6;
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct Candidate {
     event_id: String,
-    user_id: String,
     occurred_at_ms: i64,
     received_at_ms: i64,
 }
@@ -118,7 +116,7 @@ impl ClickHouseStore {
         limit: usize,
     ) -> clickhouse::error::Result<Vec<Candidate>> {
         let index = if query.user_id.is_some() {
-            &self.inner.qualified
+            &self.inner.qualified_by_user
         } else {
             &self.inner.qualified_by_time
         };
@@ -141,7 +139,7 @@ impl ClickHouseStore {
         let (clause, rest) = page_clause(&narrowed, &CLICKHOUSE);
         args.extend(rest);
         // The filters go to PREWHERE (ClickHouse moves them there itself, as 18.16 does for a
-        // WHERE on a MergeTree): only the columns of a candidate are read.
+        // WHERE on a MergeTree): only the narrow index columns are read.
         let sql = format!("SELECT ?fields FROM {index} WHERE 1 = 1{bounds}{clause}");
         let q = args
             .into_iter()
@@ -163,36 +161,31 @@ impl ClickHouseStore {
         if candidates.is_empty() {
             return Ok(Ok(()));
         }
-        let users = unique(candidates.iter().map(|c| c.user_id.as_str()).collect());
-        let ids = unique(candidates.iter().map(|c| c.event_id.as_str()).collect());
-        // Both key columns prune: a few granules per candidate.
+        let mut ids: Vec<&str> = candidates.iter().map(|c| c.event_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let sql = format!(
-            "SELECT ?fields FROM {} PREWHERE user_id IN (SELECT arrayJoin(?)) \
-             AND event_id IN (SELECT arrayJoin(?))",
+            "SELECT ?fields FROM {} PREWHERE event_id IN (SELECT arrayJoin(?))",
             self.inner.qualified
         );
-        let q = self.inner.client.query(&sql).bind(users).bind(ids);
-        let copies: Vec<EventRow> = q.fetch_all().await?;
-        // Keyed as the table is: copies share their user and id.
-        let mut newest: HashMap<(String, String), EventRow> = HashMap::with_capacity(copies.len());
+        let copies: Vec<EventRow> = self.inner.client.query(&sql).bind(ids).fetch_all().await?;
+        let mut newest: HashMap<String, EventRow> = HashMap::with_capacity(copies.len());
         for row in copies {
-            let key = (row.user_id.clone(), row.event_id.clone());
-            match newest.get(&key) {
+            match newest.get(&row.event_id) {
                 Some(kept) if newer_or_same(kept, &row) => {}
                 _ => {
-                    newest.insert(key, row);
+                    newest.insert(row.event_id.clone(), row);
                 }
             }
         }
         for c in candidates {
-            let key = (c.user_id.clone(), c.event_id.clone());
-            let Some(row) = newest.get(&key) else {
+            let Some(row) = newest.get(&c.event_id) else {
                 continue;
             };
             if (row.occurred_at_ms, row.received_at_ms) != (c.occurred_at_ms, c.received_at_ms) {
                 continue;
             }
-            let Some(row) = newest.remove(&key) else {
+            let Some(row) = newest.remove(&c.event_id) else {
                 continue;
             };
             match row.into_stored() {
@@ -203,13 +196,6 @@ impl ClickHouseStore {
         }
         Ok(Ok(()))
     }
-}
-
-/// `v` sorted, each value once.
-fn unique(mut v: Vec<&str>) -> Vec<&str> {
-    v.sort_unstable();
-    v.dedup();
-    v
 }
 
 /// Whether `kept` is received after `other` (as merges keep it: the greatest
