@@ -28,7 +28,16 @@ pub(crate) const INSERT_EVENT: &str = concat!(
 );
 
 pub(crate) fn db_err(e: rusqlite::Error) -> PortError {
+    if no_space(&e) {
+        return PortError::NoSpace(format!("local database: {e}"));
+    }
     PortError::Unavailable(format!("local database: {e}"))
+}
+
+/// Whether `e` says the disk is full: `SQLITE_FULL`, which SQLite's file layer answers when a
+/// write gets `ENOSPC`.
+fn no_space(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
