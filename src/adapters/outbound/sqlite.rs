@@ -233,3 +233,28 @@ impl Row {
         .map_err(|what| PortError::Failed(format!("embedded store: bad {what} in row")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn sqlite_full_is_no_space_and_other_failures_are_unavailable() {
+        assert!(matches!(
+            db_err(failure(rusqlite::ffi::SQLITE_FULL)),
+            PortError::NoSpace(_)
+        ));
+        assert!(matches!(
+            db_err(failure(rusqlite::ffi::SQLITE_IOERR_WRITE)),
+            PortError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db_err(failure(rusqlite::ffi::SQLITE_BUSY)),
+            PortError::Unavailable(_)
+        ));
+    }
+}
