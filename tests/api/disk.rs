@@ -147,7 +147,7 @@ async fn stored_ids(app: &TestApp, user: &str) -> HashSet<String> {
 
 /// Fills the tmpfs under the server, checks it answers as a full disk, frees the space and
 /// checks it recovers by itself; `outage` is cut while filling and restored after (the
-/// ClickHouse in front of which the journal grows), if any. Returns what was accepted.
+/// ClickHouse in front of which the journal grows), if any; then reads back every acked event.
 async fn full_disk_round(
     tmpfs: &Tmpfs,
     configure: impl FnOnce(&mut Settings),
