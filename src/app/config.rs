@@ -70,6 +70,10 @@ pub struct Settings {
     /// down; when full, new events are answered `unavailable`.
     #[validate(range(min = 4096))]
     pub journal_max_bytes: u64,
+    /// A warning is logged when the data dir's file system has less than this percentage of
+    /// its space free (once per crossing; an info line when it is back above).
+    #[validate(range(max = 100))]
+    pub disk_warn_free_percent: u8,
     /// The forwarder sends one INSERT per this many journal entries at most...
     #[validate(range(min = 1, max = 1_000_000))]
     pub forward_max_rows: usize,
@@ -381,6 +385,7 @@ impl Default for Settings {
             clickhouse_shard_urls: Vec::new(),
             clickhouse_manage_tables: true,
             journal_max_bytes: 1 << 30,
+            disk_warn_free_percent: 10,
             forward_max_rows: 50_000,
             forward_max_bytes: 16 << 20,
             forward_interval: Duration::from_secs(1),
@@ -511,6 +516,7 @@ const ENV_KEYS: &[&str] = &[
     "clickhouse_shard_urls",
     "clickhouse_manage_tables",
     "journal_max_bytes",
+    "disk_warn_free_percent",
     "forward_max_rows",
     "forward_max_bytes",
     "forward_interval",

@@ -5,6 +5,7 @@
 //! claim and one store call, so the backends see large batches and one fsync covers many
 //! events. Groups are committed one at a time, which keeps claim order equal to arrival order.
 
+use crate::app::disk::DiskState;
 use crate::app::metrics::{Channel, ChannelLabels, Metrics};
 use crate::domain::{
     parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, GroupPlan, Source,
@@ -335,6 +336,8 @@ pub struct Committer {
     dedup_rest: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Told whenever events were recorded (routing reads them from the store's feed).
     recorded: Arc<tokio::sync::Notify>,
+    /// Told whether local writes succeed or fail for lack of space, when set.
+    disk: Option<Arc<DiskState>>,
 }
 
 /// How the committer uses the dedup store.
@@ -388,7 +391,15 @@ impl Committer {
             policy,
             dedup_rest: std::sync::Mutex::new(None),
             recorded,
+            disk: None,
         }
+    }
+
+    /// Reports to `disk` whether the store's writes succeed or fail for lack of space.
+    #[must_use]
+    pub fn with_disk(mut self, disk: Arc<DiskState>) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     fn dedup_is_resting(&self) -> bool {
@@ -598,6 +609,13 @@ impl Committer {
         self.metrics
             .store_seconds
             .observe(t.elapsed().as_secs_f64());
+        if let Some(disk) = &self.disk {
+            match &stored {
+                Ok(()) => disk.write_succeeded(),
+                Err(PortError::NoSpace(cause)) => disk.write_failed(cause),
+                Err(_) => {}
+            }
+        }
         stored
     }
 
@@ -605,7 +623,12 @@ impl Committer {
     /// not a false duplicate, then forgets them in `pipeline`.
     async fn release(&self, pipeline: &Pipeline, group: &Group, e: &PortError, events: usize) {
         self.metrics.backend_error("store");
-        tracing::warn!(cause = %e, events, "store failed; releasing claims");
+        if matches!(e, PortError::NoSpace(_)) && self.disk.is_some() {
+            // Logged once per state change by the disk state, not per group.
+            tracing::debug!(cause = %e, events, "store failed; releasing claims");
+        } else {
+            tracing::warn!(cause = %e, events, "store failed; releasing claims");
+        }
         let claimed = group.plan.claimed();
         if !claimed.is_empty() {
             if let Err(e) = self.dedup.release(&group.lease, claimed).await {
@@ -658,7 +681,9 @@ impl Committer {
 /// Why a store failure leaves an event unrecorded.
 fn reason(e: &PortError) -> Unavailable {
     match e {
-        PortError::Unavailable(_) | PortError::Failed(_) => Unavailable::StoreDown,
+        PortError::Unavailable(_) | PortError::Failed(_) | PortError::NoSpace(_) => {
+            Unavailable::StoreDown
+        }
         PortError::Full(_) => Unavailable::JournalFull,
     }
 }

@@ -106,6 +106,9 @@ pub struct Metrics {
     pub connections_cut: Family<ReasonLabels, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub accept_errors: Counter,
+    /// The data dir's file system: free and total bytes, and 1 while writes fail for lack of
+    /// space.
+    pub disk: crate::app::disk::DiskGauges,
 }
 
 impl Metrics {
@@ -146,13 +149,34 @@ impl Metrics {
             connections_cut: Family::default(),
             connections_refused: Family::default(),
             accept_errors: Counter::default(),
+            disk: crate::app::disk::DiskGauges::default(),
         };
         m.register_events();
         m.register_commit();
         m.register_journal();
         m.register_routes();
         m.register_connections();
+        m.register_disk();
         m
+    }
+
+    /// The data dir's disk.
+    fn register_disk(&mut self) {
+        self.registry.register(
+            "data_dir_free_bytes",
+            "Bytes free on the data dir's file system (sampled every few seconds)",
+            self.disk.free_bytes.clone(),
+        );
+        self.registry.register(
+            "data_dir_total_bytes",
+            "Size of the data dir's file system in bytes",
+            self.disk.total_bytes.clone(),
+        );
+        self.registry.register(
+            "data_dir_full",
+            "1 while local writes fail because the data dir's disk is full",
+            self.disk.full.clone(),
+        );
     }
 
     /// Events by outcome and channel, error replies, WebSocket connections.

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod config;
+pub mod disk;
 pub mod drain;
 pub mod forwarder;
 pub mod ingest;

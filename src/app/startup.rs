@@ -6,6 +6,7 @@ use crate::adapters::inbound::http::{self, Backends, Gate, HttpLimits, HttpState
 use crate::adapters::inbound::listener::{Caps, GuardedAcceptor, Timeouts};
 use crate::adapters::inbound::ws::{self, WsSettings, WsState};
 use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore, ClusterConfig};
+use crate::adapters::outbound::disk_space::StatVfs;
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
@@ -17,6 +18,7 @@ use crate::adapters::outbound::targets::build_target;
 use crate::app::access::Access;
 use crate::app::config::RouteSettings;
 use crate::app::config::{RateLimitScope, Settings};
+use crate::app::disk::DiskState;
 use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
 use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::metrics::Metrics;
@@ -429,11 +431,18 @@ impl Background {
             forwarder,
             routing_stop,
             routing: routing_task,
+            disk_stop: CancellationToken::new(),
         }
+    }
+
+    /// Samples `disk` every few seconds until stopped.
+    pub(crate) fn sample_disk(&mut self, disk: Arc<DiskState>) {
+        tokio::spawn(disk.run(self.disk_stop.clone()));
     }
 
     /// Stops routing, then flushes the journal, each within `grace`.
     pub(crate) async fn stop(self, grace: Duration) {
+        self.disk_stop.cancel();
         if let Some(routing) = self.routing {
             // Undelivered events stay in the outbox and go out after the next start.
             self.routing_stop.cancel();
@@ -589,6 +598,8 @@ pub(crate) struct Background {
     forwarder: Option<tokio::task::JoinHandle<()>>,
     routing_stop: CancellationToken,
     routing: Option<tokio::task::JoinHandle<()>>,
+    /// Samples the data dir's free space, when started.
+    disk_stop: CancellationToken,
 }
 
 impl Application {
@@ -624,6 +635,14 @@ impl Application {
         let acceptor = bind(&settings, proxies.clone(), &metrics).await?;
         let local_addr = acceptor.local_socket_addr().unwrap_or(addr);
         let recorded = Arc::new(Notify::new());
+        let disk = Arc::new(DiskState::new(
+            settings.data_dir.clone(),
+            Box::new(StatVfs {
+                dir: settings.data_dir.clone(),
+            }),
+            settings.disk_warn_free_percent,
+            metrics.disk.clone(),
+        ));
         let committer = Committer::new(
             Arc::clone(&ports.dedup),
             Arc::clone(&ports.store),
@@ -635,7 +654,8 @@ impl Application {
                 outage: settings.dedup_outage,
             },
             Arc::clone(&recorded),
-        );
+        )
+        .with_disk(Arc::clone(&disk));
         let committer_stop = CancellationToken::new();
         let (ingest, committer) = Ingest::start(
             committer,
@@ -644,12 +664,13 @@ impl Application {
             committer_stop.clone(),
         );
         let routing = routing(&settings, &ports, &recorded, &metrics)?;
-        let background = Background::start(
+        let mut background = Background::start(
             routing.as_ref(),
             ports.forwarding,
             &metrics,
             Arc::clone(&ports.clock),
         );
+        background.sample_disk(Arc::clone(&disk));
         let gate = gate(&settings, proxies, local_addr, &metrics)?;
         let ws = ws_state(&settings, ingest.clone(), &gate, &metrics, ports.clock);
         let backends = Backends {
@@ -658,6 +679,7 @@ impl Application {
             store_kind: ports.store_kind,
             dedup_kind: ports.dedup_kind,
             reads: Arc::new(Semaphore::new(settings.read_max_concurrency)),
+            disk: Some(disk),
         };
         let http = Arc::new(HttpState {
             ingest,

@@ -50,6 +50,7 @@ assert_eq!(rt.block_on(record(&store, &[])), "recorded");
 
 mod clock;
 mod dedup_store;
+mod disk_space;
 mod event_store;
 mod ingest;
 mod journal;
@@ -62,6 +63,7 @@ mod shared_buckets;
 pub use clock::TokioClock;
 pub use clock::{Clock, SystemClock};
 pub use dedup_store::{Claim, DedupStore, Lease};
+pub use disk_space::{DiskSpace, Space};
 pub use event_store::{
     listed_bytes, newest_first, EventPage, EventQuery, EventStore, PageBuilder, PageKey,
 };
@@ -100,4 +102,8 @@ pub enum PortError {
     /// A bounded local resource (the journal) is full; it frees up as it drains.
     #[error("full: {0}")]
     Full(String),
+    /// A local write failed because the disk under the data dir is full (`SQLITE_FULL`,
+    /// `ENOSPC`); it succeeds again once space is freed.
+    #[error("no space left on the disk: {0}")]
+    NoSpace(String),
 }

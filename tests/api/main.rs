@@ -8,6 +8,7 @@ mod clickhouse_cluster;
 mod clickhouse_layout;
 mod clickhouse_store;
 mod contract;
+mod disk;
 mod drain;
 mod edge;
 mod failing;

@@ -1,6 +1,7 @@
 //! Outbound adapters: implementations of the ports.
 
 pub mod clickhouse;
+pub mod disk_space;
 pub mod embedded;
 pub mod journal;
 mod listing_sql;

@@ -28,7 +28,16 @@ pub(crate) const INSERT_EVENT: &str = concat!(
 );
 
 pub(crate) fn db_err(e: rusqlite::Error) -> PortError {
+    if no_space(&e) {
+        return PortError::NoSpace(format!("local database: {e}"));
+    }
     PortError::Unavailable(format!("local database: {e}"))
+}
+
+/// Whether `e` says the disk is full: `SQLITE_FULL`, which SQLite's file layer answers when a
+/// write gets `ENOSPC`.
+fn no_space(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -222,5 +231,30 @@ impl Row {
         }
         .into_stored()
         .map_err(|what| PortError::Failed(format!("embedded store: bad {what} in row")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn sqlite_full_is_no_space_and_other_failures_are_unavailable() {
+        assert!(matches!(
+            db_err(failure(rusqlite::ffi::SQLITE_FULL)),
+            PortError::NoSpace(_)
+        ));
+        assert!(matches!(
+            db_err(failure(rusqlite::ffi::SQLITE_IOERR_WRITE)),
+            PortError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db_err(failure(rusqlite::ffi::SQLITE_BUSY)),
+            PortError::Unavailable(_)
+        ));
     }
 }

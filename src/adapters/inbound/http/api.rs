@@ -8,6 +8,7 @@ use super::HttpState;
 use crate::adapters::inbound::wire::{
     batch_answer, unavailable_message, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
 };
+use crate::app::disk::DiskReport;
 use crate::app::metrics::{Channel, Metrics};
 use crate::domain::{FieldError, Source};
 use crate::ports::{EventQuery, IngestUseCase, Outcome};
@@ -220,13 +221,63 @@ pub struct Component {
     pub error: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum DiskStatus {
+    /// Writes succeed and free space is above the warning threshold.
+    Ok,
+    /// Free space is below `disk_warn_free_percent`; still ready.
+    Low,
+    /// Local writes fail for lack of space: not ready until space is freed.
+    Full,
+}
+
+/// The disk under the data dir, where the local journal and stores live.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Disk {
+    pub status: DiskStatus,
+    /// The data dir.
+    pub data_dir: String,
+    /// Free and total bytes of its file system at the last sample.
+    #[oai(skip_serializing_if_is_none)]
+    pub free_bytes: Option<u64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub total_bytes: Option<u64>,
+    /// Why it is full.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct Readiness {
-    /// `ready` when every component is up, else `not_ready`.
+    /// `ready` when every component is up and the disk is not full, else `not_ready`.
     pub status: String,
     pub event_store: Component,
     pub dedup_store: Component,
+    #[oai(skip_serializing_if_is_none)]
+    pub disk: Option<Disk>,
+}
+
+impl From<DiskReport> for Disk {
+    fn from(r: DiskReport) -> Self {
+        let data_dir = r.data_dir.display().to_string();
+        let status = match (&r.full, r.low) {
+            (Some(_), _) => DiskStatus::Full,
+            (None, true) => DiskStatus::Low,
+            (None, false) => DiskStatus::Ok,
+        };
+        Self {
+            status,
+            error: r
+                .full
+                .map(|cause| format!("the disk under the data dir {data_dir} is full: {cause}")),
+            data_dir,
+            free_bytes: r.space.map(|s| s.free),
+            total_bytes: r.space.map(|s| s.total),
+        }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -234,7 +285,7 @@ pub enum ReadyResponse {
     /// Every backend answers.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
-    /// At least one backend does not answer; the body says which.
+    /// At least one backend does not answer, or the disk is full; the body says which.
     #[oai(status = 503)]
     NotReady(Json<Readiness>),
 }
@@ -574,8 +625,8 @@ impl<U: IngestUseCase> Api<U> {
 
     /// Readiness
     ///
-    /// `200` when the event store and the dedup store answer, else `503`; the body names each
-    /// component and its state.
+    /// `200` when the event store and the dedup store answer and the data dir's disk takes
+    /// writes, else `503`; the body names each component and its state.
     #[oai(path = "/ready", method = "get", tag = "ApiTags::Operations")]
     async fn ready(&self) -> ReadyResponse {
         let s = &self.state.backends;
@@ -601,12 +652,15 @@ impl<U: IngestUseCase> Api<U> {
         };
         let event_store = component(s.store_kind, store);
         let dedup_store = component(s.dedup_kind, dedup);
-        let up =
-            event_store.status == ComponentStatus::Up && dedup_store.status == ComponentStatus::Up;
+        let disk = s.disk.as_ref().map(|d| Disk::from(d.report()));
+        let up = event_store.status == ComponentStatus::Up
+            && dedup_store.status == ComponentStatus::Up
+            && disk.as_ref().is_none_or(|d| d.status != DiskStatus::Full);
         let body = Readiness {
             status: if up { "ready" } else { "not_ready" }.into(),
             event_store,
             dedup_store,
+            disk,
         };
         if up {
             ReadyResponse::Ready(Json(body))

@@ -184,9 +184,10 @@ impl RouteTarget for RedisStreamTarget {
             .await
             .map_err(|e| match e {
                 // The pool's messages already name the server; the variant adds nothing here.
-                PortError::Unavailable(m) | PortError::Failed(m) | PortError::Full(m) => {
-                    DeliveryError::retryable(m)
-                }
+                PortError::Unavailable(m)
+                | PortError::Failed(m)
+                | PortError::Full(m)
+                | PortError::NoSpace(m) => DeliveryError::retryable(m),
             })?;
         if ids.len() == events.len() {
             Ok(())
