@@ -52,6 +52,10 @@ step read-memory 180 python3 scripts/read-memory.py --bin "$bin" --timeout 170
 # Two instances behind HAProxy on the Redis Cluster and the sharded ClickHouse: repeats across
 # instances, kill -9 of one, a Redis master's failover, a shared rate limit (about 3 minutes).
 step cluster 600 scripts/cluster-test.sh
+# Mixed load for 3 minutes on Redis + ClickHouse with a webhook route, ClickHouse cut every
+# minute: every acked event stored once and delivered, the journal drained after each cut,
+# open files and RSS flat after warm-up (about 4 minutes; `scripts/soak.py --help` for longer).
+step soak 480 python3 scripts/soak.py --bin "$bin" --duration 180
 # schemathesis from openapi/openapi.json against the live server, 0 failures (about 1 minute;
 # the first run also makes its venv under target/, about 1.5 minutes more).
 step schemathesis 420 scripts/schemathesis.sh "$bin"
