@@ -204,6 +204,8 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=40, help="seconds before the baseline sample")
     p.add_argument("--rss-slack", type=float, default=0.25)
     p.add_argument("--out", default=None, help="where samples.csv and the ledger go")
+    p.add_argument("--loader-args", default="", help="more `cluster-load load` arguments, "
+                   "e.g. \"--ws-workers 2 --http-workers 1\" for a lighter load")
     return p.parse_args()
 
 
@@ -249,7 +251,7 @@ def run_load(args, work, ports, proxy, samples):
     loader = subprocess.Popen(
         [args.loader, "load", "--via", url, "--direct", f"{url},{url}",
          "--duration", f"{args.duration}s", "--grace", "120s",
-         "--out", os.path.join(work, "ledger")],
+         "--out", os.path.join(work, "ledger")] + args.loader_args.split(),
         stdout=open(os.path.join(work, "loader.log"), "w"), stderr=subprocess.STDOUT)
     started = time.time()
     next_cut, restore_at, cut_open = started + args.cut_every, None, False
