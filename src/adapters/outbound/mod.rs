@@ -2,6 +2,7 @@
 
 pub mod clickhouse;
 pub mod embedded;
+pub mod integrity;
 pub mod journal;
 mod listing_sql;
 pub mod outbox;
