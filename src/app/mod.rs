@@ -5,6 +5,7 @@ pub mod config;
 pub mod drain;
 pub mod forwarder;
 pub mod ingest;
+pub mod integrity;
 pub mod metrics;
 pub mod rate_limit;
 pub mod routing;

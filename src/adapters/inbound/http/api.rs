@@ -599,7 +599,11 @@ impl<U: IngestUseCase> Api<U> {
                 error,
             }
         };
-        let event_store = component(s.store_kind, store);
+        let mut event_store = component(s.store_kind, store);
+        if let Some(found) = s.damage.found() {
+            event_store.status = ComponentStatus::Down;
+            event_store.error = Some(found);
+        }
         let dedup_store = component(s.dedup_kind, dedup);
         let up =
             event_store.status == ComponentStatus::Up && dedup_store.status == ComponentStatus::Up;

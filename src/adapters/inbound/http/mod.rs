@@ -100,6 +100,8 @@ pub struct Backends {
     /// Turns for `GET /events` (`read_max_concurrency` of them): a read holds a page in
     /// memory twice (events and their JSON), so at most this many pages are built at once.
     pub reads: Arc<Semaphore>,
+    /// Damage the integrity check found after the server started: `GET /ready` answers 503.
+    pub damage: Arc<crate::app::integrity::Damage>,
 }
 
 /// Everything the HTTP adapter needs, built once in [`crate::app::startup`].

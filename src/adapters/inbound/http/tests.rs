@@ -50,6 +50,7 @@ fn http_state(
             store_kind: "embedded",
             dedup_kind: "embedded",
             reads: Arc::new(Semaphore::new(1)),
+            damage: Arc::default(),
         },
         metrics: metrics(),
         routing: None,
