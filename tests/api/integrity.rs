@@ -1,8 +1,12 @@
 //! Damaged files in the data dir, black-box: pages of the embedded store and the outbox are
 //! overwritten with the server stopped; startup refuses naming the file, `cartstream check`
 //! reports the damage, `cartstream salvage` saves the readable rows, and the server then
-//! starts, serves the saved events and delivers the saved outbox rows.
+//! starts, serves the saved events and delivers the saved outbox rows. The same for the
+//! journal in front of ClickHouse, whose saved rows are then forwarded.
 
+use crate::backends::{
+    clickhouse_sql, clickhouse_url_or_skip, random_suffix, ThrowawayDatabase, DEAD_CLICKHOUSE_URL,
+};
 use crate::faults::start_binary;
 use crate::helpers::{item_added, poll_until, unique};
 use crate::targets::Receiver;
@@ -222,4 +226,70 @@ fn saved_rows(said: &str, table: &str) -> u64 {
         .nth(2)
         .and_then(|n| n.parse().ok())
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_damaged_journal_is_refused_and_its_saved_rows_are_forwarded() {
+    let Some(ch_url) = clickhouse_url_or_skip().await else {
+        return;
+    };
+    let mut db = ThrowawayDatabase::new(&ch_url);
+    db.name = format!("integrity_test_{}", random_suffix());
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let envs = |clickhouse: &str| {
+        vec![
+            ("CARTSTREAM_DATA_DIR", dir.clone()),
+            ("CARTSTREAM_CLICKHOUSE_URL", clickhouse.to_owned()),
+            ("CARTSTREAM_CLICKHOUSE_DATABASE", db.name.clone()),
+            ("CARTSTREAM_CLICKHOUSE_TIMEOUT", "2s".to_owned()),
+            ("CARTSTREAM_FORWARD_INTERVAL", "100ms".to_owned()),
+            ("CARTSTREAM_FORWARD_BACKOFF_MAX", "300ms".to_owned()),
+            ("CARTSTREAM_SHUTDOWN_TIMEOUT", "1s".to_owned()),
+        ]
+    };
+
+    // ClickHouse down: every event stays in the journal, one row each (sent one at a time).
+    let server = start_binary(&envs(DEAD_CLICKHOUSE_URL)).await;
+    let http = reqwest::Client::new();
+    for _ in 0..2_000 {
+        let r = http
+            .post(format!("{}/events", server.url))
+            .json(&item_added(&unique("journal")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    stop(server).await;
+    // A check opens and closes the journal, which writes its WAL back into the file.
+    let (out, said) = run(&["check", "--data-dir", &dir], &[]).await;
+    assert!(out.status.success(), "{said}");
+    damage_middle_page(&data.path().join("journal.db"));
+
+    let (out, said) = run(&[], &envs(&ch_url)).await;
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("journal.db") && said.contains("is damaged"),
+        "{said}"
+    );
+    let (out, said) = run(&["check", "--data-dir", &dir], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("journal.db: DAMAGED"), "{said}");
+
+    let (out, said) = run(&["salvage", "--data-dir", &dir], &[]).await;
+    assert!(out.status.success(), "{said}");
+    let saved = saved_rows(&said, "journal_batches");
+    assert!(saved > 0 && saved < 2_000, "{said}");
+
+    // The server starts and forwards every saved row (one event each) to ClickHouse.
+    let _server = start_binary(&envs(&ch_url)).await;
+    let sql = format!("SELECT count() FROM `{}`.cart_events FORMAT TSV", db.name);
+    let stored = poll_until(
+        Duration::from_secs(60),
+        || async { clickhouse_sql(&ch_url, &sql).await.unwrap_or_default() },
+        |n| n.trim() == saved.to_string(),
+    )
+    .await;
+    assert_eq!(stored.trim(), saved.to_string());
 }
