@@ -129,6 +129,10 @@ async fn run_drain(settings: &Settings, timeout: Duration) -> ExitCode {
 
 /// `cartstream check`: each file's verdict; exits 1 when one is damaged or unreadable.
 fn check(dir: &Path, full: bool) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!("cartstream check: {} is not a directory", dir.display());
+        return ExitCode::from(2);
+    }
     let depth = if full { Depth::Full } else { Depth::Quick };
     let checks = integrity::check(dir, depth);
     if checks.is_empty() {

@@ -215,6 +215,10 @@ impl fmt::Display for SalvageReport {
 /// # Errors
 /// When a server (or another command) holds `dir`, or a file cannot be written or moved.
 pub fn salvage(dir: &Path) -> Result<SalvageReport, String> {
+    // Taking the lock would create the directory: a typo must not salvage an empty new one.
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
     let _lock = DataDirLock::acquire(dir).map_err(|e| e.to_string())?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let mut files = Vec::new();
@@ -235,6 +239,8 @@ fn salvage_file(dir: &Path, file: &Path, stamp: &str) -> Result<FileSalvage, Str
         .to_owned();
     let work = dir.join(format!(".salvage-{stamp}"));
     let io = |what: &str, e: &dyn fmt::Display| format!("salvage of {name}: {what}: {e}");
+    // Left over by an interrupted salvage: start afresh.
+    let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| io("cannot create a work dir", &e))?;
     // The fresh file, with the schema the server creates.
     let created = match name.as_str() {

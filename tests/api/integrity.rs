@@ -150,6 +150,15 @@ async fn damaged_files_refuse_the_start_and_salvage_keeps_the_readable_rows() {
     fill(&envs).await;
     let (out, said) = run(&["check", "--data-dir", &dir], &envs).await;
     assert!(out.status.success(), "{said}");
+    // A mistyped directory is refused, and not created.
+    let typo = data.path().join("typo");
+    let typo = typo.to_str().unwrap();
+    for command in ["check", "salvage"] {
+        let (out, said) = run(&[command, "--data-dir", typo], &envs).await;
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains("is not a directory"), "{said}");
+    }
+    assert!(!data.path().join("typo").exists());
 
     damage_middle_page(&data.path().join("cartstream.db"));
     damage_middle_page(&data.path().join("outbox.db"));
