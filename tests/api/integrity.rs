@@ -285,6 +285,14 @@ async fn a_damaged_journal_is_refused_and_its_saved_rows_are_forwarded() {
     let (out, said) = run(&["check", "--data-dir", &dir], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("journal.db: DAMAGED"), "{said}");
+    // A drain is refused as a start is.
+    let drain = ["drain", "--data-dir", &dir, "--timeout", "30s"];
+    let (out, said) = run(&drain, &envs(&ch_url)).await;
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("journal.db") && said.contains("is damaged"),
+        "{said}"
+    );
 
     let (out, said) = run(&["salvage", "--data-dir", &dir], &[]).await;
     assert!(out.status.success(), "{said}");
