@@ -181,7 +181,7 @@ async fn damaged_files_refuse_the_start_and_salvage_keeps_the_readable_rows() {
     // makes it not ready.
     let mut background = envs.clone();
     background.push(("CARTSTREAM_INTEGRITY_CHECK_TIMEOUT", "0s".into()));
-    let server = start_binary(&background).await;
+    let mut server = start_binary(&background).await;
     let url = format!("{}/ready", server.url);
     let (status, body) = poll_until(Duration::from_secs(60), || get(&url), |r| r.0 == 503).await;
     assert_eq!(status, 503, "{body}");
@@ -191,7 +191,9 @@ async fn damaged_files_refuse_the_start_and_salvage_keeps_the_readable_rows() {
             .is_some_and(|e| e.contains("is damaged")),
         "{body}"
     );
-    drop(server);
+    // Killed and waited for, so its lock is gone before the salvage.
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
 
     let (out, said) = run(&["salvage", "--data-dir", &dir], &envs).await;
     assert!(out.status.success(), "{said}");
