@@ -210,6 +210,10 @@ pub struct Settings {
     /// How long shutdown may take to answer what was received and flush.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long startup waits for the integrity check of the data dir's files; past it the
+    /// server starts and the check finishes in the background.
+    #[serde(with = "humantime_serde")]
+    pub integrity_check_timeout: Duration,
 
     /// The whole request head must arrive within this, counted from the connection's accept
     /// (first request) or the head's first byte (later requests); bytes do not extend it.
@@ -427,6 +431,7 @@ impl Default for Settings {
             routes: Vec::new(),
             ingest_max_batch: 4096,
             shutdown_timeout: Duration::from_secs(30),
+            integrity_check_timeout: Duration::from_secs(5),
             http_head_timeout: Duration::from_secs(10),
             http_body_idle_timeout: Duration::from_secs(30),
             http_body_min_rate: 500,
@@ -556,6 +561,7 @@ const ENV_KEYS: &[&str] = &[
     "admin_key",
     "ingest_max_batch",
     "shutdown_timeout",
+    "integrity_check_timeout",
     "http_head_timeout",
     "http_body_idle_timeout",
     "http_body_min_rate",

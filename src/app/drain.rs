@@ -99,6 +99,8 @@ pub async fn drain(settings: &Settings, timeout: Duration) -> Result<DrainReport
     }
     let started = std::time::Instant::now();
     let _lock = DataDirLock::acquire(&settings.data_dir)?;
+    // A damaged file is refused as at a server's start: salvage it first.
+    crate::app::integrity::check_at_startup(&settings.data_dir, timeout, &Arc::default()).await?;
     let ports = Ports::from_settings(settings)?;
     let metrics = Arc::new(Metrics::new());
     let routing = routing(settings, &ports, &Arc::new(Notify::new()), &metrics)?;

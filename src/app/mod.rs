@@ -6,6 +6,7 @@ pub mod disk;
 pub mod drain;
 pub mod forwarder;
 pub mod ingest;
+pub mod integrity;
 pub mod metrics;
 pub mod rate_limit;
 pub mod routing;

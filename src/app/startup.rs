@@ -21,6 +21,7 @@ use crate::app::config::{RateLimitScope, Settings};
 use crate::app::disk::DiskState;
 use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
 use crate::app::ingest::{Committer, DedupPolicy, Ingest};
+use crate::app::integrity::{check_at_startup, Damage};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::{RateLimits, SharedLimits};
 use crate::app::routing::{Route, RoutePolicy, Routing};
@@ -327,6 +328,16 @@ pub enum StartupError {
         dir: std::path::PathBuf,
         holder: String,
     },
+    #[error(
+        "the local database {file:?} is damaged ({detail}); cartstream does not start on it. \
+         Stop here and run `cartstream salvage --data-dir {dir:?}`, which keeps every row that \
+         can still be read and moves the damaged file aside (README: Damaged files)"
+    )]
+    Damaged {
+        file: std::path::PathBuf,
+        detail: String,
+        dir: std::path::PathBuf,
+    },
     #[error("cannot lock the data dir ({path:?}): {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -610,8 +621,15 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // Before anything in the data dir is opened.
         let lock = DataDirLock::acquire(&settings.data_dir)?;
+        let damage = Arc::new(Damage::default());
+        check_at_startup(
+            &settings.data_dir,
+            settings.integrity_check_timeout,
+            &damage,
+        )
+        .await?;
         let ports = Ports::from_settings(&settings)?;
-        Self::assemble(settings, ports, lock).await
+        Self::assemble(settings, ports, lock, damage).await
     }
 
     /// Binds the listener and wires the use case to the given ports.
@@ -620,13 +638,14 @@ impl Application {
     /// When the data dir is held by another application or the address cannot be bound.
     pub async fn build_with(settings: Settings, ports: Ports) -> Result<Self, StartupError> {
         let lock = DataDirLock::acquire(&settings.data_dir)?;
-        Self::assemble(settings, ports, lock).await
+        Self::assemble(settings, ports, lock, Arc::default()).await
     }
 
     async fn assemble(
         settings: Settings,
         ports: Ports,
         data_dir: DataDirLock,
+        damage: Arc<Damage>,
     ) -> Result<Self, StartupError> {
         let addr = settings.listen;
         let metrics = Arc::new(Metrics::new());
@@ -680,6 +699,7 @@ impl Application {
             dedup_kind: ports.dedup_kind,
             reads: Arc::new(Semaphore::new(settings.read_max_concurrency)),
             disk: Some(disk),
+            damage,
         };
         let http = Arc::new(HttpState {
             ingest,

@@ -17,6 +17,7 @@ mod fixtures;
 mod global_limits;
 mod helpers;
 mod http;
+mod integrity;
 mod openapi;
 mod production;
 mod proxy;

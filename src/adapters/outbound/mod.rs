@@ -3,6 +3,7 @@
 pub mod clickhouse;
 pub mod disk_space;
 pub mod embedded;
+pub mod integrity;
 pub mod journal;
 mod listing_sql;
 pub mod outbox;

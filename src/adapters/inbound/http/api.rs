@@ -650,7 +650,11 @@ impl<U: IngestUseCase> Api<U> {
                 error,
             }
         };
-        let event_store = component(s.store_kind, store);
+        let mut event_store = component(s.store_kind, store);
+        if let Some(found) = s.damage.found() {
+            event_store.status = ComponentStatus::Down;
+            event_store.error = Some(found);
+        }
         let dedup_store = component(s.dedup_kind, dedup);
         let disk = s.disk.as_ref().map(|d| Disk::from(d.report()));
         let up = event_store.status == ComponentStatus::Up

@@ -102,6 +102,8 @@ pub struct Backends {
     pub reads: Arc<Semaphore>,
     /// The data dir's disk, for readiness.
     pub disk: Option<Arc<crate::app::disk::DiskState>>,
+    /// Damage the integrity check found after the server started: `GET /ready` answers 503.
+    pub damage: Arc<crate::app::integrity::Damage>,
 }
 
 /// Everything the HTTP adapter needs, built once in [`crate::app::startup`].

@@ -51,6 +51,7 @@ fn http_state(
             dedup_kind: "embedded",
             reads: Arc::new(Semaphore::new(1)),
             disk: None,
+            damage: Arc::default(),
         },
         metrics: metrics(),
         routing: None,

@@ -49,6 +49,11 @@ const FORMAT_PLAIN: u8 = 1;
 /// batches of similar events shrink about 3-4x, and the append's WAL write, fsync and later
 /// checkpoint shrink with them.
 const FORMAT_LZ4: u8 = 2;
+/// [`FORMAT_PLAIN`] and [`FORMAT_LZ4`] with a CRC-32 (LE) of the whole blob before it at the
+/// end, checked on every read: SQLite's checks find damaged pages, not wrong bytes inside a
+/// valid row. What is written now; blobs of the two older formats are still read.
+const FORMAT_PLAIN_SUMMED: u8 = 3;
+const FORMAT_LZ4_SUMMED: u8 = 4;
 /// Smaller batches are stored plain: they fit a page or two either way, and compressing them
 /// would cost more than it saves (small groups are the latency-bound, closed-loop case).
 const COMPRESS_FROM: usize = 4096;
@@ -132,7 +137,7 @@ struct Blob {
 fn encode(events: &[StoredEvent]) -> Blob {
     // Encoded after a format byte, so a small batch is stored as it is, without a copy.
     let mut plain = Vec::with_capacity(1 + events.len() * 160);
-    plain.push(FORMAT_PLAIN);
+    plain.push(FORMAT_PLAIN_SUMMED);
     let mut sizes = Vec::with_capacity(events.len());
     for e in events {
         let before = plain.len();
@@ -142,7 +147,7 @@ fn encode(events: &[StoredEvent]) -> Blob {
     }
     if plain.len() <= COMPRESS_FROM {
         return Blob {
-            bytes: plain,
+            bytes: with_sum(plain),
             sizes,
         };
     }
@@ -150,21 +155,55 @@ fn encode(events: &[StoredEvent]) -> Blob {
     // FORMAT_LZ4, the events' size (u32 LE, as `decompress_size_prepended` reads it), the block.
     let head = 1 + 4;
     let mut bytes = vec![0; head + lz4_flex::block::get_maximum_output_size(events.len())];
-    bytes[0] = FORMAT_LZ4;
+    bytes[0] = FORMAT_LZ4_SUMMED;
     bytes[1..head].copy_from_slice(&(events.len() as u32).to_le_bytes());
     let packed = lz4_flex::block::compress_into(events, &mut bytes[head..])
         .unwrap_or_else(|_| unreachable!("the buffer has the block's maximum size"));
     bytes.truncate(head + packed);
-    Blob { bytes, sizes }
+    Blob {
+        bytes: with_sum(bytes),
+        sizes,
+    }
+}
+
+/// `blob` with the CRC-32 of its bytes appended.
+fn with_sum(mut blob: Vec<u8>) -> Vec<u8> {
+    let sum = crc32fast::hash(&blob);
+    blob.extend_from_slice(&sum.to_le_bytes());
+    blob
+}
+
+/// What a summed blob holds between its format byte and its checksum, once the checksum
+/// matches.
+fn summed(blob: &[u8]) -> Result<&[u8], PortError> {
+    let body = blob
+        .len()
+        .checked_sub(4)
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| corrupt("batch checksum"))?;
+    let (body, sum) = blob.split_at(body);
+    if crc32fast::hash(body).to_le_bytes() != sum {
+        return Err(PortError::Failed(
+            "local journal: a batch fails its checksum: damaged on disk (README: Damaged files)"
+                .into(),
+        ));
+    }
+    Ok(&body[1..])
+}
+
+fn decompress(packed: &[u8]) -> Result<Cow<'_, [u8]>, PortError> {
+    lz4_flex::block::decompress_size_prepended(packed)
+        .map(Cow::Owned)
+        .map_err(|e| PortError::Failed(format!("local journal: undecodable batch: {e}")))
 }
 
 /// The encoded events of a blob, after its format byte: borrowed, or decompressed.
 fn unpack(blob: &[u8]) -> Result<Cow<'_, [u8]>, PortError> {
     match blob.split_first() {
         Some((&FORMAT_PLAIN, rest)) => Ok(Cow::Borrowed(rest)),
-        Some((&FORMAT_LZ4, packed)) => lz4_flex::block::decompress_size_prepended(packed)
-            .map(Cow::Owned)
-            .map_err(|e| PortError::Failed(format!("local journal: undecodable batch: {e}"))),
+        Some((&FORMAT_LZ4, packed)) => decompress(packed),
+        Some((&FORMAT_PLAIN_SUMMED, _)) => Ok(Cow::Borrowed(summed(blob)?)),
+        Some((&FORMAT_LZ4_SUMMED, _)) => decompress(summed(blob)?),
         _ => Err(corrupt("batch format")),
     }
 }

@@ -154,13 +154,13 @@ async fn a_journal_of_one_row_per_event_is_migrated_with_its_seqs() {
 fn a_blob_of_another_format_is_refused_not_misread() {
     let mut blob = encode(&[event("a", "2025-08-10T03:00:00Z")]).bytes;
     assert!(decode(&unpack(&blob).unwrap(), 1).is_ok());
-    blob[0] = FORMAT_LZ4 + 1;
+    blob[0] = FORMAT_LZ4_SUMMED + 1;
     assert!(unpack(&blob).is_err());
     let many: Vec<StoredEvent> = (0..100)
         .map(|i| event(&format!("e-{i}"), "2025-08-10T03:00:00Z"))
         .collect();
     let mut damaged = encode(&many).bytes;
-    assert_eq!(damaged[0], FORMAT_LZ4);
+    assert_eq!(damaged[0], FORMAT_LZ4_SUMMED);
     damaged.truncate(damaged.len() / 2);
     assert!(
         unpack(&damaged)
@@ -181,12 +181,12 @@ fn batches_are_compressed_and_plain_ones_still_read() {
         .collect();
     assert_eq!(
         encode(&events[..1]).bytes[0],
-        FORMAT_PLAIN,
+        FORMAT_PLAIN_SUMMED,
         "small batches stay plain"
     );
     let blob = encode(&events);
     let plain: usize = blob.sizes.iter().sum();
-    assert_eq!(blob.bytes[0], FORMAT_LZ4);
+    assert_eq!(blob.bytes[0], FORMAT_LZ4_SUMMED);
     assert!(
         blob.bytes.len() * 2 < plain,
         "{} bytes stored for {plain} encoded",
@@ -204,6 +204,38 @@ fn batches_are_compressed_and_plain_ones_still_read() {
     };
     assert_eq!(ids(&blob.bytes), ids(&old));
     assert_eq!(ids(&old)[199], "e-199");
+}
+
+#[test]
+fn a_changed_byte_fails_the_checksum_and_unsummed_blobs_still_read() {
+    let events: Vec<StoredEvent> = (0..200)
+        .map(|i| event(&format!("e-{i}"), "2025-08-10T03:00:00Z"))
+        .collect();
+    for blob in [encode(&events[..1]).bytes, encode(&events).bytes] {
+        let n = if blob[0] == FORMAT_PLAIN_SUMMED {
+            1
+        } else {
+            200
+        };
+        assert!(decode(&unpack(&blob).unwrap(), n).is_ok());
+        // A bit flipped inside the events, where SQLite's checks cannot see it.
+        let mut flipped = blob.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x10;
+        let err = unpack(&flipped).map(drop).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        // The same batch as journals before checksums wrote it: read, unchecked.
+        let mut old = blob[..blob.len() - 4].to_vec();
+        old[0] = if n == 1 { FORMAT_PLAIN } else { FORMAT_LZ4 };
+        let ids = |bytes: &[u8]| -> Vec<String> {
+            decode(&unpack(bytes).unwrap(), n)
+                .unwrap()
+                .into_iter()
+                .map(|(e, _)| e.event_id.into_owned())
+                .collect()
+        };
+        assert_eq!(ids(&old), ids(&blob));
+    }
 }
 
 fn key(id: &str) -> DedupKey {
