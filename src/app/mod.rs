@@ -7,6 +7,7 @@ pub mod forwarder;
 pub mod ingest;
 pub mod metrics;
 pub mod rate_limit;
+pub mod retention;
 pub mod routing;
 pub mod startup;
 pub mod telemetry;

@@ -24,7 +24,8 @@ use crate::app::rate_limit::{RateLimits, SharedLimits};
 use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{
-    Clock, DedupStore, EventFeed, EventStore, Journal, PortError, RouteAdmin, SystemClock,
+    Clock, DedupStore, EventFeed, EventStore, Journal, PortError, Retention, RouteAdmin,
+    SystemClock,
 };
 use lock::DataDirLock;
 use poem::Server;
@@ -57,6 +58,8 @@ pub struct Ports {
     pub retired_feed: Option<(Arc<dyn EventFeed>, i64)>,
     /// Configured routes (none: routing does not run).
     pub routes: Vec<Arc<Route>>,
+    /// The event store's deleting of old events, when `retention` is set.
+    pub retention: Option<Arc<dyn Retention>>,
 }
 
 /// What the forwarder needs; it is started with the application.
@@ -128,6 +131,7 @@ impl Ports {
             feed: events.feed,
             retired_feed: events.retired_feed,
             routes,
+            retention: settings.retention.and(events.retention),
         })
     }
 }
@@ -212,6 +216,8 @@ struct EventSide {
     forwarding: Forwarding,
     feed: Arc<dyn EventFeed>,
     retired_feed: Option<(Arc<dyn EventFeed>, i64)>,
+    /// How the store deletes old events (used when `retention` is set).
+    retention: Option<Arc<dyn Retention>>,
 }
 
 /// How to reach the ClickHouse at `url` the settings name (also for `migrate-clickhouse`).
@@ -246,6 +252,7 @@ fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupE
         forwarding,
         feed: Arc::new(journal),
         retired_feed: None,
+        retention: None,
     })
 }
 
@@ -270,6 +277,14 @@ fn embedded_side(
     // the catch-up is done makes the next start take it again, later: then some events may be
     // routed twice, never skipped.)
     let through = local.last_rowid().map_err(StartupError::Store)?;
+    if settings.retention.is_some() && !local.gives_space_back().map_err(StartupError::Store)? {
+        tracing::info!(
+            "retention: this data dir's database was made before retention existed: the space of \
+             deleted events is reused by new ones (the file stops growing) but not given back \
+             to the file system; docs/backends.md, \"Retention\", says how to give it back"
+        );
+    }
+    let retention: Arc<dyn Retention> = Arc::new(local.clone());
     let retired: Arc<dyn EventFeed> = Arc::new(local);
     Ok(EventSide {
         store,
@@ -277,6 +292,7 @@ fn embedded_side(
         forwarding,
         feed: Arc::new(journal),
         retired_feed: Some((retired, through)),
+        retention: Some(retention),
     })
 }
 
@@ -429,11 +445,33 @@ impl Background {
             forwarder,
             routing_stop,
             routing: routing_task,
+            retention_stop: CancellationToken::new(),
+            retention: None,
         }
+    }
+
+    /// Starts deleting events older than `keep` (never one received within the dedup window).
+    pub(crate) fn start_retention(
+        &mut self,
+        store: Arc<dyn Retention>,
+        clock: Arc<dyn Clock>,
+        keep: Duration,
+        dedup_window: Duration,
+    ) {
+        let policy = crate::app::retention::RetentionPolicy::new(keep, dedup_window);
+        let stop = self.retention_stop.clone();
+        self.retention = Some(tokio::spawn(crate::app::retention::run(
+            store, clock, policy, stop,
+        )));
     }
 
     /// Stops routing, then flushes the journal, each within `grace`.
     pub(crate) async fn stop(self, grace: Duration) {
+        if let Some(retention) = self.retention {
+            // A step is one short transaction (or one request): it ends quickly.
+            self.retention_stop.cancel();
+            let _ = tokio::time::timeout(grace, retention).await;
+        }
         if let Some(routing) = self.routing {
             // Undelivered events stay in the outbox and go out after the next start.
             self.routing_stop.cancel();
@@ -589,6 +627,8 @@ pub(crate) struct Background {
     forwarder: Option<tokio::task::JoinHandle<()>>,
     routing_stop: CancellationToken,
     routing: Option<tokio::task::JoinHandle<()>>,
+    retention_stop: CancellationToken,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -644,12 +684,21 @@ impl Application {
             committer_stop.clone(),
         );
         let routing = routing(&settings, &ports, &recorded, &metrics)?;
-        let background = Background::start(
+        let mut background = Background::start(
             routing.as_ref(),
             ports.forwarding,
             &metrics,
             Arc::clone(&ports.clock),
         );
+        if let (Some(store), Some(keep)) = (ports.retention, settings.retention) {
+            tracing::info!(retention = ?keep, "retention: events older than this are deleted in the background");
+            background.start_retention(
+                store,
+                Arc::clone(&ports.clock),
+                keep,
+                settings.dedup_window,
+            );
+        }
         let gate = gate(&settings, proxies, local_addr, &metrics)?;
         let ws = ws_state(&settings, ingest.clone(), &gate, &metrics, ports.clock);
         let backends = Backends {

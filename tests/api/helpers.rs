@@ -188,6 +188,7 @@ pub fn embedded_ports(dir: &Path) -> Ports {
         forwarding: None,
         feed: Arc::new(store.clone()),
         retired_feed: None,
+        retention: None,
         routes: Vec::new(),
     }
 }
