@@ -243,8 +243,8 @@ pub fn clickhouse_config(settings: &Settings, url: &str) -> ClickHouseConfig {
 /// ClickHouse behind the local journal.
 fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupError> {
     let config = clickhouse_config(settings, url);
-    let remote: Arc<dyn EventStore> =
-        Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
+    let clickhouse = Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
+    let remote: Arc<dyn EventStore> = Arc::clone(&clickhouse) as Arc<dyn EventStore>;
     let (store, forwarding, journal) = journaled(settings, remote)?;
     Ok(EventSide {
         store,
@@ -252,7 +252,7 @@ fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupE
         forwarding,
         feed: Arc::new(journal),
         retired_feed: None,
-        retention: None,
+        retention: Some(clickhouse),
     })
 }
 
