@@ -23,6 +23,7 @@ mod proxy;
 mod reads;
 mod redis_cluster_dedup;
 mod redis_dedup;
+mod retention;
 mod routing;
 mod security;
 mod targets;

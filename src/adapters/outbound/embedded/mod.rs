@@ -453,13 +453,12 @@ pub(crate) const EXPIRE_BATCH: usize = 2_000;
 const VACUUM_PAGES: usize = 2_000;
 
 /// Deletes the oldest events first, by `occurred_at` (what `GET /events` lists by), through
-/// the `events_listing_order` index. The row with the highest rowid stays: a new row takes
-/// that rowid plus one, and a rowid must never come back, or the feed of the table (which
-/// reads rows past a rowid) would skip the new row.
+/// the `events_listing_order` index. When it deletes the rows with the highest rowids, a later
+/// row may take one of those rowids again: only the startup catch-up of the table's feed (rows
+/// from before the journal, up to the head read at startup) reads rowids, so at worst such a row
+/// is routed twice (once from the journal), never skipped.
 const EXPIRE_EVENTS: &str = "DELETE FROM events WHERE rowid IN (
-    SELECT rowid FROM events
-    WHERE occurred_at < ?1 AND received_at < ?2 AND +rowid < ?3
-    LIMIT ?4)";
+    SELECT rowid FROM events WHERE occurred_at < ?1 AND received_at < ?2 LIMIT ?3)";
 
 #[async_trait::async_trait]
 impl Retention for EmbeddedStore {
@@ -467,20 +466,11 @@ impl Retention for EmbeddedStore {
         let occurred = unix_ms(expiry.occurred_before);
         let received = unix_ms(expiry.received_before);
         self.blocking(move |inner| {
-            let mut state = lock(&inner.write);
-            let tx = state.conn.transaction().map_err(db_err)?;
-            let last: i64 = tx
-                .query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| {
-                    r.get(0)
-                })
+            let state = lock(&inner.write);
+            let deleted = state
+                .conn
+                .execute(EXPIRE_EVENTS, params![occurred, received, EXPIRE_BATCH])
                 .map_err(db_err)?;
-            let deleted = tx
-                .execute(
-                    EXPIRE_EVENTS,
-                    params![occurred, received, last, EXPIRE_BATCH],
-                )
-                .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
             let freed = incremental_vacuum(&state.conn, VACUUM_PAGES)?;
             Ok(deleted == EXPIRE_BATCH || freed == VACUUM_PAGES)
         })
