@@ -36,7 +36,7 @@ async fn an_event_past_retention_is_deleted_then_neither_listed_nor_a_duplicate(
         |ids| !ids.is_empty(),
     )
     .await;
-    assert_eq!(seen, [id.clone()]);
+    assert_eq!(seen, std::slice::from_ref(&id));
     app.stop().await.unwrap();
 
     // Restarted with a retention of 2 s: the event, already listed, goes.
