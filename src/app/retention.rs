@@ -21,15 +21,16 @@ pub struct RetentionPolicy {
 }
 
 impl RetentionPolicy {
-    /// `keep` and `dedup_window` from the settings, 50 ms between steps, a round a minute (or
-    /// every tenth of `keep` when that is shorter, at most one a second: a short retention,
-    /// as in a test, is kept to within a tenth).
+    /// `keep` and `dedup_window` from the settings; 10 ms between steps (time enough for an
+    /// insert waiting on the connection to take it); a round a minute, or every tenth of `keep`
+    /// when that is shorter, at most one a second (a short retention, as in a test, is kept to
+    /// within a tenth).
     pub fn new(keep: Duration, dedup_window: Duration) -> Self {
         Self {
             keep,
             dedup_window,
             every: (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
-            pause: Duration::from_millis(50),
+            pause: Duration::from_millis(10),
         }
     }
 
