@@ -2,7 +2,7 @@
 # The embedded file size under steady load with a 30 s retention (BENCHMARKS.md, issue 15).
 # usage: scripts/retention-size.sh DATA_DIR PORT DURATION   (DATA_DIR is removed first)
 set -u
-cd /work/wt-retention
+cd "$(dirname "$0")/.."
 DIR=$1; PORT=$2; DUR=$3
 rm -rf $DIR; mkdir -p $DIR
 CARTSTREAM_RETENTION=30s CARTSTREAM_MAX_PAST_AGE=30s CARTSTREAM_DEDUP_WINDOW=10s CARTSTREAM_DATA_DIR=$DIR CARTSTREAM_LISTEN=127.0.0.1:$PORT CARTSTREAM_LOG=warn target/release/cartstream > $DIR.server.log 2>&1 &
