@@ -124,6 +124,7 @@ async fn main() -> ExitCode {
         forwarding,
         feed,
         retired_feed: None,
+        retention: None,
         routes: Vec::new(),
     };
     let app = match Application::build_with(settings, ports).await {

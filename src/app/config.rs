@@ -119,6 +119,11 @@ pub struct Settings {
     /// How far behind the server's clock a `timestamp` may be.
     #[serde(with = "humantime_serde")]
     pub max_past_age: Duration,
+    /// Events whose `timestamp` is older than this are deleted from the event store, a little
+    /// at a time in the background (docs/backends.md, "Retention"). At least `dedup_window`
+    /// and `max_past_age`. Unset: events are kept forever.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
 
     /// Interval of server WebSocket pings.
     #[serde(with = "humantime_serde")]
@@ -405,6 +410,7 @@ impl Default for Settings {
             dedup_hold: Duration::from_secs(30),
             max_future_skew: Duration::from_secs(5 * 60),
             max_past_age: Duration::from_secs(30 * 24 * 3600),
+            retention: None,
             ws_ping_interval: Duration::from_secs(30),
             ws_max_missed_pings: 2,
             ws_max_in_flight: 1024,
@@ -537,6 +543,7 @@ const ENV_KEYS: &[&str] = &[
     "dedup_outage",
     "max_future_skew",
     "max_past_age",
+    "retention",
     "ws_ping_interval",
     "ws_max_missed_pings",
     "ws_max_in_flight",
@@ -662,6 +669,7 @@ impl Settings {
             }
         }
         self.check_redis_cluster()?;
+        self.check_retention()?;
         for (name, url) in [
             ("redis_url", &self.redis_url),
             ("clickhouse_url", &self.clickhouse_url),
@@ -715,6 +723,37 @@ impl Settings {
             }
             Some(_) => Ok(()),
         }
+    }
+
+    /// Retention never deletes an event that dedup still answers for, nor one that ingest
+    /// would still accept: it is at least the dedup window and the accepted past age.
+    fn check_retention(&self) -> Result<(), ConfigError> {
+        let Some(retention) = self.retention else {
+            return Ok(());
+        };
+        let show = |d: Duration| humantime_serde::re::humantime::format_duration(d).to_string();
+        for (name, bound) in [
+            ("dedup_window", self.dedup_window),
+            ("max_past_age", self.max_past_age),
+        ] {
+            if retention < bound {
+                return Err(ConfigError::Invalid(format!(
+                    "retention (CARTSTREAM_RETENTION): {} is shorter than {name} \
+                     (CARTSTREAM_{}, {}); events would be deleted while {}; set it to at \
+                     least {}",
+                    show(retention),
+                    name.to_uppercase(),
+                    show(bound),
+                    if name == "dedup_window" {
+                        "a repeat of them must still be answered duplicate"
+                    } else {
+                        "events that old are still accepted"
+                    },
+                    show(bound),
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A cluster's seeds are `redis://` URLs, and a cluster and a single Redis are not both
@@ -1043,6 +1082,42 @@ mod tests {
         let ftp = ("CARTSTREAM_CLICKHOUSE_SHARD_URLS", "ftp://h");
         let err = run(&[ch, cluster, ftp], None).unwrap_err().to_string();
         assert!(err.contains("CARTSTREAM_CLICKHOUSE_SHARD_URLS"), "{err}");
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_never_shorter_than_the_dedup_window_or_past_age() {
+        assert_eq!(run(&[], None).unwrap().retention, None);
+        let s = run(&[("CARTSTREAM_RETENTION", "90days")], None).unwrap();
+        assert_eq!(s.retention, Some(Duration::from_secs(90 * 86_400)));
+        let s = run(&[("CARTSTREAM_RETENTION", "30days")], None).unwrap();
+        assert_eq!(
+            s.retention,
+            Some(s.max_past_age),
+            "equal to the bounds is allowed"
+        );
+
+        let err = run(&[("CARTSTREAM_RETENTION", "7days")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CARTSTREAM_RETENTION")
+                && err.contains("CARTSTREAM_MAX_PAST_AGE")
+                && err.contains("30days"),
+            "{err}"
+        );
+        let short_past = ("CARTSTREAM_MAX_PAST_AGE", "1h");
+        let err = run(&[("CARTSTREAM_RETENTION", "12h"), short_past], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CARTSTREAM_RETENTION")
+                && err.contains("CARTSTREAM_DEDUP_WINDOW")
+                && err.contains("1day"),
+            "{err}"
+        );
+        let file = "retention = \"2days\"\ndedup_window = \"1h\"\nmax_past_age = \"2days\"\n";
+        let s = run(&[], Some(file)).unwrap();
+        assert_eq!(s.retention, Some(Duration::from_secs(2 * 86_400)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod integrity;
 pub mod metrics;
 pub mod rate_limit;
+pub mod retention;
 pub mod routing;
 pub mod startup;
 pub mod telemetry;

@@ -27,7 +27,8 @@ use crate::app::rate_limit::{RateLimits, SharedLimits};
 use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{
-    Clock, DedupStore, EventFeed, EventStore, Journal, PortError, RouteAdmin, SystemClock,
+    Clock, DedupStore, EventFeed, EventStore, Journal, PortError, Retention, RouteAdmin,
+    SystemClock,
 };
 use lock::DataDirLock;
 use poem::Server;
@@ -60,6 +61,8 @@ pub struct Ports {
     pub retired_feed: Option<(Arc<dyn EventFeed>, i64)>,
     /// Configured routes (none: routing does not run).
     pub routes: Vec<Arc<Route>>,
+    /// The event store's deleting of old events, when `retention` is set.
+    pub retention: Option<Arc<dyn Retention>>,
 }
 
 /// What the forwarder needs; it is started with the application.
@@ -131,6 +134,7 @@ impl Ports {
             feed: events.feed,
             retired_feed: events.retired_feed,
             routes,
+            retention: settings.retention.and(events.retention),
         })
     }
 }
@@ -215,6 +219,8 @@ struct EventSide {
     forwarding: Forwarding,
     feed: Arc<dyn EventFeed>,
     retired_feed: Option<(Arc<dyn EventFeed>, i64)>,
+    /// How the store deletes old events (used when `retention` is set).
+    retention: Option<Arc<dyn Retention>>,
 }
 
 /// How to reach the ClickHouse at `url` the settings name (also for `migrate-clickhouse`).
@@ -240,8 +246,8 @@ pub fn clickhouse_config(settings: &Settings, url: &str) -> ClickHouseConfig {
 /// ClickHouse behind the local journal.
 fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupError> {
     let config = clickhouse_config(settings, url);
-    let remote: Arc<dyn EventStore> =
-        Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
+    let clickhouse = Arc::new(ClickHouseStore::new(config).map_err(StartupError::Backend)?);
+    let remote: Arc<dyn EventStore> = Arc::clone(&clickhouse) as Arc<dyn EventStore>;
     let (store, forwarding, journal) = journaled(settings, remote)?;
     Ok(EventSide {
         store,
@@ -249,6 +255,7 @@ fn clickhouse_side(settings: &Settings, url: &str) -> Result<EventSide, StartupE
         forwarding,
         feed: Arc::new(journal),
         retired_feed: None,
+        retention: Some(clickhouse),
     })
 }
 
@@ -273,6 +280,14 @@ fn embedded_side(
     // the catch-up is done makes the next start take it again, later: then some events may be
     // routed twice, never skipped.)
     let through = local.last_rowid().map_err(StartupError::Store)?;
+    if settings.retention.is_some() && !local.gives_space_back().map_err(StartupError::Store)? {
+        tracing::info!(
+            "retention: this data dir's database was made before retention existed: the space of \
+             deleted events is reused by new ones (the file stops growing) but not given back \
+             to the file system; docs/backends.md, \"Retention\", says how to give it back"
+        );
+    }
+    let retention: Arc<dyn Retention> = Arc::new(local.clone());
     let retired: Arc<dyn EventFeed> = Arc::new(local);
     Ok(EventSide {
         store,
@@ -280,6 +295,7 @@ fn embedded_side(
         forwarding,
         feed: Arc::new(journal),
         retired_feed: Some((retired, through)),
+        retention: Some(retention),
     })
 }
 
@@ -443,6 +459,8 @@ impl Background {
             routing_stop,
             routing: routing_task,
             disk_stop: CancellationToken::new(),
+            retention_stop: CancellationToken::new(),
+            retention: None,
         }
     }
 
@@ -451,9 +469,29 @@ impl Background {
         tokio::spawn(disk.run(self.disk_stop.clone()));
     }
 
+    /// Starts deleting events older than `keep` (never one received within the dedup window).
+    pub(crate) fn start_retention(
+        &mut self,
+        store: Arc<dyn Retention>,
+        clock: Arc<dyn Clock>,
+        keep: Duration,
+        dedup_window: Duration,
+    ) {
+        let policy = crate::app::retention::RetentionPolicy::new(keep, dedup_window);
+        let stop = self.retention_stop.clone();
+        self.retention = Some(tokio::spawn(crate::app::retention::run(
+            store, clock, policy, stop,
+        )));
+    }
+
     /// Stops routing, then flushes the journal, each within `grace`.
     pub(crate) async fn stop(self, grace: Duration) {
         self.disk_stop.cancel();
+        if let Some(retention) = self.retention {
+            // A step is one short transaction (or one request): it ends quickly.
+            self.retention_stop.cancel();
+            let _ = tokio::time::timeout(grace, retention).await;
+        }
         if let Some(routing) = self.routing {
             // Undelivered events stay in the outbox and go out after the next start.
             self.routing_stop.cancel();
@@ -547,6 +585,18 @@ fn shared_limits(
     }))
 }
 
+/// The data dir's disk, sampled for `/metrics` and `/ready`.
+fn disk_state(settings: &Settings, metrics: &Arc<Metrics>) -> Arc<DiskState> {
+    Arc::new(DiskState::new(
+        settings.data_dir.clone(),
+        Box::new(StatVfs {
+            dir: settings.data_dir.clone(),
+        }),
+        settings.disk_warn_free_percent,
+        metrics.disk.clone(),
+    ))
+}
+
 /// What the HTTP adapter takes from the settings.
 fn http_limits(settings: &Settings) -> HttpLimits {
     HttpLimits {
@@ -611,6 +661,8 @@ pub(crate) struct Background {
     routing: Option<tokio::task::JoinHandle<()>>,
     /// Samples the data dir's free space, when started.
     disk_stop: CancellationToken,
+    retention_stop: CancellationToken,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -654,14 +706,7 @@ impl Application {
         let acceptor = bind(&settings, proxies.clone(), &metrics).await?;
         let local_addr = acceptor.local_socket_addr().unwrap_or(addr);
         let recorded = Arc::new(Notify::new());
-        let disk = Arc::new(DiskState::new(
-            settings.data_dir.clone(),
-            Box::new(StatVfs {
-                dir: settings.data_dir.clone(),
-            }),
-            settings.disk_warn_free_percent,
-            metrics.disk.clone(),
-        ));
+        let disk = disk_state(&settings, &metrics);
         let committer = Committer::new(
             Arc::clone(&ports.dedup),
             Arc::clone(&ports.store),
@@ -690,6 +735,15 @@ impl Application {
             Arc::clone(&ports.clock),
         );
         background.sample_disk(Arc::clone(&disk));
+        if let (Some(store), Some(keep)) = (ports.retention, settings.retention) {
+            tracing::info!(retention = ?keep, "retention: events older than this are deleted in the background");
+            background.start_retention(
+                store,
+                Arc::clone(&ports.clock),
+                keep,
+                settings.dedup_window,
+            );
+        }
         let gate = gate(&settings, proxies, local_addr, &metrics)?;
         let ws = ws_state(&settings, ingest.clone(), &gate, &metrics, ports.clock);
         let backends = Backends {

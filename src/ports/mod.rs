@@ -55,6 +55,7 @@ mod event_store;
 mod ingest;
 mod journal;
 mod outbox;
+mod retention;
 mod route_admin;
 mod route_target;
 mod shared_buckets;
@@ -70,6 +71,7 @@ pub use event_store::{
 pub use ingest::{IngestUseCase, Item, Outcome, Unavailable};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
+pub use retention::{Expiry, Retention};
 pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
 pub use shared_buckets::SharedBuckets;
@@ -84,6 +86,8 @@ pub use event_store::MockEventStore;
 pub use journal::MockJournal;
 #[cfg(any(test, feature = "mocks"))]
 pub use outbox::{MockEventFeed, MockOutbox};
+#[cfg(any(test, feature = "mocks"))]
+pub use retention::MockRetention;
 #[cfg(any(test, feature = "mocks"))]
 pub use route_target::MockRouteTarget;
 #[cfg(any(test, feature = "mocks"))]

@@ -65,6 +65,14 @@ impl TestApp {
         Self::start(app, data_dir.to_path_buf(), None)
     }
 
+    /// A server on `data_dir` (which outlives it) with settings of its own.
+    pub async fn spawn_in_with(data_dir: &Path, configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = test_settings(data_dir);
+        configure(&mut settings);
+        let app = Application::build(settings).await.expect("server builds");
+        Self::start(app, data_dir.to_path_buf(), None)
+    }
+
     /// A server over custom ports (e.g. a failing store).
     pub async fn spawn_with_ports(
         configure: impl FnOnce(&mut Settings),
@@ -188,6 +196,7 @@ pub fn embedded_ports(dir: &Path) -> Ports {
         forwarding: None,
         feed: Arc::new(store.clone()),
         retired_feed: None,
+        retention: None,
         routes: Vec::new(),
     }
 }

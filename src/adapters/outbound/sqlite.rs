@@ -55,6 +55,12 @@ pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
 }
 
 pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
+    open_conn_with(path, "")
+}
+
+/// Like [`open_conn`], running `first` (pragmas that only take effect before the file has
+/// pages, such as `auto_vacuum`) before anything else touches the file.
+pub(crate) fn open_conn_with(path: &Path, first: &str) -> Result<Connection, PortError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -63,6 +69,7 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, PortError> {
     )
     .map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    conn.execute_batch(first).map_err(db_err)?;
     // 16 MiB of page cache (the default is 2 MiB): index pages of a growing table stay in
     // memory instead of being read back from disk on every insert.
     conn.execute_batch(

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod layout;
 mod migrate;
 mod reads;
+mod retention;
 
 pub use cluster::{
     create_distributed_table_sql, create_local_table_sql, local_table, ClusterConfig,
@@ -154,6 +155,8 @@ struct Inner {
     shown_url: String,
     secrets: Vec<String>,
     schema_ready: AtomicBool,
+    /// When retention last issued its delete mutation (see [`retention`]).
+    last_mutation: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl fmt::Debug for ClickHouseStore {
@@ -325,6 +328,7 @@ impl ClickHouseStore {
                 shown_url: redact_url(&config.url),
                 secrets,
                 schema_ready: AtomicBool::new(false),
+                last_mutation: std::sync::Mutex::new(None),
             }),
         })
     }

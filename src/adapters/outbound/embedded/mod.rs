@@ -7,13 +7,13 @@
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
 use super::sqlite::{
-    blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, query_events, unix_ms, Row,
-    INSERT_EVENT,
+    blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, open_conn_with,
+    query_events, unix_ms, Row, INSERT_EVENT,
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
-    Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, FeedEntry, Lease,
-    PortError, SystemClock,
+    Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, Expiry, FeedEntry,
+    Lease, PortError, Retention, SystemClock,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -137,7 +137,10 @@ impl EmbeddedStore {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, PortError> {
         let path = db_path(data_dir, "cartstream.db")?;
-        let write = open_conn(&path)?;
+        // A new file gives the pages that retention frees back to the file system; a file made
+        // before keeps `auto_vacuum = NONE` (SQLite only changes it with a `VACUUM`) and reuses
+        // them instead (docs/backends.md, "Retention").
+        let write = open_conn_with(&path, "PRAGMA auto_vacuum = INCREMENTAL;")?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
         let confirm = open_conn(&path)?;
         confirm
@@ -440,6 +443,67 @@ impl EmbeddedStore {
             Ok(())
         })
         .await
+    }
+}
+
+/// Events one retention step deletes at most: one short transaction, so the forwarder's
+/// inserts, which wait for the same connection, wait for one step at most.
+pub(crate) const EXPIRE_BATCH: usize = 2_000;
+/// Free pages one retention step gives back to the file system at most.
+const VACUUM_PAGES: usize = 2_000;
+
+/// Deletes the oldest events first, by `occurred_at` (what `GET /events` lists by), through
+/// the `events_listing_order` index. When it deletes the rows with the highest rowids, a later
+/// row may take one of those rowids again: only the startup catch-up of the table's feed (rows
+/// from before the journal, up to the head read at startup) reads rowids, so at worst such a row
+/// is routed twice (once from the journal), never skipped.
+const EXPIRE_EVENTS: &str = "DELETE FROM events WHERE rowid IN (
+    SELECT rowid FROM events WHERE occurred_at < ?1 AND received_at < ?2 LIMIT ?3)";
+
+#[async_trait::async_trait]
+impl Retention for EmbeddedStore {
+    async fn expire_step(&self, expiry: Expiry) -> Result<bool, PortError> {
+        let occurred = unix_ms(expiry.occurred_before);
+        let received = unix_ms(expiry.received_before);
+        self.blocking(move |inner| {
+            let state = lock(&inner.write);
+            let deleted = state
+                .conn
+                .execute(EXPIRE_EVENTS, params![occurred, received, EXPIRE_BATCH])
+                .map_err(db_err)?;
+            let freed = incremental_vacuum(&state.conn, VACUUM_PAGES)?;
+            Ok(deleted == EXPIRE_BATCH || freed == VACUUM_PAGES)
+        })
+        .await
+    }
+}
+
+/// Gives up to `pages` free pages back to the file system (none when the file has
+/// `auto_vacuum = NONE`); how many it gave. The pragma frees one page per result row, so
+/// every row is read.
+fn incremental_vacuum(conn: &Connection, pages: usize) -> Result<usize, PortError> {
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA incremental_vacuum({pages})"))
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut freed = 0;
+    while rows.next().map_err(db_err)?.is_some() {
+        freed += 1;
+    }
+    Ok(freed)
+}
+
+impl EmbeddedStore {
+    /// Whether the file gives freed pages back (`auto_vacuum = INCREMENTAL`, every file made
+    /// since retention exists) rather than only reusing them.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn gives_space_back(&self) -> Result<bool, PortError> {
+        let conn = lock(&self.inner.read);
+        conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0))
+            .map(|mode| mode == 2)
+            .map_err(db_err)
     }
 }
 

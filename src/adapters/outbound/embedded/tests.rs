@@ -1,6 +1,7 @@
 use super::*;
 use crate::domain::fixtures::{self, rich_metadata};
 use crate::domain::{EventId, Source};
+use std::sync::Mutex;
 
 /// What every event store does is the event store contract's (`tests/api/contract`); these
 /// tests are of what is this store's alone.
@@ -290,5 +291,194 @@ fn an_old_stores_indexes_are_replaced() {
             "events_by_user_order",
             "events_listing_order"
         ]
+    );
+}
+
+/// A clock the test sets.
+fn set_clock(now: &Arc<Mutex<chrono::DateTime<chrono::Utc>>>) -> Arc<dyn Clock> {
+    let now = Arc::clone(now);
+    let mut clock = crate::ports::MockClock::new();
+    clock.expect_now().returning(move || *lock(&now));
+    Arc::new(clock)
+}
+
+fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+/// `n` events `{prefix}-{i}` at `ts`, each received 7 ms later.
+fn many(prefix: &str, n: usize, ts: &str) -> Vec<StoredEvent> {
+    (0..n)
+        .map(|i| {
+            fixtures::event(&format!("{prefix}-{i}"))
+                .at(ts)
+                .received_after(7)
+                .stored()
+        })
+        .collect()
+}
+
+fn count(store: &EmbeddedStore) -> i64 {
+    lock(&store.inner.read)
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn retention_deletes_old_events_in_batches_and_dedup_and_listing_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(Mutex::new(at("2025-03-02T00:00:00Z")));
+    let window = Duration::from_secs(86_400);
+    let store = EmbeddedStore::open_with(dir.path(), DedupMode::Events { window }, set_clock(&now))
+        .unwrap();
+    let old = many("old", 2 * EXPIRE_BATCH + 10, "2025-01-01T00:00:00Z");
+    store.insert(&old).await.unwrap();
+    // Sent with an old timestamp an hour ago: dedup still answers for it, so it stays.
+    let mut late = event("late", "2025-01-01T00:00:00Z");
+    late.received_at = at("2025-03-01T23:00:00Z");
+    let new = many("new", 5, "2025-03-01T00:00:00Z");
+    store.insert(&[late]).await.unwrap();
+    store.insert(&new).await.unwrap();
+    let policy =
+        crate::app::retention::RetentionPolicy::new(Duration::from_secs(30 * 86_400), window);
+    let expiry = policy.expiry(*lock(&now));
+
+    let mut left = vec![count(&store)];
+    while store.expire_step(expiry).await.unwrap() {
+        left.push(count(&store));
+    }
+    left.push(count(&store));
+    let (b, total) = (EXPIRE_BATCH as i64, 2 * EXPIRE_BATCH as i64 + 16);
+    assert_eq!(
+        left,
+        [total, total - b, total - 2 * b, 6],
+        "one batch a step, until only what is kept is left"
+    );
+
+    let listed: Vec<String> = store
+        .query(&q())
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.event.event_id().as_str().to_owned())
+        .collect();
+    assert_eq!(listed.len(), 6);
+    assert!(listed.contains(&"late".to_owned()) && listed.iter().all(|id| !id.starts_with("old")));
+    assert_eq!(
+        store
+            .known(&keys(&["old-0", "old-4009", "late", "new-0"]))
+            .await
+            .unwrap(),
+        [false, false, true, true],
+        "known() says what GET /events lists"
+    );
+    assert_eq!(
+        claim_anew(
+            &store,
+            Duration::from_secs(30),
+            &keys(&["old-0", "late", "new-4"])
+        )
+        .await,
+        [Claim::New, Claim::Duplicate, Claim::Duplicate],
+        "a deleted event is not a duplicate (its window ended long ago); a kept one is"
+    );
+
+    // A day on, the late event's window is over too and it goes.
+    *lock(&now) = at("2025-03-03T00:00:00Z");
+    let later = policy.expiry(*lock(&now));
+    assert!(!store.expire_step(later).await.unwrap());
+    assert_eq!(count(&store), 5);
+
+    // The step reads the listing index from its oldest end, not the whole table.
+    let conn = lock(&store.inner.read);
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {EXPIRE_EVENTS}"))
+        .unwrap();
+    let plan: Vec<String> = stmt
+        .query_map(params![0, 0, 1], |r| r.get(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(plan.join("; ").contains("events_listing_order"), "{plan:?}");
+}
+
+#[tokio::test]
+async fn retention_deletes_every_old_event_even_the_last_one_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    store
+        .insert(&many("old", 3, "2025-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    let expiry = Expiry {
+        occurred_before: at("2025-06-01T00:00:00Z"),
+        received_before: at("2025-06-01T00:00:00Z"),
+    };
+    assert!(!store.expire_step(expiry).await.unwrap());
+    assert_eq!(count(&store), 0);
+    assert!(store.query(&q()).await.unwrap().events.is_empty());
+}
+
+fn pages(store: &EmbeddedStore) -> (i64, i64) {
+    let conn = lock(&store.inner.read);
+    let get = |p: &str| conn.query_row(p, [], |r| r.get::<_, i64>(0)).unwrap();
+    (get("PRAGMA page_count"), get("PRAGMA freelist_count"))
+}
+
+/// Cycles of a day's events in, the day before's out: the size after each day's inserts.
+async fn sizes_over_days(store: &EmbeddedStore) -> Vec<i64> {
+    let day = chrono::Duration::days(1);
+    let start = at("2025-01-01T00:00:00Z");
+    let mut sizes = Vec::new();
+    for d in 0..6 {
+        let ts = (start + day * d).to_rfc3339();
+        store
+            .insert(&many(&format!("d{d}"), 3_000, &ts))
+            .await
+            .unwrap();
+        sizes.push(pages(store).0);
+        let expiry = Expiry {
+            occurred_before: start + day * d + chrono::Duration::hours(1),
+            received_before: start + day * (d + 1),
+        };
+        while store.expire_step(expiry).await.unwrap() {}
+    }
+    sizes
+}
+
+#[tokio::test]
+async fn with_retention_a_new_file_gives_space_back_and_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert!(store.gives_space_back().unwrap());
+    let sizes = sizes_over_days(&store).await;
+    let (after, free) = pages(&store);
+    assert_eq!(free, 0, "every freed page was given back");
+    assert!(
+        after < sizes[0] / 4,
+        "the file shrank to what is kept: {after} of {sizes:?}"
+    );
+    assert!(
+        sizes[1..].iter().all(|s| *s <= sizes[0] + 8),
+        "no growth: {sizes:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_retention_a_file_from_before_reuses_freed_pages_and_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Made by a version before retention: `auto_vacuum = NONE`.
+    let conn = Connection::open(dir.path().join("cartstream.db")).unwrap();
+    conn.execute_batch("CREATE TABLE before_retention (x INTEGER)")
+        .unwrap();
+    drop(conn);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert!(!store.gives_space_back().unwrap());
+    let sizes = sizes_over_days(&store).await;
+    assert!(pages(&store).1 > 0, "freed pages stay in the file, free");
+    assert!(
+        sizes[1..].iter().all(|s| *s <= sizes[0] + 8),
+        "no growth: {sizes:?}"
     );
 }
