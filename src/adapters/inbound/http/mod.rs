@@ -11,6 +11,7 @@ pub mod cursor;
 pub mod input;
 mod listing;
 pub mod operator;
+mod sdk;
 
 use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::edge::{json_error, Caller};
@@ -134,9 +135,9 @@ pub fn openapi_document<U: IngestUseCase>(state: Arc<HttpState<U>>) -> String {
     openapi(state).spec()
 }
 
-/// Every route of the server: the OpenAPI operations and documents, and `stream` (the
-/// WebSocket adapter's endpoint, which this adapter mounts without knowing) at
-/// `/events/stream`, all behind the guard.
+/// Every route of the server: the OpenAPI operations and documents, the browser SDK's script,
+/// and `stream` (the WebSocket adapter's endpoint, which this adapter mounts without knowing)
+/// at `/events/stream`, all behind the guard.
 pub fn routes<U: IngestUseCase>(
     state: Arc<HttpState<U>>,
     stream: impl Endpoint + 'static,
@@ -144,7 +145,11 @@ pub fn routes<U: IngestUseCase>(
     let service = openapi(Arc::clone(&state));
     let allowed = Arc::new(allow::AllowedMethods::from_spec(
         &service.spec(),
-        &[("/openapi.json", "GET"), ("/events/stream", "GET")],
+        &[
+            ("/openapi.json", "GET"),
+            ("/events/stream", "GET"),
+            (sdk::PATH, "GET, HEAD"),
+        ],
     ));
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
@@ -156,6 +161,7 @@ pub fn routes<U: IngestUseCase>(
     Route::new()
         .at("/events/stream", stream)
         .at("/openapi.json", spec)
+        .at(sdk::PATH, poem::get(sdk::script).head(sdk::script))
         .nest("/docs", docs)
         .nest("/", service)
         .around(move |ep, req| guard(Arc::clone(&state), ep, req))
