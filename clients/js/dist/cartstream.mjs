@@ -525,9 +525,10 @@ var Client = class {
   /** One HTTP batch: when the socket cannot open, and to learn why it cannot. */
   async http() {
     if (this.httpBusy) return;
+    const rs = this.batch(this.maxBatch, 1e6);
+    if (!rs.length) return;
     this.httpBusy = true;
     this.st.transport = "http";
-    const rs = this.batch(this.maxBatch, 1e6);
     try {
       const headers = { "content-type": "application/json" };
       if (this.o.apiKey) headers["x-api-key"] = this.o.apiKey;

@@ -496,9 +496,10 @@ export class Client {
   /** One HTTP batch: when the socket cannot open, and to learn why it cannot. */
   private async http() {
     if (this.httpBusy) return;
+    const rs = this.batch(this.maxBatch, 1000000);
+    if (!rs.length) return;
     this.httpBusy = true;
     this.st.transport = "http";
-    const rs = this.batch(this.maxBatch, 1000000);
     try {
       const headers: Record<string, string> = { "content-type": "application/json" };
       if (this.o.apiKey) headers["x-api-key"] = this.o.apiKey;
