@@ -59,6 +59,14 @@ step soak 480 python3 scripts/soak.py --bin "$bin" --duration 180
 # schemathesis from openapi/openapi.json against the live server, 0 failures (about 1 minute;
 # the first run also makes its venv under target/, about 1.5 minutes more).
 step schemathesis 420 scripts/schemathesis.sh "$bin"
+# The browser SDK's committed bundle is the build of its source, and within 6 KB gzipped
+# (about 10 s; npm ci from the lockfile).
+step sdk-bundle 180 scripts/sdk-bundle-check.sh
+# The browser SDK in Debian's Chromium (playwright-core) against the binary, the page on
+# another origin: 1,000 events, a cut network, kill -9, a reload, a beacon on navigation, two
+# tabs, rate_limited and unavailable, the demo shop's screenshots (about 1 minute; the first
+# run installs Chromium with apt-get, a minute or two more).
+step browser 600 scripts/browser-test.sh "$bin"
 # Coverage-guided fuzzing of the WebSocket parser, the batch body parser and validation from
 # the committed corpus, 30 s per target; any crash, panic, timeout or OOM fails. A clean fuzz
 # build takes most of the budget (about 7-8 minutes on 2 idle cores; 1.5 minutes of fuzzing).
