@@ -118,15 +118,23 @@ class Proxy {
     this.sockets = new Set();
   }
   async start() {
+    this.connections = 0;
     this.srv = net.createServer((c) => {
       if (this.cut) return c.destroy();
+      this.connections++;
       const u = net.connect(this.target(), "127.0.0.1");
       for (const [a, b] of [[c, u], [u, c]]) {
         this.sockets.add(a);
         a.on("close", () => (this.sockets.delete(a), b.destroy()));
         a.on("error", () => b.destroy());
-        a.pipe(b);
       }
+      u.pipe(c);
+      // With blockWebSocket, a WebSocket upgrade is reset (plain HTTP still passes).
+      c.once("data", (head) => {
+        if (this.blockWebSocket && /\r\nupgrade:\s*websocket/i.test(head.toString("latin1"))) return c.destroy();
+        u.write(head);
+        c.pipe(u);
+      });
     });
     await new Promise((r) => this.srv.listen(0, "127.0.0.1", r));
     this.port = this.srv.address().port;
@@ -294,6 +302,64 @@ const cases = {
     return `${once(ids, stored)}; ${viaHttp} received through the beacon`;
   },
 
+  /**
+   * 300 events of 1 KB tracked right before navigating away, the WebSocket blocked: the
+   * beacon carries what fits its 60 KB budget, the rest stay queued (IndexedDB, or the
+   * localStorage spill written on pagehide) and are delivered on the next visit, the beaconed
+   * ones again as harmless duplicates.
+   */
+  async beaconbudget({ context, origin, server }) {
+    const proxy = await new Proxy(server.port).start();
+    proxy.blockWebSocket = true;
+    const u = user("budget");
+    // A long backoff: no HTTP fallback before the page is gone, only the beacon.
+    const extra = { base: "60000" };
+    const page = await openPage(context, origin, server, `http://127.0.0.1:${proxy.port}`, u, extra);
+    const metric = 'cartstream_events_received_total{channel="http"}';
+    const httpBefore = await server.metric(metric);
+    const ids = await page.evaluate((next) => {
+      const ids = Array.from({ length: 300 }, (_, i) => cartstream.track("item_added", { productId: "sku-" + i, note: "x".repeat(1000) }));
+      location.href = next;
+      return ids;
+    }, `${origin}/blank.html`);
+    await page.waitForURL(/blank/);
+    const viaBeacon = await until("the beacon", async () => (await server.metric(metric)) - httpBefore, 10000);
+    await sleep(1000);
+    const storedThen = (await server.events(u)).length;
+    if (viaBeacon * 1100 > 60000) throw new Error(`${viaBeacon} events of about 1.1 KB went through the beacon`);
+    if (storedThen != viaBeacon) throw new Error(`${storedThen} stored after the unload, ${viaBeacon} beaconed`);
+    proxy.blockWebSocket = false;
+    const q = new URLSearchParams({ sdk: server.url("/sdk/v1/cartstream.min.js"), endpoint: `http://127.0.0.1:${proxy.port}`, key: KEY, user: u });
+    await page.goto(`${origin}/page.html?${q}`);
+    await page.evaluate(() => window.ready);
+    await until("the queue loaded", async () => (await stats(page)).queued > 0, 5000);
+    await until("every event stored", async () => (await server.events(u)).length >= ids.length, 30000);
+    await flush(page, 30000);
+    const s = await stats(page);
+    await page.close();
+    proxy.close();
+    return `${once(ids, await server.events(u))}; ${viaBeacon} events (under 60 KB) went through the beacon and only those were stored at once; the next visit delivered ${s.delivered} from the queue, ${s.duplicates} of them answered duplicate`;
+  },
+
+  /** A key the server does not know: two refused upgrades, one HTTP batch answered 401, then nothing more. */
+  async unauthorized({ context, origin, server }) {
+    const proxy = await new Proxy(server.port).start();
+    const page = await openPage(context, origin, server, `http://127.0.0.1:${proxy.port}`, user("unauthorized"), { key: "pk_unknown" });
+    await trackMany(page, 3, "cart_viewed");
+    await until("the SDK stops", async () => (await stats(page)).stopped, 20000);
+    const log = await page.evaluate(() => window.log);
+    const error = log.find((l) => l[0] == "error");
+    if (!error || error[1].status != 401) throw new Error(`reported: ${JSON.stringify(log)}`);
+    const connections = proxy.connections;
+    await sleep(3000);
+    const s = await stats(page);
+    await page.close();
+    proxy.close();
+    if (proxy.connections != connections) throw new Error(`${proxy.connections - connections} more connections after stopping`);
+    if (s.queued != 3) throw new Error(`${s.queued} events queued, not 3`);
+    return `stopped with onError(${error[1].code}, 401) after ${connections} connections, none in the next 3 s; the 3 events kept queued`;
+  },
+
   /** Two tabs tracking into one queue, the sending tab closed half-way: no duplicates. */
   async tabs({ context, origin, server }) {
     const proxy = await new Proxy(server.port).start();
@@ -401,7 +467,7 @@ const cases = {
   },
 };
 
-const budgets = { insecure: 60, thousand: 90, cut: 90, kill9: 120, reload: 60, beacon: 40, tabs: 90, ratelimited: 60, unavailable: 60, demo: 40 };
+const budgets = { beaconbudget: 60, unauthorized: 60, insecure: 60, thousand: 90, cut: 90, kill9: 120, reload: 60, beacon: 40, tabs: 90, ratelimited: 60, unavailable: 60, demo: 40 };
 
 async function redisUp() {
   return new Promise((r) => {

@@ -176,6 +176,9 @@ var Client = class {
     this.inflight = /* @__PURE__ */ new Map();
     this.sending = /* @__PURE__ */ new Set();
     this.beaconed = /* @__PURE__ */ new Set();
+    this.tab = uuid();
+    /** Bytes and send times of this page's beacons: in flight (against the budget) for 10 s. */
+    this.beacons = [];
     /** Persisted records of this tab (to see another tab's leader deliver them), and ids settled here. */
     this.persisted = /* @__PURE__ */ new Set();
     this.gone = /* @__PURE__ */ new Set();
@@ -206,8 +209,13 @@ var Client = class {
     this.store = this.o.store || await openStore(name, this.o.storage || ["indexeddb", "localstorage", "memory"]);
     this.st.storage = this.store.kind;
     if (this.closed) return;
-    this.on("pagehide", () => this.beacon());
-    this.on("visibilitychange", () => g.document && g.document.visibilityState == "hidden" && this.beacon());
+    await this.unspill(name, this.store);
+    if (this.closed) return;
+    this.on("pagehide", () => this.leave(name));
+    this.on("visibilitychange", () => {
+      if (g.document && g.document.visibilityState == "hidden") this.leave(name);
+      else this.ls((ls) => ls.removeItem(name + ":spill:" + this.tab));
+    });
     this.on("online", () => {
       this.attempt = this.netFails = this.pauseUntil = 0;
       this.kick();
@@ -216,6 +224,35 @@ var Client = class {
     this.unhook.push(() => clearInterval(sync));
     this.elect(name);
     await this.sync();
+  }
+  /** localStorage, when the page may use it. */
+  ls(f) {
+    try {
+      f(localStorage);
+    } catch {
+    }
+  }
+  /** The page is hidden or going away: the beacon, and the events not yet stored written where they survive. */
+  leave(name) {
+    this.beacon();
+    const rs = this.q.ordered().filter((r) => !this.persisted.has(r.id));
+    this.ls((ls) => rs.length ? ls.setItem(name + ":spill:" + this.tab, JSON.stringify(rs.slice(-1e3))) : ls.removeItem(name + ":spill:" + this.tab));
+  }
+  /** Takes in what pages that went away left in localStorage. */
+  async unspill(name, store) {
+    const rs = [];
+    this.ls((ls) => {
+      for (let i = ls.length - 1; i >= 0; i--) {
+        const k = ls.key(i);
+        if (k.startsWith(name + ":spill:")) {
+          rs.push(...JSON.parse(ls.getItem(k)));
+          ls.removeItem(k);
+        }
+      }
+    });
+    if (!rs.length) return;
+    if (store.shared) await store.put(rs).catch(() => this.drop(this.q.add(rs)));
+    else this.drop(this.q.add(rs));
   }
   on(type, f) {
     if (typeof g.addEventListener != "function") return;
@@ -280,7 +317,11 @@ var Client = class {
     for (const id of known) {
       if (!ids.has(id) && this.q.has(id) && !this.sending.has(id)) this.settle(this.q.get(id), "", void 0, true);
     }
-    if (this.leader) this.drop(this.q.add(rs.filter((r) => !this.gone.has(r.id))));
+    if (this.leader) {
+      const fresh = rs.filter((r) => !this.gone.has(r.id) && !this.q.has(r.id));
+      fresh.forEach((r) => this.persisted.add(r.id));
+      this.drop(this.q.add(fresh));
+    }
     this.kick();
   }
   /** Tracks one event: sets its `eventId` and `timestamp` now, queues it, returns its `eventId`. */
@@ -572,7 +613,9 @@ var Client = class {
     const nav = g.navigator;
     if (!nav || !nav.sendBeacon || this.st.stopped || this.closed) return;
     const url = this.o.endpoint + "/events/beacon" + (this.o.apiKey ? "?apiKey=" + encodeURIComponent(this.o.apiKey) : "");
-    let budget = this.o.beaconBudget;
+    const now = Date.now();
+    this.beacons = this.beacons.filter((b) => now - b[1] < 1e4);
+    let budget = this.beacons.reduce((left, b) => left - b[0], this.o.beaconBudget);
     for (; ; ) {
       const rs = this.q.take(this.maxBatch, Math.min(budget, 1e6) - 20, (r) => this.beaconed.has(r.id));
       if (!rs.length) return;
@@ -580,6 +623,7 @@ var Client = class {
       const size = utf8(body);
       if (size > budget || !nav.sendBeacon(url, body)) return;
       budget -= size;
+      this.beacons.push([size, now]);
       rs.forEach((r) => this.beaconed.add(r.id));
       this.st.beaconed += rs.length;
     }

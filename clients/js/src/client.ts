@@ -119,6 +119,9 @@ export class Client {
   private inflight = new Map<string, Rec[]>();
   private sending = new Set<string>();
   private beaconed = new Set<string>();
+  private tab = uuid();
+  /** Bytes and send times of this page's beacons: in flight (against the budget) for 10 s. */
+  private beacons: number[][] = [];
   /** Persisted records of this tab (to see another tab's leader deliver them), and ids settled here. */
   private persisted = new Set<string>();
   private gone = new Set<string>();
@@ -154,8 +157,13 @@ export class Client {
     this.store = this.o.store || (await openStore(name, this.o.storage || ["indexeddb", "localstorage", "memory"]));
     this.st.storage = this.store.kind;
     if (this.closed) return;
-    this.on("pagehide", () => this.beacon());
-    this.on("visibilitychange", () => g.document && g.document.visibilityState == "hidden" && this.beacon());
+    await this.unspill(name, this.store);
+    if (this.closed) return;
+    this.on("pagehide", () => this.leave(name));
+    this.on("visibilitychange", () => {
+      if (g.document && g.document.visibilityState == "hidden") this.leave(name);
+      else this.ls((ls) => ls.removeItem(name + ":spill:" + this.tab));
+    });
     this.on("online", () => {
       this.attempt = this.netFails = this.pauseUntil = 0;
       this.kick();
@@ -164,6 +172,40 @@ export class Client {
     this.unhook.push(() => clearInterval(sync));
     this.elect(name);
     await this.sync();
+  }
+
+  /** localStorage, when the page may use it. */
+  private ls(f: (ls: Storage) => void) {
+    try {
+      f(localStorage);
+    } catch {
+      // Blocked, or full: nothing more can be done on the way out.
+    }
+  }
+
+  /** The page is hidden or going away: the beacon, and the events not yet stored written where they survive. */
+  private leave(name: string) {
+    this.beacon();
+    // An IndexedDB write still running when the page unloads is lost; localStorage writes at once.
+    const rs = this.q.ordered().filter((r) => !this.persisted.has(r.id));
+    this.ls((ls) => (rs.length ? ls.setItem(name + ":spill:" + this.tab, JSON.stringify(rs.slice(-1000))) : ls.removeItem(name + ":spill:" + this.tab)));
+  }
+
+  /** Takes in what pages that went away left in localStorage. */
+  private async unspill(name: string, store: Store) {
+    const rs: Rec[] = [];
+    this.ls((ls) => {
+      for (let i = ls.length - 1; i >= 0; i--) {
+        const k = ls.key(i)!;
+        if (k.startsWith(name + ":spill:")) {
+          rs.push(...JSON.parse(ls.getItem(k)!));
+          ls.removeItem(k);
+        }
+      }
+    });
+    if (!rs.length) return;
+    if (store.shared) await store.put(rs).catch(() => this.drop(this.q.add(rs)));
+    else this.drop(this.q.add(rs));
   }
 
   private on(type: string, f: () => void) {
@@ -231,7 +273,11 @@ export class Client {
     for (const id of known) {
       if (!ids.has(id) && this.q.has(id) && !this.sending.has(id)) this.settle(this.q.get(id)!, "", undefined, true);
     }
-    if (this.leader) this.drop(this.q.add(rs.filter((r) => !this.gone.has(r.id))));
+    if (this.leader) {
+      const fresh = rs.filter((r) => !this.gone.has(r.id) && !this.q.has(r.id));
+      fresh.forEach((r) => this.persisted.add(r.id));
+      this.drop(this.q.add(fresh));
+    }
     this.kick();
   }
 
@@ -545,7 +591,10 @@ export class Client {
     const nav = g.navigator;
     if (!nav || !nav.sendBeacon || this.st.stopped || this.closed) return;
     const url = this.o.endpoint + "/events/beacon" + (this.o.apiKey ? "?apiKey=" + encodeURIComponent(this.o.apiKey) : "");
-    let budget = this.o.beaconBudget;
+    const now = Date.now();
+    // The browser frees a beacon's bytes when it has gone, which a page cannot see: count them 10 s.
+    this.beacons = this.beacons.filter((b) => now - b[1] < 10000);
+    let budget = this.beacons.reduce((left, b) => left - b[0], this.o.beaconBudget);
     for (;;) {
       const rs = this.q.take(this.maxBatch, Math.min(budget, 1000000) - 20, (r) => this.beaconed.has(r.id));
       if (!rs.length) return;
@@ -553,6 +602,7 @@ export class Client {
       const size = utf8(body);
       if (size > budget || !nav.sendBeacon(url, body)) return;
       budget -= size;
+      this.beacons.push([size, now]);
       rs.forEach((r) => this.beaconed.add(r.id));
       this.st.beaconed += rs.length;
     }

@@ -264,3 +264,29 @@ test("a full queue drops the oldest and reports them", async () => {
   assert.equal(c.stats().queued, 3);
   c.close();
 });
+
+test("a beacon hands over the waiting events within the budget, and they stay queued", async () => {
+  const beacons: { url: string; body: string }[] = [];
+  Object.defineProperty(globalThis, "navigator", {
+    configurable: true,
+    value: { sendBeacon: (url: string, body: string) => (beacons.push({ url, body }), true) },
+  });
+  try {
+    const { c } = client({ beaconBudget: 3000 });
+    const ids = Array.from({ length: 20 }, (_, i) => c.track("item_added", { productId: "p" + i, pad: "x".repeat(200) }));
+    c.beacon();
+    assert.equal(beacons.length, 1);
+    assert.equal(beacons[0].url, "http://cs.test/events/beacon?apiKey=pk%201");
+    const sent = JSON.parse(beacons[0].body).events.map((e: CartEvent) => e.eventId);
+    assert.ok(beacons[0].body.length <= 3000 && sent.length >= 5, `${sent.length} events in ${beacons[0].body.length} bytes`);
+    assert.deepEqual(sent, ids.slice(0, sent.length), "the oldest first");
+    // The budget is spent until those bytes have gone: nothing more now.
+    c.beacon();
+    assert.equal(beacons.length, 1);
+    assert.equal(c.stats().queued, 20, "beaconed events stay queued until an ack");
+    assert.equal(c.stats().beaconed, sent.length);
+    c.close();
+  } finally {
+    delete (globalThis as any).navigator;
+  }
+});
