@@ -290,3 +290,31 @@ test("a beacon hands over the waiting events within the budget, and they stay qu
     delete (globalThis as any).navigator;
   }
 });
+
+test("a request that keeps failing at the network (an ad blocker) backs off past the short cap", async () => {
+  let calls = 0;
+  const fetch = async () => {
+    calls++;
+    throw new TypeError("Failed to fetch");
+  };
+  const random = Math.random;
+  Math.random = () => 0.999;
+  try {
+    // Capped at 20 ms, attempts would go on every 20 ms. From the sixth failure in a row the
+    // cap is the long one, so the waits keep doubling: 640 ms after the sixth, 1280 ms after
+    // the seventh (two socket opens, then HTTP batches).
+    const { c } = client({ fetch: fetch as any, backoffBase: 20, backoffCap: 20, backoffLongCap: 100000 });
+    c.track("cart_viewed");
+    (await opened()).drop();
+    await until(() => FakeSocket.all.length == 2);
+    FakeSocket.all[1].drop();
+    await until(() => calls == 5, 5000);
+    await tick(1000);
+    assert.equal(calls, 5, "attempted again within 1 s of the seventh failure");
+    assert.equal(FakeSocket.all.length, 2);
+    assert.equal(c.stats().retries, 7);
+    c.close();
+  } finally {
+    Math.random = random;
+  }
+});
