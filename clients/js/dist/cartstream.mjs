@@ -197,6 +197,7 @@ var Client = class {
       backoffLongCap: 3e5,
       window: 16,
       beaconBudget: 6e4,
+      idleTimeout: 6e4,
       ...options,
       endpoint: options.endpoint.replace(/\/+$/, "")
     };
@@ -222,6 +223,11 @@ var Client = class {
     });
     const sync = setInterval(() => this.sync(), 1e3);
     this.unhook.push(() => clearInterval(sync));
+    if (typeof BroadcastChannel == "function") {
+      const bc = this.bc = new BroadcastChannel(name);
+      bc.onmessage = () => this.leader && this.sync();
+      this.unhook.push(() => bc.close());
+    }
     this.elect(name);
     await this.sync();
   }
@@ -366,6 +372,7 @@ var Client = class {
     this.unhook.forEach((f) => f());
     this.release && this.release();
     clearTimeout(this.timer);
+    clearTimeout(this.idle);
     this.ws && this.ws.close(1e3);
     this.waiters.slice().forEach((w) => this.finish(w, new Error("closed")));
   }
@@ -386,7 +393,11 @@ var Client = class {
       const rs = this.writes.filter((x) => this.q.has(x.id));
       this.writes = [];
       this.ready.then(() => this.store.put(rs)).then(
-        () => this.store.shared && rs.forEach((x) => this.q.has(x.id) && this.persisted.add(x.id)),
+        () => {
+          if (!this.store.shared) return;
+          rs.forEach((x) => this.q.has(x.id) && this.persisted.add(x.id));
+          if (!this.leader && this.bc) this.bc.postMessage(0);
+        },
         // A full quota or blocked storage: the events stay in memory and are sent from here.
         () => {
         }
@@ -447,7 +458,18 @@ var Client = class {
     this.attempt = this.netFails = 0;
   }
   pump() {
-    if (!this.leader || this.closed || this.st.stopped || !this.q.size) return;
+    clearTimeout(this.idle);
+    if (!this.leader || this.closed || this.st.stopped) return;
+    if (!this.q.size) {
+      const ws = this.ws;
+      if (ws && !this.inflight.size)
+        this.idle = setTimeout(() => {
+          this.ws = void 0;
+          this.wsReady = false;
+          ws.close(1e3);
+        }, this.o.idleTimeout);
+      return;
+    }
     const wait = this.pauseUntil - Date.now();
     if (wait > 0) {
       clearTimeout(this.timer);

@@ -23,6 +23,8 @@ export interface Options {
   window?: number;
   /** Bytes of beacons a page may have in flight (the browser allows 64 KiB in all). */
   beaconBudget?: number;
+  /** The socket is closed after this long with nothing to send (ms), so idle pages hold no connection. */
+  idleTimeout?: number;
   onDelivered?: (event: CartEvent, status: "accepted" | "duplicate") => void;
   onRejected?: (event: CartEvent, errors: FieldError[]) => void;
   onDropped?: (events: CartEvent[], reason: "queue_full") => void;
@@ -96,7 +98,7 @@ export function uuid(): string {
  * open), retries that keep each event's `eventId`, and a beacon when the page goes away.
  */
 export class Client {
-  readonly o: Required<Pick<Options, "maxQueueEvents" | "maxQueueBytes" | "backoffBase" | "backoffCap" | "backoffLongCap" | "window" | "beaconBudget">> & Options;
+  readonly o: Required<Pick<Options, "maxQueueEvents" | "maxQueueBytes" | "backoffBase" | "backoffCap" | "backoffLongCap" | "window" | "beaconBudget" | "idleTimeout">> & Options;
   readonly q: Queue;
   readonly st: Stats;
   private store?: Store;
@@ -129,6 +131,9 @@ export class Client {
   private netFails = 0;
   private pauseUntil = 0;
   private timer?: ReturnType<typeof setTimeout>;
+  private idle?: ReturnType<typeof setTimeout>;
+  /** Tells the sending tab that another tab stored events. */
+  private bc?: BroadcastChannel;
   private scheduled = false;
   private writes: Rec[] = [];
   private waiters: Waiter[] = [];
@@ -144,6 +149,7 @@ export class Client {
       backoffLongCap: 300000,
       window: 16,
       beaconBudget: 60000,
+      idleTimeout: 60000,
       ...options,
       endpoint: options.endpoint.replace(/\/+$/, ""),
     };
@@ -170,6 +176,11 @@ export class Client {
     });
     const sync = setInterval(() => this.sync(), 1000);
     this.unhook.push(() => clearInterval(sync));
+    if (typeof BroadcastChannel == "function") {
+      const bc = (this.bc = new BroadcastChannel(name));
+      bc.onmessage = () => this.leader && this.sync();
+      this.unhook.push(() => bc.close());
+    }
     this.elect(name);
     await this.sync();
   }
@@ -325,6 +336,7 @@ export class Client {
     this.unhook.forEach((f) => f());
     this.release && this.release();
     clearTimeout(this.timer);
+    clearTimeout(this.idle);
     this.ws && this.ws.close(1000);
     this.waiters.slice().forEach((w) => this.finish(w, new Error("closed")));
   }
@@ -348,7 +360,11 @@ export class Client {
       const rs = this.writes.filter((x) => this.q.has(x.id));
       this.writes = [];
       this.ready.then(() => this.store!.put(rs)).then(
-        () => this.store!.shared && rs.forEach((x) => this.q.has(x.id) && this.persisted.add(x.id)),
+        () => {
+          if (!this.store!.shared) return;
+          rs.forEach((x) => this.q.has(x.id) && this.persisted.add(x.id));
+          if (!this.leader && this.bc) this.bc.postMessage(0);
+        },
         // A full quota or blocked storage: the events stay in memory and are sent from here.
         () => {},
       );
@@ -414,7 +430,19 @@ export class Client {
   }
 
   private pump() {
-    if (!this.leader || this.closed || this.st.stopped || !this.q.size) return;
+    clearTimeout(this.idle);
+    if (!this.leader || this.closed || this.st.stopped) return;
+    if (!this.q.size) {
+      const ws = this.ws;
+      if (ws && !this.inflight.size)
+        this.idle = setTimeout(() => {
+          // Ours to close: not a failure, and the next event opens a new one.
+          this.ws = undefined;
+          this.wsReady = false;
+          ws.close(1000);
+        }, this.o.idleTimeout);
+      return;
+    }
     const wait = this.pauseUntil - Date.now();
     if (wait > 0) {
       clearTimeout(this.timer);

@@ -318,3 +318,24 @@ test("a request that keeps failing at the network (an ad blocker) backs off past
     Math.random = random;
   }
 });
+
+test("an idle socket is closed, and the next event opens another", async () => {
+  const { c, seen } = client({ idleTimeout: 100 });
+  c.track("cart_viewed");
+  const ws = await opened();
+  ws.ack();
+  await until(() => ws.sent.length == 1);
+  ws.reply({ type: "event_ack", requestId: ws.sent[0].requestId, status: "accepted" });
+  await until(() => ws.closed);
+  c.track("cart_cleared");
+  await until(() => FakeSocket.all.length == 2);
+  const ws2 = FakeSocket.all[1];
+  ws2.ack();
+  await until(() => ws2.sent.length == 1);
+  assert.equal(ws2.sent[0].data.eventType, "cart_cleared");
+  ws2.reply({ type: "event_ack", requestId: ws2.sent[0].requestId, status: "accepted" });
+  await c.flush(1000);
+  assert.equal(seen.delivered.length, 2);
+  assert.equal(c.stats().retries, 0, "closing an idle socket is not a failure");
+  c.close();
+});
