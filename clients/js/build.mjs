@@ -3,7 +3,8 @@
 // script's size minified and gzipped (goal: at most 6 KB).
 // --check: builds into a temporary directory instead and fails if the result differs from
 // the committed dist/ (the source changed and dist/ was not rebuilt, or the other way round).
-// --tests: also bundles test/*.test.ts into test-out/ for `node --test`.
+// --tests: only bundles test/*.test.ts into test-out/ for `node --test` (dist/ untouched, so a
+// test run never makes a stale dist/ look fresh).
 import { build } from "esbuild";
 import { gzipSync } from "node:zlib";
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
@@ -11,6 +12,21 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 process.chdir(new URL(".", import.meta.url).pathname);
+if (process.argv.includes("--tests")) {
+  rmSync("test-out", { recursive: true, force: true });
+  const tests = readdirSync("test").filter((f) => f.endsWith(".test.ts"));
+  await build({
+    entryPoints: tests.map((f) => "test/" + f),
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    outdir: "test-out",
+    outExtension: { ".js": ".mjs" },
+    packages: "external",
+    logLevel: "warning",
+  });
+  process.exit(0);
+}
 const check = process.argv.includes("--check");
 const dir = check ? mkdtempSync(join(tmpdir(), "cartstream-sdk-")) : "dist";
 const files = ["cartstream.mjs", "cartstream.min.js"];
@@ -37,17 +53,3 @@ if (gz > GOAL) {
   process.exit(1);
 }
 
-if (process.argv.includes("--tests")) {
-  rmSync("test-out", { recursive: true, force: true });
-  const tests = readdirSync("test").filter((f) => f.endsWith(".test.ts"));
-  await build({
-    entryPoints: tests.map((f) => "test/" + f),
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    outdir: "test-out",
-    outExtension: { ".js": ".mjs" },
-    packages: "external",
-    logLevel: "warning",
-  });
-}
