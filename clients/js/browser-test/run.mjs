@@ -341,6 +341,49 @@ const cases = {
     return `${once(ids, await server.events(u))}; ${viaBeacon} events (under 60 KB) went through the beacon and only those were stored at once; the next visit delivered ${s.delivered} from the queue, ${s.duplicates} of them answered duplicate`;
   },
 
+  /**
+   * The localStorage queue (where IndexedDB is blocked): events queued across a reload are
+   * delivered; then, with localStorage full, track() neither throws nor loses an event.
+   */
+  async localstorage({ context, origin, server }) {
+    const proxy = await new Proxy(server.port).start();
+    proxy.cutNow();
+    const u = user("localstorage");
+    const extra = { cap: "2000", storage: "localstorage" };
+    const page = await openPage(context, origin, server, `http://127.0.0.1:${proxy.port}`, u, extra);
+    const ids = await trackMany(page, 50, "item_added");
+    await sleep(300);
+    await page.reload();
+    await page.evaluate(() => window.ready);
+    await sleep(300);
+    const s1 = await stats(page);
+    if (s1.storage != "localstorage" || s1.queued != 50) throw new Error(`after the reload: ${s1.queued} queued in ${s1.storage}`);
+    proxy.restore();
+    await flush(page, 30000);
+    // Fill localStorage to its quota, then track: nothing thrown, every event delivered.
+    const filled = await page.evaluate(() => {
+      let n = 0;
+      const chunk = "x".repeat(256 * 1024);
+      try {
+        for (;;) localStorage.setItem("filler-" + n++, chunk);
+      } catch {}
+      let small = 0;
+      try {
+        for (;;) localStorage.setItem("filler-small-" + small++, "x".repeat(1024));
+      } catch {}
+      return n * 256 + small;
+    });
+    const more = await trackMany(page, 50, "item_removed");
+    await flush(page, 30000);
+    const s2 = await stats(page);
+    await page.evaluate(() => localStorage.clear());
+    await page.close();
+    proxy.close();
+    const errors = s2.dropped + s2.rejected;
+    if (errors) throw new Error(`${s2.dropped} dropped, ${s2.rejected} rejected`);
+    return `${once([...ids, ...more], await server.events(u))}; 50 queued in localStorage across a reload, then 50 tracked with localStorage full (about ${Math.round(filled / 1024)} MB of filler): no exception, all delivered`;
+  },
+
   /** A key the server does not know: two refused upgrades, one HTTP batch answered 401, then nothing more. */
   async unauthorized({ context, origin, server }) {
     const proxy = await new Proxy(server.port).start();
@@ -467,7 +510,7 @@ const cases = {
   },
 };
 
-const budgets = { beaconbudget: 60, unauthorized: 60, insecure: 60, thousand: 90, cut: 90, kill9: 120, reload: 60, beacon: 40, tabs: 90, ratelimited: 60, unavailable: 60, demo: 40 };
+const budgets = { localstorage: 60, beaconbudget: 60, unauthorized: 60, insecure: 60, thousand: 90, cut: 90, kill9: 120, reload: 60, beacon: 40, tabs: 90, ratelimited: 60, unavailable: 60, demo: 40 };
 
 async function redisUp() {
   return new Promise((r) => {
