@@ -562,7 +562,7 @@ async function main() {
     await server2.start([pages2.origin]);
     insecure = { server: server2, origin: pages2.origin, pages: pages2 };
   }
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox", "--disable-dev-shm-usage"] });
   let failed = 0;
   const started = Date.now();
   for (const name of names) {
