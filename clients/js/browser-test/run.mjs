@@ -432,6 +432,29 @@ const cases = {
     return `${once(ids, await server.events(u))}; the sending tab held ${queued} of both tabs' events when closed, the other took over and sent them (${s.duplicates} answered duplicate)`;
   },
 
+  /**
+   * init() called again in a tab that waits for the sending tab's lock: when that tab closes,
+   * the closed client's lock is handed on and the new one sends.
+   */
+  async reinit({ context, origin, server }) {
+    const u = user("reinit");
+    const a = await openPage(context, origin, server, server.url(""), u);
+    await until("a leads", async () => (await stats(a)).leader, 5000);
+    const b = await openPage(context, origin, server, server.url(""), u);
+    const ids = await b.evaluate(
+      ([endpoint, key, user]) => {
+        cartstream.init({ endpoint, apiKey: key, userId: user });
+        return Array.from({ length: 50 }, (_, i) => cartstream.track("cart_viewed", { itemCount: i }));
+      },
+      [server.url(""), KEY, u],
+    );
+    await a.close();
+    await until("b leads", async () => (await stats(b)).leader, 10000);
+    await flush(b, 30000);
+    await b.close();
+    return `${once(ids, await server.events(u))}; the re-initialised tab took the lock over when the sending tab closed`;
+  },
+
   /** The server answering rate_limited: backoff by retryAfterMs observed, then delivery. */
   async ratelimited({ context, origin, rateServer }) {
     const u = user("rate");
@@ -510,7 +533,7 @@ const cases = {
   },
 };
 
-const budgets = { localstorage: 60, beaconbudget: 60, unauthorized: 60, insecure: 60, thousand: 90, cut: 90, kill9: 120, reload: 60, beacon: 40, tabs: 90, ratelimited: 60, unavailable: 60, demo: 40 };
+const budgets = { reinit: 40, localstorage: 60, beaconbudget: 60, unauthorized: 60, insecure: 60, thousand: 90, cut: 90, kill9: 120, reload: 60, beacon: 40, tabs: 90, ratelimited: 60, unavailable: 60, demo: 40 };
 
 async function redisUp() {
   return new Promise((r) => {

@@ -276,6 +276,7 @@ var Client = class {
     if (!this.store.shared) return lead();
     if (locks) {
       locks.request(name, () => new Promise((r) => {
+        if (this.closed) return r();
         this.release = r;
         lead();
       }));

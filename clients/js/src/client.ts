@@ -236,6 +236,8 @@ export class Client {
     if (!this.store!.shared) return lead();
     if (locks) {
       locks.request(name, () => new Promise<void>((r) => {
+        // Granted after close(): give it straight back, or no tab would ever send again.
+        if (this.closed) return r();
         this.release = r;
         lead();
       }));
