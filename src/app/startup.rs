@@ -25,6 +25,7 @@ use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::integrity::{check_at_startup, Damage};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::{RateLimits, SharedLimits};
+use crate::app::retention::Counted;
 use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{
@@ -486,7 +487,7 @@ impl Background {
     /// Starts deleting events older than `keep` (never one received within the dedup window).
     pub(crate) fn start_retention(
         &mut self,
-        store: Arc<dyn Retention>,
+        store: crate::app::retention::Counted,
         clock: Arc<dyn Clock>,
         keep: Duration,
         dedup_window: Duration,
@@ -763,8 +764,13 @@ impl Application {
         );
         if let (Some(store), Some(keep)) = (ports.retention, settings.retention) {
             tracing::info!(retention = ?keep, "retention: events older than this are deleted in the background");
+            let (kind, metrics) = (ports.store_kind, Arc::clone(&metrics));
             background.start_retention(
-                store,
+                Counted {
+                    store,
+                    kind,
+                    metrics,
+                },
                 Arc::clone(&ports.clock),
                 keep,
                 settings.dedup_window,
