@@ -4,37 +4,24 @@
 
 use crate::backends::DEAD_CLICKHOUSE_URL;
 use crate::backends::{clickhouse_sql, clickhouse_url_or_skip, random_suffix, ThrowawayDatabase};
-use crate::faults::start_binary;
+use crate::binary::{run, start_binary};
 use crate::helpers::{item_added, unique};
 use crate::targets::Receiver;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 /// Runs `cartstream drain` on `dir` with `envs` and returns its output (stdout then stderr).
 async fn drain(dir: &Path, envs: &[(&str, String)], timeout: &str) -> (Output, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartstream"));
-    cmd.args(["drain", "--data-dir"])
-        .arg(dir)
-        .args(["--timeout", timeout])
-        .env("CARTSTREAM_LOG", "warn")
-        // The drain must take its data dir from the flag, never from the environment.
-        .env("CARTSTREAM_DATA_DIR", "/nonexistent/not-this-one")
-        .env_remove("CARTSTREAM_CONFIG")
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("drain exits in time")
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- cartstream drain ({}):\n{said}", out.status);
-    (out, said)
+    let dir = dir.display().to_string();
+    // The drain must take its data dir from the flag, never from the environment.
+    let mut all = vec![(
+        "CARTSTREAM_DATA_DIR",
+        "/nonexistent/not-this-one".to_owned(),
+    )];
+    all.extend(envs.iter().cloned());
+    run(&["drain", "--data-dir", &dir, "--timeout", timeout], &all).await
 }
 
 /// Two routes: `all` to a receiver that refuses (retryably) until the drain, `refused` to one

@@ -7,38 +7,16 @@
 use crate::backends::{
     clickhouse_sql, clickhouse_url_or_skip, random_suffix, ThrowawayDatabase, DEAD_CLICKHOUSE_URL,
 };
-use crate::faults::start_binary;
+use crate::binary::{run, start_binary, stop};
 use crate::helpers::{item_added, poll_until, unique};
 use crate::targets::Receiver;
 use serde_json::{json, Value};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
-use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const EVENTS: usize = 3_000;
-
-/// Runs the binary with `args` on `envs`; returns its output (stdout then stderr).
-async fn run(args: &[&str], envs: &[(&str, String)]) -> (Output, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartstream"));
-    cmd.args(args)
-        .env("CARTSTREAM_LISTEN", "127.0.0.1:0")
-        .env("CARTSTREAM_LOG", "warn")
-        .env_remove("CARTSTREAM_CONFIG")
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the command exits in time")
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- cartstream {args:?} ({}):\n{said}", out.status);
-    (out, said)
-}
 
 /// Overwrites the page in the middle of `path` with bytes that are no page.
 fn damage_middle_page(path: &Path) {
@@ -72,21 +50,6 @@ fn config(dir: &Path, url: &str) -> String {
     )
     .unwrap();
     path.display().to_string()
-}
-
-/// Stops the server with SIGTERM, so it shuts down cleanly and its WAL is written back.
-async fn stop(mut server: crate::faults::Process) {
-    let pid = server.child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(60), server.child.wait())
-        .await
-        .expect("the server stops in time")
-        .unwrap();
-    assert!(exit.success(), "{exit}");
 }
 
 async fn get(url: &str) -> (u16, Value) {

@@ -3,6 +3,7 @@
 //! it links once.
 
 mod backends;
+mod binary;
 mod bounds;
 mod clickhouse_cluster;
 mod clickhouse_layout;
