@@ -38,21 +38,6 @@ fn config(dir: &Path, all: &str, refused: &str) -> String {
     path.display().to_string()
 }
 
-/// The event ids in every request `receiver` got from index `from` on.
-fn received_ids(receiver: &Receiver, from: usize) -> Vec<String> {
-    receiver.requests()[from..]
-        .iter()
-        .flat_map(|r| {
-            let body = r.json();
-            let events = body["events"].as_array().cloned().unwrap_or_default();
-            events
-                .into_iter()
-                .map(|e| e["eventId"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn drain_forwards_and_delivers_what_a_killed_instance_left_and_empties_its_journal() {
     let Some(ch_url) = clickhouse_url_or_skip().await else {
@@ -157,7 +142,7 @@ async fn drain_forwards_and_delivers_what_a_killed_instance_left_and_empties_its
         .collect();
     let sent_set: HashSet<String> = sent.iter().cloned().collect();
     assert_eq!(stored, sent_set);
-    let delivered: HashSet<String> = received_ids(&all, before).into_iter().collect();
+    let delivered: HashSet<String> = all.event_ids(before).into_iter().collect();
     assert_eq!(delivered, sent_set);
 
     // The journal is empty: a second drain has nothing to do.
