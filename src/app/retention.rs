@@ -54,6 +54,16 @@ pub struct Counted {
     pub metrics: Arc<Metrics>,
 }
 
+impl Counted {
+    pub fn new(store: Arc<dyn Retention>, kind: &'static str, metrics: &Arc<Metrics>) -> Self {
+        Self {
+            store,
+            kind,
+            metrics: Arc::clone(metrics),
+        }
+    }
+}
+
 /// Runs rounds until `stop`; a failed step ends its round (logged) and the next round tries
 /// again.
 pub async fn run(
@@ -135,11 +145,7 @@ mod tests {
         });
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
-        let counted = Counted {
-            store: Arc::new(store),
-            kind: "embedded",
-            metrics: Arc::clone(&metrics),
-        };
+        let counted = Counted::new(Arc::new(store), "embedded", &metrics);
         let task = tokio::spawn(run(counted, Arc::new(clock), policy, stop.clone()));
         wait_for("three rounds", || seen.lock().unwrap().len() >= 5).await;
         stop.cancel();

@@ -487,7 +487,7 @@ impl Background {
     /// Starts deleting events older than `keep` (never one received within the dedup window).
     pub(crate) fn start_retention(
         &mut self,
-        store: crate::app::retention::Counted,
+        store: Counted,
         clock: Arc<dyn Clock>,
         keep: Duration,
         dedup_window: Duration,
@@ -764,13 +764,8 @@ impl Application {
         );
         if let (Some(store), Some(keep)) = (ports.retention, settings.retention) {
             tracing::info!(retention = ?keep, "retention: events older than this are deleted in the background");
-            let (kind, metrics) = (ports.store_kind, Arc::clone(&metrics));
             background.start_retention(
-                Counted {
-                    store,
-                    kind,
-                    metrics,
-                },
+                Counted::new(store, ports.store_kind, &metrics),
                 Arc::clone(&ports.clock),
                 keep,
                 settings.dedup_window,
