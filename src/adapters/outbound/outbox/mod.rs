@@ -102,17 +102,19 @@ impl SqliteOutbox {
     }
 }
 
+/// Whether `table` has the `checksum` column (outboxes written before checksums do not).
+fn has_checksums(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = 'checksum'",
+        [table],
+        |r| r.get(0),
+    )
+}
+
 /// Outboxes written before checksums lack the column: added, NULL in their rows.
 fn add_checksum_columns(conn: &Connection) -> Result<(), PortError> {
     for table in ["deliveries", "dead_letters"] {
-        let has: bool = conn
-            .query_row(
-                "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = 'checksum'",
-                [table],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
-        if !has {
+        if !has_checksums(conn, table).map_err(db_err)? {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN checksum INTEGER"))
                 .map_err(db_err)?;
         }
@@ -176,6 +178,10 @@ fn checked(
 pub fn checksum_failures(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
     let mut out = Vec::new();
     for table in ["deliveries", "dead_letters"] {
+        // A file no server of this version has opened yet: nothing to check.
+        if !has_checksums(conn, table)? {
+            continue;
+        }
         let mut stmt = conn.prepare(&format!(
             "SELECT {EVENT_COLUMNS}, id, route, lane, checksum FROM {table}
              WHERE checksum IS NOT NULL ORDER BY id"

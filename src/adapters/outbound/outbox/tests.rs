@@ -285,6 +285,8 @@ async fn rows_of_an_outbox_from_before_checksums_still_read_and_move() {
             ],
         )
         .unwrap();
+        // `cartstream check` before a server of this version opened it: nothing to check.
+        assert_eq!(checksum_failures(&conn).unwrap(), []);
     }
     let o = open(dir.path());
     o.enqueue("f", &[d("a", 0, "new")], 1).await.unwrap();
