@@ -277,16 +277,23 @@ async fn a_damaged_journal_is_refused_and_its_saved_rows_are_forwarded() {
     assert_eq!(stored.trim(), saved.to_string());
 }
 
-/// Changes the first `from` in the file at `path` to `to` (as long): damage inside a sound
-/// page, which SQLite's checks do not see.
+/// Changes every `from` in the file at `path` to `to` (as long): damage inside a sound page,
+/// which SQLite's checks do not see. Every one: a page may keep dead copies of a row that was
+/// updated or moved, and only the live one counts.
 fn rewrite_in_file(path: &Path, from: &str, to: &str) {
     assert_eq!(from.len(), to.len());
     let mut bytes = std::fs::read(path).unwrap();
-    let at = bytes
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..]
         .windows(from.len())
         .position(|w| w == from.as_bytes())
-        .unwrap_or_else(|| panic!("{from} is not in {}", path.display()));
-    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    {
+        bytes[at + i..at + i + to.len()].copy_from_slice(to.as_bytes());
+        at += i + to.len();
+        found += 1;
+    }
+    assert!(found > 0, "{from} is not in {}", path.display());
     std::fs::write(path, bytes).unwrap();
 }
 

@@ -167,16 +167,23 @@ async fn a_reopened_outbox_keeps_everything() {
     assert_eq!(ids(&o.head("a", 0, 10).await.unwrap()), ["e1"]);
 }
 
-/// Overwrites the first occurrence of `from` in the file at `path` with `to` (as long),
-/// leaving every page valid: the kind of damage SQLite's checks do not see.
+/// Overwrites every `from` in the file at `path` with `to` (as long), leaving every page
+/// valid: the kind of damage SQLite's checks do not see. Every one: a page may keep dead
+/// copies of a row that was moved or deleted, and only the live one counts.
 fn rewrite_in_file(path: &Path, from: &str, to: &str) {
     assert_eq!(from.len(), to.len());
     let mut bytes = std::fs::read(path).unwrap();
-    let at = bytes
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..]
         .windows(from.len())
         .position(|w| w == from.as_bytes())
-        .unwrap_or_else(|| panic!("{from} is not in {}", path.display()));
-    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    {
+        bytes[at + i..at + i + to.len()].copy_from_slice(to.as_bytes());
+        at += i + to.len();
+        found += 1;
+    }
+    assert!(found > 0, "{from} is not in {}", path.display());
     std::fs::write(path, bytes).unwrap();
 }
 
