@@ -71,8 +71,8 @@ pub use event_store::{
 };
 pub use ingest::{IngestUseCase, Item, Outcome, Unavailable};
 pub use journal::{Journal, JournalEntry, JournalStats};
-pub use quarantine::{Quarantine, QuarantineEntry, QuarantinedEvent};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
+pub use quarantine::{Quarantine, QuarantineEntry, QuarantinedEvent};
 pub use retention::{Expiry, Retention};
 pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
@@ -87,9 +87,9 @@ pub use event_store::MockEventStore;
 #[cfg(any(test, feature = "mocks"))]
 pub use journal::MockJournal;
 #[cfg(any(test, feature = "mocks"))]
-pub use quarantine::MockQuarantine;
-#[cfg(any(test, feature = "mocks"))]
 pub use outbox::{MockEventFeed, MockOutbox};
+#[cfg(any(test, feature = "mocks"))]
+pub use quarantine::MockQuarantine;
 #[cfg(any(test, feature = "mocks"))]
 pub use retention::MockRetention;
 #[cfg(any(test, feature = "mocks"))]

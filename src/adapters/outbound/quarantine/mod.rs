@@ -86,13 +86,7 @@ fn recount(conn: &Connection, inner: &Inner) -> Result<(), PortError> {
 }
 
 fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Row, String, Option<u32>, i64)> {
-    Ok((
-        r.get(8)?,
-        Row::read(r)?,
-        r.get(9)?,
-        r.get(10)?,
-        r.get(11)?,
-    ))
+    Ok((r.get(8)?, Row::read(r)?, r.get(9)?, r.get(10)?, r.get(11)?))
 }
 
 fn entries(

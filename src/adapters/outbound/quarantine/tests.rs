@@ -29,7 +29,10 @@ async fn kept_events_are_listed_found_and_survive_a_reopen() {
     let q = SqliteQuarantine::open(dir.path()).unwrap();
     assert_eq!(q.count(), 2);
     let all = q.list(0, 10).await.unwrap();
-    let ids: Vec<&str> = all.iter().map(|e| e.item.event.columns().event_id).collect();
+    let ids: Vec<&str> = all
+        .iter()
+        .map(|e| e.item.event.columns().event_id)
+        .collect();
     assert_eq!(ids, ["a", "b"]);
     assert_eq!(all[0].item, item("a", "u1"));
     let rest = q.list(all[0].id, 10).await.unwrap();
