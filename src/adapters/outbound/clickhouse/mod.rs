@@ -160,12 +160,6 @@ struct Inner {
     schema_ready: AtomicBool,
     /// When retention last issued its delete mutation (see [`retention`]).
     last_mutation: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// When inserts last found the table's columns as the service writes them.
-    columns_ok_at: std::sync::Mutex<Option<tokio::time::Instant>>,
-}
-
-fn lock_or_recover<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl fmt::Debug for ClickHouseStore {
@@ -338,7 +332,6 @@ impl ClickHouseStore {
                 secrets,
                 schema_ready: AtomicBool::new(false),
                 last_mutation: std::sync::Mutex::new(None),
-                columns_ok_at: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -640,17 +633,6 @@ impl ClickHouseStore {
             })
     }
 
-    /// [`Self::check_columns`], when the last check that found them right is older than
-    /// [`refusal::COLUMNS_CHECK_EVERY`].
-    async fn check_columns_if_due(&self) -> Result<(), PortError> {
-        let due = lock_or_recover(&self.inner.columns_ok_at)
-            .is_none_or(|at| at.elapsed() >= refusal::COLUMNS_CHECK_EVERY);
-        if due {
-            self.check_columns().await?;
-        }
-        Ok(())
-    }
-
     /// Compares the insert table's columns with what the service writes: a
     /// [`RefusalCause::Schema`] refusal naming each difference, so an operator sees "column
     /// x is Int32, the service writes Int64" rather than a parse error, and no row is written
@@ -665,10 +647,8 @@ impl ClickHouseStore {
         let found: Vec<(String, String)> = self.timed("check columns", q.fetch_all()).await?;
         let wrong = refusal::column_differences(&found);
         if wrong.is_empty() {
-            *lock_or_recover(&self.inner.columns_ok_at) = Some(tokio::time::Instant::now());
             return Ok(());
         }
-        *lock_or_recover(&self.inner.columns_ok_at) = None;
         let what = if found.is_empty() {
             "is missing".to_owned()
         } else {
@@ -713,11 +693,11 @@ impl EventStore for ClickHouseStore {
             return Ok(());
         }
         self.schema().await?;
-        self.check_columns_if_due().await?;
+        self.check_columns().await?;
         let rows: Vec<EventRow> = events.iter().map(EventRow::from).collect();
         match self.timed("insert", self.do_insert(&rows)).await {
-            // A table changed under the service refuses every row: say so, rather than blame
-            // the data (and have the forwarder split the batch for nothing).
+            // A table changed between the check and the insert: say so, rather than blame the
+            // data (and have the forwarder split the batch for nothing).
             Err(PortError::Refused(r)) if r.cause == RefusalCause::Data => {
                 self.check_columns().await?;
                 Err(PortError::Refused(r))
