@@ -6,6 +6,7 @@ mod backends;
 mod bounds;
 mod clickhouse_cluster;
 mod clickhouse_layout;
+mod clickhouse_refusals;
 mod clickhouse_retention;
 mod clickhouse_store;
 mod contract;

@@ -11,11 +11,13 @@ pub mod cursor;
 pub mod input;
 mod listing;
 pub mod operator;
+pub mod quarantine;
 
 use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
 use crate::app::access::Access;
+use crate::app::forwarder::quarantine::QuarantineAdmin;
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::{Client, RateLimits};
 use crate::ports::{DedupStore, EventStore, IngestUseCase, RouteAdmin};
@@ -104,6 +106,8 @@ pub struct Backends {
     pub disk: Option<Arc<crate::app::disk::DiskState>>,
     /// Damage the integrity check found after the server started: `GET /ready` answers 503.
     pub damage: Arc<crate::app::integrity::Damage>,
+    /// The forwarder's health and the quarantine, when a journal is in front of the store.
+    pub forwarding: Option<crate::app::forwarder::ForwardingView>,
 }
 
 /// Everything the HTTP adapter needs, built once in [`crate::app::startup`].
@@ -120,12 +124,27 @@ pub struct HttpState<U> {
 /// The OpenAPI service for `state`. The document it serves does not depend on the state.
 pub fn openapi<U: IngestUseCase>(
     state: Arc<HttpState<U>>,
-) -> OpenApiService<(api::Api<U>, operator::OperatorApi), ()> {
+) -> OpenApiService<
+    (
+        api::Api<U>,
+        operator::OperatorApi,
+        quarantine::QuarantineApi,
+    ),
+    (),
+> {
     let operator = operator::OperatorApi {
         routing: state.routing.clone(),
         metrics: Arc::clone(&state.metrics),
     };
-    let apis = (api::Api { state }, operator);
+    let quarantine = quarantine::QuarantineApi {
+        admin: state.backends.forwarding.as_ref().map(|f| QuarantineAdmin {
+            quarantine: Arc::clone(&f.quarantine),
+            remote: Arc::clone(&f.remote),
+            metrics: Arc::clone(&state.metrics),
+        }),
+        metrics: Arc::clone(&state.metrics),
+    };
+    let apis = (api::Api { state }, operator, quarantine);
     OpenApiService::new(apis, "cartstream", env!("CARGO_PKG_VERSION")).description(DESCRIPTION)
 }
 
