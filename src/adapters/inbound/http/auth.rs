@@ -384,6 +384,7 @@ mod tests {
             "/ready",
             "/metrics",
             "/openapi.json",
+            "/asyncapi.json",
             "/docs",
             "/nope",
         ] {
