@@ -1,8 +1,8 @@
 //! The AsyncAPI document of the WebSocket channel (asyncapi/asyncapi.json): served as checked
 //! in, with the OpenAPI document's event schemas and the server's defaults, and a real session
-//! whose every server message the document describes. The session is also written to
-//! [`SESSION`] for scripts/asyncapi/check.mjs, which validates each message against the
-//! document's JSON schemas (scripts/asyncapi/check.sh runs both).
+//! whose every server message and close code the document describes. The session is also
+//! written to [`SESSION`] for scripts/asyncapi/check.mjs, which validates each message
+//! against the document's JSON schemas (scripts/asyncapi/check.sh runs both).
 
 use crate::helpers::*;
 use cartstream::adapters::inbound::ws::protocol::REQUEST_ID_MAX;
@@ -10,6 +10,9 @@ use cartstream::app::config::Settings;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::Message;
 
 const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/asyncapi/asyncapi.json");
@@ -215,9 +218,33 @@ struct Exchange {
     send: Value,
     reply: Option<Value>,
     close: Option<(u16, String)>,
+    /// The close answers a valid close frame of the client's: it carries no reason.
+    answers_client_close: bool,
 }
 
 impl Exchange {
+    fn replied(note: &'static str, expect: &'static str, send: Value, reply: Value) -> Self {
+        Self {
+            note,
+            expect,
+            send,
+            reply: Some(reply),
+            close: None,
+            answers_client_close: false,
+        }
+    }
+
+    fn closed(note: &'static str, send: Value, close: (u16, String)) -> Self {
+        Self {
+            note,
+            expect: "closes",
+            send,
+            reply: None,
+            close: Some(close),
+            answers_client_close: false,
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "note": self.note,
@@ -225,6 +252,7 @@ impl Exchange {
             "send": self.send,
             "reply": self.reply,
             "close": self.close.as_ref().map(|(code, reason)| json!({"code": code, "reason": reason})),
+            "answersClientClose": self.answers_client_close,
         })
     }
 }
@@ -239,13 +267,7 @@ async fn ask(
 ) -> Exchange {
     ws.send(frame).await.unwrap();
     let reply = recv_json(ws).await;
-    Exchange {
-        note,
-        expect,
-        send,
-        reply: Some(reply),
-        close: None,
-    }
+    Exchange::replied(note, expect, send, reply)
 }
 
 async fn ask_json(ws: &mut Ws, note: &'static str, expect: &'static str, v: Value) -> Exchange {
@@ -274,13 +296,12 @@ async fn recv_close(ws: &mut Ws) -> (u16, String) {
 async fn default_session() -> Vec<Exchange> {
     let app = TestApp::spawn().await;
     let (mut ws, ack) = app.ws().await;
-    let mut out = vec![Exchange {
-        note: "the first message",
-        expect: "valid",
-        send: Value::Null,
-        reply: Some(ack),
-        close: None,
-    }];
+    let mut out = vec![Exchange::replied(
+        "the first message",
+        "valid",
+        Value::Null,
+        ack,
+    )];
     let id = unique("asyncapi");
     let event = json!({"type": "cart_event", "requestId": "r-1", "data": item_added(&id)});
     out.push(ask_json(&mut ws, "a valid event", "valid", event.clone()).await);
@@ -341,13 +362,11 @@ async fn default_session() -> Vec<Exchange> {
     out.push(ask(&mut ws, "a binary frame", "unparseable", binary, described).await);
     let max = app_limit(&out[0], "maxMessageBytes");
     ws.send(Message::text("x".repeat(max + 1))).await.unwrap();
-    out.push(Exchange {
-        note: "a message one byte over maxMessageBytes",
-        expect: "closes",
-        send: json!({"textFrameOfBytes": max + 1}),
-        reply: None,
-        close: Some(recv_close(&mut ws).await),
-    });
+    out.push(Exchange::closed(
+        "a message one byte over maxMessageBytes",
+        json!({"textFrameOfBytes": max + 1}),
+        recv_close(&mut ws).await,
+    ));
     out
 }
 
@@ -366,13 +385,12 @@ async fn rate_limited_session() -> Vec<Exchange> {
     })
     .await;
     let (mut ws, ack) = app.ws().await;
-    let mut out = vec![Exchange {
-        note: "the first message",
-        expect: "valid",
-        send: Value::Null,
-        reply: Some(ack),
-        close: None,
-    }];
+    let mut out = vec![Exchange::replied(
+        "the first message",
+        "valid",
+        Value::Null,
+        ack,
+    )];
     // The burst is spent by however many events get through; one second refills one.
     for _ in 0..10 {
         let event =
@@ -386,13 +404,125 @@ async fn rate_limited_session() -> Vec<Exchange> {
     }
     ws.close(None).await.unwrap();
     out.push(Exchange {
-        note: "the client closes without a code",
-        expect: "closes",
-        send: json!({"closeFrame": null}),
-        reply: None,
-        close: Some(recv_close(&mut ws).await),
+        answers_client_close: true,
+        ..Exchange::closed(
+            "the client closes without a code",
+            json!({"closeFrame": null}),
+            recv_close(&mut ws).await,
+        )
     });
     out
+}
+
+/// The other ways a connection ends: text that is not UTF-8, a malformed close frame, a
+/// client that answers no pings, the server shutting down; and `unavailable`.
+async fn closing_sessions() -> Vec<(&'static str, Vec<Exchange>)> {
+    let mut app = TestApp::spawn().await;
+    let ping = json!({"type": "ping", "requestId": "r-10"});
+
+    let (mut ws, ack) = app.ws().await;
+    let mut utf8 = vec![Exchange::replied(
+        "the first message",
+        "valid",
+        Value::Null,
+        ack,
+    )];
+    utf8.push(ask_json(&mut ws, "ping", "valid", ping.clone()).await);
+    let bad = Frame::message(vec![0xff, 0xfe, b'{'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(bad)).await.unwrap();
+    let send = json!({"textFrameBytes": "fffe7b"});
+    utf8.push(Exchange::closed(
+        "a text frame that is not UTF-8",
+        send,
+        recv_close(&mut ws).await,
+    ));
+
+    let (mut ws, ack) = app.ws().await;
+    let mut protocol = vec![Exchange::replied(
+        "the first message",
+        "valid",
+        Value::Null,
+        ack,
+    )];
+    let header = FrameHeader {
+        opcode: OpCode::Control(Control::Close),
+        ..FrameHeader::default()
+    };
+    ws.send(Message::Frame(Frame::from_payload(
+        header,
+        vec![0x03].into(),
+    )))
+    .await
+    .unwrap();
+    let send = json!({"closeFramePayload": "03"});
+    protocol.push(Exchange::closed(
+        "a close frame of 1 byte",
+        send,
+        recv_close(&mut ws).await,
+    ));
+
+    let (mut ws, ack) = app.ws().await;
+    let mut shutdown = vec![Exchange::replied(
+        "the first message",
+        "valid",
+        Value::Null,
+        ack,
+    )];
+    shutdown.push(ask_json(&mut ws, "ping", "valid", ping).await);
+    app.trigger_stop();
+    let send = json!({"serverShutdown": true});
+    shutdown.push(Exchange::closed(
+        "the server shuts down",
+        send,
+        recv_close(&mut ws).await,
+    ));
+    app.join().await.unwrap();
+
+    let app = TestApp::spawn_with(|s| s.ws_ping_interval = Duration::from_millis(100)).await;
+    let (ws, ack) = app.ws().await;
+    let mut pings = vec![Exchange::replied(
+        "the first message",
+        "valid",
+        Value::Null,
+        ack,
+    )];
+    // Not reading means tungstenite answers no ping; the server counts the close before it
+    // sends it, so wait for that over HTTP (as tests/api/ws.rs does).
+    poll_until(
+        Duration::from_secs(10),
+        || app.get_text("/metrics"),
+        |(_, m)| m.contains("cartstream_ws_closes_total{reason=\"ping_timeout\"} 1"),
+    )
+    .await;
+    let mut ws = ws;
+    let send = json!({"answersNoPings": true});
+    pings.push(Exchange::closed(
+        "the client answers no pings",
+        send,
+        recv_close(&mut ws).await,
+    ));
+
+    let app = TestApp::spawn_with_ports(|_| {}, crate::failing::ports_with_failing_store).await;
+    let (mut ws, ack) = app.ws().await;
+    let mut down = vec![Exchange::replied(
+        "the first message",
+        "valid",
+        Value::Null,
+        ack,
+    )];
+    let event =
+        json!({"type": "cart_event", "requestId": "r-11", "data": item_added(&unique("u"))});
+    down.push(ask_json(&mut ws, "an event the store cannot record", "valid", event).await);
+    let batch = json!({"type": "cart_event_batch", "requestId": "r-12", "data": [item_added(&unique("u"))]});
+    down.push(ask_json(&mut ws, "a batch the store cannot record", "valid", batch).await);
+
+    vec![
+        ("invalid-utf8", utf8),
+        ("protocol-error", protocol),
+        ("shutdown", shutdown),
+        ("ping-timeout", pings),
+        ("store-down", down),
+    ]
 }
 
 /// The schema of the document's message whose payload fixes `type`.
@@ -429,10 +559,11 @@ fn shape_problem(doc: &Value, msg: &Value) -> Option<String> {
 
 #[tokio::test]
 async fn every_message_of_a_real_session_is_documented() {
-    let sessions = [
+    let mut sessions = vec![
         ("defaults", default_session().await),
         ("rate-limited", rate_limited_session().await),
     ];
+    sessions.extend(closing_sessions().await);
     let capture = json!({"sessions": sessions.iter().map(|(name, exchanges)| json!({
         "name": name,
         "exchanges": exchanges.iter().map(Exchange::json).collect::<Vec<_>>(),
@@ -470,6 +601,7 @@ async fn every_message_of_a_real_session_is_documented() {
         "invalid_json",
         "invalid_message",
         "rate_limited",
+        "unavailable",
         "unsupported_message_type",
         "validation_failed",
     ];
@@ -478,5 +610,5 @@ async fn every_message_of_a_real_session_is_documented() {
         .iter()
         .flat_map(|(_, e)| e.iter().filter_map(|x| x.close.as_ref().map(|c| c.0)))
         .collect();
-    assert_eq!(closes, [1009, 1000]);
+    assert_eq!(closes, [1009, 1000, 1007, 1002, 1001, 1011]);
 }
