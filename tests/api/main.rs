@@ -2,6 +2,7 @@
 //! production adapters against real Redis and ClickHouse. One binary (modules, not files) so
 //! it links once.
 
+mod asyncapi;
 mod backends;
 mod bounds;
 mod clickhouse_cluster;

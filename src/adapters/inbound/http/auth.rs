@@ -395,6 +395,7 @@ mod tests {
             "/ready",
             "/metrics",
             "/openapi.json",
+            "/asyncapi.json",
             "/docs",
             "/nope",
         ] {

@@ -58,8 +58,14 @@ unload without a preflight.
 
 **Streaming.** High-volume clients should use the WebSocket channel `GET /events/stream` \
 (not describable in OpenAPI): after `connection_ack`, send `cart_event`, `cart_event_batch` and \
-`ping` messages, pipelined; every message gets exactly one reply, in order. See the project's \
-PROTOCOL.md, section 3.";
+`ping` messages, pipelined; every message gets exactly one reply, in order. Its messages, \
+replies, limits, close codes and authentication are described by the AsyncAPI 3 document at \
+[/asyncapi.json](/asyncapi.json), whose event schemas are this document's; see also the \
+project's PROTOCOL.md, section 3.";
+
+/// The AsyncAPI document of the WebSocket channel, as checked in and served at
+/// `/asyncapi.json` (tests/api/asyncapi.rs keeps its event schemas the OpenAPI document's).
+pub const ASYNCAPI_DOCUMENT: &str = include_str!("../../../../asyncapi/asyncapi.json");
 
 /// The HTTP adapter's limits, taken from the settings once at startup.
 #[derive(Debug, Clone)]
@@ -153,8 +159,8 @@ pub fn openapi_document<U: IngestUseCase>(state: Arc<HttpState<U>>) -> String {
     openapi(state).spec()
 }
 
-/// Every route of the server: the OpenAPI operations and documents, and `stream` (the
-/// WebSocket adapter's endpoint, which this adapter mounts without knowing) at
+/// Every route of the server: the OpenAPI operations, the OpenAPI and AsyncAPI documents, and
+/// `stream` (the WebSocket adapter's endpoint, which this adapter mounts without knowing) at
 /// `/events/stream`, all behind the guard.
 pub fn routes<U: IngestUseCase>(
     state: Arc<HttpState<U>>,
@@ -163,7 +169,11 @@ pub fn routes<U: IngestUseCase>(
     let service = openapi(Arc::clone(&state));
     let allowed = Arc::new(allow::AllowedMethods::from_spec(
         &service.spec(),
-        &[("/openapi.json", "GET"), ("/events/stream", "GET")],
+        &[
+            ("/openapi.json", "GET"),
+            ("/asyncapi.json", "GET"),
+            ("/events/stream", "GET"),
+        ],
     ));
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
@@ -175,6 +185,10 @@ pub fn routes<U: IngestUseCase>(
     Route::new()
         .at("/events/stream", stream)
         .at("/openapi.json", spec)
+        .at(
+            "/asyncapi.json",
+            poem::get(poem::endpoint::make_sync(|_| asyncapi_response())),
+        )
         .nest("/docs", docs)
         .nest("/", service)
         .around(move |ep, req| guard(Arc::clone(&state), ep, req))
@@ -195,6 +209,13 @@ pub fn routes<U: IngestUseCase>(
             let cors = Arc::clone(&cors);
             async move { cors.around(&ep, req).await }
         })
+}
+
+/// `GET /asyncapi.json`: the checked-in document, as it is.
+fn asyncapi_response() -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .body(ASYNCAPI_DOCUMENT)
 }
 
 /// Rejects what must not reach a handler: a request without the key its endpoint needs, a
