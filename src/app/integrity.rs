@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The SQLite files a data dir may hold: the embedded store, the journal, the outbox.
-pub const FILES: [&str; 3] = ["cartstream.db", "journal.db", "outbox.db"];
+/// The SQLite files a data dir may hold: the embedded store, the journal, the outbox, the
+/// quarantine.
+pub const FILES: [&str; 4] = ["cartstream.db", "journal.db", "outbox.db", "quarantine.db"];
 
 /// The files of [`FILES`] that exist in `dir`.
 pub fn existing_files(dir: &Path) -> Vec<PathBuf> {
@@ -299,6 +300,9 @@ fn salvage_file(dir: &Path, file: &Path, stamp: &str) -> Result<FileSalvage, Str
     let created = match name.as_str() {
         "journal.db" => SqliteJournal::open(&work, u64::MAX).map(drop),
         "outbox.db" => SqliteOutbox::open(&work, Arc::new(SystemClock)).map(drop),
+        "quarantine.db" => {
+            crate::adapters::outbound::quarantine::SqliteQuarantine::open(&work).map(drop)
+        }
         _ => EmbeddedStore::open(&work).map(drop),
     };
     created.map_err(|e| io("cannot create a fresh file", &e))?;

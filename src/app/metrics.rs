@@ -92,6 +92,12 @@ pub struct Metrics {
     pub store_lag_seconds: Histogram,
     /// Failed forwarding attempts (each is retried).
     pub flush_errors: Counter,
+    /// 1 while forwarding to the event store fails (`GET /ready` says why and since when).
+    pub forwarding_failing: Gauge,
+    /// Events the event store refused alone, set aside in the quarantine: since the start,
+    /// and kept now.
+    pub quarantined: Counter,
+    pub quarantine_size: Gauge,
     /// Dedup keys decided by the event store's reads because the dedup store was down.
     pub dedup_fallback: Counter,
     /// Rate-limit checks decided by the local limiter because the shared (Redis) buckets did
@@ -145,6 +151,9 @@ impl Metrics {
             forwarded_events: Counter::default(),
             store_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             flush_errors: Counter::default(),
+            forwarding_failing: Gauge::default(),
+            quarantined: Counter::default(),
+            quarantine_size: Gauge::default(),
             dedup_fallback: Counter::default(),
             rate_limit_fallbacks: Counter::default(),
             route_delivered: Family::default(),
@@ -360,6 +369,21 @@ impl Metrics {
             "flush_errors",
             "Failed attempts to forward journal entries (each is retried)",
             self.flush_errors.clone(),
+        );
+        self.registry.register(
+            "forwarding_failing",
+            "1 while forwarding to the event store fails; GET /ready says why and since when",
+            self.forwarding_failing.clone(),
+        );
+        self.registry.register(
+            "quarantined_events",
+            "Events the event store refused alone, set aside in the quarantine",
+            self.quarantined.clone(),
+        );
+        self.registry.register(
+            "quarantine_events",
+            "Events in the quarantine now (GET /quarantine)",
+            self.quarantine_size.clone(),
         );
     }
 

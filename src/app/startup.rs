@@ -10,6 +10,7 @@ use crate::adapters::outbound::disk_space::StatVfs;
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::adapters::outbound::quarantine::SqliteQuarantine;
 use crate::adapters::outbound::redis::cluster::scripts::ClusterScripts;
 use crate::adapters::outbound::redis::cluster::{RedisClusterDedupConfig, RedisClusterDedupStore};
 use crate::adapters::outbound::redis::rate::RedisBuckets;
@@ -20,7 +21,8 @@ use crate::app::config::RouteSettings;
 use crate::app::config::{RateLimitScope, Settings};
 use crate::app::disk::watch::DiskWatched;
 use crate::app::disk::DiskState;
-use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
+use crate::app::forwarder::health::ForwardingHealth;
+use crate::app::forwarder::{FlushPolicy, Forwarder, ForwardingView, JournaledStore};
 use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::integrity::{check_at_startup, Damage};
 use crate::app::metrics::Metrics;
@@ -29,8 +31,8 @@ use crate::app::retention::Counted;
 use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{
-    Clock, DedupStore, EventFeed, EventStore, Journal, Outbox, PortError, Retention, RouteAdmin,
-    SystemClock,
+    Clock, DedupStore, EventFeed, EventStore, Journal, Outbox, PortError, Quarantine, Retention,
+    RouteAdmin, SystemClock,
 };
 use lock::DataDirLock;
 use poem::Server;
@@ -73,6 +75,20 @@ pub struct Forwarding {
     pub remote: Arc<dyn EventStore>,
     pub wake: Arc<Notify>,
     pub policy: FlushPolicy,
+    /// Where events the remote store refuses alone are set aside.
+    pub quarantine: Arc<dyn Quarantine>,
+    pub health: Arc<ForwardingHealth>,
+}
+
+impl Forwarding {
+    /// What the operator endpoints show of it.
+    fn view(&self) -> ForwardingView {
+        ForwardingView {
+            health: Arc::clone(&self.health),
+            quarantine: Arc::clone(&self.quarantine),
+            remote: Arc::clone(&self.remote),
+        }
+    }
 }
 
 /// The local journal in front of `remote`: the store the ingest use case sees, what the
@@ -87,8 +103,11 @@ pub fn journaled(
     let sqlite_journal = SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes)
         .map_err(StartupError::Store)?;
     let journal: Arc<dyn Journal> = Arc::new(sqlite_journal.clone());
+    let quarantine: Arc<dyn Quarantine> =
+        Arc::new(SqliteQuarantine::open(&settings.data_dir).map_err(StartupError::Store)?);
     let wake = Arc::new(Notify::new());
-    let store = JournaledStore::new(Arc::clone(&journal), Arc::clone(&remote), Arc::clone(&wake));
+    let store = JournaledStore::new(Arc::clone(&journal), Arc::clone(&remote), Arc::clone(&wake))
+        .with_quarantine(Arc::clone(&quarantine));
     let policy = FlushPolicy {
         max_rows: settings.forward_max_rows,
         max_bytes: settings.forward_max_bytes,
@@ -101,6 +120,8 @@ pub fn journaled(
         remote,
         wake,
         policy,
+        quarantine,
+        health: Arc::default(),
     };
     Ok((Arc::new(store), forwarding, sqlite_journal))
 }
@@ -466,6 +487,8 @@ impl Background {
                 metrics: Arc::clone(metrics),
                 clock,
                 routed_through: routing.map(|r| Arc::clone(&r.routed_through)),
+                quarantine: Some(f.quarantine),
+                health: f.health,
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
         });
@@ -755,6 +778,7 @@ impl Application {
             committer_stop.clone(),
         );
         let routing = routing(&settings, &ports, &recorded, &metrics, Some(&disk))?;
+        let forwarding = ports.forwarding.as_ref().map(Forwarding::view);
         let mut background = Background::start(
             routing.as_ref(),
             ports.forwarding,
@@ -781,6 +805,7 @@ impl Application {
             reads: Arc::new(Semaphore::new(settings.read_max_concurrency)),
             disk: Some(disk),
             damage,
+            forwarding,
         };
         let http = Arc::new(HttpState {
             ingest,

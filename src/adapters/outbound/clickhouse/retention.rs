@@ -29,6 +29,9 @@ struct Target<'a> {
     client: &'a Client,
     url: &'a str,
     main: String,
+    /// The read layout's index tables on that server: by user, by time.
+    by_user: String,
+    by_time: String,
 }
 
 impl ClickHouseStore {
@@ -38,13 +41,18 @@ impl ClickHouseStore {
                 client: &self.inner.client,
                 url: &self.inner.shown_url,
                 main: self.inner.table.clone(),
+                by_user: layout::by_user_table(&self.inner.table),
+                by_time: layout::by_time_table(&self.inner.table),
             }],
+            // A shard's tables are the local ones: `events_local`, `events_by_user_local`, ...
             Some((_, shards)) => shards
                 .iter()
                 .map(|Server { client, shown_url }| Target {
                     client,
                     url: shown_url,
                     main: local_table(&self.inner.table),
+                    by_user: local_table(&layout::by_user_table(&self.inner.table)),
+                    by_time: local_table(&layout::by_time_table(&self.inner.table)),
                 })
                 .collect(),
         }
@@ -57,11 +65,7 @@ impl ClickHouseStore {
     /// Issues the delete mutation on one server's read-layout tables, unless one is still
     /// running there or nothing is old enough; how many it issued (one per table).
     async fn mutate_old_rows(&self, t: &Target<'_>, expiry: Expiry) -> Result<u64, PortError> {
-        let tables = [
-            t.main.clone(),
-            layout::by_user_table(&t.main),
-            layout::by_time_table(&t.main),
-        ];
+        let tables = [t.main.clone(), t.by_user.clone(), t.by_time.clone()];
         let db = self.inner.database.as_str();
         let err = |what: &str| {
             let what = what.to_owned();
