@@ -475,9 +475,9 @@ impl Background {
         let routing_task = routing.map(|r| tokio::spawn(Arc::clone(r).run(routing_stop.clone())));
         let forwarder_stop = CancellationToken::new();
         let forwarder = forwarding.map(|f| {
-            let (journal, remote) = match disk {
-                Some(disk) => watched(f.journal, f.remote, disk),
-                None => (f.journal, f.remote),
+            let (journal, remote, quarantine) = match disk {
+                Some(disk) => watched(f.journal, f.remote, f.quarantine, disk),
+                None => (f.journal, f.remote, f.quarantine),
             };
             let forwarder = Forwarder {
                 journal,
@@ -487,7 +487,7 @@ impl Background {
                 metrics: Arc::clone(metrics),
                 clock,
                 routed_through: routing.map(|r| Arc::clone(&r.routed_through)),
-                quarantine: Some(f.quarantine),
+                quarantine: Some(quarantine),
                 health: f.health,
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
@@ -623,15 +623,17 @@ fn shared_limits(
     }))
 }
 
-/// The forwarder's journal and event store, reporting a full disk to `disk`.
+/// The forwarder's journal, event store and quarantine, reporting a full disk to `disk`.
 fn watched(
     journal: Arc<dyn Journal>,
     remote: Arc<dyn EventStore>,
+    quarantine: Arc<dyn Quarantine>,
     disk: &Arc<DiskState>,
-) -> (Arc<dyn Journal>, Arc<dyn EventStore>) {
+) -> (Arc<dyn Journal>, Arc<dyn EventStore>, Arc<dyn Quarantine>) {
     (
         Arc::new(DiskWatched::new(journal, Arc::clone(disk))),
         Arc::new(DiskWatched::new(remote, Arc::clone(disk))),
+        Arc::new(DiskWatched::new(quarantine, Arc::clone(disk))),
     )
 }
 

@@ -1,8 +1,10 @@
 //! The forwarder's and routing's local writes reporting to [`DiskState`], as ingest's do: each
 //! port is wrapped, so a full disk found while removing forwarded journal entries, storing a
-//! forwarded batch in the embedded store or writing the outbox makes the server not ready too.
+//! forwarded batch in the embedded store, setting events aside in the quarantine or writing
+//! the outbox makes the server not ready too.
 //!
-//! A write that adds data (the outbox's enqueue) succeeding clears the state, as an accepted
+//! A write that adds data (the outbox's enqueue, the quarantine's put) succeeding clears the
+//! state, as an accepted
 //! event's append does; a delete or update succeeding does not (SQLite can delete into pages
 //! it already has while inserts still fail), nor does an insert into the remote store, which
 //! may be ClickHouse, not this disk. Freed space clears it as always.
@@ -11,7 +13,7 @@ use super::DiskState;
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
     DeadLetter, Delivery, EventPage, EventQuery, EventStore, Journal, JournalEntry, JournalStats,
-    Outbox, OutboxItem, PortError, RouteBacklog,
+    Outbox, OutboxItem, PortError, Quarantine, QuarantineEntry, QuarantinedEvent, RouteBacklog,
 };
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -153,6 +155,38 @@ impl EventStore for DiskWatched<dyn EventStore> {
 
     async fn check(&self) -> Result<(), PortError> {
         self.inner.check().await
+    }
+}
+
+/// The forwarder's quarantine: setting refused events aside reports a full disk.
+#[async_trait::async_trait]
+impl Quarantine for DiskWatched<dyn Quarantine> {
+    async fn put(&self, events: &[QuarantinedEvent]) -> Result<(), PortError> {
+        self.added(self.inner.put(events).await)
+    }
+
+    async fn list(&self, after: i64, limit: usize) -> Result<Vec<QuarantineEntry>, PortError> {
+        self.inner.list(after, limit).await
+    }
+
+    async fn get(&self, event_ids: &[String]) -> Result<Vec<QuarantineEntry>, PortError> {
+        self.inner.get(event_ids).await
+    }
+
+    async fn remove(&self, event_ids: &[String]) -> Result<u64, PortError> {
+        self.failed(self.inner.remove(event_ids).await)
+    }
+
+    async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
+        self.inner.known(keys).await
+    }
+
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
+        self.inner.query(query).await
+    }
+
+    fn count(&self) -> u64 {
+        self.inner.count()
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::app::disk::DiskGauges;
-use crate::ports::{DiskSpace, MockEventStore, MockJournal, MockOutbox, Space};
+use crate::ports::{DiskSpace, MockEventStore, MockJournal, MockOutbox, MockQuarantine, Space};
 
 /// A disk with no space left, which stays so: only writes clear the state.
 struct NoneFree;
@@ -96,4 +96,19 @@ async fn the_forwarders_removal_and_store_insert_mark_a_full_disk() {
         is_full(&disk),
         "an insert into a store that may be remote does not clear it"
     );
+}
+
+#[tokio::test]
+async fn the_forwarders_quarantine_marks_a_full_disk_and_a_put_that_succeeds_clears_it() {
+    let mut fake = MockQuarantine::new();
+    let mut puts = vec![Err(full()), Ok(())].into_iter();
+    fake.expect_put()
+        .times(2)
+        .returning(move |_| puts.next().unwrap());
+    let disk = full_disk();
+    let quarantine = DiskWatched::new(Arc::new(fake) as Arc<dyn Quarantine>, Arc::clone(&disk));
+    assert!(quarantine.put(&[]).await.is_err());
+    assert!(is_full(&disk), "a full disk while setting events aside");
+    quarantine.put(&[]).await.unwrap();
+    assert!(!is_full(&disk));
 }
