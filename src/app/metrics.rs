@@ -51,6 +51,11 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -115,6 +120,11 @@ pub struct Metrics {
     /// The data dir's file system: free and total bytes, and 1 while writes fail for lack of
     /// space.
     pub disk: crate::app::disk::DiskGauges,
+    /// Retention, by event store: events deleted (where the store counts them), delete
+    /// mutations issued and partitions dropped (ClickHouse, which does not count rows).
+    pub retention_deleted_events: Family<StoreLabels, Counter>,
+    pub retention_mutations: Family<StoreLabels, Counter>,
+    pub retention_dropped_partitions: Family<StoreLabels, Counter>,
 }
 
 impl Metrics {
@@ -159,6 +169,9 @@ impl Metrics {
             connections_refused: Family::default(),
             accept_errors: Counter::default(),
             disk: crate::app::disk::DiskGauges::default(),
+            retention_deleted_events: Family::default(),
+            retention_mutations: Family::default(),
+            retention_dropped_partitions: Family::default(),
         };
         m.register_events();
         m.register_commit();
@@ -166,7 +179,55 @@ impl Metrics {
         m.register_routes();
         m.register_connections();
         m.register_disk();
+        m.register_retention();
         m
+    }
+
+    /// Retention's deleting of old events.
+    fn register_retention(&mut self) {
+        self.registry.register(
+            "retention_deleted_events",
+            "Events deleted by retention, by event store (where it counts them: the embedded one)",
+            self.retention_deleted_events.clone(),
+        );
+        self.registry.register(
+            "retention_delete_mutations",
+            "Delete mutations retention issued (ALTER TABLE ... DELETE, one per table and \
+             server), by event store; ClickHouse deletes the rows later, uncounted",
+            self.retention_mutations.clone(),
+        );
+        self.registry.register(
+            "retention_dropped_partitions",
+            "Partitions retention dropped whole (a legacy ClickHouse table's months), by event store",
+            self.retention_dropped_partitions.clone(),
+        );
+    }
+
+    /// Shows every retention series of `store` at 0 before its first step, so a rate is
+    /// defined from the start.
+    pub fn retention_started(&self, store: &str) {
+        let labels = StoreLabels {
+            store: store.to_owned(),
+        };
+        let _ = self.retention_deleted_events.get_or_create(&labels);
+        let _ = self.retention_mutations.get_or_create(&labels);
+        let _ = self.retention_dropped_partitions.get_or_create(&labels);
+    }
+
+    /// Counts what one retention step of `store` deleted.
+    pub fn retention_step(&self, store: &str, step: &crate::ports::ExpireStep) {
+        let labels = StoreLabels {
+            store: store.to_owned(),
+        };
+        self.retention_deleted_events
+            .get_or_create(&labels)
+            .inc_by(step.events);
+        self.retention_mutations
+            .get_or_create(&labels)
+            .inc_by(step.mutations);
+        self.retention_dropped_partitions
+            .get_or_create(&labels)
+            .inc_by(step.partitions);
     }
 
     /// The data dir's disk.

@@ -73,7 +73,7 @@ pub use ingest::{IngestUseCase, Item, Outcome, Unavailable};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
 pub use quarantine::{Quarantine, QuarantineEntry, QuarantinedEvent};
-pub use retention::{Expiry, Retention};
+pub use retention::{ExpireStep, Expiry, Retention};
 pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
 pub use shared_buckets::SharedBuckets;

@@ -337,10 +337,7 @@ fn cluster_settings(s: &mut Settings, shards: &[String], database: &str) {
 
 /// A metric's value (-1 when the server does not list it).
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let (_, text) = app.get_text("/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(-1.0, |v| v.parse().unwrap())
+    app.metric(name).await.unwrap_or(-1.0)
 }
 
 async fn journal_entries(app: &TestApp) -> f64 {

@@ -4,6 +4,7 @@
 
 mod asyncapi;
 mod backends;
+mod binary;
 mod bounds;
 mod clickhouse_cluster;
 mod clickhouse_layout;

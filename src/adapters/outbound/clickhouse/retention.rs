@@ -16,7 +16,7 @@
 
 use super::cluster::local_table;
 use super::{layout, quote, ClickHouseStore, Server};
-use crate::ports::{Expiry, PortError, Retention};
+use crate::ports::{ExpireStep, Expiry, PortError, Retention};
 use chrono::NaiveDate;
 use clickhouse::Client;
 use std::time::Duration;
@@ -63,8 +63,8 @@ impl ClickHouseStore {
     }
 
     /// Issues the delete mutation on one server's read-layout tables, unless one is still
-    /// running there or nothing is old enough; whether it issued one.
-    async fn mutate_old_rows(&self, t: &Target<'_>, expiry: Expiry) -> Result<bool, PortError> {
+    /// running there or nothing is old enough; how many it issued (one per table).
+    async fn mutate_old_rows(&self, t: &Target<'_>, expiry: Expiry) -> Result<u64, PortError> {
         let tables = [t.main.clone(), t.by_user.clone(), t.by_time.clone()];
         let db = self.inner.database.as_str();
         let err = |what: &str| {
@@ -87,7 +87,7 @@ impl ClickHouseStore {
             .await
             .map_err(err("retention: read system.mutations"))?;
         if running > 0 {
-            return Ok(false);
+            return Ok(0);
         }
         let (occurred, received) = cutoffs(expiry);
         let condition = format!("occurred_at_ms < {occurred} AND received_at_ms < {received}");
@@ -104,8 +104,9 @@ impl ClickHouseStore {
             .await
             .map_err(err("retention: count old rows"))?;
         if old == 0 {
-            return Ok(false);
+            return Ok(0);
         }
+        let mut issued = 0;
         for table in &tables {
             let sql = format!(
                 "ALTER TABLE {} DELETE WHERE {condition}",
@@ -114,13 +115,14 @@ impl ClickHouseStore {
             self.timed_raw(t.client.query(&sql).execute())
                 .await
                 .map_err(err("retention: delete old rows"))?;
+            issued += 1;
         }
         tracing::info!(
             server = t.url,
             rows = old,
             "retention: deleting old events (a ClickHouse mutation)"
         );
-        Ok(true)
+        Ok(issued)
     }
 
     /// Drops the months of a legacy table that ended before the cutoff, except one still
@@ -205,7 +207,7 @@ impl Retention for ClickHouseStore {
     /// One round: on every server, drop old months (legacy) or issue the delete mutation if
     /// none is running and the last one was issued [`MUTATION_EVERY`] ago. Never more in the
     /// same round: a mutation is not a small step.
-    async fn expire_step(&self, expiry: Expiry) -> Result<bool, PortError> {
+    async fn expire_step(&self, expiry: Expiry) -> Result<ExpireStep, PortError> {
         self.schema().await?;
         if self
             .inner
@@ -218,7 +220,7 @@ impl Retention for ClickHouseStore {
                  deleted from the shards' tables; an operator deletes them (docs/backends.md, \
                  \"Retention\")"
             );
-            return Ok(false);
+            return Ok(ExpireStep::default());
         }
         let legacy = self.is_legacy();
         if !legacy {
@@ -228,18 +230,19 @@ impl Retention for ClickHouseStore {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < MUTATION_EVERY) {
-                return Ok(false);
+                return Ok(ExpireStep::default());
             }
             *last = Some(tokio::time::Instant::now());
         }
+        let mut step = ExpireStep::default();
         for t in self.retention_targets() {
             if legacy {
-                self.drop_old_months(&t, expiry).await?;
+                step.partitions += self.drop_old_months(&t, expiry).await?.len() as u64;
             } else {
-                self.mutate_old_rows(&t, expiry).await?;
+                step.mutations += self.mutate_old_rows(&t, expiry).await?;
             }
         }
-        Ok(false)
+        Ok(step)
     }
 }
 
