@@ -70,6 +70,27 @@ else
     fi
 fi
 
+# A user that may read but not write (readonly=1), for the test of a ClickHouse that refuses
+# inserts for lack of rights (tests/api/clickhouse_refusals.rs). users.d is read on 18.16 as on
+# current servers, and reloaded without a restart.
+CH_TEST_USER=/etc/clickhouse-server/users.d/cartstream-test-readonly.xml
+if [ -d /etc/clickhouse-server ] && [ ! -f "$CH_TEST_USER" ]; then
+    log "adding the read-only ClickHouse test user cartstream_ro"
+    as_root mkdir -p /etc/clickhouse-server/users.d
+    as_root tee "$CH_TEST_USER" >/dev/null <<'XML'
+<yandex>
+    <users>
+        <cartstream_ro>
+            <password></password>
+            <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+            <profile>readonly</profile>
+            <quota>default</quota>
+        </cartstream_ro>
+    </users>
+</yandex>
+XML
+fi
+
 # --- Redis --------------------------------------------------------------------------------
 if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
     apt_install redis-server redis-tools

@@ -59,6 +59,10 @@ step soak 480 python3 scripts/soak.py --bin "$bin" --duration 180
 # schemathesis from openapi/openapi.json against the live server, 0 failures (about 1 minute;
 # the first run also makes its venv under target/, about 1.5 minutes more).
 step schemathesis 420 scripts/schemathesis.sh "$bin"
+# The AsyncAPI document of the WebSocket channel: validated by the AsyncAPI parser from npm
+# (npm ci of scripts/asyncapi on the first run, about 10 s), and every message of a real
+# session on live servers validated against its schemas (about 15 s).
+step asyncapi 300 scripts/asyncapi/check.sh
 # The browser SDK's committed bundle is the build of its source, and within 6 KB gzipped
 # (about 10 s; npm ci from the lockfile).
 step sdk-bundle 180 scripts/sdk-bundle-check.sh

@@ -16,7 +16,7 @@ pub enum Scope {
     Ingest,
     /// Read stored events (`GET /events`).
     Read,
-    /// The operator API (`/routes`, `/dead-letters`); includes `read`.
+    /// The operator API (`/routes`, `/dead-letters`, `/quarantine`); includes `read`.
     Admin,
 }
 

@@ -140,7 +140,7 @@ pub struct Settings {
     /// Burst allowed above the rate; 0 = one second's worth.
     pub rate_limit_burst: u32,
 
-    /// Guards the operator API (`/routes`, `/dead-letters`) when set.
+    /// Guards the operator API (`/routes`, `/dead-letters`, `/quarantine`) when set.
     #[serde(default, skip_serializing, deserialize_with = "lenient_opt_string")]
     pub admin_key: Option<String>,
 

@@ -6,6 +6,8 @@
 //! [`DiskState::write_succeeded`] otherwise. Each change of state is logged once, not per
 //! write.
 
+pub mod watch;
+
 use crate::ports::{DiskSpace, Space};
 use prometheus_client::metrics::gauge::Gauge;
 use std::path::PathBuf;

@@ -103,7 +103,7 @@ pub async fn drain(settings: &Settings, timeout: Duration) -> Result<DrainReport
     crate::app::integrity::check_at_startup(&settings.data_dir, timeout, &Arc::default()).await?;
     let ports = Ports::from_settings(settings)?;
     let metrics = Arc::new(Metrics::new());
-    let routing = routing(settings, &ports, &Arc::new(Notify::new()), &metrics)?;
+    let routing = routing(settings, &ports, &Arc::new(Notify::new()), &metrics, None)?;
     let journal = ports.forwarding.as_ref().map(|f| Arc::clone(&f.journal));
     let outbox = routing.as_ref().map(|r| Arc::clone(&r.outbox));
     let names: Vec<String> = ports.routes.iter().map(|r| r.name().to_owned()).collect();
@@ -112,6 +112,7 @@ pub async fn drain(settings: &Settings, timeout: Duration) -> Result<DrainReport
         ports.forwarding,
         &metrics,
         Arc::clone(&ports.clock),
+        None,
     );
     let deadline = tokio::time::Instant::now() + timeout;
     let complete = loop {

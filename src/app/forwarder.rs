@@ -8,8 +8,10 @@
 use crate::app::metrics::Metrics;
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
-    Clock, EventPage, EventQuery, EventStore, Journal, PageBuilder, PageKey, PortError,
+    Clock, EventPage, EventQuery, EventStore, Journal, PageBuilder, PageKey, PortError, Quarantine,
+    QuarantinedEvent, Refusal, RefusalCause,
 };
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,8 @@ pub struct JournaledStore {
     journal: Arc<dyn Journal>,
     remote: Arc<dyn EventStore>,
     wake: Arc<Notify>,
+    /// Events the remote store refused alone: still recorded, so still known and listed.
+    quarantine: Option<Arc<dyn Quarantine>>,
 }
 
 impl JournaledStore {
@@ -41,7 +45,15 @@ impl JournaledStore {
             journal,
             remote,
             wake,
+            quarantine: None,
         }
+    }
+
+    /// Also answers for the events set aside in `quarantine`.
+    #[must_use]
+    pub fn with_quarantine(mut self, quarantine: Arc<dyn Quarantine>) -> Self {
+        self.quarantine = Some(quarantine);
+        self
     }
 }
 
@@ -55,33 +67,59 @@ impl EventStore for JournaledStore {
 
     /// Known when in the journal or in the remote store. The journal is asked first: when it
     /// knows every key, the remote store (perhaps down) is not asked at all.
+    /// Known when in the journal, in the quarantine or in the remote store, asked in that
+    /// order, each only for the keys the ones before did not know.
     async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {
         let mut known = self.journal.known(keys).await?;
-        let rest: Vec<DedupKey> = keys
-            .iter()
-            .zip(&known)
-            .filter(|(_, k)| !**k)
-            .map(|(key, _)| key.clone())
-            .collect();
-        if rest.is_empty() {
-            return Ok(known);
+        if let Some(q) = &self.quarantine {
+            let rest = unknown(keys, &known);
+            if !rest.is_empty() && q.count() > 0 {
+                fill(&mut known, q.known(&rest).await?);
+            }
         }
-        let mut remote = self.remote.known(&rest).await?.into_iter();
-        for k in known.iter_mut().filter(|k| !**k) {
-            *k = remote.next().unwrap_or(false);
+        let rest = unknown(keys, &known);
+        if !rest.is_empty() {
+            fill(&mut known, self.remote.known(&rest).await?);
         }
         Ok(known)
     }
 
-    /// The remote store's page merged with the journal's, so a reader sees every accepted
-    /// event at once, not only after the next flush.
+    /// The remote store's page merged with the journal's (and the quarantine's), so a reader
+    /// sees every accepted event at once, not only after the next flush.
     async fn query(&self, query: &EventQuery) -> Result<EventPage, PortError> {
-        let (remote, pending) = tokio::join!(self.remote.query(query), self.journal.query(query));
-        Ok(merge_pages(query, [remote?, pending?]))
+        let quarantined = async {
+            match &self.quarantine {
+                Some(q) => q.query(query).await,
+                None => Ok(PageBuilder::new(query).finish()),
+            }
+        };
+        let (remote, pending, quarantined) = tokio::join!(
+            self.remote.query(query),
+            self.journal.query(query),
+            quarantined
+        );
+        Ok(merge_pages(query, [remote?, pending?, quarantined?]))
     }
 
     async fn check(&self) -> Result<(), PortError> {
         self.remote.check().await
+    }
+}
+
+/// The keys `known` does not know yet.
+fn unknown(keys: &[DedupKey], known: &[bool]) -> Vec<DedupKey> {
+    keys.iter()
+        .zip(known)
+        .filter(|(_, k)| !**k)
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// Fills in the answers for the keys `known` did not know, in order.
+fn fill(known: &mut [bool], answers: Vec<bool>) {
+    let mut answers = answers.into_iter();
+    for k in known.iter_mut().filter(|k| !**k) {
+        *k = answers.next().unwrap_or(false);
     }
 }
 
@@ -117,13 +155,34 @@ pub struct Forwarder {
     /// How far routing has read the journal, when routes are configured: entries past it are
     /// kept (though forwarded) until routing has taken them into the outbox.
     pub routed_through: Option<Arc<AtomicI64>>,
+    /// Where events the remote store refuses alone are set aside (`None`: never split; a
+    /// refused batch is held and retried like any failure).
+    pub quarantine: Option<Arc<dyn Quarantine>>,
+    /// The current failure, for `GET /ready` and the logs.
+    pub health: Arc<health::ForwardingHealth>,
 }
+
+/// What the operator endpoints see of forwarding: its health, and the quarantine with the
+/// store to replay it into.
+#[derive(Clone)]
+pub struct ForwardingView {
+    pub health: Arc<health::ForwardingHealth>,
+    pub quarantine: Arc<dyn Quarantine>,
+    pub remote: Arc<dyn EventStore>,
+}
+
+/// How many parts of a refused batch are tried, with none stored, before concluding that the
+/// store refuses every row: three halvings (2 + 4 + 8 parts).
+const BLIND_PARTS: usize = 14;
 
 impl Forwarder {
     /// Runs until `stop` is cancelled and the journal is empty. After `stop`, it flushes
     /// without waiting for batches to fill; the caller bounds how long it may keep trying.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = self.policy.backoff_min;
+        if let Some(q) = &self.quarantine {
+            self.metrics.quarantine_size.set(q.count() as i64);
+        }
         // Entries up to here are in the remote store; up to `removed`, gone from the journal.
         let mut forwarded = 0i64;
         let mut removed = 0i64;
@@ -172,6 +231,8 @@ impl Forwarder {
                 Ok(Some(last)) => {
                     forwarded = last;
                     backoff = self.policy.backoff_min;
+                    self.health.succeeded(self.clock.now());
+                    self.metrics.forwarding_failing.set(0);
                 }
                 Ok(None) => {
                     // Everything is forwarded; what is left waits for routing to read it.
@@ -186,7 +247,8 @@ impl Forwarder {
                 }
                 Err(e) => {
                     self.metrics.flush_errors.inc();
-                    tracing::warn!(cause = %e, retry_in = ?backoff, "forwarding to the event store failed");
+                    self.health.failed(&e, self.clock.now(), &stats);
+                    self.metrics.forwarding_failing.set(1);
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(self.policy.backoff_max);
                 }
@@ -211,11 +273,25 @@ impl Forwarder {
             return Ok(None);
         };
         let events: Vec<StoredEvent> = entries.into_iter().map(|e| e.event).collect();
-        self.remote.insert(&events).await?;
-        self.metrics.forwarded_inserts.inc();
-        self.metrics.forwarded_events.inc_by(events.len() as u64);
+        let quarantined = match self.remote.insert(&events).await {
+            Ok(()) => {
+                self.metrics.forwarded_inserts.inc();
+                Vec::new()
+            }
+            Err(PortError::Refused(r)) if r.cause == RefusalCause::Data => match &self.quarantine {
+                Some(q) => self.split(&events, r, q.as_ref()).await?,
+                None => return Err(PortError::Refused(r)),
+            },
+            Err(e) => return Err(e),
+        };
+        self.metrics
+            .forwarded_events
+            .inc_by((events.len() - quarantined.len()) as u64);
         let now = self.clock.now();
-        for e in &events {
+        for e in events
+            .iter()
+            .filter(|e| !quarantined.iter().any(|q| q == e.columns().event_id))
+        {
             let lag = (now - e.received_at).to_std().unwrap_or_default();
             self.metrics.store_lag_seconds.observe(lag.as_secs_f64());
         }
@@ -228,13 +304,102 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// The remote store refused `events` for their data: stores them in smaller and smaller
+    /// parts, down to single events, and sets aside in `quarantine` those it refuses alone.
+    /// Only when some part was stored: a store that refuses every row (a trigger, a check that
+    /// fails for all) must hold the journal, not move the traffic aside. Returns the ids set
+    /// aside.
+    ///
+    /// # Errors
+    /// Any other failure on the way (the whole batch is retried: parts stored twice are
+    /// absorbed by the store's dedup-safe reads), or the refusal when no part was stored.
+    async fn split(
+        &self,
+        events: &[StoredEvent],
+        first: Refusal,
+        quarantine: &dyn Quarantine,
+    ) -> Result<Vec<String>, PortError> {
+        let mut parts: VecDeque<&[StoredEvent]> = halves(events).collect();
+        let (mut tried, mut stored_any) = (0, false);
+        let mut refused: Vec<(&StoredEvent, Refusal)> = Vec::new();
+        while let Some(part) = parts.pop_front() {
+            if !stored_any && tried >= BLIND_PARTS {
+                break;
+            }
+            tried += 1;
+            match self.remote.insert(part).await {
+                Ok(()) => {
+                    stored_any = true;
+                    self.metrics.forwarded_inserts.inc();
+                }
+                Err(PortError::Refused(r)) if r.cause == RefusalCause::Data => {
+                    if let [one] = part {
+                        refused.push((one, r));
+                    } else {
+                        parts.extend(halves(part));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !stored_any {
+            return Err(PortError::Refused(Refusal {
+                message: format!(
+                    "every part of a batch of {} events was refused, so it is held, not set \
+                     aside: {}",
+                    events.len(),
+                    first.message
+                ),
+                ..first
+            }));
+        }
+        let now = self.clock.now();
+        let items: Vec<QuarantinedEvent> = refused
+            .iter()
+            .map(|(e, r)| QuarantinedEvent {
+                event: (*e).clone(),
+                reason: r.message.clone(),
+                code: r.code,
+                quarantined_at: now,
+            })
+            .collect();
+        quarantine.put(&items).await?;
+        self.metrics.quarantined.inc_by(items.len() as u64);
+        self.metrics.quarantine_size.set(quarantine.count() as i64);
+        for (e, r) in &refused {
+            tracing::error!(
+                event_id = e.columns().event_id, code = ?r.code, cause = %r.message,
+                "the event store refuses this event alone: set aside in the quarantine \
+                 (GET /quarantine; README: \"ClickHouse refuses\")"
+            );
+        }
+        Ok(refused
+            .into_iter()
+            .map(|(e, _)| e.columns().event_id.to_owned())
+            .collect())
+    }
+}
+
+/// `events` in two halves (one part when it is a single event).
+fn halves(events: &[StoredEvent]) -> impl Iterator<Item = &[StoredEvent]> {
+    let (a, b) = events.split_at(events.len().div_ceil(2));
+    [a, b].into_iter().filter(|p| !p.is_empty())
+}
+
 /// Up to 50% less, so many instances recovering together do not retry in lockstep.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(1.0 - rand::random::<f64>() * 0.5)
 }
+
+pub mod health;
+pub mod quarantine;
 
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod failure_tests;
+
+#[cfg(test)]
+mod split_tests;

@@ -681,9 +681,11 @@ impl Committer {
 /// Why a store failure leaves an event unrecorded.
 fn reason(e: &PortError) -> Unavailable {
     match e {
-        PortError::Unavailable(_) | PortError::Failed(_) | PortError::NoSpace(_) => {
-            Unavailable::StoreDown
-        }
+        PortError::Unavailable(_)
+        | PortError::Failed(_)
+        | PortError::NoSpace(_)
+        | PortError::TimedOut(_)
+        | PortError::Refused(_) => Unavailable::StoreDown,
         PortError::Full(_) => Unavailable::JournalFull,
     }
 }

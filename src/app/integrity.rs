@@ -8,10 +8,10 @@
 
 use crate::adapters::outbound::embedded::EmbeddedStore;
 use crate::adapters::outbound::integrity::{
-    check_file, copy_readable, Depth, TableSalvage, Verdict,
+    check_file, copy_readable, open_existing, Depth, TableSalvage, Verdict,
 };
 use crate::adapters::outbound::journal::SqliteJournal;
-use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::adapters::outbound::outbox::{checksum_failures, SqliteOutbox};
 use crate::app::startup::lock::DataDirLock;
 use crate::app::startup::StartupError;
 use crate::ports::SystemClock;
@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The SQLite files a data dir may hold: the embedded store, the journal, the outbox.
-pub const FILES: [&str; 3] = ["cartstream.db", "journal.db", "outbox.db"];
+/// The SQLite files a data dir may hold: the embedded store, the journal, the outbox, the
+/// quarantine.
+pub const FILES: [&str; 4] = ["cartstream.db", "journal.db", "outbox.db", "quarantine.db"];
 
 /// The files of [`FILES`] that exist in `dir`.
 pub fn existing_files(dir: &Path) -> Vec<PathBuf> {
@@ -54,10 +55,40 @@ pub struct FileCheck {
     pub verdict: Result<Verdict, String>,
 }
 
+/// SQLite's check of `file`, and for a sound outbox, its rows' checksums (which see wrong
+/// bytes inside a valid page, where SQLite's checks cannot).
+fn verdict(file: &Path, depth: Depth) -> Result<Verdict, String> {
+    let verdict = check_file(file, depth)?;
+    if verdict != Verdict::Ok || !file.ends_with("outbox.db") {
+        return Ok(verdict);
+    }
+    let failures = open_existing(file)
+        .and_then(|conn| checksum_failures(&conn))
+        .map_err(|e| format!("cannot check the rows of {}: {e}", file.display()))?;
+    if failures.is_empty() {
+        return Ok(Verdict::Ok);
+    }
+    let named: Vec<String> = failures
+        .iter()
+        .take(5)
+        .map(|(table, id)| format!("{table} {id}"))
+        .collect();
+    let more = if failures.len() > named.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    Ok(Verdict::Damaged(format!(
+        "{} row(s) fail their checksum: {}{more}",
+        failures.len(),
+        named.join(", ")
+    )))
+}
+
 /// Checks every existing file of `dir`, sending each result as it comes.
 fn check_all(dir: &Path, depth: Depth, mut each: impl FnMut(FileCheck) -> bool) {
     for file in existing_files(dir) {
-        let verdict = check_file(&file, depth);
+        let verdict = verdict(&file, depth);
         if !each(FileCheck { file, verdict }) {
             return;
         }
@@ -140,6 +171,22 @@ pub async fn check_at_startup(
     Ok(())
 }
 
+/// Deletes the copied outbox rows whose checksum fails: their bytes are not what was written,
+/// so delivering them would send something no client sent.
+fn drop_failing_rows(
+    fresh: &rusqlite::Connection,
+    tables: &mut [TableSalvage],
+) -> rusqlite::Result<()> {
+    for (table, id) in checksum_failures(fresh)? {
+        fresh.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
+        if let Some(t) = tables.iter_mut().find(|t| t.table == table) {
+            t.saved -= 1;
+            t.failed_checksum += 1;
+        }
+    }
+    Ok(())
+}
+
 /// What `cartstream salvage` did to one file.
 pub enum FileSalvage {
     Sound(PathBuf),
@@ -198,6 +245,13 @@ impl fmt::Display for SalvageReport {
                         if t.tail_unread {
                             write!(f, ", and the table's end could not be read")?;
                         }
+                        if t.failed_checksum > 0 {
+                            write!(
+                                f,
+                                ", {} row(s) left out: they failed their checksum",
+                                t.failed_checksum
+                            )?;
+                        }
                         writeln!(f)?;
                     }
                 }
@@ -223,7 +277,7 @@ pub fn salvage(dir: &Path) -> Result<SalvageReport, String> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let mut files = Vec::new();
     for file in existing_files(dir) {
-        match check_file(&file, Depth::Quick)? {
+        match verdict(&file, Depth::Quick)? {
             Verdict::Ok => files.push(FileSalvage::Sound(file)),
             Verdict::Damaged(_) => files.push(salvage_file(dir, &file, &stamp)?),
         }
@@ -246,13 +300,20 @@ fn salvage_file(dir: &Path, file: &Path, stamp: &str) -> Result<FileSalvage, Str
     let created = match name.as_str() {
         "journal.db" => SqliteJournal::open(&work, u64::MAX).map(drop),
         "outbox.db" => SqliteOutbox::open(&work, Arc::new(SystemClock)).map(drop),
+        "quarantine.db" => {
+            crate::adapters::outbound::quarantine::SqliteQuarantine::open(&work).map(drop)
+        }
         _ => EmbeddedStore::open(&work).map(drop),
     };
     created.map_err(|e| io("cannot create a fresh file", &e))?;
     let fresh_path = work.join(&name);
     let mut fresh = rusqlite::Connection::open(&fresh_path)
         .map_err(|e| io("cannot open the fresh file", &e))?;
-    let tables = copy_readable(file, &mut fresh)?;
+    let mut tables = copy_readable(file, &mut fresh)?;
+    if name == "outbox.db" {
+        drop_failing_rows(&fresh, &mut tables)
+            .map_err(|e| io("cannot check the saved rows", &e))?;
+    }
     // Closing the last connection writes its WAL into the file.
     fresh
         .close()
@@ -272,4 +333,73 @@ fn salvage_file(dir: &Path, file: &Path, stamp: &str) -> Result<FileSalvage, Str
         aside,
         tables,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fixtures;
+    use crate::ports::{Delivery, Outbox};
+
+    #[tokio::test]
+    async fn check_and_salvage_find_an_outbox_row_whose_bytes_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = SqliteOutbox::open(dir.path(), Arc::new(SystemClock)).unwrap();
+            let deliveries: Vec<Delivery> = ["e1", "e2", "e3"]
+                .iter()
+                .map(|id| Delivery {
+                    route: "a".into(),
+                    lane: 0,
+                    event: fixtures::event(id)
+                        .metadata(serde_json::json!({ "mark": format!("mark-{id}") }))
+                        .at_now()
+                        .stored(),
+                })
+                .collect();
+            o.enqueue("f", &deliveries, 3).await.unwrap();
+        }
+        let file = dir.path().join("outbox.db");
+        // Every copy: a page may keep dead ones, and only the live one counts.
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mut found = 0;
+        while let Some(at) = bytes.windows(7).position(|w| w == b"mark-e2") {
+            bytes[at + 5] = b'x';
+            found += 1;
+        }
+        assert!(found > 0);
+        std::fs::write(&file, bytes).unwrap();
+
+        let checks = check(dir.path(), Depth::Quick);
+        assert_eq!(checks.len(), 1);
+        match &checks[0].verdict {
+            Ok(Verdict::Damaged(what)) => {
+                assert!(
+                    what.contains("1 row(s) fail their checksum: deliveries 2"),
+                    "{what}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let report = salvage(dir.path()).unwrap();
+        let said = report.to_string();
+        assert!(
+            said.contains("table deliveries: 2 rows saved")
+                && said.contains("1 row(s) left out: they failed their checksum"),
+            "{said}"
+        );
+        assert!(matches!(
+            check(dir.path(), Depth::Full)[0].verdict,
+            Ok(Verdict::Ok)
+        ));
+        let o = SqliteOutbox::open(dir.path(), Arc::new(SystemClock)).unwrap();
+        let left: Vec<String> = o
+            .head("a", 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.event.event.event_id().as_str().to_owned())
+            .collect();
+        assert_eq!(left, ["e1", "e3"]);
+    }
 }

@@ -51,6 +51,11 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -87,6 +92,12 @@ pub struct Metrics {
     pub store_lag_seconds: Histogram,
     /// Failed forwarding attempts (each is retried).
     pub flush_errors: Counter,
+    /// 1 while forwarding to the event store fails (`GET /ready` says why and since when).
+    pub forwarding_failing: Gauge,
+    /// Events the event store refused alone, set aside in the quarantine: since the start,
+    /// and kept now.
+    pub quarantined: Counter,
+    pub quarantine_size: Gauge,
     /// Dedup keys decided by the event store's reads because the dedup store was down.
     pub dedup_fallback: Counter,
     /// Rate-limit checks decided by the local limiter because the shared (Redis) buckets did
@@ -109,6 +120,11 @@ pub struct Metrics {
     /// The data dir's file system: free and total bytes, and 1 while writes fail for lack of
     /// space.
     pub disk: crate::app::disk::DiskGauges,
+    /// Retention, by event store: events deleted (where the store counts them), delete
+    /// mutations issued and partitions dropped (ClickHouse, which does not count rows).
+    pub retention_deleted_events: Family<StoreLabels, Counter>,
+    pub retention_mutations: Family<StoreLabels, Counter>,
+    pub retention_dropped_partitions: Family<StoreLabels, Counter>,
 }
 
 impl Metrics {
@@ -135,6 +151,9 @@ impl Metrics {
             forwarded_events: Counter::default(),
             store_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             flush_errors: Counter::default(),
+            forwarding_failing: Gauge::default(),
+            quarantined: Counter::default(),
+            quarantine_size: Gauge::default(),
             dedup_fallback: Counter::default(),
             rate_limit_fallbacks: Counter::default(),
             route_delivered: Family::default(),
@@ -150,6 +169,9 @@ impl Metrics {
             connections_refused: Family::default(),
             accept_errors: Counter::default(),
             disk: crate::app::disk::DiskGauges::default(),
+            retention_deleted_events: Family::default(),
+            retention_mutations: Family::default(),
+            retention_dropped_partitions: Family::default(),
         };
         m.register_events();
         m.register_commit();
@@ -157,7 +179,55 @@ impl Metrics {
         m.register_routes();
         m.register_connections();
         m.register_disk();
+        m.register_retention();
         m
+    }
+
+    /// Retention's deleting of old events.
+    fn register_retention(&mut self) {
+        self.registry.register(
+            "retention_deleted_events",
+            "Events deleted by retention, by event store (where it counts them: the embedded one)",
+            self.retention_deleted_events.clone(),
+        );
+        self.registry.register(
+            "retention_delete_mutations",
+            "Delete mutations retention issued (ALTER TABLE ... DELETE, one per table and \
+             server), by event store; ClickHouse deletes the rows later, uncounted",
+            self.retention_mutations.clone(),
+        );
+        self.registry.register(
+            "retention_dropped_partitions",
+            "Partitions retention dropped whole (a legacy ClickHouse table's months), by event store",
+            self.retention_dropped_partitions.clone(),
+        );
+    }
+
+    /// Shows every retention series of `store` at 0 before its first step, so a rate is
+    /// defined from the start.
+    pub fn retention_started(&self, store: &str) {
+        let labels = StoreLabels {
+            store: store.to_owned(),
+        };
+        let _ = self.retention_deleted_events.get_or_create(&labels);
+        let _ = self.retention_mutations.get_or_create(&labels);
+        let _ = self.retention_dropped_partitions.get_or_create(&labels);
+    }
+
+    /// Counts what one retention step of `store` deleted.
+    pub fn retention_step(&self, store: &str, step: &crate::ports::ExpireStep) {
+        let labels = StoreLabels {
+            store: store.to_owned(),
+        };
+        self.retention_deleted_events
+            .get_or_create(&labels)
+            .inc_by(step.events);
+        self.retention_mutations
+            .get_or_create(&labels)
+            .inc_by(step.mutations);
+        self.retention_dropped_partitions
+            .get_or_create(&labels)
+            .inc_by(step.partitions);
     }
 
     /// The data dir's disk.
@@ -299,6 +369,21 @@ impl Metrics {
             "flush_errors",
             "Failed attempts to forward journal entries (each is retried)",
             self.flush_errors.clone(),
+        );
+        self.registry.register(
+            "forwarding_failing",
+            "1 while forwarding to the event store fails; GET /ready says why and since when",
+            self.forwarding_failing.clone(),
+        );
+        self.registry.register(
+            "quarantined_events",
+            "Events the event store refused alone, set aside in the quarantine",
+            self.quarantined.clone(),
+        );
+        self.registry.register(
+            "quarantine_events",
+            "Events in the quarantine now (GET /quarantine)",
+            self.quarantine_size.clone(),
         );
     }
 

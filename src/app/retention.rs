@@ -1,6 +1,7 @@
 //! Retention: every `every`, events older than `keep` are deleted from the event store, a step
 //! at a time with a pause between steps, so ingest never waits behind a large delete.
 
+use crate::app::metrics::Metrics;
 use crate::ports::{Clock, Expiry, Retention};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,23 +46,35 @@ impl RetentionPolicy {
     }
 }
 
+/// The store retention deletes from, and where what it deletes is counted.
+pub struct Counted {
+    pub store: Arc<dyn Retention>,
+    /// The store's name in the metrics' `store` label (`embedded`, `clickhouse`).
+    pub kind: &'static str,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Counted {
+    pub fn new(store: Arc<dyn Retention>, kind: &'static str, metrics: &Arc<Metrics>) -> Self {
+        Self {
+            store,
+            kind,
+            metrics: Arc::clone(metrics),
+        }
+    }
+}
+
 /// Runs rounds until `stop`; a failed step ends its round (logged) and the next round tries
 /// again.
 pub async fn run(
-    store: Arc<dyn Retention>,
+    store: Counted,
     clock: Arc<dyn Clock>,
     policy: RetentionPolicy,
     stop: CancellationToken,
 ) {
+    store.metrics.retention_started(store.kind);
     loop {
-        if round(
-            store.as_ref(),
-            policy.expiry(clock.now()),
-            policy.pause,
-            &stop,
-        )
-        .await
-        {
+        if round(&store, policy.expiry(clock.now()), policy.pause, &stop).await {
             tracing::debug!("retention: round done");
         }
         tokio::select! {
@@ -72,16 +85,15 @@ pub async fn run(
 }
 
 /// Steps until nothing is left, pausing between steps; whether it got there.
-async fn round(
-    store: &dyn Retention,
-    expiry: Expiry,
-    pause: Duration,
-    stop: &CancellationToken,
-) -> bool {
+async fn round(store: &Counted, expiry: Expiry, pause: Duration, stop: &CancellationToken) -> bool {
     loop {
-        match store.expire_step(expiry).await {
-            Ok(false) => return true,
-            Ok(true) => {}
+        match store.store.expire_step(expiry).await {
+            Ok(step) => {
+                store.metrics.retention_step(store.kind, &step);
+                if !step.more {
+                    return true;
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "retention: deleting old events failed; trying again next round");
                 return false;
@@ -98,7 +110,7 @@ async fn round(
 mod tests {
     use super::*;
     use crate::app::test_wait::wait_for;
-    use crate::ports::{MockRetention, PortError, TokioClock};
+    use crate::ports::{ExpireStep, MockRetention, PortError, TokioClock};
     use std::sync::Mutex;
 
     #[tokio::test(start_paused = true)]
@@ -119,14 +131,22 @@ mod tests {
             let mut log = log.lock().unwrap();
             log.push((expiry, tokio::time::Instant::now()));
             // Round one: three steps; round two: a failure; round three: one step.
+            let deleted = |more, events| ExpireStep {
+                more,
+                events,
+                mutations: 1,
+                ..ExpireStep::default()
+            };
             match log.len() {
-                1 | 2 => Ok(true),
+                1 | 2 => Ok(deleted(true, 2_000)),
                 4 => Err(PortError::Unavailable("disk".into())),
-                _ => Ok(false),
+                _ => Ok(deleted(false, 5)),
             }
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(Arc::new(store), Arc::new(clock), policy, stop.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let counted = Counted::new(Arc::new(store), "embedded", &metrics);
+        let task = tokio::spawn(run(counted, Arc::new(clock), policy, stop.clone()));
         wait_for("three rounds", || seen.lock().unwrap().len() >= 5).await;
         stop.cancel();
         task.await.unwrap();
@@ -144,6 +164,29 @@ mod tests {
             seen[4].1 - seen[3].1,
             policy.every,
             "a failure ends its round"
+        );
+        let n = seen.len() as u64;
+        // Every step but the failed one counted: 2,000 + 2,000 + 5, then 5 a round.
+        let labels = crate::app::metrics::StoreLabels {
+            store: "embedded".into(),
+        };
+        assert_eq!(
+            metrics
+                .retention_deleted_events
+                .get_or_create(&labels)
+                .get(),
+            4_000 + 5 * (n - 3)
+        );
+        assert_eq!(
+            metrics.retention_mutations.get_or_create(&labels).get(),
+            n - 1
+        );
+        assert_eq!(
+            metrics
+                .retention_dropped_partitions
+                .get_or_create(&labels)
+                .get(),
+            0
         );
     }
 }

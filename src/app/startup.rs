@@ -10,6 +10,7 @@ use crate::adapters::outbound::disk_space::StatVfs;
 use crate::adapters::outbound::embedded::{DedupMode, EmbeddedStore};
 use crate::adapters::outbound::journal::SqliteJournal;
 use crate::adapters::outbound::outbox::SqliteOutbox;
+use crate::adapters::outbound::quarantine::SqliteQuarantine;
 use crate::adapters::outbound::redis::cluster::scripts::ClusterScripts;
 use crate::adapters::outbound::redis::cluster::{RedisClusterDedupConfig, RedisClusterDedupStore};
 use crate::adapters::outbound::redis::rate::RedisBuckets;
@@ -18,17 +19,20 @@ use crate::adapters::outbound::targets::build_target;
 use crate::app::access::Access;
 use crate::app::config::RouteSettings;
 use crate::app::config::{RateLimitScope, Settings};
+use crate::app::disk::watch::DiskWatched;
 use crate::app::disk::DiskState;
-use crate::app::forwarder::{FlushPolicy, Forwarder, JournaledStore};
+use crate::app::forwarder::health::ForwardingHealth;
+use crate::app::forwarder::{FlushPolicy, Forwarder, ForwardingView, JournaledStore};
 use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::integrity::{check_at_startup, Damage};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::{RateLimits, SharedLimits};
+use crate::app::retention::Counted;
 use crate::app::routing::{Route, RoutePolicy, Routing};
 use crate::domain::routing::{RouteMatch, RouteName, RouteRule};
 use crate::ports::{
-    Clock, DedupStore, EventFeed, EventStore, Journal, PortError, Retention, RouteAdmin,
-    SystemClock,
+    Clock, DedupStore, EventFeed, EventStore, Journal, Outbox, PortError, Quarantine, Retention,
+    RouteAdmin, SystemClock,
 };
 use lock::DataDirLock;
 use poem::Server;
@@ -71,6 +75,20 @@ pub struct Forwarding {
     pub remote: Arc<dyn EventStore>,
     pub wake: Arc<Notify>,
     pub policy: FlushPolicy,
+    /// Where events the remote store refuses alone are set aside.
+    pub quarantine: Arc<dyn Quarantine>,
+    pub health: Arc<ForwardingHealth>,
+}
+
+impl Forwarding {
+    /// What the operator endpoints show of it.
+    fn view(&self) -> ForwardingView {
+        ForwardingView {
+            health: Arc::clone(&self.health),
+            quarantine: Arc::clone(&self.quarantine),
+            remote: Arc::clone(&self.remote),
+        }
+    }
 }
 
 /// The local journal in front of `remote`: the store the ingest use case sees, what the
@@ -85,8 +103,11 @@ pub fn journaled(
     let sqlite_journal = SqliteJournal::open(&settings.data_dir, settings.journal_max_bytes)
         .map_err(StartupError::Store)?;
     let journal: Arc<dyn Journal> = Arc::new(sqlite_journal.clone());
+    let quarantine: Arc<dyn Quarantine> =
+        Arc::new(SqliteQuarantine::open(&settings.data_dir).map_err(StartupError::Store)?);
     let wake = Arc::new(Notify::new());
-    let store = JournaledStore::new(Arc::clone(&journal), Arc::clone(&remote), Arc::clone(&wake));
+    let store = JournaledStore::new(Arc::clone(&journal), Arc::clone(&remote), Arc::clone(&wake))
+        .with_quarantine(Arc::clone(&quarantine));
     let policy = FlushPolicy {
         max_rows: settings.forward_max_rows,
         max_bytes: settings.forward_max_bytes,
@@ -99,6 +120,8 @@ pub fn journaled(
         remote,
         wake,
         policy,
+        quarantine,
+        health: Arc::default(),
     };
     Ok((Arc::new(store), forwarding, sqlite_journal))
 }
@@ -407,20 +430,28 @@ async fn bind(
 }
 
 /// Routing over the configured routes, or `None` when there are none.
+/// With `disk`, the outbox's writes report a full disk to it.
 pub(crate) fn routing(
     settings: &Settings,
     ports: &Ports,
     recorded: &Arc<Notify>,
     metrics: &Arc<Metrics>,
+    disk: Option<&Arc<DiskState>>,
 ) -> Result<Option<Arc<Routing>>, StartupError> {
     if ports.routes.is_empty() {
         return Ok(None);
     }
-    let outbox = SqliteOutbox::open(&settings.data_dir, Arc::clone(&ports.clock))
-        .map_err(StartupError::Store)?;
+    let outbox: Arc<dyn Outbox> = Arc::new(
+        SqliteOutbox::open(&settings.data_dir, Arc::clone(&ports.clock))
+            .map_err(StartupError::Store)?,
+    );
+    let outbox = match disk {
+        Some(disk) => Arc::new(DiskWatched::new(outbox, Arc::clone(disk))),
+        None => outbox,
+    };
     Ok(Some(Arc::new(Routing {
         routes: ports.routes.clone(),
-        outbox: Arc::new(outbox),
+        outbox,
         feed: Arc::clone(&ports.feed),
         retired: ports.retired_feed.clone(),
         recorded: Arc::clone(recorded),
@@ -431,48 +462,55 @@ pub(crate) fn routing(
 }
 
 impl Background {
-    /// Starts routing and the forwarder, each when configured.
+    /// Starts routing and the forwarder, each when configured. With `disk`, it is sampled
+    /// every few seconds and the forwarder's writes report a full disk to it.
     pub(crate) fn start(
         routing: Option<&Arc<Routing>>,
         forwarding: Option<Forwarding>,
         metrics: &Arc<Metrics>,
         clock: Arc<dyn Clock>,
+        disk: Option<&Arc<DiskState>>,
     ) -> Self {
         let routing_stop = CancellationToken::new();
         let routing_task = routing.map(|r| tokio::spawn(Arc::clone(r).run(routing_stop.clone())));
         let forwarder_stop = CancellationToken::new();
         let forwarder = forwarding.map(|f| {
+            let (journal, remote, quarantine) = match disk {
+                Some(disk) => watched(f.journal, f.remote, f.quarantine, disk),
+                None => (f.journal, f.remote, f.quarantine),
+            };
             let forwarder = Forwarder {
-                journal: f.journal,
-                remote: f.remote,
+                journal,
+                remote,
                 policy: f.policy,
                 wake: f.wake,
                 metrics: Arc::clone(metrics),
                 clock,
                 routed_through: routing.map(|r| Arc::clone(&r.routed_through)),
+                quarantine: Some(quarantine),
+                health: f.health,
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
         });
+        let disk_stop = CancellationToken::new();
+        if let Some(disk) = disk {
+            tokio::spawn(Arc::clone(disk).run(disk_stop.clone()));
+        }
         Self {
             forwarder_stop,
             forwarder,
             routing_stop,
             routing: routing_task,
-            disk_stop: CancellationToken::new(),
+            disk_stop,
             retention_stop: CancellationToken::new(),
             retention: None,
         }
     }
 
-    /// Samples `disk` every few seconds until stopped.
-    pub(crate) fn sample_disk(&mut self, disk: Arc<DiskState>) {
-        tokio::spawn(disk.run(self.disk_stop.clone()));
-    }
-
     /// Starts deleting events older than `keep` (never one received within the dedup window).
     pub(crate) fn start_retention(
         &mut self,
-        store: Arc<dyn Retention>,
+        store: Counted,
         clock: Arc<dyn Clock>,
         keep: Duration,
         dedup_window: Duration,
@@ -583,6 +621,20 @@ fn shared_limits(
         timeout: settings.rate_limit_redis_timeout,
         fallbacks: metrics.rate_limit_fallbacks.clone(),
     }))
+}
+
+/// The forwarder's journal, event store and quarantine, reporting a full disk to `disk`.
+fn watched(
+    journal: Arc<dyn Journal>,
+    remote: Arc<dyn EventStore>,
+    quarantine: Arc<dyn Quarantine>,
+    disk: &Arc<DiskState>,
+) -> (Arc<dyn Journal>, Arc<dyn EventStore>, Arc<dyn Quarantine>) {
+    (
+        Arc::new(DiskWatched::new(journal, Arc::clone(disk))),
+        Arc::new(DiskWatched::new(remote, Arc::clone(disk))),
+        Arc::new(DiskWatched::new(quarantine, Arc::clone(disk))),
+    )
 }
 
 /// The data dir's disk, sampled for `/metrics` and `/ready`.
@@ -727,18 +779,19 @@ impl Application {
             settings.ingest_max_batch,
             committer_stop.clone(),
         );
-        let routing = routing(&settings, &ports, &recorded, &metrics)?;
+        let routing = routing(&settings, &ports, &recorded, &metrics, Some(&disk))?;
+        let forwarding = ports.forwarding.as_ref().map(Forwarding::view);
         let mut background = Background::start(
             routing.as_ref(),
             ports.forwarding,
             &metrics,
             Arc::clone(&ports.clock),
+            Some(&disk),
         );
-        background.sample_disk(Arc::clone(&disk));
         if let (Some(store), Some(keep)) = (ports.retention, settings.retention) {
             tracing::info!(retention = ?keep, "retention: events older than this are deleted in the background");
             background.start_retention(
-                store,
+                Counted::new(store, ports.store_kind, &metrics),
                 Arc::clone(&ports.clock),
                 keep,
                 settings.dedup_window,
@@ -754,6 +807,7 @@ impl Application {
             reads: Arc::new(Semaphore::new(settings.read_max_concurrency)),
             disk: Some(disk),
             damage,
+            forwarding,
         };
         let http = Arc::new(HttpState {
             ingest,

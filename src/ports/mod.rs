@@ -55,6 +55,7 @@ mod event_store;
 mod ingest;
 mod journal;
 mod outbox;
+mod quarantine;
 mod retention;
 mod route_admin;
 mod route_target;
@@ -71,7 +72,8 @@ pub use event_store::{
 pub use ingest::{IngestUseCase, Item, Outcome, Unavailable};
 pub use journal::{Journal, JournalEntry, JournalStats};
 pub use outbox::{DeadLetter, Delivery, EventFeed, FeedEntry, Outbox, OutboxItem, RouteBacklog};
-pub use retention::{Expiry, Retention};
+pub use quarantine::{Quarantine, QuarantineEntry, QuarantinedEvent};
+pub use retention::{ExpireStep, Expiry, Retention};
 pub use route_admin::{RouteAdmin, RouteReport};
 pub use route_target::{DeliveryError, RouteTarget};
 pub use shared_buckets::SharedBuckets;
@@ -86,6 +88,8 @@ pub use event_store::MockEventStore;
 pub use journal::MockJournal;
 #[cfg(any(test, feature = "mocks"))]
 pub use outbox::{MockEventFeed, MockOutbox};
+#[cfg(any(test, feature = "mocks"))]
+pub use quarantine::MockQuarantine;
 #[cfg(any(test, feature = "mocks"))]
 pub use retention::MockRetention;
 #[cfg(any(test, feature = "mocks"))]
@@ -110,4 +114,63 @@ pub enum PortError {
     /// `ENOSPC`); it succeeds again once space is freed.
     #[error("no space left on the disk: {0}")]
     NoSpace(String),
+    /// The backend did not answer within the time allowed; trying again later may succeed.
+    #[error("backend timed out: {0}")]
+    TimedOut(String),
+    /// The backend answered with an error of its own: what it said, and what it means.
+    #[error("backend refused: {0}")]
+    Refused(Refusal),
+}
+
+/// A request the backend answered with an error of its own, classified so the caller knows
+/// whether waiting helps, and an operator what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub cause: RefusalCause,
+    /// The server's own error code, when it gave one (ClickHouse's `Code: N`).
+    pub code: Option<u32>,
+    /// What the server said, with where and what was asked; no secrets.
+    pub message: String,
+}
+
+/// Why a backend refused, as far as its answer tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// Overloaded or in a transient state (too many parts, a quota, a replica catching up):
+    /// the same request may succeed later.
+    Busy,
+    /// The credentials may not do this (wrong password, a read-only user, access denied):
+    /// every request fails until an operator changes the grants.
+    Permission,
+    /// The table is not what the service writes (a missing table or column, a changed
+    /// type): every request fails until the table is fixed.
+    Schema,
+    /// The table refused the data: perhaps only some rows, which a smaller request would
+    /// find.
+    Data,
+}
+
+impl PortError {
+    /// The class an operator sees for this failure: `unreachable`, `timeout`, `refused`,
+    /// `schema_mismatch`, `no_space`, `full` or `failed`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unreachable",
+            Self::TimedOut(_) => "timeout",
+            Self::Refused(r) if r.cause == RefusalCause::Schema => "schema_mismatch",
+            Self::Refused(_) => "refused",
+            Self::NoSpace(_) => "no_space",
+            Self::Full(_) => "full",
+            Self::Failed(_) => "failed",
+        }
+    }
+
+    /// The backend's own error code, when it refused with one.
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            Self::Refused(r) => r.code,
+            _ => None,
+        }
+    }
 }

@@ -8,7 +8,7 @@ use cartstream::adapters::outbound::clickhouse::{
     create_legacy_table_sql, ClickHouseConfig, ClickHouseStore,
 };
 use cartstream::domain::{DedupKey, EventId, StoredEvent};
-use cartstream::ports::{EventQuery, EventStore, Expiry, Retention};
+use cartstream::ports::{EventQuery, EventStore, ExpireStep, Expiry, Retention};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 fn key(id: &str) -> DedupKey {
@@ -80,8 +80,14 @@ async fn on_the_read_layout_old_rows_go_by_one_mutation_per_table() {
         received_before: now - Duration::days(1) + Duration::minutes(1),
     };
 
-    assert!(!store.expire_step(expiry).await.unwrap());
-    assert!(!store.expire_step(expiry).await.unwrap());
+    let first = store.expire_step(expiry).await.unwrap();
+    let second = store.expire_step(expiry).await.unwrap();
+    assert_eq!(
+        (first.more, first.mutations, first.events, first.partitions),
+        (false, 3, 0, 0),
+        "one mutation per table, no row count claimed"
+    );
+    assert_eq!(second, ExpireStep::default(), "none again within the hour");
     let mutations = format!(
         "SELECT count() FROM system.mutations WHERE database = '{}'",
         db.name
@@ -166,7 +172,8 @@ async fn on_a_legacy_table_months_past_the_cutoff_are_dropped_whole() {
         occurred_before: at("2025-03-15T00:00:00Z"),
         received_before: now - Duration::days(1),
     };
-    assert!(!store.expire_step(expiry).await.unwrap());
+    let step = store.expire_step(expiry).await.unwrap();
+    assert_eq!((step.more, step.partitions, step.mutations), (false, 1, 0));
     let partitions = format!(
         "SELECT groupArray(partition_id) FROM (SELECT DISTINCT partition_id FROM system.parts \
          WHERE database = '{}' AND table = 'cart_events' AND active ORDER BY partition_id) \
@@ -197,6 +204,85 @@ async fn on_a_legacy_table_months_past_the_cutoff_are_dropped_whole() {
         received_before: now + Duration::hours(1),
         ..expiry
     };
-    assert!(!store.expire_step(later).await.unwrap());
+    assert_eq!(store.expire_step(later).await.unwrap().partitions, 1);
     assert_eq!(listed(&store).await, ["apr", "mar"]);
+}
+
+#[tokio::test]
+async fn on_a_cluster_every_shard_deletes_its_old_rows_from_all_three_tables() {
+    let Some((store, db)) = crate::clickhouse_cluster::store().await else {
+        return;
+    };
+    let now = Utc::now();
+    let old_at = now - Duration::days(60);
+    let mut events: Vec<StoredEvent> = (0..40)
+        .map(|i| event(&format!("old-{i}"), old_at, old_at))
+        .collect();
+    events.push(event("late", old_at, now - Duration::hours(1)));
+    events.push(event(
+        "new",
+        now - Duration::days(1),
+        now - Duration::days(1),
+    ));
+    store.insert(&events).await.unwrap();
+    let rows = db.rows_per_shard().await;
+    assert!(
+        rows.iter().all(|&n| n > 0),
+        "old rows on every shard: {rows:?}"
+    );
+    let expiry = Expiry {
+        occurred_before: now - Duration::days(30),
+        received_before: now - Duration::days(1) + Duration::minutes(1),
+    };
+    let step = store.expire_step(expiry).await.unwrap();
+    assert_eq!(
+        (step.more, step.mutations),
+        (false, 3 * db.shards.len() as u64),
+        "three mutations a shard, counted"
+    );
+
+    let mutations = format!(
+        "SELECT count() FROM system.mutations WHERE database = '{}'",
+        db.name
+    );
+    let running = format!("{mutations} AND is_done = 0");
+    for shard in 0..db.shards.len() {
+        assert_eq!(
+            db.number(shard, &mutations).await,
+            3,
+            "shard {shard}: one mutation for each of its three local tables"
+        );
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while db.number(shard, &running).await > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "shard {shard}: mutations still running after 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    for t in [
+        "cart_events_local",
+        "cart_events_by_user_local",
+        "cart_events_by_time_local",
+    ] {
+        let mut kept = 0;
+        for shard in 0..db.shards.len() {
+            let sql = format!("SELECT count() FROM `{}`.{t}", db.name);
+            kept += db.number(shard, &sql).await;
+        }
+        assert_eq!(
+            kept, 2,
+            "{t}: only `late` and `new` are left, over all shards"
+        );
+    }
+    assert_eq!(listed(&store).await, ["late", "new"]);
+    assert_eq!(
+        store
+            .known(&[key("old-0"), key("old-39"), key("late"), key("new")])
+            .await
+            .unwrap(),
+        [false, false, true, true],
+        "known() agrees with what is listed"
+    );
 }

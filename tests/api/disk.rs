@@ -1,6 +1,7 @@
 //! A full disk under the data dir: acks turn `unavailable`, `GET /ready` answers 503 naming
 //! the disk, and once space is freed the server is ready again by itself and nothing acked
-//! is lost. On a small tmpfs, which needs root: skipped loudly otherwise, failed under CI.
+//! is lost; the same when only the forwarder writes. On a small tmpfs, which needs root:
+//! skipped loudly otherwise, failed under CI.
 
 use crate::backends::*;
 use crate::faults::host_port;
@@ -277,4 +278,69 @@ async fn journal_a_full_disk_is_not_ready_refuses_events_and_recovers_once_space
         Some(&proxy),
     )
     .await;
+}
+
+/// No client sends anything while the disk is full: only the forwarder writes, moving a
+/// journal kept from a run in front of a ClickHouse that was down into the embedded store,
+/// which has no room for it. The server says so as it does when ingest meets a full disk, and
+/// is ready again by itself once space is freed; every acked event ends up stored.
+#[tokio::test]
+async fn a_full_disk_met_by_the_forwarder_alone_is_not_ready_until_space_is_freed() {
+    let Some(tmpfs) = Tmpfs::mount_or_skip("24m") else {
+        return;
+    };
+    let data_dir = tmpfs.path().join("data");
+    let user = unique("forwarder-user");
+    // Acked in front of a ClickHouse that is down: the events stay in the journal.
+    let app = TestApp::spawn_in_with(&data_dir, |s| {
+        s.clickhouse_url = Some(DEAD_CLICKHOUSE_URL.to_owned());
+        s.clickhouse_timeout = Duration::from_millis(200);
+        s.shutdown_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let accepted = send_accepted(&app, &user, 100).await;
+    app.stop().await.unwrap();
+
+    // The disk fills; the same data dir is then served by the embedded store, into which the
+    // forwarder moves the journal.
+    let probe = StatVfs {
+        dir: tmpfs.path().to_path_buf(),
+    };
+    let filler = tmpfs.path().join("filler");
+    fill(&filler, &probe, 256 << 10);
+    let app = TestApp::spawn_in_with(&data_dir, |s| {
+        s.forward_interval = Duration::from_millis(50);
+        s.forward_backoff_max = Duration::from_millis(200);
+    })
+    .await;
+    let (status, body) = poll_until(
+        Duration::from_secs(30),
+        || app.get_json("/ready"),
+        |(status, body)| *status == 503 && body["disk"]["status"] == "full",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["disk"]["status"]),
+        (503, &json!("full")),
+        "{body}"
+    );
+    assert_eq!(app.metric("cartstream_data_dir_full").await, Some(1.0));
+
+    std::fs::remove_file(&filler).unwrap();
+    let (status, body) = poll_until(
+        Duration::from_secs(30),
+        || app.get_json("/ready"),
+        |(status, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(status, 200, "ready again by itself: {body}");
+    let found = poll_until(
+        Duration::from_secs(60),
+        || stored_ids(&app, &user),
+        |found| accepted.is_subset(found),
+    )
+    .await;
+    assert_eq!(found.len(), accepted.len(), "every acked event stored");
+    assert!(accepted.is_subset(&found));
+    app.stop().await.unwrap();
 }

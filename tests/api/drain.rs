@@ -4,37 +4,24 @@
 
 use crate::backends::DEAD_CLICKHOUSE_URL;
 use crate::backends::{clickhouse_sql, clickhouse_url_or_skip, random_suffix, ThrowawayDatabase};
-use crate::faults::start_binary;
+use crate::binary::{run, start_binary};
 use crate::helpers::{item_added, unique};
 use crate::targets::Receiver;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 /// Runs `cartstream drain` on `dir` with `envs` and returns its output (stdout then stderr).
 async fn drain(dir: &Path, envs: &[(&str, String)], timeout: &str) -> (Output, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartstream"));
-    cmd.args(["drain", "--data-dir"])
-        .arg(dir)
-        .args(["--timeout", timeout])
-        .env("CARTSTREAM_LOG", "warn")
-        // The drain must take its data dir from the flag, never from the environment.
-        .env("CARTSTREAM_DATA_DIR", "/nonexistent/not-this-one")
-        .env_remove("CARTSTREAM_CONFIG")
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("drain exits in time")
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- cartstream drain ({}):\n{said}", out.status);
-    (out, said)
+    let dir = dir.display().to_string();
+    // The drain must take its data dir from the flag, never from the environment.
+    let mut all = vec![(
+        "CARTSTREAM_DATA_DIR",
+        "/nonexistent/not-this-one".to_owned(),
+    )];
+    all.extend(envs.iter().cloned());
+    run(&["drain", "--data-dir", &dir, "--timeout", timeout], &all).await
 }
 
 /// Two routes: `all` to a receiver that refuses (retryably) until the drain, `refused` to one
@@ -49,21 +36,6 @@ fn config(dir: &Path, all: &str, refused: &str) -> String {
     };
     std::fs::write(&path, route("all", all) + &route("refused", refused)).unwrap();
     path.display().to_string()
-}
-
-/// The event ids in every request `receiver` got from index `from` on.
-fn received_ids(receiver: &Receiver, from: usize) -> Vec<String> {
-    receiver.requests()[from..]
-        .iter()
-        .flat_map(|r| {
-            let body = r.json();
-            let events = body["events"].as_array().cloned().unwrap_or_default();
-            events
-                .into_iter()
-                .map(|e| e["eventId"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -170,7 +142,7 @@ async fn drain_forwards_and_delivers_what_a_killed_instance_left_and_empties_its
         .collect();
     let sent_set: HashSet<String> = sent.iter().cloned().collect();
     assert_eq!(stored, sent_set);
-    let delivered: HashSet<String> = received_ids(&all, before).into_iter().collect();
+    let delivered: HashSet<String> = all.event_ids(before).into_iter().collect();
     assert_eq!(delivered, sent_set);
 
     // The journal is empty: a second drain has nothing to do.

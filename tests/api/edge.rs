@@ -68,14 +68,6 @@ fn assert_cut_at(started: Instant, closed: Instant, deadline: Duration) {
     );
 }
 
-async fn metric(app: &TestApp, line_start: &str) -> Option<f64> {
-    let (_, text) = app.get_text("/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn a_head_dribbled_a_byte_at_a_time_is_cut_at_the_head_deadline() {
     let app = TestApp::spawn_with(short_deadlines).await;
@@ -93,11 +85,8 @@ async fn a_head_dribbled_a_byte_at_a_time_is_cut_at_the_head_deadline() {
     let answer = String::from_utf8_lossy(&got);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert_eq!(
-        metric(
-            &app,
-            "cartstream_connections_cut_total{reason=\"head_timeout\"}"
-        )
-        .await,
+        app.metric("cartstream_connections_cut_total{reason=\"head_timeout\"}")
+            .await,
         Some(1.0)
     );
 }
@@ -111,7 +100,8 @@ async fn a_silent_connection_is_closed_at_the_head_deadline_without_an_answer() 
     assert_cut_at(started, closed, HEAD);
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     assert_eq!(
-        metric(&app, "cartstream_connections_cut_total{reason=\"silent\"}").await,
+        app.metric("cartstream_connections_cut_total{reason=\"silent\"}")
+            .await,
         Some(1.0)
     );
 }
@@ -135,11 +125,8 @@ async fn a_body_below_the_minimum_rate_is_cut_with_408() {
     let answer = String::from_utf8_lossy(&got);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert_eq!(
-        metric(
-            &app,
-            "cartstream_connections_cut_total{reason=\"body_rate\"}"
-        )
-        .await,
+        app.metric("cartstream_connections_cut_total{reason=\"body_rate\"}")
+            .await,
         Some(1.0)
     );
 }
@@ -160,11 +147,8 @@ async fn a_body_that_stops_is_cut_at_the_idle_deadline() {
     assert_cut_at(started, closed, BODY_IDLE);
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"));
     assert_eq!(
-        metric(
-            &app,
-            "cartstream_connections_cut_total{reason=\"body_idle\"}"
-        )
-        .await,
+        app.metric("cartstream_connections_cut_total{reason=\"body_idle\"}")
+            .await,
         Some(1.0)
     );
     drop(w);
@@ -190,11 +174,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
     assert_cut_at(answered, closed, KEEP_ALIVE);
     assert!(got.is_empty(), "an idle close sends nothing");
     assert_eq!(
-        metric(
-            &app,
-            "cartstream_connections_cut_total{reason=\"keep_alive\"}"
-        )
-        .await,
+        app.metric("cartstream_connections_cut_total{reason=\"keep_alive\"}")
+            .await,
         Some(1.0)
     );
 }
@@ -231,7 +212,7 @@ async fn requests_keep_alive_and_websockets_work_with_short_deadlines() {
         "ws_handshake",
     ] {
         let line = format!("cartstream_connections_cut_total{{reason=\"{reason}\"}}");
-        assert_eq!(metric(&app, &line).await, None, "{reason}");
+        assert_eq!(app.metric(&line).await, None, "{reason}");
     }
 }
 
@@ -272,11 +253,8 @@ async fn connections_over_the_per_address_cap_get_503_while_others_are_served() 
     .await;
     assert!(again.starts_with("HTTP/1.1 200"), "{again:?}");
     assert_eq!(
-        metric(
-            &app,
-            "cartstream_connections_refused_total{reason=\"max_connections_per_address\"}"
-        )
-        .await,
+        app.metric("cartstream_connections_refused_total{reason=\"max_connections_per_address\"}")
+            .await,
         Some(1.0)
     );
 }
@@ -303,6 +281,6 @@ async fn a_trusted_proxy_is_exempt_from_the_per_address_cap() {
     }
     let served = health_over(connect_from("127.0.0.6", app.addr).await).await;
     assert!(served.starts_with("HTTP/1.1 200"), "{served:?}");
-    let open = metric(&app, "cartstream_connections ").await.unwrap();
+    let open = app.metric("cartstream_connections").await.unwrap();
     assert!(open >= 4.0, "the held connections count: {open}");
 }

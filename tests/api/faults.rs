@@ -3,17 +3,16 @@
 //! SIGTERM under load. Each test prints its figures (acked vs found in ClickHouse).
 
 use crate::backends::*;
+use crate::binary::{run_within, start_binary, stop, Process};
 use crate::helpers::*;
 use crate::proxy::FaultProxy;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 pub(crate) fn host_port(url: &str) -> SocketAddr {
@@ -186,16 +185,9 @@ async fn http_client(url: String, rounds: usize, per_round: usize, pause: Durati
     out
 }
 
-async fn metric(app_url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{app_url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0.0, |v| v.parse().unwrap())
+/// A metric's value, 0 when the server does not list it.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    app.metric(name).await.unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -249,7 +241,7 @@ async fn clickhouse_cut_during_load_acks_keep_flowing_and_nothing_is_lost() {
         Duration::from_secs(20),
         || async {
             if acked.load(Ordering::SeqCst) > acked_at_cut {
-                metric(&app.url(""), "cartstream_journal_entries").await
+                metric(&app, "cartstream_journal_entries").await
             } else {
                 0.0
             }
@@ -286,7 +278,7 @@ async fn clickhouse_cut_during_load_acks_keep_flowing_and_nothing_is_lost() {
         "FIGURES clickhouse-cut: acked={} acked_during_cut={acked_during_cut} rows_during_cut={rows_during_cut} \
          journal_during_cut={journal_during_cut} found={count} uniq={uniq} flush_errors={}",
         accepted.len(),
-        metric(&app.url(""), "cartstream_flush_errors_total").await
+        metric(&app, "cartstream_flush_errors_total").await
     );
     assert_eq!(
         (count, uniq),
@@ -343,7 +335,7 @@ async fn redis_cut_fail_open_keeps_accepting_and_still_answers_duplicates() {
     assert_eq!(app.post_event(&item_added(&old)).await.0, 200);
     let new_during = during.answered[0].0.clone();
     assert_eq!(app.post_event(&item_added(&new_during)).await.0, 200);
-    assert!(metric(&app.url(""), "cartstream_dedup_fallback_total").await > 0.0);
+    assert!(metric(&app, "cartstream_dedup_fallback_total").await > 0.0);
     proxy.restore();
     // After a dedup failure the server rests its dedup store for a second (an in-process timer
     // with no outward sign while fail-open keeps accepting): wait it out. (The fail-closed
@@ -512,45 +504,6 @@ async fn load_until_acked(proc: &Process, n: usize) -> Vec<tokio::task::JoinHand
     clients
 }
 
-/// The real binary, as operators run it.
-pub(crate) struct Process {
-    pub child: tokio::process::Child,
-    pub url: String,
-}
-
-pub(crate) async fn start_binary(envs: &[(&str, String)]) -> Process {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartstream"));
-    cmd.env("CARTSTREAM_LISTEN", "127.0.0.1:0")
-        .env("CARTSTREAM_LOG", "info")
-        .env("CARTSTREAM_LOG_FORMAT", "json")
-        .env_remove("CARTSTREAM_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("the cartstream binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["fields"]["message"] == "cartstream listening" {
-                return v["fields"]["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the binary exited before listening");
-    })
-    .await
-    .expect("the binary listens in time");
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Process {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
-
 fn production_env(
     ch: &Ch,
     data_dir: &std::path::Path,
@@ -675,19 +628,10 @@ async fn sigterm_under_load_exits_0_after_answering_and_flushing() {
     // A long interval: only the shutdown flush can bring the rows to ClickHouse in time.
     env.push(("CARTSTREAM_FORWARD_INTERVAL", "1h".into()));
     env.push(("CARTSTREAM_FORWARD_MAX_ROWS", "1000000".into()));
-    let mut proc = start_binary(&env).await;
+    let proc = start_binary(&env).await;
     let clients = load_until_acked(&proc, 2000).await;
-    let pid = proc.child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(60), proc.child.wait())
-        .await
-        .expect("exits in time")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "exit 0");
+    // SIGTERM; it exits 0 within 60 s.
+    stop(proc).await;
     let mut all = Vec::new();
     for c in clients {
         all.push(c.await.unwrap());
@@ -725,19 +669,11 @@ async fn a_second_instance_on_the_same_data_dir_is_refused_and_a_killed_ones_dir
     let first_pid = first.child.id().unwrap();
 
     // The second one refuses to start, naming the holder, before it opens anything.
-    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartstream"))
-        .env("CARTSTREAM_LISTEN", "127.0.0.1:0")
-        .env("CARTSTREAM_DATA_DIR", dir.path())
-        .env("CARTSTREAM_LOG", "info")
-        .env_remove("CARTSTREAM_CONFIG")
-        .kill_on_drop(true)
-        .output();
-    let second = tokio::time::timeout(Duration::from_secs(30), second)
-        .await
-        .expect("the second instance exits in time")
-        .unwrap();
-    let said = String::from_utf8_lossy(&second.stdout).to_string()
-        + &String::from_utf8_lossy(&second.stderr);
+    let second_envs = [
+        ("CARTSTREAM_DATA_DIR", dir.path().display().to_string()),
+        ("CARTSTREAM_LOG", "info".to_owned()),
+    ];
+    let (second, said) = run_within(&[], &second_envs, Duration::from_secs(30)).await;
     assert!(!second.status.success(), "{said}");
     assert!(
         said.contains("is in use by another cartstream") && said.contains(&first_pid.to_string()),

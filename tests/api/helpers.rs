@@ -148,6 +148,13 @@ impl TestApp {
         (status, r.text().await.unwrap_or_default())
     }
 
+    /// The value of the `/metrics` series `series` (its name, with its labels as the server
+    /// writes them, e.g. `cartstream_x_total{store="embedded"}`), or `None` when not listed.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get_text("/metrics").await;
+        metric_in(&text, series)
+    }
+
     /// Opens a WebSocket and returns it with its `connection_ack`.
     pub async fn ws(&self) -> (Ws, Value) {
         let (mut ws, _) = tokio_tungstenite::connect_async(self.ws_url())
@@ -286,4 +293,11 @@ pub fn item_added(event_id: &str) -> Value {
 
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The value of the series `series` in a `/metrics` text, or `None` when not listed.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
 }

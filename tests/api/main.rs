@@ -2,10 +2,13 @@
 //! production adapters against real Redis and ClickHouse. One binary (modules, not files) so
 //! it links once.
 
+mod asyncapi;
 mod backends;
+mod binary;
 mod bounds;
 mod clickhouse_cluster;
 mod clickhouse_layout;
+mod clickhouse_refusals;
 mod clickhouse_retention;
 mod clickhouse_store;
 mod contract;

@@ -37,6 +37,8 @@ async fn an_event_past_retention_is_deleted_then_neither_listed_nor_a_duplicate(
     )
     .await;
     assert_eq!(seen, std::slice::from_ref(&id));
+    let deleted = r#"cartstream_retention_deleted_events_total{store="embedded"}"#;
+    assert_eq!(app.metric(deleted).await, None, "no retention, no series");
     app.stop().await.unwrap();
 
     // Restarted with a retention of 2 s: the event, already listed, goes.
@@ -53,6 +55,16 @@ async fn an_event_past_retention_is_deleted_then_neither_listed_nor_a_duplicate(
     )
     .await;
     assert!(left.is_empty(), "still listed after 30 s: {left:?}");
+    // Counted, by store (ClickHouse counts mutations instead: tests/api/clickhouse_retention.rs).
+    let counted = poll_until(
+        Duration::from_secs(10),
+        || app.metric(deleted),
+        |n| *n == Some(1.0),
+    )
+    .await;
+    assert_eq!(counted, Some(1.0), "the one old event");
+    let mutations = r#"cartstream_retention_delete_mutations_total{store="embedded"}"#;
+    assert_eq!(app.metric(mutations).await, Some(0.0));
     // Its dedup window ended long ago: the same id is new again, and listed again.
     event["timestamp"] = Value::from(crate::helpers::now_rfc3339());
     let (status, body) = app.post_event(&event).await;

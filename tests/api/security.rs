@@ -166,7 +166,7 @@ async fn each_scope_opens_only_its_endpoints() {
         200
     );
     // Operations stay open.
-    for open in ["/health", "/metrics", "/openapi.json"] {
+    for open in ["/health", "/metrics", "/openapi.json", "/asyncapi.json"] {
         assert_eq!(app.get_text(open).await.0, 200, "{open}");
     }
     // The WebSocket needs an ingest key too.

@@ -150,6 +150,21 @@ impl Receiver {
     pub fn requests(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
         self.state.requests.lock().unwrap()
     }
+
+    /// The event ids in every request received from index `from` on (webhook bodies).
+    pub fn event_ids(&self, from: usize) -> Vec<String> {
+        self.requests()[from..]
+            .iter()
+            .flat_map(|r| {
+                let body = r.json();
+                let events = body["events"].as_array().cloned().unwrap_or_default();
+                events
+                    .into_iter()
+                    .map(|e| e["eventId"].as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 #[handler]

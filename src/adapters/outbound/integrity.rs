@@ -37,7 +37,7 @@ fn is_damage(e: &rusqlite::Error) -> bool {
 }
 
 /// Opens an existing file without creating it, for a check or a salvage.
-fn open_existing(path: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open_existing(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -84,6 +84,8 @@ pub struct TableSalvage {
     pub unread_rowids: u64,
     /// The table could not be read from some rowid to its end (or at all).
     pub tail_unread: bool,
+    /// Rows read but left out because their checksum failed (the outbox's rows).
+    pub failed_checksum: u64,
 }
 
 /// Rows read per query while copying.
@@ -106,9 +108,16 @@ pub fn copy_readable(damaged: &Path, fresh: &mut Connection) -> Result<Vec<Table
             saved: 0,
             unread_rowids: 0,
             tail_unread: false,
+            failed_checksum: 0,
         };
         match &source {
             Ok(src) => {
+                // A file written by an earlier version may lack columns added since (the
+                // outbox's `checksum`): those stay NULL rather than fail every read.
+                let columns = match source_columns(src, &table) {
+                    Some(have) => columns.into_iter().filter(|c| have.contains(c)).collect(),
+                    None => columns,
+                };
                 let copy = Copy {
                     src,
                     dst: &tx,
@@ -124,6 +133,18 @@ pub fn copy_readable(damaged: &Path, fresh: &mut Connection) -> Result<Vec<Table
     }
     tx.commit().map_err(fail)?;
     Ok(out)
+}
+
+/// The columns of `table` in the (damaged) source, when its schema can be read and has it.
+fn source_columns(src: &Connection, table: &str) -> Option<Vec<String>> {
+    let cols: Vec<String> = src
+        .prepare(&format!("PRAGMA table_info(\"{table}\")"))
+        .ok()?
+        .query_map([], |r| r.get(1))
+        .ok()?
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (!cols.is_empty()).then_some(cols)
 }
 
 /// The tables of `conn`'s schema, each with its columns and whether one of them is the rowid.

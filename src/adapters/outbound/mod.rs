@@ -7,6 +7,7 @@ pub mod integrity;
 pub mod journal;
 mod listing_sql;
 pub mod outbox;
+pub mod quarantine;
 mod redact;
 pub mod redis;
 pub(crate) mod sqlite;

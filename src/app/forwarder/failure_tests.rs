@@ -89,6 +89,8 @@ fn forwarder(journal: MockJournal, remote: MockEventStore, metrics: &Arc<Metrics
         metrics: Arc::clone(metrics),
         clock: Arc::new(crate::ports::SystemClock),
         routed_through: None,
+        quarantine: None,
+        health: Arc::default(),
     }
 }
 

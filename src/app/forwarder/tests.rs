@@ -52,6 +52,8 @@ async fn entries_are_forwarded_in_batches_and_removed_after_success() {
         metrics: Arc::new(Metrics::new()),
         clock: Arc::new(TokioClock::start()),
         routed_through: None,
+        quarantine: None,
+        health: Arc::default(),
     };
     let task = tokio::spawn(fwd.run(stop.clone()));
     // Removal follows the remote insert: wait for both, not only the insert.
@@ -102,6 +104,8 @@ async fn a_failing_remote_is_retried_and_nothing_is_removed_until_it_succeeds() 
         metrics: Arc::clone(&metrics),
         clock: Arc::new(TokioClock::start()),
         routed_through: None,
+        quarantine: None,
+        health: Arc::default(),
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(fwd.run(stop.clone()));
@@ -210,6 +214,8 @@ async fn each_forwarded_event_reports_its_lag_from_receipt_to_the_store() {
         metrics: Arc::clone(&metrics),
         clock,
         routed_through: None,
+        quarantine: None,
+        health: Arc::default(),
     };
     stop.cancel();
     fwd.run(stop).await;

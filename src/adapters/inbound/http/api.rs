@@ -6,7 +6,8 @@ use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, InstantPar
 use super::listing::{write_page, EventListJson};
 use super::HttpState;
 use crate::adapters::inbound::wire::{
-    batch_answer, unavailable_message, BatchAnswer, BatchResult, ErrorBody, ErrorCode, EventView,
+    batch_answer, rfc3339, unavailable_message, BatchAnswer, BatchResult, ErrorBody, ErrorCode,
+    EventView,
 };
 use crate::app::disk::DiskReport;
 use crate::app::metrics::{Channel, Metrics};
@@ -249,15 +250,79 @@ pub struct Disk {
     pub error: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ForwardingStatus {
+    /// The latest insert into the event store succeeded (or none was needed).
+    Ok,
+    /// Inserts fail; the journal keeps every event and they are retried.
+    Failing,
+}
+
+/// The way from the local journal to the event store (ClickHouse, or the embedded store).
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Forwarding {
+    pub status: ForwardingStatus,
+    /// While failing: `unreachable`, `timeout`, `refused` (the server answered an error:
+    /// a permission, a quota, an overload, or data it refuses), `schema_mismatch` (the table
+    /// is not what the service writes), `no_space`, `full` or `failed`.
+    #[oai(skip_serializing_if_is_none)]
+    pub class: Option<String>,
+    /// The event store's error code, when it gave one (ClickHouse's `Code: N`).
+    #[oai(skip_serializing_if_is_none)]
+    pub code: Option<u32>,
+    /// The latest error.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+    /// When the failure began (RFC 3339), and the failed attempts since.
+    #[oai(skip_serializing_if_is_none)]
+    pub since: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub attempts: Option<u64>,
+    /// Events the event store refused alone, set aside (`GET /quarantine`).
+    pub quarantined: u64,
+}
+
+impl From<&crate::app::forwarder::ForwardingView> for Forwarding {
+    fn from(v: &crate::app::forwarder::ForwardingView) -> Self {
+        let quarantined = v.quarantine.count();
+        match v.health.failing() {
+            None => Self {
+                status: ForwardingStatus::Ok,
+                class: None,
+                code: None,
+                error: None,
+                since: None,
+                attempts: None,
+                quarantined,
+            },
+            Some(f) => Self {
+                status: ForwardingStatus::Failing,
+                class: Some(f.class.to_owned()),
+                code: f.code,
+                error: Some(f.error),
+                since: Some(rfc3339(f.since)),
+                attempts: Some(f.attempts),
+                quarantined,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct Readiness {
-    /// `ready` when every component is up and the disk is not full, else `not_ready`.
+    /// `ready` when every component is up, forwarding works and the disk is not full, else
+    /// `not_ready`.
     pub status: String,
     pub event_store: Component,
     pub dedup_store: Component,
     #[oai(skip_serializing_if_is_none)]
     pub disk: Option<Disk>,
+    /// Present when a journal is in front of the event store.
+    #[oai(skip_serializing_if_is_none)]
+    pub forwarding: Option<Forwarding>,
 }
 
 impl From<DiskReport> for Disk {
@@ -285,7 +350,8 @@ pub enum ReadyResponse {
     /// Every backend answers.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
-    /// At least one backend does not answer, or the disk is full; the body says which.
+    /// At least one backend does not answer, forwarding fails, or the disk is full; the body
+    /// says which.
     #[oai(status = 503)]
     NotReady(Json<Readiness>),
 }
@@ -625,8 +691,9 @@ impl<U: IngestUseCase> Api<U> {
 
     /// Readiness
     ///
-    /// `200` when the event store and the dedup store answer and the data dir's disk takes
-    /// writes, else `503`; the body names each component and its state.
+    /// `200` when the event store and the dedup store answer, the journal's events reach the
+    /// event store and the data dir's disk takes writes, else `503`; the body names each
+    /// component and its state, and while forwarding fails, its error class and since when.
     #[oai(path = "/ready", method = "get", tag = "ApiTags::Operations")]
     async fn ready(&self) -> ReadyResponse {
         let s = &self.state.backends;
@@ -657,14 +724,19 @@ impl<U: IngestUseCase> Api<U> {
         }
         let dedup_store = component(s.dedup_kind, dedup);
         let disk = s.disk.as_ref().map(|d| Disk::from(d.report()));
+        let forwarding = s.forwarding.as_ref().map(Forwarding::from);
         let up = event_store.status == ComponentStatus::Up
             && dedup_store.status == ComponentStatus::Up
-            && disk.as_ref().is_none_or(|d| d.status != DiskStatus::Full);
+            && disk.as_ref().is_none_or(|d| d.status != DiskStatus::Full)
+            && forwarding
+                .as_ref()
+                .is_none_or(|f| f.status == ForwardingStatus::Ok);
         let body = Readiness {
             status: if up { "ready" } else { "not_ready" }.into(),
             event_store,
             dedup_store,
             disk,
+            forwarding,
         };
         if up {
             ReadyResponse::Ready(Json(body))

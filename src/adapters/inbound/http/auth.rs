@@ -31,8 +31,10 @@ pub fn need(method: &Method, path: &str) -> Option<Need> {
         "/events" if method == Method::GET || method == Method::HEAD => scope(Scope::Read, false),
         "/events" => scope(Scope::Ingest, false),
         p if p.starts_with("/events/") => scope(Scope::Ingest, false),
-        "/routes" | "/dead-letters" => scope(Scope::Admin, false),
-        p if p.starts_with("/dead-letters/") => scope(Scope::Admin, false),
+        "/routes" | "/dead-letters" | "/quarantine" => scope(Scope::Admin, false),
+        p if p.starts_with("/dead-letters/") || p.starts_with("/quarantine/") => {
+            scope(Scope::Admin, false)
+        }
         _ => None,
     }
 }
@@ -379,11 +381,21 @@ mod tests {
             n(Method::DELETE, "/dead-letters/7"),
             Some((Scope::Admin, false))
         );
+        assert_eq!(n(Method::GET, "/quarantine"), Some((Scope::Admin, false)));
+        assert_eq!(
+            n(Method::POST, "/quarantine/replay"),
+            Some((Scope::Admin, false))
+        );
+        assert_eq!(
+            n(Method::DELETE, "/quarantine/e-1"),
+            Some((Scope::Admin, false))
+        );
         for open in [
             "/health",
             "/ready",
             "/metrics",
             "/openapi.json",
+            "/asyncapi.json",
             "/docs",
             "/nope",
         ] {

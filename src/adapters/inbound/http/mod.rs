@@ -11,12 +11,14 @@ pub mod cursor;
 pub mod input;
 mod listing;
 pub mod operator;
+pub mod quarantine;
 mod sdk;
 
 use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::wire::{ErrorBody, ErrorCode};
 use crate::app::access::Access;
+use crate::app::forwarder::quarantine::QuarantineAdmin;
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::{Client, RateLimits};
 use crate::ports::{DedupStore, EventStore, IngestUseCase, RouteAdmin};
@@ -57,8 +59,14 @@ unload without a preflight.
 
 **Streaming.** High-volume clients should use the WebSocket channel `GET /events/stream` \
 (not describable in OpenAPI): after `connection_ack`, send `cart_event`, `cart_event_batch` and \
-`ping` messages, pipelined; every message gets exactly one reply, in order. See the project's \
-PROTOCOL.md, section 3.";
+`ping` messages, pipelined; every message gets exactly one reply, in order. Its messages, \
+replies, limits, close codes and authentication are described by the AsyncAPI 3 document at \
+[/asyncapi.json](/asyncapi.json), whose event schemas are this document's; see also the \
+project's PROTOCOL.md, section 3.";
+
+/// The AsyncAPI document of the WebSocket channel, as checked in and served at
+/// `/asyncapi.json` (tests/api/asyncapi.rs keeps its event schemas the OpenAPI document's).
+pub const ASYNCAPI_DOCUMENT: &str = include_str!("../../../../asyncapi/asyncapi.json");
 
 /// The HTTP adapter's limits, taken from the settings once at startup.
 #[derive(Debug, Clone)]
@@ -105,6 +113,8 @@ pub struct Backends {
     pub disk: Option<Arc<crate::app::disk::DiskState>>,
     /// Damage the integrity check found after the server started: `GET /ready` answers 503.
     pub damage: Arc<crate::app::integrity::Damage>,
+    /// The forwarder's health and the quarantine, when a journal is in front of the store.
+    pub forwarding: Option<crate::app::forwarder::ForwardingView>,
 }
 
 /// Everything the HTTP adapter needs, built once in [`crate::app::startup`].
@@ -121,12 +131,27 @@ pub struct HttpState<U> {
 /// The OpenAPI service for `state`. The document it serves does not depend on the state.
 pub fn openapi<U: IngestUseCase>(
     state: Arc<HttpState<U>>,
-) -> OpenApiService<(api::Api<U>, operator::OperatorApi), ()> {
+) -> OpenApiService<
+    (
+        api::Api<U>,
+        operator::OperatorApi,
+        quarantine::QuarantineApi,
+    ),
+    (),
+> {
     let operator = operator::OperatorApi {
         routing: state.routing.clone(),
         metrics: Arc::clone(&state.metrics),
     };
-    let apis = (api::Api { state }, operator);
+    let quarantine = quarantine::QuarantineApi {
+        admin: state.backends.forwarding.as_ref().map(|f| QuarantineAdmin {
+            quarantine: Arc::clone(&f.quarantine),
+            remote: Arc::clone(&f.remote),
+            metrics: Arc::clone(&state.metrics),
+        }),
+        metrics: Arc::clone(&state.metrics),
+    };
+    let apis = (api::Api { state }, operator, quarantine);
     OpenApiService::new(apis, "cartstream", env!("CARGO_PKG_VERSION")).description(DESCRIPTION)
 }
 
@@ -135,9 +160,9 @@ pub fn openapi_document<U: IngestUseCase>(state: Arc<HttpState<U>>) -> String {
     openapi(state).spec()
 }
 
-/// Every route of the server: the OpenAPI operations and documents, the browser SDK's script,
-/// and `stream` (the WebSocket adapter's endpoint, which this adapter mounts without knowing)
-/// at `/events/stream`, all behind the guard.
+/// Every route of the server: the OpenAPI operations, the OpenAPI and AsyncAPI documents, the
+/// browser SDK's script, and `stream` (the WebSocket adapter's endpoint, which this adapter
+/// mounts without knowing) at `/events/stream`, all behind the guard.
 pub fn routes<U: IngestUseCase>(
     state: Arc<HttpState<U>>,
     stream: impl Endpoint + 'static,
@@ -147,6 +172,7 @@ pub fn routes<U: IngestUseCase>(
         &service.spec(),
         &[
             ("/openapi.json", "GET"),
+            ("/asyncapi.json", "GET"),
             ("/events/stream", "GET"),
             (sdk::PATH, "GET, HEAD"),
         ],
@@ -161,6 +187,10 @@ pub fn routes<U: IngestUseCase>(
     Route::new()
         .at("/events/stream", stream)
         .at("/openapi.json", spec)
+        .at(
+            "/asyncapi.json",
+            poem::get(poem::endpoint::make_sync(|_| asyncapi_response())),
+        )
         .at(sdk::PATH, poem::get(sdk::script).head(sdk::script))
         .nest("/docs", docs)
         .nest("/", service)
@@ -182,6 +212,13 @@ pub fn routes<U: IngestUseCase>(
             let cors = Arc::clone(&cors);
             async move { cors.around(&ep, req).await }
         })
+}
+
+/// `GET /asyncapi.json`: the checked-in document, as it is.
+fn asyncapi_response() -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .body(ASYNCAPI_DOCUMENT)
 }
 
 /// Rejects what must not reach a handler: a request without the key its endpoint needs, a

@@ -52,6 +52,7 @@ fn http_state(
             reads: Arc::new(Semaphore::new(1)),
             disk: None,
             damage: Arc::default(),
+            forwarding: None,
         },
         metrics: metrics(),
         routing: None,

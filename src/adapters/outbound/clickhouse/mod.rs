@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod layout;
 mod migrate;
 mod reads;
+mod refusal;
 mod retention;
 
 pub use cluster::{
@@ -31,7 +32,9 @@ pub use migrate::Migration;
 use super::listing_sql::{page_clause, Arg, CLICKHOUSE};
 use super::redact::{redact_url, scrub};
 use crate::domain::{DedupKey, StoredEvent, StoredFields};
-use crate::ports::{EventPage, EventQuery, EventStore, PageBuilder, PortError};
+use crate::ports::{
+    EventPage, EventQuery, EventStore, PageBuilder, PortError, Refusal, RefusalCause,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use clickhouse::{Client, Compression};
 use serde::{Deserialize, Serialize};
@@ -601,9 +604,14 @@ impl ClickHouseStore {
             &self.inner.secrets,
         );
         match e {
-            // Unreachable, slow, or the server refused (its exceptions arrive as bad
-            // responses: overload, too many parts, a dropped table): worth retrying.
-            E::Network(_) | E::TimedOut | E::BadResponse(_) => PortError::Unavailable(msg),
+            E::Network(_) => PortError::Unavailable(msg),
+            E::TimedOut => PortError::TimedOut(msg),
+            // The server's exceptions arrive as bad responses: classified by their code. One
+            // without a code (a proxy's page, a server starting) is as if unreachable.
+            E::BadResponse(text) => match refusal::refusal(&text, msg.clone()) {
+                Some(r) => PortError::Refused(r),
+                None => PortError::Unavailable(msg),
+            },
             _ => PortError::Failed(msg),
         }
     }
@@ -623,6 +631,41 @@ impl ClickHouseStore {
                 Arg::Text(t) => q.bind(t),
                 Arg::Int(i) => q.bind(i),
             })
+    }
+
+    /// Compares the insert table's columns with what the service writes: a
+    /// [`RefusalCause::Schema`] refusal naming each difference, so an operator sees "column
+    /// x is Int32, the service writes Int64" rather than a parse error, and no row is written
+    /// into a table that would misread it.
+    async fn check_columns(&self) -> Result<(), PortError> {
+        let q = self
+            .inner
+            .client
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+            .bind(self.inner.database.as_str())
+            .bind(self.inner.table.as_str());
+        let found: Vec<(String, String)> = self.timed("check columns", q.fetch_all()).await?;
+        let wrong = refusal::column_differences(&found);
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        let what = if found.is_empty() {
+            "is missing".to_owned()
+        } else {
+            format!(
+                "does not match what the service writes: {}",
+                wrong.join("; ")
+            )
+        };
+        Err(PortError::Refused(Refusal {
+            cause: RefusalCause::Schema,
+            code: None,
+            message: format!(
+                "clickhouse table {} at {} {what}; the journal keeps every event until the \
+                 table is fixed (README: \"ClickHouse refuses\")",
+                self.inner.qualified, self.inner.shown_url
+            ),
+        }))
     }
 
     async fn do_insert(&self, rows: &[EventRow]) -> clickhouse::error::Result<()> {
@@ -650,8 +693,17 @@ impl EventStore for ClickHouseStore {
             return Ok(());
         }
         self.schema().await?;
+        self.check_columns().await?;
         let rows: Vec<EventRow> = events.iter().map(EventRow::from).collect();
-        self.timed("insert", self.do_insert(&rows)).await
+        match self.timed("insert", self.do_insert(&rows)).await {
+            // A table changed between the check and the insert: say so, rather than blame the
+            // data (and have the forwarder split the batch for nothing).
+            Err(PortError::Refused(r)) if r.cause == RefusalCause::Data => {
+                self.check_columns().await?;
+                Err(PortError::Refused(r))
+            }
+            other => other,
+        }
     }
 
     async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError> {

@@ -16,7 +16,7 @@
 
 use super::cluster::local_table;
 use super::{layout, quote, ClickHouseStore, Server};
-use crate::ports::{Expiry, PortError, Retention};
+use crate::ports::{ExpireStep, Expiry, PortError, Retention};
 use chrono::NaiveDate;
 use clickhouse::Client;
 use std::time::Duration;
@@ -29,6 +29,9 @@ struct Target<'a> {
     client: &'a Client,
     url: &'a str,
     main: String,
+    /// The read layout's index tables on that server: by user, by time.
+    by_user: String,
+    by_time: String,
 }
 
 impl ClickHouseStore {
@@ -38,13 +41,18 @@ impl ClickHouseStore {
                 client: &self.inner.client,
                 url: &self.inner.shown_url,
                 main: self.inner.table.clone(),
+                by_user: layout::by_user_table(&self.inner.table),
+                by_time: layout::by_time_table(&self.inner.table),
             }],
+            // A shard's tables are the local ones: `events_local`, `events_by_user_local`, ...
             Some((_, shards)) => shards
                 .iter()
                 .map(|Server { client, shown_url }| Target {
                     client,
                     url: shown_url,
                     main: local_table(&self.inner.table),
+                    by_user: local_table(&layout::by_user_table(&self.inner.table)),
+                    by_time: local_table(&layout::by_time_table(&self.inner.table)),
                 })
                 .collect(),
         }
@@ -55,13 +63,9 @@ impl ClickHouseStore {
     }
 
     /// Issues the delete mutation on one server's read-layout tables, unless one is still
-    /// running there or nothing is old enough; whether it issued one.
-    async fn mutate_old_rows(&self, t: &Target<'_>, expiry: Expiry) -> Result<bool, PortError> {
-        let tables = [
-            t.main.clone(),
-            layout::by_user_table(&t.main),
-            layout::by_time_table(&t.main),
-        ];
+    /// running there or nothing is old enough; how many it issued (one per table).
+    async fn mutate_old_rows(&self, t: &Target<'_>, expiry: Expiry) -> Result<u64, PortError> {
+        let tables = [t.main.clone(), t.by_user.clone(), t.by_time.clone()];
         let db = self.inner.database.as_str();
         let err = |what: &str| {
             let what = what.to_owned();
@@ -83,7 +87,7 @@ impl ClickHouseStore {
             .await
             .map_err(err("retention: read system.mutations"))?;
         if running > 0 {
-            return Ok(false);
+            return Ok(0);
         }
         let (occurred, received) = cutoffs(expiry);
         let condition = format!("occurred_at_ms < {occurred} AND received_at_ms < {received}");
@@ -100,8 +104,9 @@ impl ClickHouseStore {
             .await
             .map_err(err("retention: count old rows"))?;
         if old == 0 {
-            return Ok(false);
+            return Ok(0);
         }
+        let mut issued = 0;
         for table in &tables {
             let sql = format!(
                 "ALTER TABLE {} DELETE WHERE {condition}",
@@ -110,13 +115,14 @@ impl ClickHouseStore {
             self.timed_raw(t.client.query(&sql).execute())
                 .await
                 .map_err(err("retention: delete old rows"))?;
+            issued += 1;
         }
         tracing::info!(
             server = t.url,
             rows = old,
             "retention: deleting old events (a ClickHouse mutation)"
         );
-        Ok(true)
+        Ok(issued)
     }
 
     /// Drops the months of a legacy table that ended before the cutoff, except one still
@@ -201,7 +207,7 @@ impl Retention for ClickHouseStore {
     /// One round: on every server, drop old months (legacy) or issue the delete mutation if
     /// none is running and the last one was issued [`MUTATION_EVERY`] ago. Never more in the
     /// same round: a mutation is not a small step.
-    async fn expire_step(&self, expiry: Expiry) -> Result<bool, PortError> {
+    async fn expire_step(&self, expiry: Expiry) -> Result<ExpireStep, PortError> {
         self.schema().await?;
         if self
             .inner
@@ -214,7 +220,7 @@ impl Retention for ClickHouseStore {
                  deleted from the shards' tables; an operator deletes them (docs/backends.md, \
                  \"Retention\")"
             );
-            return Ok(false);
+            return Ok(ExpireStep::default());
         }
         let legacy = self.is_legacy();
         if !legacy {
@@ -224,18 +230,19 @@ impl Retention for ClickHouseStore {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < MUTATION_EVERY) {
-                return Ok(false);
+                return Ok(ExpireStep::default());
             }
             *last = Some(tokio::time::Instant::now());
         }
+        let mut step = ExpireStep::default();
         for t in self.retention_targets() {
             if legacy {
-                self.drop_old_months(&t, expiry).await?;
+                step.partitions += self.drop_old_months(&t, expiry).await?.len() as u64;
             } else {
-                self.mutate_old_rows(&t, expiry).await?;
+                step.mutations += self.mutate_old_rows(&t, expiry).await?;
             }
         }
-        Ok(false)
+        Ok(step)
     }
 }
 

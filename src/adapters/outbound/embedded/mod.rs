@@ -12,8 +12,8 @@ use super::sqlite::{
 };
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
-    Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, Expiry, FeedEntry,
-    Lease, PortError, Retention, SystemClock,
+    Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, ExpireStep, Expiry,
+    FeedEntry, Lease, PortError, Retention, SystemClock,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -462,7 +462,7 @@ const EXPIRE_EVENTS: &str = "DELETE FROM events WHERE rowid IN (
 
 #[async_trait::async_trait]
 impl Retention for EmbeddedStore {
-    async fn expire_step(&self, expiry: Expiry) -> Result<bool, PortError> {
+    async fn expire_step(&self, expiry: Expiry) -> Result<ExpireStep, PortError> {
         let occurred = unix_ms(expiry.occurred_before);
         let received = unix_ms(expiry.received_before);
         self.blocking(move |inner| {
@@ -472,7 +472,11 @@ impl Retention for EmbeddedStore {
                 .execute(EXPIRE_EVENTS, params![occurred, received, EXPIRE_BATCH])
                 .map_err(db_err)?;
             let freed = incremental_vacuum(&state.conn, VACUUM_PAGES)?;
-            Ok(deleted == EXPIRE_BATCH || freed == VACUUM_PAGES)
+            Ok(ExpireStep {
+                more: deleted == EXPIRE_BATCH || freed == VACUUM_PAGES,
+                events: deleted as u64,
+                ..ExpireStep::default()
+            })
         })
         .await
     }

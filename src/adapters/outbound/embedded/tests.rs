@@ -344,10 +344,21 @@ async fn retention_deletes_old_events_in_batches_and_dedup_and_listing_agree() {
     let expiry = policy.expiry(*lock(&now));
 
     let mut left = vec![count(&store)];
-    while store.expire_step(expiry).await.unwrap() {
+    let mut deleted = Vec::new();
+    loop {
+        let step = store.expire_step(expiry).await.unwrap();
+        deleted.push(step.events);
+        if !step.more {
+            break;
+        }
         left.push(count(&store));
     }
     left.push(count(&store));
+    assert_eq!(
+        deleted,
+        [EXPIRE_BATCH as u64, EXPIRE_BATCH as u64, 10],
+        "each step says how many it deleted"
+    );
     let (b, total) = (EXPIRE_BATCH as i64, 2 * EXPIRE_BATCH as i64 + 16);
     assert_eq!(
         left,
@@ -387,7 +398,8 @@ async fn retention_deletes_old_events_in_batches_and_dedup_and_listing_agree() {
     // A day on, the late event's window is over too and it goes.
     *lock(&now) = at("2025-03-03T00:00:00Z");
     let later = policy.expiry(*lock(&now));
-    assert!(!store.expire_step(later).await.unwrap());
+    let step = store.expire_step(later).await.unwrap();
+    assert_eq!((step.more, step.events, step.mutations), (false, 1, 0));
     assert_eq!(count(&store), 5);
 
     // The step reads the listing index from its oldest end, not the whole table.
@@ -415,7 +427,7 @@ async fn retention_deletes_every_old_event_even_the_last_one_stored() {
         occurred_before: at("2025-06-01T00:00:00Z"),
         received_before: at("2025-06-01T00:00:00Z"),
     };
-    assert!(!store.expire_step(expiry).await.unwrap());
+    assert!(!store.expire_step(expiry).await.unwrap().more);
     assert_eq!(count(&store), 0);
     assert!(store.query(&q()).await.unwrap().events.is_empty());
 }
@@ -442,7 +454,7 @@ async fn sizes_over_days(store: &EmbeddedStore) -> Vec<i64> {
             occurred_before: start + day * d + chrono::Duration::hours(1),
             received_before: start + day * (d + 1),
         };
-        while store.expire_step(expiry).await.unwrap() {}
+        while store.expire_step(expiry).await.unwrap().more {}
     }
     sizes
 }

@@ -117,3 +117,25 @@ fn a_file_that_is_no_database_is_damaged_and_salvages_nothing() {
         "{report:?}"
     );
 }
+
+#[test]
+fn columns_the_damaged_file_lacks_are_left_null_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    filled(&path);
+    damage_middle_page(&path);
+    // The fresh schema has a column more, as a newer version's would.
+    let mut fresh = Connection::open(dir.path().join("fresh.db")).unwrap();
+    fresh
+        .execute_batch(&SCHEMA.replace("n INTEGER NOT NULL)", "n INTEGER NOT NULL, extra INTEGER)"))
+        .unwrap();
+    let report = copy_readable(&path, &mut fresh).unwrap();
+    let keyed = report.iter().find(|t| t.table == "keyed").unwrap();
+    assert!(keyed.saved > 0 && !keyed.tail_unread, "{report:?}");
+    let (n, extras): (u64, u64) = fresh
+        .query_row("SELECT count(*), count(extra) FROM keyed", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((n, extras), (keyed.saved, 0));
+}

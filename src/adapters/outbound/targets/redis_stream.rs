@@ -187,7 +187,9 @@ impl RouteTarget for RedisStreamTarget {
                 PortError::Unavailable(m)
                 | PortError::Failed(m)
                 | PortError::Full(m)
-                | PortError::NoSpace(m) => DeliveryError::retryable(m),
+                | PortError::NoSpace(m)
+                | PortError::TimedOut(m) => DeliveryError::retryable(m),
+                PortError::Refused(r) => DeliveryError::retryable(r.message),
             })?;
         if ids.len() == events.len() {
             Ok(())
