@@ -63,6 +63,14 @@ step schemathesis 420 scripts/schemathesis.sh "$bin"
 # (npm ci of scripts/asyncapi on the first run, about 10 s), and every message of a real
 # session on live servers validated against its schemas (about 15 s).
 step asyncapi 300 scripts/asyncapi/check.sh
+# The browser SDK's committed bundle is the build of its source, and within 6 KB gzipped
+# (about 10 s; npm ci from the lockfile).
+step sdk-bundle 180 scripts/sdk-bundle-check.sh
+# The browser SDK in Debian's Chromium (playwright-core) against the binary, the page on
+# another origin: 1,000 events, a cut network, kill -9, a reload, a beacon on navigation, two
+# tabs, rate_limited and unavailable, the demo shop's screenshots (about 1 minute; the first
+# run installs Chromium with apt-get, a minute or two more).
+step browser 600 scripts/browser-test.sh "$bin"
 # Coverage-guided fuzzing of the WebSocket parser, the batch body parser and validation from
 # the committed corpus, 30 s per target; any crash, panic, timeout or OOM fails. A clean fuzz
 # build takes most of the budget (about 7-8 minutes on 2 idle cores; 1.5 minutes of fuzzing).

@@ -30,6 +30,7 @@ mod redis_cluster_dedup;
 mod redis_dedup;
 mod retention;
 mod routing;
+mod sdk;
 mod security;
 mod targets;
 mod ws;

@@ -519,7 +519,10 @@ async fn cors_lets_allowed_pages_send_and_read_every_answer() {
         r.headers()["access-control-allow-origin"],
         "https://shop.example"
     );
-    assert_eq!(r.headers()["access-control-expose-headers"], "Retry-After");
+    assert_eq!(
+        r.headers()["access-control-expose-headers"],
+        "Retry-After, Date"
+    );
     // Errors carry the headers too, so the page can read why.
     let r = post("https://shop.example", None, item_added("x"))
         .await
@@ -604,7 +607,10 @@ async fn cors_headers_on_429() {
         r.headers()["access-control-allow-origin"],
         "https://shop.example"
     );
-    assert_eq!(r.headers()["access-control-expose-headers"], "Retry-After");
+    assert_eq!(
+        r.headers()["access-control-expose-headers"],
+        "Retry-After, Date"
+    );
     assert!(r.headers().contains_key("retry-after"));
 }
 

@@ -62,7 +62,8 @@ impl Cors {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             h.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("Retry-After"),
+                // Date too: the browser SDK sets its clock by it when it sends over HTTP.
+                HeaderValue::from_static("Retry-After, Date"),
             );
             h.append(header::VARY, HeaderValue::from_static("Origin"));
         }

@@ -12,6 +12,7 @@ pub mod input;
 mod listing;
 pub mod operator;
 pub mod quarantine;
+mod sdk;
 
 use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::edge::{json_error, Caller};
@@ -159,9 +160,9 @@ pub fn openapi_document<U: IngestUseCase>(state: Arc<HttpState<U>>) -> String {
     openapi(state).spec()
 }
 
-/// Every route of the server: the OpenAPI operations, the OpenAPI and AsyncAPI documents, and
-/// `stream` (the WebSocket adapter's endpoint, which this adapter mounts without knowing) at
-/// `/events/stream`, all behind the guard.
+/// Every route of the server: the OpenAPI operations, the OpenAPI and AsyncAPI documents, the
+/// browser SDK's script, and `stream` (the WebSocket adapter's endpoint, which this adapter
+/// mounts without knowing) at `/events/stream`, all behind the guard.
 pub fn routes<U: IngestUseCase>(
     state: Arc<HttpState<U>>,
     stream: impl Endpoint + 'static,
@@ -173,6 +174,7 @@ pub fn routes<U: IngestUseCase>(
             ("/openapi.json", "GET"),
             ("/asyncapi.json", "GET"),
             ("/events/stream", "GET"),
+            (sdk::PATH, "GET, HEAD"),
         ],
     ));
     let spec = service.spec_endpoint();
@@ -189,6 +191,7 @@ pub fn routes<U: IngestUseCase>(
             "/asyncapi.json",
             poem::get(poem::endpoint::make_sync(|_| asyncapi_response())),
         )
+        .at(sdk::PATH, poem::get(sdk::script).head(sdk::script))
         .nest("/docs", docs)
         .nest("/", service)
         .around(move |ep, req| guard(Arc::clone(&state), ep, req))
