@@ -30,5 +30,6 @@ mod redis_dedup;
 mod retention;
 mod routing;
 mod security;
+mod tap;
 mod targets;
 mod ws;
