@@ -40,6 +40,42 @@ async fn subscribe(app: &TestApp, key: Option<&str>, filter: Value) -> (Tap, Val
     (tap, first)
 }
 
+/// Fails unless `msg` has exactly the shape the AsyncAPI document gives its `type` on the tap
+/// channel: every field named there, every required one present. (check.mjs validates the
+/// document itself.)
+fn assert_documented(msg: &Value) {
+    let doc: Value = serde_json::from_str(include_str!("../../asyncapi/asyncapi.json")).unwrap();
+    let kind = msg["type"].as_str().unwrap_or_default();
+    let schema = doc["channels"]["eventTap"]["messages"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|m| m["$ref"].as_str())
+        .filter_map(|r| r.strip_prefix("#/components/messages/"))
+        .filter_map(|m| doc["components"]["messages"][m]["payload"]["$ref"].as_str())
+        .filter_map(|r| r.strip_prefix("#/components/schemas/"))
+        .map(|name| &doc["components"]["schemas"][name])
+        .find(|s| s["properties"]["type"]["const"] == kind)
+        .unwrap_or_else(|| panic!("the tap channel documents no {kind:?}: {msg}"));
+    let named = schema["properties"].as_object().unwrap();
+    for field in msg.as_object().unwrap().keys() {
+        assert!(
+            named.contains_key(field),
+            "{kind}: field {field} is not documented"
+        );
+    }
+    for field in schema["required"].as_array().unwrap() {
+        let field = field.as_str().unwrap();
+        assert!(
+            msg.get(field).is_some(),
+            "{kind}: required {field} missing: {msg}"
+        );
+    }
+    if let Some(allowed) = named.get("outcome").and_then(|o| o["enum"].as_array()) {
+        assert!(allowed.contains(&msg["outcome"]), "{msg}");
+    }
+}
+
 fn http_with_key(app: &TestApp, key: &str) -> reqwest::RequestBuilder {
     app.http
         .post(app.url("/events/batch"))
@@ -52,6 +88,7 @@ async fn only_read_and_admin_keys_may_watch_and_never_from_the_url() {
     let (_tap, ack) = subscribe(&app, Some("rd-1"), json!({})).await;
     assert_eq!(ack["type"], "tap_ack", "{ack}");
     assert_eq!(ack["scope"], "read");
+    assert_documented(&ack);
     let (_tap, ack) = subscribe(&app, Some("ad-1"), json!({})).await;
     assert_eq!(ack["scope"], "admin", "{ack}");
 
@@ -61,8 +98,9 @@ async fn only_read_and_admin_keys_may_watch_and_never_from_the_url() {
         (Some("in-1"), "forbidden"),
     ] {
         let (mut tap, first) = subscribe(&app, key, json!({})).await;
-        assert_eq!(first["type"], "error", "{key:?}: {first}");
+        assert_eq!(first["type"], "tap_error", "{key:?}: {first}");
         assert_eq!(first["code"], code, "{key:?}: {first}");
+        assert_documented(&first);
         assert_eq!(recv_close_code(&mut tap).await, 1008);
     }
 
@@ -113,6 +151,7 @@ async fn shows_accepted_duplicate_and_rejected_events_with_their_errors() {
     assert_eq!(seen["type"], "tap_event", "{seen}");
     assert_eq!(seen["outcome"], "accepted");
     assert_eq!(seen["channel"], "ws");
+    assert_documented(&seen);
     assert_eq!(seen["event"]["eventId"], id.as_str());
     assert!(seen["event"]["receivedAt"].is_string(), "{seen}");
     // The same event recorded: its receivedAt is the one GET /events shows.
@@ -144,6 +183,8 @@ async fn shows_accepted_duplicate_and_rejected_events_with_their_errors() {
     assert_eq!(dup["channel"], "http");
     assert_eq!(rejected["outcome"], "rejected", "{rejected}");
     assert_eq!(rejected["event"]["userId"], "u-bad");
+    assert_documented(dup);
+    assert_documented(rejected);
     let errors = rejected["errors"].as_array().expect("errors");
     assert!(
         errors
@@ -297,7 +338,10 @@ async fn a_subscriber_that_does_not_read_is_told_how_many_it_missed_and_ingest_g
         let m = recv_json(&mut tap).await;
         match m["type"].as_str() {
             Some("tap_event") => delivered += 1,
-            Some("skipped") => skipped += m["count"].as_u64().expect("a count"),
+            Some("skipped") => {
+                assert_documented(&m);
+                skipped += m["count"].as_u64().expect("a count");
+            }
             _ => panic!("unexpected {m}"),
         }
     }

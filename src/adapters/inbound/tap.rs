@@ -233,8 +233,7 @@ fn upgrade(state: Arc<TapState>, req: Request) -> Response {
 
 fn error_message(code: ErrorCode, message: &str) -> Message {
     Message::text(
-        json!({"type": "error", "code": code.as_str(), "message": message, "retryable": false})
-            .to_string(),
+        json!({"type": "tap_error", "code": code.as_str(), "message": message}).to_string(),
     )
 }
 

@@ -60,7 +60,7 @@ function connect(key) {
     let msg;
     try { msg = JSON.parse(m.data); } catch (_) { return; }
     if (msg.type === 'tap_ack') return started(key, msg);
-    if (msg.type === 'error') return refused(msg);
+    if (msg.type === 'tap_error') return refused(msg);
     if (msg.type === 'skipped') return skipped(msg.count);
     if (msg.type === 'tap_event') return arrived(msg);
   };
