@@ -63,6 +63,10 @@ step schemathesis 420 scripts/schemathesis.sh "$bin"
 # (npm ci of scripts/asyncapi on the first run, about 10 s), and every message of a real
 # session on live servers validated against its schemas (about 15 s).
 step asyncapi 300 scripts/asyncapi/check.sh
+# The live view in Debian's Chromium driven by playwright-core (npm ci of tests/browser-live on
+# the first run, about 5 s; apt-get install chromium if missing): the tap's events within 1 s,
+# rejections, filters, pause, hostile payloads inert, screenshots (about 20 s).
+step live 300 scripts/live-test.sh "$bin"
 # Coverage-guided fuzzing of the WebSocket parser, the batch body parser and validation from
 # the committed corpus, 30 s per target; any crash, panic, timeout or OOM fails. A clean fuzz
 # build takes most of the budget (about 7-8 minutes on 2 idle cores; 1.5 minutes of fuzzing).
