@@ -71,6 +71,10 @@ step sdk-bundle 180 scripts/sdk-bundle-check.sh
 # tabs, rate_limited and unavailable, the demo shop's screenshots (about 1 minute; the first
 # run installs Chromium with apt-get, a minute or two more).
 step browser 600 scripts/browser-test.sh "$bin"
+# The live view in Debian's Chromium driven by playwright-core (npm ci of tests/browser-live on
+# the first run, about 5 s; apt-get install chromium if missing): the tap's events within 1 s,
+# rejections, filters, pause, hostile payloads inert, screenshots (about 20 s).
+step live 300 scripts/live-test.sh "$bin"
 # Coverage-guided fuzzing of the WebSocket parser, the batch body parser and validation from
 # the committed corpus, 30 s per target; any crash, panic, timeout or OOM fails. A clean fuzz
 # build takes most of the budget (about 7-8 minutes on 2 idle cores; 1.5 minutes of fuzzing).

@@ -134,6 +134,10 @@ pub struct Settings {
     /// Messages a WebSocket client may have in flight before the server stops reading.
     #[validate(range(min = 1, max = 100_000))]
     pub ws_max_in_flight: usize,
+    /// Events each `GET /events/tap` subscriber may lag behind before the oldest are skipped
+    /// (and the count of skipped ones sent to it).
+    #[validate(range(min = 1, max = 1_000_000))]
+    pub tap_buffer: usize,
 
     /// Events per second per WebSocket connection and per HTTP client address; 0 = no limit.
     pub rate_limit_per_second: u32,
@@ -414,6 +418,7 @@ impl Default for Settings {
             ws_ping_interval: Duration::from_secs(30),
             ws_max_missed_pings: 2,
             ws_max_in_flight: 1024,
+            tap_buffer: 1024,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             api_keys: Vec::new(),
@@ -547,6 +552,7 @@ const ENV_KEYS: &[&str] = &[
     "ws_ping_interval",
     "ws_max_missed_pings",
     "ws_max_in_flight",
+    "tap_buffer",
     "rate_limit_per_second",
     "rate_limit_burst",
     "api_keys",

@@ -7,9 +7,10 @@
 
 use crate::app::disk::DiskState;
 use crate::app::metrics::{Channel, ChannelLabels, Metrics};
+use crate::app::tap::{TapEvent, TapOutcome};
 use crate::domain::{
-    parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, GroupPlan, Source,
-    StoredEvent, ValidationPolicy, WrongLength,
+    parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, EventType,
+    GroupPlan, Source, StoredEvent, ValidationPolicy, WrongLength,
 };
 use crate::ports::{Claim, Clock, DedupStore, EventStore, Lease, PortError};
 pub use crate::ports::{Item, Outcome, Unavailable};
@@ -64,16 +65,48 @@ impl Ingest {
 
     /// Validates one raw event against the rules, by the server's clock now.
     pub fn validate(&self, raw: Value) -> Item {
-        parse_event_owned(raw, &self.inner.policy, self.inner.clock.now(), || {
+        let event_type = crate::app::tap::raw_event_type(&raw);
+        let copy = self.inner.metrics.tap.active().then(|| raw.clone());
+        let item = parse_event_owned(raw, &self.inner.policy, self.inner.clock.now(), || {
             EventId::from_random_bytes(rand::random())
-        })
+        });
+        self.rejected(&item, event_type, copy);
+        item
     }
 
     /// Validates one event given by its fields, by the server's clock now.
     pub fn validate_fields(&self, fields: EventFields) -> Item {
-        parse_fields(fields, &self.inner.policy, self.inner.clock.now(), || {
+        let event_type = fields
+            .event_type
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(EventType::parse);
+        let copy = self
+            .inner
+            .metrics
+            .tap
+            .active()
+            .then(|| fields_json(&fields));
+        let item = parse_fields(fields, &self.inner.policy, self.inner.clock.now(), || {
             EventId::from_random_bytes(rand::random())
-        })
+        });
+        self.rejected(&item, event_type, copy);
+        item
+    }
+
+    /// Counts a rejection by its event type and shows it on the tap (`raw` is there only
+    /// while someone watches).
+    fn rejected(&self, item: &Item, event_type: Option<EventType>, raw: Option<Value>) {
+        if let Err(errors) = item {
+            let metrics = &self.inner.metrics;
+            metrics.by_type.add(event_type, TapOutcome::Rejected, 1);
+            if let Some(raw) = raw {
+                metrics.tap.publish(TapEvent::Rejected {
+                    raw,
+                    errors: errors.clone(),
+                });
+            }
+        }
     }
 
     /// Submits validated items; the future resolves to one outcome per item, in order.
@@ -176,6 +209,24 @@ impl Ingest {
     }
 }
 
+/// An event given by its fields as the JSON object it came as (for the tap).
+fn fields_json(fields: &EventFields) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in [
+        ("eventId", &fields.event_id),
+        ("userId", &fields.user_id),
+        ("sessionId", &fields.session_id),
+        ("eventType", &fields.event_type),
+        ("timestamp", &fields.timestamp),
+        ("metadata", &fields.metadata),
+    ] {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v.clone());
+        }
+    }
+    Value::Object(m)
+}
+
 /// Counts a committed outcome by its kind; rejections are counted when they are found.
 fn count(metrics: &Metrics, labels: &ChannelLabels, outcome: &Outcome) {
     let counter = match outcome {
@@ -185,6 +236,76 @@ fn count(metrics: &Metrics, labels: &ChannelLabels, outcome: &Outcome) {
         Outcome::Rejected(_) => return,
     };
     counter.get_or_create(labels).inc();
+}
+
+/// What a committed group's counters and tap need of its events, taken before they move into
+/// the store call: their types always (for `cartstream_events_total`), the events themselves
+/// only while someone watches the tap.
+struct Seen {
+    types: Vec<EventType>,
+    events: Option<Vec<(CartEvent, Source)>>,
+}
+
+impl Seen {
+    fn before(metrics: &Metrics, events: &[(CartEvent, Source)]) -> Self {
+        Self {
+            types: events.iter().map(|(e, _)| e.event_type()).collect(),
+            events: metrics.tap.active().then(|| events.to_vec()),
+        }
+    }
+
+    /// Counts the outcomes by type and publishes them on the tap: accepted events with the
+    /// `receivedAt` they were recorded with, the others with `now`.
+    fn after(
+        self,
+        metrics: &Metrics,
+        outcomes: &[Outcome],
+        received_at: Option<chrono::DateTime<chrono::Utc>>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        let mut counts = [[0u64; 4]; EventType::ALL.len()];
+        for (t, o) in self.types.iter().zip(outcomes) {
+            counts[*t as usize][tap_outcome(o).index()] += 1;
+        }
+        for (t, row) in EventType::ALL.iter().zip(counts) {
+            for (o, n) in TapOutcome::ALL.iter().zip(row) {
+                if n > 0 {
+                    metrics.by_type.add(Some(*t), *o, n);
+                }
+            }
+        }
+        let Some(events) = self.events else {
+            return;
+        };
+        for ((event, source), o) in events.into_iter().zip(outcomes) {
+            let outcome = tap_outcome(o);
+            let at = match outcome {
+                TapOutcome::Accepted => received_at.unwrap_or(now),
+                _ => now,
+            };
+            metrics.tap.publish(TapEvent::Committed {
+                event: StoredEvent {
+                    event,
+                    received_at: at,
+                    source,
+                },
+                outcome,
+                unavailable: match o {
+                    Outcome::Unavailable(u) => Some(*u),
+                    _ => None,
+                },
+            });
+        }
+    }
+}
+
+fn tap_outcome(o: &Outcome) -> TapOutcome {
+    match o {
+        Outcome::Accepted(_) => TapOutcome::Accepted,
+        Outcome::Duplicate(_) => TapOutcome::Duplicate,
+        Outcome::Rejected(_) => TapOutcome::Rejected,
+        Outcome::Unavailable(_) => TapOutcome::Unavailable,
+    }
 }
 
 /// Groups in flight at once: one claiming, one storing, one confirming. Claims and stores
@@ -274,6 +395,8 @@ fn gather(
 
 /// Keys a group claimed and recorded, to confirm after its answers went out.
 struct Confirmation {
+    /// When the group's events were recorded (their `receivedAt`).
+    received_at: chrono::DateTime<chrono::Utc>,
     group: u64,
     lease: Lease,
     keys: Vec<DedupKey>,
@@ -436,7 +559,10 @@ impl Committer {
         claim_turn: tokio::sync::OwnedMutexGuard<()>,
         batch: Batch,
     ) {
+        let seen = Seen::before(&self.metrics, &batch.events);
         let (outcomes, confirmation) = self.commit_in(pipeline, claim_turn, batch.events).await;
+        let received_at = confirmation.as_ref().map(|c| c.received_at);
+        seen.after(&self.metrics, &outcomes, received_at, self.clock.now());
         let mut outcomes = outcomes.into_iter();
         for (len, reply) in batch.replies {
             let _ = reply.send(outcomes.by_ref().take(len).collect());
@@ -592,6 +718,7 @@ impl Committer {
         // until it lands, `settled` answers repeats that find them still held.
         let outcomes = self.finish(&group, ids, None);
         let confirmation = Confirmation {
+            received_at,
             group: group.id,
             lease: group.lease,
             keys: group.plan.into_claimed(),

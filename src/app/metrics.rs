@@ -1,7 +1,8 @@
 //! Prometheus metrics. One registry per application instance (not a global), so several
 //! servers in one test process keep their counts apart.
 
-use crate::domain::Source;
+use crate::app::tap::TapOutcome;
+use crate::domain::{EventType, Source};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -125,6 +126,54 @@ pub struct Metrics {
     pub retention_deleted_events: Family<StoreLabels, Counter>,
     pub retention_mutations: Family<StoreLabels, Counter>,
     pub retention_dropped_partitions: Family<StoreLabels, Counter>,
+    /// Events by type and outcome (`cartstream_events_total`), as precomputed handles.
+    pub by_type: EventTypeCounters,
+    /// Every event's outcome, for `GET /events/tap`.
+    pub tap: std::sync::Arc<crate::app::tap::Tap>,
+}
+
+/// Label values of `cartstream_events_total`: the closed set of event types (and `other` for a
+/// rejected event whose type is not one), by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub event_type: &'static str,
+    pub outcome: &'static str,
+}
+
+/// `cartstream_events_total{event_type, outcome}`, one handle per pair, looked up by index.
+pub struct EventTypeCounters {
+    family: Family<TypeLabels, Counter>,
+    /// `[type][outcome]`; the last type row is `other`.
+    handles: Vec<[Counter; 4]>,
+}
+
+impl EventTypeCounters {
+    fn new() -> Self {
+        let family = Family::<TypeLabels, Counter>::default();
+        let names = EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .chain(std::iter::once("other"));
+        let handles = names
+            .map(|event_type| {
+                TapOutcome::ALL.map(|o| {
+                    family
+                        .get_or_create(&TypeLabels {
+                            event_type,
+                            outcome: o.as_str(),
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        Self { family, handles }
+    }
+
+    /// Adds `n` to the count of `event_type` (`None`: not one of the types) with `outcome`.
+    pub fn add(&self, event_type: Option<EventType>, outcome: TapOutcome, n: u64) {
+        let row = event_type.map_or(EventType::ALL.len(), |t| t as usize);
+        self.handles[row][outcome.index()].inc_by(n);
+    }
 }
 
 impl Metrics {
@@ -172,6 +221,8 @@ impl Metrics {
             retention_deleted_events: Family::default(),
             retention_mutations: Family::default(),
             retention_dropped_partitions: Family::default(),
+            by_type: EventTypeCounters::new(),
+            tap: std::sync::Arc::new(crate::app::tap::Tap::default()),
         };
         m.register_events();
         m.register_commit();
@@ -180,6 +231,18 @@ impl Metrics {
         m.register_connections();
         m.register_disk();
         m.register_retention();
+        m.registry.register(
+            "events",
+            "Events by type and outcome (`other`: a rejected event of no known type)",
+            m.by_type.family.clone(),
+        );
+        m
+    }
+
+    /// Metrics whose tap lets each subscriber lag `tap_buffer` events behind.
+    pub fn with_tap_buffer(tap_buffer: usize) -> Self {
+        let mut m = Self::new();
+        m.tap = std::sync::Arc::new(crate::app::tap::Tap::new(tap_buffer));
         m
     }
 

@@ -12,6 +12,7 @@ pub mod rate_limit;
 pub mod retention;
 pub mod routing;
 pub mod startup;
+pub mod tap;
 pub mod telemetry;
 #[cfg(test)]
 mod test_wait;

@@ -4,6 +4,8 @@
 use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::http::{self, Backends, Gate, HttpLimits, HttpState};
 use crate::adapters::inbound::listener::{Caps, GuardedAcceptor, Timeouts};
+use crate::adapters::inbound::live;
+use crate::adapters::inbound::tap::{self, TapState};
 use crate::adapters::inbound::ws::{self, WsSettings, WsState};
 use crate::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore, ClusterConfig};
 use crate::adapters::outbound::disk_space::StatVfs;
@@ -35,7 +37,7 @@ use crate::ports::{
     RouteAdmin, SystemClock,
 };
 use lock::DataDirLock;
-use poem::Server;
+use poem::{EndpointExt, Server};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicI64;
@@ -752,7 +754,7 @@ impl Application {
         damage: Arc<Damage>,
     ) -> Result<Self, StartupError> {
         let addr = settings.listen;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_tap_buffer(settings.tap_buffer));
         let proxies =
             TrustedProxies::parse(&settings.trusted_proxies).map_err(StartupError::Security)?;
         let acceptor = bind(&settings, proxies.clone(), &metrics).await?;
@@ -855,7 +857,11 @@ impl Application {
             tracing::info!("shutting down: draining connections");
             token.cancel();
         };
-        let routes = http::routes(Arc::clone(&self.http), ws::endpoint(Arc::clone(&self.ws)));
+        let routes = http::routes(
+            Arc::clone(&self.http),
+            ws::endpoint(Arc::clone(&self.ws)),
+            mounts(&self.http, &self.ws),
+        );
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(routes, signal, Some(grace))
             .await;
@@ -872,6 +878,22 @@ impl Application {
         self.background.stop(grace).await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// The tap and the live view, mounted by the HTTP adapter.
+fn mounts<U>(http: &HttpState<U>, ws: &WsState<U>) -> http::Mounts {
+    let tap = Arc::new(TapState {
+        tap: Arc::clone(&http.metrics.tap),
+        access: Arc::clone(&http.gate.access),
+        rate_limits: Arc::clone(&http.gate.rate_limits),
+        metrics: Arc::clone(&http.metrics),
+        shutdown: ws.shutdown.clone(),
+        connections: ws.connections.clone(),
+    });
+    http::Mounts {
+        tap: Some(tap::endpoint(tap).boxed()),
+        live: Some(live::endpoint().boxed()),
     }
 }
 

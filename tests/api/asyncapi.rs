@@ -351,7 +351,7 @@ async fn default_session() -> Vec<Exchange> {
         )
         .await,
     );
-    let unknown = json!({"type": "subscribe", "requestId": "r-7"});
+    let unknown = json!({"type": "no_such_type", "requestId": "r-7"});
     out.push(ask_json(&mut ws, "an unknown type", "unparseable", unknown).await);
     let empty = json!({"type": "cart_event_batch", "requestId": "r-8", "data": []});
     out.push(ask_json(&mut ws, "an empty batch", "invalid", empty).await);

@@ -32,5 +32,6 @@ mod retention;
 mod routing;
 mod sdk;
 mod security;
+mod tap;
 mod targets;
 mod ws;

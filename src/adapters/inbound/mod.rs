@@ -6,6 +6,8 @@
 pub mod edge;
 pub mod http;
 pub mod listener;
+pub mod live;
+pub mod tap;
 pub mod wire;
 pub mod ws;
 

@@ -28,6 +28,8 @@ pub fn need(method: &Method, path: &str) -> Option<Need> {
     let scope = |scope, query_key| Some(Need { scope, query_key });
     match path {
         "/events/stream" | "/events/beacon" => scope(Scope::Ingest, true),
+        // Authorizes itself: its key comes in a header or in the first message.
+        "/events/tap" => None,
         "/events" if method == Method::GET || method == Method::HEAD => scope(Scope::Read, false),
         "/events" => scope(Scope::Ingest, false),
         p if p.starts_with("/events/") => scope(Scope::Ingest, false),
@@ -177,7 +179,7 @@ fn no_scope(scope: Scope) -> Refusal {
     )
 }
 
-fn presented_key(req: &Request, query_key: bool) -> Option<&str> {
+pub(crate) fn presented_key(req: &Request, query_key: bool) -> Option<&str> {
     let header_value = |name: &str| {
         req.headers()
             .get(name)

@@ -160,12 +160,21 @@ pub fn openapi_document<U: IngestUseCase>(state: Arc<HttpState<U>>) -> String {
     openapi(state).spec()
 }
 
+/// Endpoints of other adapters this one mounts without knowing them: `/events/tap` (the tap)
+/// and `/live` with its assets (the live view's page).
+#[derive(Default)]
+pub struct Mounts {
+    pub tap: Option<poem::endpoint::BoxEndpoint<'static>>,
+    pub live: Option<poem::endpoint::BoxEndpoint<'static>>,
+}
+
 /// Every route of the server: the OpenAPI operations, the OpenAPI and AsyncAPI documents, the
-/// browser SDK's script, and `stream` (the WebSocket adapter's endpoint, which this adapter
-/// mounts without knowing) at `/events/stream`, all behind the guard.
+/// browser SDK's script, `stream` (the WebSocket adapter's endpoint, which this adapter mounts without knowing) at
+/// `/events/stream`, and `mounts`, all behind the guard.
 pub fn routes<U: IngestUseCase>(
     state: Arc<HttpState<U>>,
     stream: impl Endpoint + 'static,
+    mounts: Mounts,
 ) -> impl Endpoint {
     let service = openapi(Arc::clone(&state));
     let allowed = Arc::new(allow::AllowedMethods::from_spec(
@@ -175,6 +184,11 @@ pub fn routes<U: IngestUseCase>(
             ("/asyncapi.json", "GET"),
             ("/events/stream", "GET"),
             (sdk::PATH, "GET, HEAD"),
+            ("/events/tap", "GET"),
+            ("/live", "GET, HEAD"),
+            ("/live/app.js", "GET, HEAD"),
+            ("/live/app.css", "GET, HEAD"),
+            ("/live/icon.svg", "GET, HEAD"),
         ],
     ));
     let spec = service.spec_endpoint();
@@ -184,7 +198,14 @@ pub fn routes<U: IngestUseCase>(
         origins: state.gate.allowed_origins.clone(),
         max_age_secs: state.limits.cors_max_age.as_secs(),
     });
-    Route::new()
+    let mut route = Route::new();
+    if let Some(tap) = mounts.tap {
+        route = route.at("/events/tap", tap);
+    }
+    if let Some(live) = mounts.live {
+        route = route.nest("/live", live);
+    }
+    route
         .at("/events/stream", stream)
         .at("/openapi.json", spec)
         .at(

@@ -61,7 +61,7 @@ fn http_state(
 
 fn client(state: &Arc<HttpState<FakeIngest>>) -> TestClient<impl Endpoint> {
     let stream = poem::endpoint::make_sync(|_| "the stream endpoint");
-    TestClient::new(routes(Arc::clone(state), stream))
+    TestClient::new(routes(Arc::clone(state), stream, Mounts::default()))
 }
 
 /// `POST /events` with `event`: the status and the JSON body.

@@ -142,7 +142,7 @@ fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 4.2.1), else `None`.
-fn handshake_key(req: &Request) -> Option<poem::http::HeaderValue> {
+pub(crate) fn handshake_key(req: &Request) -> Option<poem::http::HeaderValue> {
     let header_is = |name: header::HeaderName, want: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
