@@ -90,7 +90,14 @@ class Proxy:
 
     def cut(self):
         self.cuts += 1
-        listener, self.listener = self.listener, None
+        with self.lock:
+            listener, self.listener = self.listener, None
+        # close() alone does not wake the thread blocked in accept(): that thread would take
+        # one more connection (a keep-alive link that outlives the cut). shutdown() wakes it.
+        try:
+            listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         listener.close()
         with self.lock:
             links, self.links = self.links, []
@@ -114,6 +121,11 @@ class Proxy:
                 client.close()
                 continue
             with self.lock:
+                if self.listener is not listener:
+                    # Cut while this link was being made: it must not outlive the cut.
+                    client.close()
+                    upstream.close()
+                    continue
                 self.links += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
