@@ -266,24 +266,28 @@ def delete_redis_keys(pattern, host="127.0.0.1", port=6379):
 
 
 def start_server(args, work, tag, ports):
-    routes = os.path.join(work, "routes.toml")
-    with open(routes, "w") as f:
-        f.write(
-            '[[routes]]\nname = "soak-webhook"\n[routes.target]\nkind = "webhook"\n'
-            f'url = "http://127.0.0.1:{ports["hook"]}/hook"\n'
-        )
+    """The server under test, ready; with a webhook route to ports["hook"] when there is one."""
+    routes = []
+    if "hook" in ports:
+        path = os.path.join(work, "routes.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[[routes]]\nname = "soak-webhook"\n[routes.target]\nkind = "webhook"\n'
+                f'url = "http://127.0.0.1:{ports["hook"]}/hook"\n'
+            )
+        routes = [("CARTSTREAM_CONFIG", path)]
     env = dict(
         os.environ,
         CARTSTREAM_LISTEN=f"127.0.0.1:{ports['server']}",
         CARTSTREAM_DATA_DIR=os.path.join(work, "data"),
         CARTSTREAM_LOG="warn",
-        CARTSTREAM_CONFIG=routes,
         CARTSTREAM_REDIS_URL="redis://127.0.0.1:6379",
         CARTSTREAM_REDIS_KEY_PREFIX=f"soak:{tag}:",
         CARTSTREAM_CLICKHOUSE_URL=f"http://127.0.0.1:{ports['proxy']}",
         CARTSTREAM_CLICKHOUSE_DATABASE=f"soak_{tag}",
         CARTSTREAM_FORWARD_BACKOFF_MAX="2s",
         CARTSTREAM_RATE_LIMIT_PER_SECOND="0",
+        **dict(routes),
     )
     log = open(os.path.join(work, "server.log"), "w")
     server = subprocess.Popen([args.bin], env=env, stdout=log, stderr=subprocess.STDOUT)
