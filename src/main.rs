@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// mimalloc instead of glibc's allocator: the ingest path allocates per event (JSON trees,
 /// ids, rows) and glibc malloc/free were over a third of its CPU profile (BENCHMARKS.md).
+/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
