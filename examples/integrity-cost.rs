@@ -1,15 +1,18 @@
 //! What the integrity check costs per MB: loads N synthetic events through the stores' own
 //! writers (the embedded store's `insert` and the journal's `append`, in batches of 4096, as the
 //! forwarder and the committer write them) into a fresh data dir, then times `quick_check` and
-//! `integrity_check` of each file, as `cartstream check` and the startup check run them.
+//! `integrity_check` of each file, as `cartstream check` and the startup check run them, and the
+//! journal's batches against their checksums (what `check` and the startup check do next).
 //!
 //! ```sh
 //! cargo run --release --example integrity-cost -- --events 1000000 --dir /tmp/integrity-cost
+//! # a journal filled by small groups (an outage under closed-loop clients): 10 a batch
+//! cargo run --release --example integrity-cost -- --events 100000 --batch 10 --dir /tmp/ic10
 //! ```
 
 use cartstream::adapters::outbound::embedded::EmbeddedStore;
 use cartstream::adapters::outbound::integrity::{check_file, Depth};
-use cartstream::adapters::outbound::journal::SqliteJournal;
+use cartstream::adapters::outbound::journal::{verify_batches, SqliteJournal};
 use cartstream::domain::{EventType, StoredEvent, StoredFields};
 use cartstream::ports::{EventStore, Journal};
 use chrono::DateTime;
@@ -22,6 +25,9 @@ struct Cli {
     /// Events written into each file.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Events per write (the forwarder's and the committer's batch).
+    #[arg(long, default_value_t = 4096)]
+    batch: u64,
     /// A data dir to create (it must not exist).
     #[arg(long)]
     dir: PathBuf,
@@ -63,7 +69,9 @@ async fn main() {
     let started = Instant::now();
     let mut n = 0;
     while n < cli.events {
-        let batch: Vec<StoredEvent> = (n..(n + 4096).min(cli.events)).map(synthetic).collect();
+        let batch: Vec<StoredEvent> = (n..(n + cli.batch).min(cli.events))
+            .map(synthetic)
+            .collect();
         store.insert(&batch).await.unwrap();
         journal.append(&batch).await.unwrap();
         n += batch.len() as u64;
@@ -87,4 +95,20 @@ async fn main() {
             );
         }
     }
+    let path = cli.dir.join("journal.db");
+    let mb = std::fs::metadata(&path).unwrap().len() as f64 / (1 << 20) as f64;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let t = Instant::now();
+    let mut bad = 0;
+    let seen = verify_batches(&conn, |_| bad += 1).unwrap();
+    let took = t.elapsed().as_secs_f64();
+    println!(
+        "journal.db: {mb:.0} MB, checksums of {} batches ({} events): {:.3} s, {:.2} ms/MB, \
+         {:.0} ns/event ({bad} bad)",
+        seen.batches,
+        seen.events,
+        took,
+        took * 1000.0 / mb,
+        took * 1e9 / seen.events as f64
+    );
 }

@@ -41,9 +41,10 @@ enum Command {
     /// layout, on one server: the old table is renamed and kept, and its rows are copied month
     /// by month (a rerun resumes). docs/backends.md, "Migrating an existing table".
     MigrateClickhouse,
-    /// Checks each SQLite file of a data dir (the embedded store, the journal, the outbox)
-    /// with SQLite's quick_check and prints `ok` or `DAMAGED` per file; exits 1 on damage.
-    /// Safe while a server runs on the directory.
+    /// Checks each SQLite file of a data dir (the embedded store, the journal, the outbox, the
+    /// quarantine) with SQLite's quick_check, and every journal batch and outbox row against
+    /// its checksum; prints `ok` or `DAMAGED` (naming the batches and rows) per file; exits 1
+    /// on damage. Safe while a server runs on the directory.
     Check {
         /// The data dir to check (instead of CARTSTREAM_DATA_DIR).
         #[arg(long)]
@@ -144,12 +145,17 @@ fn check(dir: &Path, full: bool) -> ExitCode {
     for c in checks {
         let file = c.file.display();
         match c.verdict {
-            Ok(Verdict::Ok) => println!("{file}: ok"),
+            Ok(Verdict::Ok) => match c.verified {
+                Some(verified) => println!("{file}: ok ({verified})"),
+                None => println!("{file}: ok"),
+            },
             Ok(Verdict::Damaged(detail)) => {
                 sound = false;
                 println!(
                     "{file}: DAMAGED ({detail}); with the server stopped, run `cartstream \
-                     salvage --data-dir {}`",
+                     salvage --data-dir {}`: it keeps every row that still reads and matches \
+                     its checksum, leaves the others out and moves the damaged file aside \
+                     (README: Damaged files)",
                     dir.display()
                 );
             }

@@ -8,10 +8,10 @@
 
 use crate::adapters::outbound::embedded::EmbeddedStore;
 use crate::adapters::outbound::integrity::{
-    check_file, copy_readable, open_existing, Depth, TableSalvage, Verdict,
+    check_file, copy_readable, is_damage, open_existing, Depth, TableSalvage, Verdict,
 };
-use crate::adapters::outbound::journal::SqliteJournal;
-use crate::adapters::outbound::outbox::{checksum_failures, SqliteOutbox};
+use crate::adapters::outbound::journal::{verify_batches, SqliteJournal};
+use crate::adapters::outbound::outbox::{checksum_failures, verify_checksums, SqliteOutbox};
 use crate::app::startup::lock::DataDirLock;
 use crate::app::startup::StartupError;
 use crate::ports::SystemClock;
@@ -53,43 +53,110 @@ pub struct FileCheck {
     pub file: PathBuf,
     /// `Err`: the file could not be read for a reason other than damage.
     pub verdict: Result<Verdict, String>,
+    /// For a sound journal or outbox: what matched its checksum (how many batches, rows).
+    pub verified: Option<String>,
 }
 
-/// SQLite's check of `file`, and for a sound outbox, its rows' checksums (which see wrong
-/// bytes inside a valid page, where SQLite's checks cannot).
-fn verdict(file: &Path, depth: Depth) -> Result<Verdict, String> {
+/// Damaged batches or rows named in a verdict; the others are counted.
+const NAMED: usize = 5;
+
+/// What failed its checksum: the first few named, all counted, in constant memory.
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    named: Vec<String>,
+}
+
+impl Failures {
+    fn add(&mut self, what: impl fmt::Display) {
+        self.count += 1;
+        if self.named.len() < NAMED {
+            self.named.push(what.to_string());
+        }
+    }
+
+    /// `Damaged` naming them after `what` ("1 row(s) fail their checksum"), when any failed.
+    fn verdict(self, what: &str) -> Option<Verdict> {
+        (self.count > 0).then(|| {
+            let more = if self.count > self.named.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            };
+            Verdict::Damaged(format!(
+                "{} {what}: {}{more}",
+                self.count,
+                self.named.join(", ")
+            ))
+        })
+    }
+}
+
+/// The journal's batches against their checksums: the verdict, and what was verified.
+fn journal_batches(conn: &rusqlite::Connection) -> rusqlite::Result<(Verdict, String)> {
+    let mut failures = Failures::default();
+    let seen = verify_batches(conn, |b| failures.add(b))?;
+    let mut verified = format!(
+        "{} batch(es) of {} event(s) verified",
+        seen.batches, seen.events
+    );
+    if seen.unsummed > 0 {
+        verified += &format!(
+            ", {} of them written before checksums (decoded only)",
+            seen.unsummed
+        );
+    }
+    let verdict = failures.verdict("batch(es) damaged");
+    Ok((verdict.unwrap_or(Verdict::Ok), verified))
+}
+
+/// The outbox's rows against their checksums: the verdict, and what was verified.
+fn outbox_rows(conn: &rusqlite::Connection) -> rusqlite::Result<(Verdict, String)> {
+    let mut failures = Failures::default();
+    let checked = verify_checksums(conn, |table, id| failures.add(format!("{table} {id}")))?;
+    let verdict = failures.verdict("row(s) fail their checksum");
+    Ok((
+        verdict.unwrap_or(Verdict::Ok),
+        format!("{checked} row(s) verified against their checksums"),
+    ))
+}
+
+/// SQLite's check of `file`, and for a sound journal or outbox, the checksums of what it
+/// stores (which see wrong bytes inside a valid page, where SQLite's checks cannot); with, for
+/// those, what was verified.
+fn inspect(file: &Path, depth: Depth) -> Result<(Verdict, Option<String>), String> {
     let verdict = check_file(file, depth)?;
-    if verdict != Verdict::Ok || !file.ends_with("outbox.db") {
-        return Ok(verdict);
-    }
-    let failures = open_existing(file)
-        .and_then(|conn| checksum_failures(&conn))
-        .map_err(|e| format!("cannot check the rows of {}: {e}", file.display()))?;
-    if failures.is_empty() {
-        return Ok(Verdict::Ok);
-    }
-    let named: Vec<String> = failures
-        .iter()
-        .take(5)
-        .map(|(table, id)| format!("{table} {id}"))
-        .collect();
-    let more = if failures.len() > named.len() {
-        ", ..."
-    } else {
-        ""
+    let rows = match file.file_name().and_then(|n| n.to_str()) {
+        Some("journal.db") => journal_batches,
+        Some("outbox.db") => outbox_rows,
+        _ => return Ok((verdict, None)),
     };
-    Ok(Verdict::Damaged(format!(
-        "{} row(s) fail their checksum: {}{more}",
-        failures.len(),
-        named.join(", ")
-    )))
+    if verdict != Verdict::Ok {
+        return Ok((verdict, None));
+    }
+    match open_existing(file).and_then(|conn| rows(&conn)) {
+        Ok((verdict, verified)) => Ok((verdict, Some(verified))),
+        Err(e) if is_damage(&e) => Ok((Verdict::Damaged(e.to_string()), None)),
+        Err(e) => Err(format!("cannot check the rows of {}: {e}", file.display())),
+    }
+}
+
+fn verdict(file: &Path, depth: Depth) -> Result<Verdict, String> {
+    inspect(file, depth).map(|(verdict, _)| verdict)
 }
 
 /// Checks every existing file of `dir`, sending each result as it comes.
 fn check_all(dir: &Path, depth: Depth, mut each: impl FnMut(FileCheck) -> bool) {
     for file in existing_files(dir) {
-        let verdict = verdict(&file, depth);
-        if !each(FileCheck { file, verdict }) {
+        let (verdict, verified) = match inspect(&file, depth) {
+            Ok((verdict, verified)) => (Ok(verdict), verified),
+            Err(e) => (Err(e), None),
+        };
+        if !each(FileCheck {
+            file,
+            verdict,
+            verified,
+        }) {
             return;
         }
     }
@@ -187,6 +254,31 @@ fn drop_failing_rows(
     Ok(())
 }
 
+/// Deletes the copied journal batches that fail their checksum (or do not hold what their row
+/// says): which of their events changed cannot be told, and forwarding one would store an
+/// event no client sent. The damaged file, moved aside, keeps their bytes.
+fn drop_failing_batches(
+    fresh: &rusqlite::Connection,
+    tables: &mut [TableSalvage],
+) -> rusqlite::Result<()> {
+    // Collected first: the rows are deleted once the scan is done. Only the failing ones are
+    // kept, and salvage is run on a stopped server.
+    let mut failing = Vec::new();
+    verify_batches(fresh, |b| failing.push(b))?;
+    for b in failing {
+        fresh.execute(
+            "DELETE FROM journal_batches WHERE first_seq = ?1",
+            [b.first_seq],
+        )?;
+        if let Some(t) = tables.iter_mut().find(|t| t.table == "journal_batches") {
+            t.saved -= 1;
+            t.failed_checksum += 1;
+            t.failed_events += u64::try_from(b.count).unwrap_or(0);
+        }
+    }
+    Ok(())
+}
+
 /// What `cartstream salvage` did to one file.
 pub enum FileSalvage {
     Sound(PathBuf),
@@ -251,6 +343,13 @@ impl fmt::Display for SalvageReport {
                                 ", {} row(s) left out: they failed their checksum",
                                 t.failed_checksum
                             )?;
+                            if t.failed_events > 0 {
+                                write!(
+                                    f,
+                                    " ({} event(s); the damaged file keeps their bytes)",
+                                    t.failed_events
+                                )?;
+                            }
                         }
                         writeln!(f)?;
                     }
@@ -310,10 +409,12 @@ fn salvage_file(dir: &Path, file: &Path, stamp: &str) -> Result<FileSalvage, Str
     let mut fresh = rusqlite::Connection::open(&fresh_path)
         .map_err(|e| io("cannot open the fresh file", &e))?;
     let mut tables = copy_readable(file, &mut fresh)?;
-    if name == "outbox.db" {
-        drop_failing_rows(&fresh, &mut tables)
-            .map_err(|e| io("cannot check the saved rows", &e))?;
-    }
+    let dropped = match name.as_str() {
+        "outbox.db" => drop_failing_rows(&fresh, &mut tables),
+        "journal.db" => drop_failing_batches(&fresh, &mut tables),
+        _ => Ok(()),
+    };
+    dropped.map_err(|e| io("cannot check the saved rows", &e))?;
     // Closing the last connection writes its WAL into the file.
     fresh
         .close()
@@ -339,7 +440,7 @@ fn salvage_file(dir: &Path, file: &Path, stamp: &str) -> Result<FileSalvage, Str
 mod tests {
     use super::*;
     use crate::domain::fixtures;
-    use crate::ports::{Delivery, Outbox};
+    use crate::ports::{Delivery, Journal, Outbox};
 
     #[tokio::test]
     async fn check_and_salvage_find_an_outbox_row_whose_bytes_changed() {
@@ -401,5 +502,70 @@ mod tests {
             .map(|i| i.event.event.event_id().as_str().to_owned())
             .collect();
         assert_eq!(left, ["e1", "e3"]);
+    }
+
+    #[tokio::test]
+    async fn check_names_a_journal_batch_whose_bytes_changed_and_salvage_leaves_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = SqliteJournal::open(dir.path(), u64::MAX).unwrap();
+            for id in ["j1", "j2", "j3"] {
+                let e = fixtures::event(id)
+                    .metadata(serde_json::json!({ "mark": format!("mark-{id}") }))
+                    .at_now()
+                    .stored();
+                j.append(&[e]).await.unwrap();
+            }
+        }
+        let checks = check(dir.path(), Depth::Quick);
+        assert!(matches!(checks[0].verdict, Ok(Verdict::Ok)));
+        assert_eq!(
+            checks[0].verified.as_deref(),
+            Some("3 batch(es) of 3 event(s) verified")
+        );
+        let file = dir.path().join("journal.db");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mut found = 0;
+        while let Some(at) = bytes.windows(7).position(|w| w == b"mark-j2") {
+            bytes[at + 5] = b'x';
+            found += 1;
+        }
+        assert!(found > 0);
+        std::fs::write(&file, bytes).unwrap();
+        assert_eq!(
+            check_file(&file, Depth::Full),
+            Ok(Verdict::Ok),
+            "SQLite sees nothing"
+        );
+
+        match &check(dir.path(), Depth::Quick)[0].verdict {
+            Ok(Verdict::Damaged(what)) => assert_eq!(
+                what,
+                "1 batch(es) damaged: batch 2 (event 2) fails its checksum"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let said = salvage(dir.path()).unwrap().to_string();
+        assert!(
+            said.contains(
+                "table journal_batches: 2 rows saved, 0 rowid(s) in ranges that could not be \
+                 read, 1 row(s) left out: they failed their checksum (1 event(s); the damaged \
+                 file keeps their bytes)"
+            ),
+            "{said}"
+        );
+        assert!(matches!(
+            check(dir.path(), Depth::Full)[0].verdict,
+            Ok(Verdict::Ok)
+        ));
+        let j = SqliteJournal::open(dir.path(), u64::MAX).unwrap();
+        let left: Vec<String> = j
+            .oldest_after(0, 10, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event.event.event_id().as_str().to_owned())
+            .collect();
+        assert_eq!(left, ["j1", "j3"]);
     }
 }

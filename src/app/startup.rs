@@ -792,6 +792,7 @@ impl Application {
         );
         if let (Some(store), Some(keep)) = (ports.retention, settings.retention) {
             tracing::info!(retention = ?keep, "retention: events older than this are deleted in the background");
+            let store: Arc<dyn Retention> = Arc::new(DiskWatched::new(store, Arc::clone(&disk)));
             background.start_retention(
                 Counted::new(store, ports.store_kind, &metrics),
                 Arc::clone(&ports.clock),

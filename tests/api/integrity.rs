@@ -365,3 +365,90 @@ async fn an_outbox_row_changed_inside_a_sound_page_fails_its_checksum_and_salvag
     expected.sort();
     assert_eq!(delivered, expected);
 }
+
+#[tokio::test]
+async fn a_journal_batch_changed_inside_a_sound_page_fails_its_checksum_and_salvage_leaves_it_out()
+{
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    // ClickHouse unreachable: the events stay in the journal, one batch each (sent one at a
+    // time), so the n-th event is batch n.
+    let envs = vec![
+        ("CARTSTREAM_DATA_DIR", dir.clone()),
+        ("CARTSTREAM_CLICKHOUSE_URL", DEAD_CLICKHOUSE_URL.to_owned()),
+        ("CARTSTREAM_CLICKHOUSE_TIMEOUT", "1s".to_owned()),
+        ("CARTSTREAM_SHUTDOWN_TIMEOUT", "1s".to_owned()),
+    ];
+    let server = start_binary(&envs).await;
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("batchsum{i}"))).collect();
+    let http = reqwest::Client::new();
+    for id in &ids {
+        let r = http
+            .post(format!("{}/events", server.url))
+            .json(&item_added(id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    stop(server).await;
+    // A clean journal passes, every batch verified; the check also writes the WAL back.
+    let (out, said) = run(&["check", "--data-dir", &dir, "--full"], &[]).await;
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("journal.db: ok (3 batch(es) of 3 event(s) verified)"),
+        "{said}"
+    );
+
+    // One character of the second event's id, inside its batch's blob.
+    let damaged = &ids[1];
+    let changed = format!("{}x", &damaged[..damaged.len() - 1]);
+    rewrite_in_file(&data.path().join("journal.db"), damaged, &changed);
+
+    let (out, said) = run(&["check", "--data-dir", &dir, "--full"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "journal.db: DAMAGED (1 batch(es) damaged: batch 2 (event 2) fails its checksum); \
+             with the server stopped, run `cartstream salvage --data-dir"
+        ),
+        "{said}"
+    );
+    let (out, said) = run(&[], &envs).await;
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("journal.db") && said.contains("batch 2 (event 2) fails its checksum"),
+        "{said}"
+    );
+    let (out, said) = run(&["salvage", "--data-dir", &dir], &[]).await;
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("table journal_batches: 2 rows saved")
+            && said.contains("1 row(s) left out: they failed their checksum (1 event(s)"),
+        "{said}"
+    );
+    let (out, said) = run(&["check", "--data-dir", &dir], &[]).await;
+    assert!(out.status.success(), "{said}");
+
+    // On the embedded store, the journal's other two are forwarded and listed; the changed one
+    // is not stored as it now reads.
+    let server = start_binary(&[("CARTSTREAM_DATA_DIR", dir.clone())]).await;
+    let url = format!("{}/events?limit=10", server.url);
+    let (status, page) = poll_until(
+        Duration::from_secs(30),
+        || get(&url),
+        |(_, p)| p["events"].as_array().is_some_and(|e| e.len() >= 2),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let mut listed: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    let mut expected = vec![ids[0].as_str(), ids[2].as_str()];
+    expected.sort_unstable();
+    assert_eq!(listed, expected);
+}

@@ -29,7 +29,7 @@ pub enum Depth {
 }
 
 /// Errors that mean the file's content is damaged (rather than, say, unreadable for now).
-fn is_damage(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_damage(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
@@ -84,8 +84,11 @@ pub struct TableSalvage {
     pub unread_rowids: u64,
     /// The table could not be read from some rowid to its end (or at all).
     pub tail_unread: bool,
-    /// Rows read but left out because their checksum failed (the outbox's rows).
+    /// Rows read but left out because their checksum failed (the outbox's rows, the
+    /// journal's batches).
     pub failed_checksum: u64,
+    /// Events in the journal batches left out for their checksum (0 for other tables).
+    pub failed_events: u64,
 }
 
 /// Rows read per query while copying.
@@ -109,6 +112,7 @@ pub fn copy_readable(damaged: &Path, fresh: &mut Connection) -> Result<Vec<Table
             unread_rowids: 0,
             tail_unread: false,
             failed_checksum: 0,
+            failed_events: 0,
         };
         match &source {
             Ok(src) => {

@@ -1,7 +1,7 @@
-//! The forwarder's and routing's local writes reporting to [`DiskState`], as ingest's do: each
-//! port is wrapped, so a full disk found while removing forwarded journal entries, storing a
-//! forwarded batch in the embedded store, setting events aside in the quarantine or writing
-//! the outbox makes the server not ready too.
+//! The forwarder's, routing's and retention's local writes reporting to [`DiskState`], as
+//! ingest's do: each port is wrapped, so a full disk found while removing forwarded journal
+//! entries, storing a forwarded batch in the embedded store, setting events aside in the
+//! quarantine, writing the outbox or deleting old events makes the server not ready too.
 //!
 //! A write that adds data (the outbox's enqueue, the quarantine's put) succeeding clears the
 //! state, as an accepted
@@ -12,8 +12,9 @@
 use super::DiskState;
 use crate::domain::{DedupKey, StoredEvent};
 use crate::ports::{
-    DeadLetter, Delivery, EventPage, EventQuery, EventStore, Journal, JournalEntry, JournalStats,
-    Outbox, OutboxItem, PortError, Quarantine, QuarantineEntry, QuarantinedEvent, RouteBacklog,
+    DeadLetter, Delivery, EventPage, EventQuery, EventStore, ExpireStep, Expiry, Journal,
+    JournalEntry, JournalStats, Outbox, OutboxItem, PortError, Quarantine, QuarantineEntry,
+    QuarantinedEvent, Retention, RouteBacklog,
 };
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -187,6 +188,18 @@ impl Quarantine for DiskWatched<dyn Quarantine> {
 
     fn count(&self) -> u64 {
         self.inner.count()
+    }
+}
+
+/// Retention's deleting of old events: a step that fails for lack of space (the delete's WAL
+/// write, the incremental vacuum) reports it. A step that succeeds does not clear the state:
+/// it deletes, which SQLite can do inside pages it has while every insert fails, so clearing
+/// on it would make `/ready` flap once a round. Space it gives back clears the state through
+/// the free-space samples, as any freed space does.
+#[async_trait::async_trait]
+impl Retention for DiskWatched<dyn Retention> {
+    async fn expire_step(&self, expiry: Expiry) -> Result<ExpireStep, PortError> {
+        self.failed(self.inner.expire_step(expiry).await)
     }
 }
 

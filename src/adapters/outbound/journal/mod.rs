@@ -28,6 +28,9 @@ use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+mod verify;
+pub use verify::{verify_batches, BadBatch, Verified};
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS journal_batches (
     first_seq    INTEGER PRIMARY KEY,  -- seq of the batch's first event; the others follow

@@ -170,13 +170,17 @@ fn checked(
     }
 }
 
-/// The rows of the outbox behind `conn` whose checksum does not match, as (table, id); for
-/// `cartstream check` and `salvage`. Pages that cannot be read are SQLite's checks to report.
+/// Checks every row of the outbox behind `conn` that has a checksum, in order, calling
+/// `failed(table, id)` for each one whose checksum does not match; how many rows were checked.
+/// One row is in memory at a time. Pages that cannot be read are SQLite's checks to report.
 ///
 /// # Errors
 /// When a table cannot be read.
-pub fn checksum_failures(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
-    let mut out = Vec::new();
+pub fn verify_checksums(
+    conn: &Connection,
+    mut failed: impl FnMut(&'static str, i64),
+) -> rusqlite::Result<u64> {
+    let mut checked = 0;
     for table in ["deliveries", "dead_letters"] {
         // A file no server of this version has opened yet: nothing to check.
         if !has_checksums(conn, table)? {
@@ -195,11 +199,23 @@ pub fn checksum_failures(conn: &Connection) -> rusqlite::Result<Vec<(String, i64
                 r.get::<_, i64>(10)?,
                 r.get::<_, i64>(11)?,
             );
+            checked += 1;
             if checksum(&route, lane, &row) != sum {
-                out.push((table.to_owned(), id));
+                failed(table, id);
             }
         }
     }
+    Ok(checked)
+}
+
+/// The rows of the outbox behind `conn` whose checksum does not match, as (table, id); for
+/// `cartstream salvage`, which deletes them.
+///
+/// # Errors
+/// When a table cannot be read.
+pub fn checksum_failures(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    verify_checksums(conn, |table, id| out.push((table.to_owned(), id)))?;
     Ok(out)
 }
 

@@ -1,6 +1,8 @@
 use super::*;
 use crate::app::disk::DiskGauges;
-use crate::ports::{DiskSpace, MockEventStore, MockJournal, MockOutbox, MockQuarantine, Space};
+use crate::ports::{
+    DiskSpace, MockEventStore, MockJournal, MockOutbox, MockQuarantine, MockRetention, Space,
+};
 
 /// A disk with no space left, which stays so: only writes clear the state.
 struct NoneFree;
@@ -111,4 +113,79 @@ async fn the_forwarders_quarantine_marks_a_full_disk_and_a_put_that_succeeds_cle
     assert!(is_full(&disk), "a full disk while setting events aside");
     quarantine.put(&[]).await.unwrap();
     assert!(!is_full(&disk));
+}
+
+#[tokio::test]
+async fn a_retention_step_that_fails_for_lack_of_space_marks_a_full_disk() {
+    let mut fake = MockRetention::new();
+    let mut steps = vec![
+        Err(PortError::Unavailable("database is locked".into())),
+        Err(full()),
+        Ok(ExpireStep::default()),
+    ]
+    .into_iter();
+    fake.expect_expire_step()
+        .times(3)
+        .returning(move |_| steps.next().unwrap());
+    let disk = full_disk();
+    let retention = DiskWatched::new(Arc::new(fake) as Arc<dyn Retention>, Arc::clone(&disk));
+    let expiry = Expiry {
+        occurred_before: Utc::now(),
+        received_before: Utc::now(),
+    };
+
+    assert!(retention.expire_step(expiry).await.is_err());
+    assert!(!is_full(&disk), "other failures are not the disk's");
+    let err = retention.expire_step(expiry).await.unwrap_err();
+    assert!(
+        matches!(err, PortError::NoSpace(_)),
+        "the error goes on as it was"
+    );
+    let report = disk.report();
+    assert_eq!(
+        report.full.as_deref(),
+        Some("local database: database or disk is full"),
+        "/ready says why"
+    );
+    retention.expire_step(expiry).await.unwrap();
+    assert!(is_full(&disk), "a delete that succeeds proves nothing");
+}
+
+/// A disk whose free space the test sets.
+struct Settable(Arc<std::sync::atomic::AtomicU64>);
+
+impl DiskSpace for Settable {
+    fn space(&self) -> std::io::Result<Space> {
+        Ok(Space {
+            free: self.0.load(std::sync::atomic::Ordering::SeqCst),
+            total: 100 << 20,
+        })
+    }
+}
+
+#[tokio::test]
+async fn space_retention_gives_back_clears_what_its_failure_marked() {
+    let free = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let disk = Arc::new(DiskState::new(
+        "/data".into(),
+        Box::new(Settable(Arc::clone(&free))),
+        10,
+        DiskGauges::default(),
+    ));
+    let mut fake = MockRetention::new();
+    let mut steps = vec![Err(full()), Ok(ExpireStep::default())].into_iter();
+    fake.expect_expire_step()
+        .times(2)
+        .returning(move |_| steps.next().unwrap());
+    let retention = DiskWatched::new(Arc::new(fake) as Arc<dyn Retention>, Arc::clone(&disk));
+    let expiry = Expiry {
+        occurred_before: Utc::now(),
+        received_before: Utc::now(),
+    };
+    assert!(retention.expire_step(expiry).await.is_err());
+    assert!(is_full(&disk));
+    // The next step deletes and vacuums: 2 MiB given back, past the 1 MiB margin of this disk.
+    retention.expire_step(expiry).await.unwrap();
+    free.store(2 << 20, std::sync::atomic::Ordering::SeqCst);
+    assert!(!is_full(&disk), "the space given back clears it");
 }
