@@ -399,7 +399,10 @@ impl Default for Settings {
             clickhouse_manage_tables: true,
             journal_max_bytes: 1 << 30,
             disk_warn_free_percent: 10,
-            forward_max_rows: 50_000,
+            // A drain holds one batch in memory (about 0.5 KB an event, read and encoded):
+            // 20,000 keeps that near 10 MB. At 50,000 each large drain lifted RSS for good
+            // (the allocator keeps the peak; RELIABILITY.md, soak of 2026-12-06).
+            forward_max_rows: 20_000,
             forward_max_bytes: 16 << 20,
             forward_interval: Duration::from_secs(1),
             forward_backoff_max: Duration::from_secs(30),

@@ -668,7 +668,10 @@ impl ClickHouseStore {
         }))
     }
 
-    async fn do_insert(&self, rows: &[EventRow]) -> clickhouse::error::Result<()> {
+    /// Each row is made as it is written, not all of them up front: a batch of tens of
+    /// thousands of events drained from the journal would otherwise be held twice at once,
+    /// and the allocator keeps such peaks as resident memory long after (RELIABILITY.md).
+    async fn do_insert(&self, events: &[StoredEvent]) -> clickhouse::error::Result<()> {
         let mut insert = self
             .inner
             .client
@@ -679,8 +682,8 @@ impl ClickHouseStore {
             // journal is trimmed after this, so rows queued on one server would be at risk.
             insert = insert.with_setting("insert_distributed_sync", "1");
         }
-        for row in rows {
-            insert.write(row).await?;
+        for event in events {
+            insert.write(&EventRow::from(event)).await?;
         }
         insert.end().await
     }
@@ -694,8 +697,7 @@ impl EventStore for ClickHouseStore {
         }
         self.schema().await?;
         self.check_columns().await?;
-        let rows: Vec<EventRow> = events.iter().map(EventRow::from).collect();
-        match self.timed("insert", self.do_insert(&rows)).await {
+        match self.timed("insert", self.do_insert(events)).await {
             // A table changed between the check and the insert: say so, rather than blame the
             // data (and have the forwarder split the batch for nothing).
             Err(PortError::Refused(r)) if r.cause == RefusalCause::Data => {
