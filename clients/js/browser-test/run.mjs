@@ -285,8 +285,7 @@ const cases = {
    * track() immediately followed by navigating away: the events are not lost with the page.
    * With the socket open they may leave over it before the page does, or through the beacon
    * on pagehide; either way each is stored once. (The beacon alone, the socket refused, is the
-   * `beaconbudget` case: a variant of this one with 5 events and the socket refused lost them
-   * once in CI, see the closing note of stop 25.)
+   * `beacon-refused` case, and `beaconbudget` for its budget.)
    */
   async beacon({ context, origin, server }) {
     const u = user("beacon");
