@@ -203,15 +203,7 @@ var Client = class {
     };
     this.q = new Queue(this.o.maxQueueEvents, this.o.maxQueueBytes);
     this.st = { queued: 0, delivered: 0, duplicates: 0, rejected: 0, dropped: 0, retries: 0, rateLimited: 0, unavailable: 0, beaconed: 0, leader: false, storage: "", transport: "none", stopped: "" };
-    this.ready = this.start();
-  }
-  async start() {
     const name = "cartstream:" + this.o.endpoint;
-    this.store = this.o.store || await openStore(name, this.o.storage || ["indexeddb", "localstorage", "memory"]);
-    this.st.storage = this.store.kind;
-    if (this.closed) return;
-    await this.unspill(name, this.store);
-    if (this.closed) return;
     this.on("pagehide", () => this.leave(name));
     this.on("visibilitychange", () => {
       if (g.document && g.document.visibilityState == "hidden") this.leave(name);
@@ -221,6 +213,14 @@ var Client = class {
       this.attempt = this.netFails = this.pauseUntil = 0;
       this.kick();
     });
+    this.ready = this.start(name);
+  }
+  async start(name) {
+    this.store = this.o.store || await openStore(name, this.o.storage || ["indexeddb", "localstorage", "memory"]);
+    this.st.storage = this.store.kind;
+    if (this.closed) return;
+    await this.unspill(name, this.store);
+    if (this.closed) return;
     const sync = setInterval(() => this.sync(), 1e3);
     this.unhook.push(() => clearInterval(sync));
     if (typeof BroadcastChannel == "function") {

@@ -155,16 +155,9 @@ export class Client {
     };
     this.q = new Queue(this.o.maxQueueEvents, this.o.maxQueueBytes);
     this.st = { queued: 0, delivered: 0, duplicates: 0, rejected: 0, dropped: 0, retries: 0, rateLimited: 0, unavailable: 0, beaconed: 0, leader: false, storage: "", transport: "none", stopped: "" };
-    this.ready = this.start();
-  }
-
-  private async start(): Promise<void> {
     const name = "cartstream:" + this.o.endpoint;
-    this.store = this.o.store || (await openStore(name, this.o.storage || ["indexeddb", "localstorage", "memory"]));
-    this.st.storage = this.store.kind;
-    if (this.closed) return;
-    await this.unspill(name, this.store);
-    if (this.closed) return;
+    // At once, not once the storage is open: a page may track and leave before that (an
+    // IndexedDB open takes a few milliseconds, a navigation may commit sooner).
     this.on("pagehide", () => this.leave(name));
     this.on("visibilitychange", () => {
       if (g.document && g.document.visibilityState == "hidden") this.leave(name);
@@ -174,6 +167,15 @@ export class Client {
       this.attempt = this.netFails = this.pauseUntil = 0;
       this.kick();
     });
+    this.ready = this.start(name);
+  }
+
+  private async start(name: string): Promise<void> {
+    this.store = this.o.store || (await openStore(name, this.o.storage || ["indexeddb", "localstorage", "memory"]));
+    this.st.storage = this.store.kind;
+    if (this.closed) return;
+    await this.unspill(name, this.store);
+    if (this.closed) return;
     const sync = setInterval(() => this.sync(), 1000);
     this.unhook.push(() => clearInterval(sync));
     if (typeof BroadcastChannel == "function") {

@@ -291,6 +291,34 @@ test("a beacon hands over the waiting events within the budget, and they stay qu
   }
 });
 
+test("a page that tracks and leaves before its storage is open still beacons (pagehide heard from init on)", async () => {
+  const beacons: string[] = [];
+  const page = new EventTarget();
+  const g = globalThis as any;
+  Object.defineProperty(globalThis, "navigator", {
+    configurable: true,
+    value: { sendBeacon: (_url: string, body: string) => (beacons.push(body), true) },
+  });
+  g.addEventListener = page.addEventListener.bind(page);
+  g.removeEventListener = page.removeEventListener.bind(page);
+  // No storage answers yet: the page leaves in the task that called init().
+  const { c } = client({ store: { kind: "indexeddb", shared: true, all: () => new Promise(() => {}), put: () => new Promise(() => {}), del: async () => {} } });
+  try {
+    const ids = [1, 2, 3].map((i) => c.track("cart_viewed", { itemCount: i }));
+    page.dispatchEvent(new Event("pagehide"));
+    assert.equal(beacons.length, 1);
+    assert.deepEqual(JSON.parse(beacons[0]).events.map((e: CartEvent) => e.eventId), ids);
+    c.close();
+    page.dispatchEvent(new Event("pagehide"));
+    assert.equal(beacons.length, 1, "a closed client hears nothing more");
+  } finally {
+    c.close();
+    delete g.navigator;
+    delete g.addEventListener;
+    delete g.removeEventListener;
+  }
+});
+
 test("a request that keeps failing at the network (an ad blocker) backs off past the short cap", async () => {
   let calls = 0;
   const fetch = async () => {
