@@ -11,7 +11,7 @@
 #   e.g. git worktree add /tmp/old <rev> && (cd /tmp/old && cargo build --release)
 #        cargo build --release --examples
 #        scripts/bench-ab.sh /tmp/old/target/release/cartstream target/release/cartstream
-# Needs Redis and ClickHouse (scripts/ensure-services.sh). Listens on 127.0.0.1:3101.
+# Needs Redis and ClickHouse (scripts/ensure-services.sh). Listens on 127.0.0.1:3101 (FRESH_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD="$1"; NEW="$2"; ROUNDS="${3:-2}"
@@ -45,13 +45,24 @@ if [ "$ROUNDS" = abba ]; then
     exit 0
 fi
 
+# FIGURES: which of the four to run (default all), e.g. FIGURES="rc-ws-pipelined rc-http-batch".
+FIGURES=${FIGURES:-rc-ws-pipelined rc-ws-closed rc-http-batch embedded-ws-pipelined}
+figure() { case " $FIGURES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 for round in $(seq "$ROUNDS"); do
     for which in old new; do
         bin=$OLD; [ "$which" = new ] && bin=$NEW
         echo "### round $round, $which build ($bin), $(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg)"
-        echo "## Redis + ClickHouse, WS pipelined";   run "$bin" rc ws --connections 8 --window 64
-        echo "## Redis + ClickHouse, WS closed loop"; run "$bin" rc ws --connections 8 --window 1
-        echo "## Redis + ClickHouse, HTTP batch";     run "$bin" rc http-batch --concurrency 8 --batch-size 100
-        echo "## embedded, WS pipelined";             run "$bin" embedded ws --connections 8 --window 64
+        if figure rc-ws-pipelined; then
+            echo "## Redis + ClickHouse, WS pipelined";   run "$bin" rc ws --connections 8 --window 64
+        fi
+        if figure rc-ws-closed; then
+            echo "## Redis + ClickHouse, WS closed loop"; run "$bin" rc ws --connections 8 --window 1
+        fi
+        if figure rc-http-batch; then
+            echo "## Redis + ClickHouse, HTTP batch";     run "$bin" rc http-batch --concurrency 8 --batch-size 100
+        fi
+        if figure embedded-ws-pipelined; then
+            echo "## embedded, WS pipelined";             run "$bin" embedded ws --connections 8 --window 64
+        fi
     done
 done

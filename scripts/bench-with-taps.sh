@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
 # A "server binary" for scripts/bench-ab.sh that runs cartstream with headless tap
-# subscribers watching everything (scripts/tap-subscribers.mjs), to measure what the tap
-# costs ingest:
+# subscribers watching everything (examples/tap-subscribers.rs: each reads the full stream
+# and counts events from each frame's `count`, without parsing them), to measure what the
+# tap costs ingest:
 #
-#   TAP_BENCH_BIN=target/release/cartstream TAP_SUBSCRIBERS=5 \
+#   cargo build --release --bin cartstream --example cartstream-bench --example tap-subscribers
+#   TAP_BENCH_BIN=target/release/cartstream TAP_SUBSCRIBERS=5 FRESH_PORT=3271 \
+#     FIGURES="rc-ws-pipelined rc-http-batch" \
 #     scripts/bench-ab.sh target/release/cartstream scripts/bench-with-taps.sh 3
 #
 # The server keeps this script's pid (exec), so bench-ab's --server-pid and kill reach it;
-# the subscribers connect once /health answers and leave when the server closes them.
+# the subscribers connect once /health answers and leave when the server closes them. What
+# each received and skipped is appended to TAP_LOG (target/bench-with-taps.log), since
+# bench-ab discards the server's output. TAP_CLIENT=node uses scripts/tap-subscribers.mjs
+# (Node.js, a JSON.parse per frame) instead, for comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${TAP_BENCH_BIN:-target/release/cartstream}
 n=${TAP_SUBSCRIBERS:-5}
 listen=${CARTSTREAM_LISTEN:-127.0.0.1:3001}
+log=${TAP_LOG:-target/bench-with-taps.log}
+client=${TAP_CLIENT:-rust}
 (
     for _ in $(seq 200); do
         curl -fsS "http://$listen/health" >/dev/null 2>&1 && break
         sleep 0.05
     done
-    exec node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n"
+    echo "## $(date -u +%T) $n $client subscribers of $listen" >>"$log"
+    if [ "$client" = node ]; then
+        exec node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n" 2>>"$log"
+    fi
+    exec target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" 2>>"$log"
 ) &
 exec "$bin"

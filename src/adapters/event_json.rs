@@ -2,8 +2,9 @@
 //! targets send downstream. A test in `inbound::wire` keeps the two identical.
 
 use crate::domain::StoredEvent;
-use chrono::SecondsFormat;
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde_json::{Map, Value};
+use std::fmt::Write;
 
 pub fn event_json(s: &StoredEvent) -> Value {
     let e = &s.event;
@@ -24,4 +25,155 @@ pub fn event_json(s: &StoredEvent) -> Value {
         Value::from(s.received_at.to_rfc3339_opts(SecondsFormat::Millis, true)),
     );
     Value::Object(m)
+}
+
+/// The same JSON as [`event_json`], written as text straight onto `out`: the metadata's
+/// stored text is copied as it is, never parsed, and no tree is built.
+pub fn write_event_json(s: &StoredEvent, out: &mut String) {
+    let e = &s.event;
+    out.push_str("{\"eventId\":");
+    write_json_str(e.event_id().as_str(), out);
+    out.push_str(",\"userId\":");
+    write_json_str(e.user_id(), out);
+    if let Some(session) = e.session_id() {
+        out.push_str(",\"sessionId\":");
+        write_json_str(session, out);
+    }
+    out.push_str(",\"eventType\":\"");
+    out.push_str(e.event_type().as_str());
+    out.push_str("\",\"timestamp\":\"");
+    write_millis(e.occurred_at(), out);
+    out.push_str("\",\"metadata\":");
+    out.push_str(e.metadata().as_json());
+    out.push_str(",\"receivedAt\":\"");
+    write_millis(s.received_at, out);
+    out.push_str("\"}");
+}
+
+/// `t` as `to_rfc3339_opts(SecondsFormat::Millis, true)` writes it, without chrono's general
+/// formatter (half of the tap's JSON cost was its two timestamps per event).
+pub fn write_millis(t: DateTime<Utc>, out: &mut String) {
+    let nanos = t.nanosecond();
+    let Ok(year) = u32::try_from(t.year()) else {
+        out.push_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        return;
+    };
+    if year > 9999 || nanos >= 1_000_000_000 {
+        // Five-digit years and leap seconds: chrono's own way.
+        out.push_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        return;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    for (range, value) in [
+        (0..4, year),
+        (5..7, t.month()),
+        (8..10, t.day()),
+        (11..13, t.hour()),
+        (14..16, t.minute()),
+        (17..19, t.second()),
+        (20..23, nanos / 1_000_000),
+    ] {
+        let mut v = value;
+        for digit in b[range].iter_mut().rev() {
+            *digit = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    out.extend(b.iter().map(|&c| char::from(c)));
+}
+
+/// `s` as a JSON string, escaped as `serde_json` escapes it.
+pub fn write_json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Only ASCII bytes are escaped, so `plain..i` ends on a character boundary.
+        out.push_str(&s[plain..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{fixtures, Source};
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_text_is_the_same_json_as_the_tree() {
+        for raw in [
+            serde_json::json!({"eventId": "e", "userId": "u\"</é\\", "sessionId": "s\\", "eventType": "item_added",
+                               "metadata": {"productId": "p\u{1}\n", "z": [1, {"a": null}], "q": 1.5e300}}),
+            serde_json::json!({"userId": "u", "eventType": "cart_viewed"}),
+        ] {
+            let stored = fixtures::from_json(raw).via(Source::Http).stored();
+            let mut text = String::new();
+            write_event_json(&stored, &mut text);
+            let tree = event_json(&stored);
+            assert_eq!(
+                text,
+                tree.to_string(),
+                "same keys, same order, same escapes"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_chrono_writes_its_own_way_still_match() {
+        for (secs, nanos) in [
+            (-62_167_219_201, 0),           // year -1
+            (253_402_300_800, 5),           // year 10000
+            (1_483_228_799, 1_999_999_999), // a leap second
+        ] {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            let mut out = String::new();
+            write_millis(t, &mut out);
+            assert_eq!(out, t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(s in any::<String>()) {
+            let mut out = String::new();
+            write_json_str(&s, &mut out);
+            prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+        }
+
+        #[test]
+        fn timestamps_are_written_as_chrono_writes_them(
+            secs in -62_167_219_200i64..253_402_300_800,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            let mut out = String::new();
+            write_millis(t, &mut out);
+            prop_assert_eq!(out, t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+
+        #[test]
+        fn control_characters_too(s in "[\\x00-\\x1f\"\\\\a-zé]{0,24}") {
+            let mut out = String::new();
+            write_json_str(&s, &mut out);
+            prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+        }
+    }
 }

@@ -101,10 +101,10 @@ impl Ingest {
             let metrics = &self.inner.metrics;
             metrics.by_type.add(event_type, TapOutcome::Rejected, 1);
             if let Some(raw) = raw {
-                metrics.tap.publish(TapEvent::Rejected {
+                metrics.tap.publish(vec![TapEvent::Rejected {
                     raw,
                     errors: errors.clone(),
-                });
+                }]);
             }
         }
     }
@@ -277,25 +277,30 @@ impl Seen {
         let Some(events) = self.events else {
             return;
         };
-        for ((event, source), o) in events.into_iter().zip(outcomes) {
-            let outcome = tap_outcome(o);
-            let at = match outcome {
-                TapOutcome::Accepted => received_at.unwrap_or(now),
-                _ => now,
-            };
-            metrics.tap.publish(TapEvent::Committed {
-                event: StoredEvent {
-                    event,
-                    received_at: at,
-                    source,
-                },
-                outcome,
-                unavailable: match o {
-                    Outcome::Unavailable(u) => Some(*u),
-                    _ => None,
-                },
+        // One publication for the group; the subscribers serialize it, off this task.
+        let group = events
+            .into_iter()
+            .zip(outcomes)
+            .map(|((event, source), o)| {
+                let outcome = tap_outcome(o);
+                let at = match outcome {
+                    TapOutcome::Accepted => received_at.unwrap_or(now),
+                    _ => now,
+                };
+                TapEvent::Committed {
+                    event: StoredEvent {
+                        event,
+                        received_at: at,
+                        source,
+                    },
+                    outcome,
+                    unavailable: match o {
+                        Outcome::Unavailable(u) => Some(*u),
+                        _ => None,
+                    },
+                }
             });
-        }
+        metrics.tap.publish(group.collect());
     }
 }
 

@@ -1,15 +1,18 @@
 //! The tap: every event's outcome as it is decided, for whoever watches (`GET /events/tap`).
 //!
-//! Ingest publishes into one `tokio::sync::broadcast` ring; each subscriber reads it at its
-//! own pace. Publishing never waits: a subscriber that falls more than the ring's capacity
-//! behind loses the oldest items and learns how many (`Lagged`). With no subscriber, the
-//! only cost on the ingest path is one atomic load.
+//! Ingest publishes one item per committed group (or per rejected event) into one ring;
+//! each subscriber takes everything new at once, at its own pace. Publishing never waits:
+//! the ring keeps the last `buffer` events, and a subscriber that falls further behind loses
+//! the oldest and learns how many. With no subscriber, the only cost on the ingest path is
+//! one atomic load. The events' wire form is made off the ingest path, once per group, by
+//! the first subscriber that sends it.
 
 use crate::domain::{EventType, FieldError, StoredEvent, Unavailable};
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::broadcast;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use tokio::sync::watch;
 
 /// What the ingest use case decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,53 +62,104 @@ pub enum TapEvent {
     Rejected { raw: Value, errors: Vec<FieldError> },
 }
 
-/// A [`TapEvent`] with its wire form, made once by the first subscriber that sends it.
-#[derive(Debug)]
-pub struct TapItem {
-    pub event: TapEvent,
-    pub wire: OnceLock<String>,
-}
-
-impl TapItem {
+impl TapEvent {
     pub fn outcome(&self) -> TapOutcome {
-        match &self.event {
-            TapEvent::Committed { outcome, .. } => *outcome,
-            TapEvent::Rejected { .. } => TapOutcome::Rejected,
+        match self {
+            Self::Committed { outcome, .. } => *outcome,
+            Self::Rejected { .. } => TapOutcome::Rejected,
         }
     }
 
     /// The event's type as sent (a rejected event's may be anything, or absent).
     pub fn event_type(&self) -> Option<&str> {
-        match &self.event {
-            TapEvent::Committed { event, .. } => Some(event.event.event_type().as_str()),
-            TapEvent::Rejected { raw, .. } => raw.get("eventType").and_then(Value::as_str),
+        match self {
+            Self::Committed { event, .. } => Some(event.event.event_type().as_str()),
+            Self::Rejected { raw, .. } => raw.get("eventType").and_then(Value::as_str),
         }
     }
 
     pub fn user_id(&self) -> Option<&str> {
-        match &self.event {
-            TapEvent::Committed { event, .. } => Some(event.event.user_id()),
-            TapEvent::Rejected { raw, .. } => raw.get("userId").and_then(Value::as_str),
+        match self {
+            Self::Committed { event, .. } => Some(event.event.user_id()),
+            Self::Rejected { raw, .. } => raw.get("userId").and_then(Value::as_str),
         }
     }
 }
 
+/// One publication: a committed group's events (or one rejected event), in order, with their
+/// wire form, made once by the first subscriber that sends them and shared by all.
+#[derive(Debug)]
+pub struct TapGroup {
+    /// The tap's sequence number of the first event (events are numbered as published).
+    first: u64,
+    pub events: Vec<TapEvent>,
+    pub wire: OnceLock<Pieces>,
+}
+
+impl TapGroup {
+    /// The sequence number after the last event.
+    fn end(&self) -> u64 {
+        self.first + self.events.len() as u64
+    }
+}
+
+/// One text per event, kept in one buffer.
+#[derive(Debug, Default)]
+pub struct Pieces {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Pieces {
+    /// `f` writes each item's text in turn.
+    pub fn build<T>(items: &[T], capacity: usize, mut f: impl FnMut(&T, &mut String)) -> Self {
+        let mut p = Self {
+            text: String::with_capacity(capacity),
+            ends: Vec::with_capacity(items.len()),
+        };
+        for item in items {
+            f(item, &mut p.text);
+            p.ends.push(p.text.len());
+        }
+        p
+    }
+
+    /// The text of item `i` (empty past the end).
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.ends.get(i).map_or("", |&end| &self.text[start..end])
+    }
+}
+
+/// The groups still held for subscribers, oldest first, and the next sequence number.
+#[derive(Default)]
+struct Ring {
+    groups: VecDeque<Arc<TapGroup>>,
+    /// Events in `groups`.
+    events: usize,
+    head: u64,
+    subscribers: usize,
+}
+
 /// The publishing side, shared by the ingest use case and the tap endpoint.
 pub struct Tap {
+    /// Mirrors `Ring::subscribers` for the lock-free check on the ingest path.
     subscribers: AtomicUsize,
     capacity: usize,
-    tx: broadcast::Sender<Arc<TapItem>>,
+    ring: Mutex<Ring>,
+    /// The ring's `head`, for waking subscribers.
+    published: watch::Sender<u64>,
 }
 
 impl Tap {
-    /// A tap whose subscribers may each lag `buffer` items behind.
+    /// A tap whose subscribers may each lag `buffer` events behind (at least the newest
+    /// group is kept, however large).
     pub fn new(buffer: usize) -> Self {
-        let capacity = buffer.max(1);
-        let (tx, _) = broadcast::channel(capacity);
         Self {
             subscribers: AtomicUsize::new(0),
-            capacity,
-            tx,
+            capacity: buffer.max(1),
+            ring: Mutex::new(Ring::default()),
+            published: watch::channel(0).0,
         }
     }
 
@@ -115,24 +169,52 @@ impl Tap {
         self.subscribers.load(Ordering::Relaxed) != 0
     }
 
-    /// Publishes without waiting; nothing happens without subscribers.
-    pub fn publish(&self, event: TapEvent) {
-        let _ = self.tx.send(Arc::new(TapItem {
-            event,
-            wire: OnceLock::new(),
-        }));
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A new subscriber, counted until it is dropped.
+    /// Publishes a group of events without waiting; nothing happens without subscribers.
+    pub fn publish(&self, events: Vec<TapEvent>) {
+        if events.is_empty() || !self.active() {
+            return;
+        }
+        let head = {
+            let mut ring = self.ring();
+            if ring.subscribers == 0 {
+                return;
+            }
+            let group = TapGroup {
+                first: ring.head,
+                events,
+                wire: OnceLock::new(),
+            };
+            ring.head = group.end();
+            ring.events += group.events.len();
+            ring.groups.push_back(Arc::new(group));
+            while ring.events > self.capacity && ring.groups.len() > 1 {
+                if let Some(old) = ring.groups.pop_front() {
+                    ring.events -= old.events.len();
+                }
+            }
+            ring.head
+        };
+        self.published.send_replace(head);
+    }
+
+    /// A new subscriber, counted until it is dropped; it sees what is published from now on.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        let published = self.published.subscribe();
+        let mut ring = self.ring();
+        ring.subscribers += 1;
+        self.subscribers.store(ring.subscribers, Ordering::Relaxed);
         Subscription {
-            rx: self.tx.subscribe(),
+            next: ring.head,
+            published,
             tap: Arc::clone(self),
         }
     }
 
-    /// How many items a subscriber may lag behind before the oldest are skipped.
+    /// How many events a subscriber may lag behind before the oldest are skipped.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -148,34 +230,63 @@ impl Default for Tap {
     }
 }
 
-/// What a subscriber receives next.
-#[derive(Debug)]
-pub enum Received {
-    Item(Arc<TapItem>),
-    /// This many items were skipped because the subscriber fell behind.
-    Skipped(u64),
+/// What a subscriber receives at once: everything published since it last looked.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Events skipped because the subscriber fell more than the buffer behind (they come
+    /// before `groups`).
+    pub skipped: u64,
+    pub groups: Vec<Arc<TapGroup>>,
 }
 
 /// One subscriber's place in the ring.
 pub struct Subscription {
-    rx: broadcast::Receiver<Arc<TapItem>>,
+    /// The sequence number of the next event to receive.
+    next: u64,
+    published: watch::Receiver<u64>,
     tap: Arc<Tap>,
 }
 
 impl Subscription {
-    /// The next item, or how many were skipped; `None` once the tap is gone.
-    pub async fn recv(&mut self) -> Option<Received> {
-        match self.rx.recv().await {
-            Ok(item) => Some(Received::Item(item)),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(Received::Skipped(n)),
-            Err(broadcast::error::RecvError::Closed) => None,
+    /// Everything published since the last call, waiting until there is something.
+    /// Cancel-safe: nothing is taken before the wait is over.
+    pub async fn recv(&mut self) -> Received {
+        loop {
+            self.published.borrow_and_update();
+            let got = self.take();
+            if got.skipped > 0 || !got.groups.is_empty() {
+                return got;
+            }
+            // The sender lives in the tap this subscription holds: never closed.
+            let _ = self.published.changed().await;
         }
+    }
+
+    fn take(&mut self) -> Received {
+        let ring = self.tap.ring();
+        let oldest = ring.groups.front().map_or(ring.head, |g| g.first);
+        let skipped = oldest.saturating_sub(self.next);
+        let from = ring
+            .groups
+            .partition_point(|g| g.first < self.next.max(oldest));
+        let groups = ring.groups.range(from..).cloned().collect();
+        self.next = ring.head;
+        Received { skipped, groups }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.tap.subscribers.fetch_sub(1, Ordering::Relaxed);
+        let mut ring = self.tap.ring();
+        ring.subscribers -= 1;
+        self.tap
+            .subscribers
+            .store(ring.subscribers, Ordering::Relaxed);
+        if ring.subscribers == 0 {
+            // Nobody to keep them for.
+            ring.groups.clear();
+            ring.events = 0;
+        }
     }
 }
 
@@ -197,33 +308,66 @@ mod tests {
         }
     }
 
+    fn ns(got: &Received) -> Vec<u64> {
+        got.groups
+            .iter()
+            .flat_map(|g| &g.events)
+            .map(|e| match e {
+                TapEvent::Rejected { raw, .. } => raw["n"].as_u64().unwrap(),
+                TapEvent::Committed { .. } => u64::MAX,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn inactive_without_subscribers_and_counts_them() {
         let tap = Arc::new(Tap::new(4));
         assert!(!tap.active());
-        tap.publish(rejected(0));
+        tap.publish(vec![rejected(0)]);
         let sub = tap.subscribe();
         assert!(tap.active());
         drop(sub);
         assert!(!tap.active());
+        assert_eq!(tap.ring().groups.len(), 0);
     }
 
     #[tokio::test]
-    async fn a_slow_subscriber_is_told_what_it_missed() {
+    async fn a_subscriber_takes_every_group_published_since_it_last_looked() {
+        let tap = Arc::new(Tap::new(100));
+        tap.publish(vec![rejected(99)]);
+        let mut sub = tap.subscribe();
+        tap.publish(vec![rejected(0), rejected(1)]);
+        tap.publish(vec![rejected(2)]);
+        let got = sub.recv().await;
+        assert_eq!((got.skipped, ns(&got)), (0, vec![0, 1, 2]));
+        assert_eq!(got.groups.len(), 2, "one item per group");
+        let waiting = tokio::spawn(async move { ns(&sub.recv().await) });
+        tokio::task::yield_now().await;
+        tap.publish(vec![rejected(3)]);
+        assert_eq!(waiting.await.unwrap(), vec![3]);
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_is_told_how_many_events_it_missed() {
         let tap = Arc::new(Tap::new(4));
         let mut sub = tap.subscribe();
         for n in 0..10 {
-            tap.publish(rejected(n));
+            tap.publish(vec![rejected(2 * n), rejected(2 * n + 1)]);
         }
-        let mut got = 0;
-        let mut skipped = 0;
-        while got + skipped < 10 {
-            match sub.recv().await {
-                Some(Received::Item(_)) => got += 1,
-                Some(Received::Skipped(n)) => skipped += n,
-                None => break,
-            }
-        }
-        assert_eq!((got, skipped), (4, 6));
+        let got = sub.recv().await;
+        assert_eq!((got.skipped, ns(&got)), (16, vec![16, 17, 18, 19]));
+        // The newest group is kept even when it alone exceeds the buffer.
+        tap.publish((0..6).map(rejected).collect());
+        let got = sub.recv().await;
+        assert_eq!((got.skipped, got.groups[0].events.len()), (0, 6));
+    }
+
+    #[test]
+    fn pieces_hold_one_text_per_item() {
+        let p = Pieces::build(&["a", "", "bc"], 8, |s, out| out.push_str(s));
+        assert_eq!(
+            [p.get(0), p.get(1), p.get(2), p.get(3)],
+            ["a", "", "bc", ""]
+        );
     }
 }

@@ -41,8 +41,8 @@ async fn subscribe(app: &TestApp, key: Option<&str>, filter: Value) -> (Tap, Val
 }
 
 /// Fails unless `msg` has exactly the shape the AsyncAPI document gives its `type` on the tap
-/// channel: every field named there, every required one present. (check.mjs validates the
-/// document itself.)
+/// channel: every field named there, every required one present; and each event of a
+/// `tap_events` frame the shape of its items. (check.mjs validates the document itself.)
 fn assert_documented(msg: &Value) {
     let doc: Value = serde_json::from_str(include_str!("../../asyncapi/asyncapi.json")).unwrap();
     let kind = msg["type"].as_str().unwrap_or_default();
@@ -57,6 +57,21 @@ fn assert_documented(msg: &Value) {
         .map(|name| &doc["components"]["schemas"][name])
         .find(|s| s["properties"]["type"]["const"] == kind)
         .unwrap_or_else(|| panic!("the tap channel documents no {kind:?}: {msg}"));
+    assert_shape(schema, msg, kind);
+    if kind == "tap_events" {
+        let item = schema["properties"]["events"]["items"]["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            .expect("the events' schema");
+        let events = msg["events"].as_array().expect("events");
+        assert_eq!(msg["count"], events.len(), "{msg}");
+        for event in events {
+            assert_shape(&doc["components"]["schemas"][item], event, item);
+        }
+    }
+}
+
+fn assert_shape(schema: &Value, msg: &Value, kind: &str) {
     let named = schema["properties"].as_object().unwrap();
     for field in msg.as_object().unwrap().keys() {
         assert!(
@@ -74,6 +89,22 @@ fn assert_documented(msg: &Value) {
     if let Some(allowed) = named.get("outcome").and_then(|o| o["enum"].as_array()) {
         assert!(allowed.contains(&msg["outcome"]), "{msg}");
     }
+}
+
+/// Reads `tap_events` frames until `n` events came, each frame checked against the document;
+/// the events, in order, and how many frames carried them.
+async fn recv_events(tap: &mut Tap, n: usize) -> (Vec<Value>, usize) {
+    let mut events = Vec::new();
+    let mut frames = 0;
+    while events.len() < n {
+        let frame = recv_json(tap).await;
+        assert_eq!(frame["type"], "tap_events", "{frame}");
+        assert_documented(&frame);
+        events.extend(frame["events"].as_array().unwrap().iter().cloned());
+        frames += 1;
+    }
+    assert_eq!(events.len(), n, "more events than expected: {events:?}");
+    (events, frames)
 }
 
 fn http_with_key(app: &TestApp, key: &str) -> reqwest::RequestBuilder {
@@ -147,11 +178,9 @@ async fn shows_accepted_duplicate_and_rejected_events_with_their_errors() {
     )
     .await;
     assert_eq!(recv_json(&mut ws).await["status"], "accepted");
-    let seen = recv_json(&mut tap).await;
-    assert_eq!(seen["type"], "tap_event", "{seen}");
-    assert_eq!(seen["outcome"], "accepted");
+    let seen = recv_events(&mut tap, 1).await.0.remove(0);
+    assert_eq!(seen["outcome"], "accepted", "{seen}");
     assert_eq!(seen["channel"], "ws");
-    assert_documented(&seen);
     assert_eq!(seen["event"]["eventId"], id.as_str());
     assert!(seen["event"]["receivedAt"].is_string(), "{seen}");
     // The same event recorded: its receivedAt is the one GET /events shows.
@@ -176,15 +205,13 @@ async fn shows_accepted_duplicate_and_rejected_events_with_their_errors() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let mut got = [recv_json(&mut tap).await, recv_json(&mut tap).await];
+    let mut got = recv_events(&mut tap, 2).await.0;
     got.sort_by_key(|m| m["outcome"].as_str().unwrap_or_default().to_owned());
     let [dup, rejected] = [&got[0], &got[1]];
     assert_eq!(dup["outcome"], "duplicate", "{dup}");
     assert_eq!(dup["channel"], "http");
     assert_eq!(rejected["outcome"], "rejected", "{rejected}");
     assert_eq!(rejected["event"]["userId"], "u-bad");
-    assert_documented(dup);
-    assert_documented(rejected);
     let errors = rejected["errors"].as_array().expect("errors");
     assert!(
         errors
@@ -255,22 +282,17 @@ async fn filters_by_type_user_and_outcome_on_the_server() {
             })
             .collect()
     };
-    let by_type_seen = [
-        recv_json(&mut by_type).await,
-        recv_json(&mut by_type).await,
-        recv_json(&mut by_type).await,
-    ];
+    let by_type_seen = recv_events(&mut by_type, 3).await.0;
     assert_eq!(
         users(&by_type_seen),
         ["u-2/accepted", "u-1/accepted", "end/accepted"]
     );
-    let by_user_seen = [recv_json(&mut by_user).await, recv_json(&mut by_user).await];
-    let mut u = users(&by_user_seen);
+    let mut u = users(&recv_events(&mut by_user, 2).await.0);
     u.sort();
     assert_eq!(u, ["u-2/accepted", "u-2/rejected"]);
-    let only = recv_json(&mut by_outcome).await;
+    let only = recv_events(&mut by_outcome, 1).await.0.remove(0);
     assert_eq!(only["outcome"], "rejected");
-    let changed_seen = recv_json(&mut changed).await;
+    let changed_seen = recv_events(&mut changed, 1).await.0.remove(0);
     assert_eq!(
         changed_seen["event"]["eventType"], "item_added",
         "{changed_seen}"
@@ -296,6 +318,41 @@ async fn filters_by_type_user_and_outcome_on_the_server() {
             "{name} got more: {next:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_committed_batch_comes_in_one_frame_that_counts_its_events() {
+    let app = TestApp::spawn().await;
+    let (mut tap, _) = subscribe(&app, None, json!({})).await;
+    let (mut odd, _) = subscribe(&app, None, json!({"userId": "u-odd"})).await;
+    let ids: Vec<String> = (0..50).map(|_| unique("burst")).collect();
+    let events: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let user = if i % 2 == 1 { "u-odd" } else { "u-even" };
+            json!({"eventId": id, "userId": user, "eventType": "cart_viewed", "metadata": {"i": i, "s": "<\"\\\u{1}é>"}})
+        })
+        .collect();
+    let (status, _) = app.post_batch(&json!({ "events": events })).await;
+    assert_eq!(status, 200);
+    let (seen, frames) = recv_events(&mut tap, 50).await;
+    assert_eq!(frames, 1, "one group, one frame");
+    let seen_ids: Vec<&str> = seen
+        .iter()
+        .map(|e| e["event"]["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen_ids, ids, "in the order sent");
+    for (i, e) in seen.iter().enumerate() {
+        assert_eq!(
+            e["event"]["metadata"], events[i]["metadata"],
+            "metadata as sent"
+        );
+    }
+    // A filtered subscriber gets its share of the same group, also in one frame.
+    let (odd_seen, frames) = recv_events(&mut odd, 25).await;
+    assert_eq!(frames, 1);
+    assert!(odd_seen.iter().all(|e| e["event"]["userId"] == "u-odd"));
 }
 
 #[tokio::test]
@@ -337,7 +394,7 @@ async fn a_subscriber_that_does_not_read_is_told_how_many_it_missed_and_ingest_g
     while delivered + skipped < total {
         let m = recv_json(&mut tap).await;
         match m["type"].as_str() {
-            Some("tap_event") => delivered += 1,
+            Some("tap_events") => delivered += m["count"].as_u64().expect("a count"),
             Some("skipped") => {
                 assert_documented(&m);
                 skipped += m["count"].as_u64().expect("a count");

@@ -6,24 +6,24 @@
 //! own pace: when it falls behind, the oldest items are skipped and a `skipped` message says
 //! how many, so a slow subscriber never slows ingest (see [`crate::app::tap`]).
 
-use crate::adapters::event_json::event_json;
+use crate::adapters::event_json::{write_event_json, write_json_str};
 use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::http::auth::presented_key;
-use crate::adapters::inbound::wire::{details, ErrorBody, ErrorCode};
-use crate::adapters::inbound::ws::handshake_key;
+use crate::adapters::inbound::wire::{details, unavailable_message, ErrorBody, ErrorCode};
+use crate::adapters::inbound::ws::Upgrade;
 use crate::app::access::{Access, Scope};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
-use crate::app::tap::{Received, Subscription, Tap, TapEvent, TapItem, TapOutcome};
+use crate::app::tap::{Pieces, Received, Subscription, Tap, TapEvent, TapGroup, TapOutcome};
 use futures_util::{SinkExt, StreamExt};
-use poem::http::{header, StatusCode};
+use poem::http::StatusCode;
 use poem::{Endpoint, Request, Response};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -35,6 +35,8 @@ use tokio_util::task::TaskTracker;
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message a tap client may send (a `subscribe` is small).
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// About the most event text in one `tap_events` frame (one larger event still goes alone).
+const FRAME_BYTES: usize = 256 * 1024;
 
 /// Everything the tap endpoint needs, built once at startup.
 pub struct TapState {
@@ -73,7 +75,7 @@ impl Filter {
         }
     }
 
-    pub fn matches(&self, item: &TapItem) -> bool {
+    pub fn matches(&self, item: &TapEvent) -> bool {
         (self.outcomes.is_empty() || self.outcomes.iter().any(|o| o == item.outcome().as_str()))
             && (self.event_types.is_empty()
                 || item
@@ -162,16 +164,6 @@ fn authorize(state: &TapState, key: Option<&str>, ip: IpAddr) -> Result<Watcher,
 }
 
 fn upgrade(state: Arc<TapState>, req: Request) -> Response {
-    let Some(key) = handshake_key(&req) else {
-        return json_error(
-            &state.metrics,
-            StatusCode::BAD_REQUEST,
-            ErrorBody::new(
-                ErrorCode::InvalidMessage,
-                "this endpoint speaks WebSocket only: send a WebSocket upgrade (version 13)",
-            ),
-        );
-    };
     let ip = req
         .extensions()
         .get::<Caller>()
@@ -193,42 +185,20 @@ fn upgrade(state: Arc<TapState>, req: Request) -> Response {
         Some(Ok(w)) => Some(w),
         None => None,
     };
-    if state.shutdown.is_cancelled() {
-        return json_error(
-            &state.metrics,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorBody::new(ErrorCode::Unavailable, "the server is shutting down"),
-        );
-    }
-    let Ok(on_upgrade) = req.take_upgrade() else {
-        return json_error(
-            &state.metrics,
-            StatusCode::BAD_REQUEST,
-            ErrorBody::new(
-                ErrorCode::InvalidMessage,
-                "the connection cannot be upgraded",
-            ),
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE));
-    let tracker = state.connections.clone();
-    tracker.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
+    let accept = Upgrade {
+        metrics: &state.metrics,
+        shutdown: &state.shutdown,
+        connections: &state.connections,
+    };
+    let serving = Arc::clone(&state);
+    accept.accept(&req, move |upgraded| async move {
         let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
-        run(state, ws, watcher, ip).await;
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .finish()
+        run(serving, ws, watcher, ip).await;
+    })
 }
 
 fn error_message(code: ErrorCode, message: &str) -> Message {
@@ -309,7 +279,8 @@ type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
 /// Sends what the tap publishes until the client leaves or the server shuts down; the close
-/// to send, if any.
+/// to send, if any. Whatever is ready goes out at once: a `skipped` count, then the events in
+/// as few `tap_events` frames as fit, flushed together.
 async fn stream<S>(
     state: &TapState,
     sub: &mut Subscription,
@@ -321,7 +292,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
-        let message = tokio::select! {
+        let messages = tokio::select! {
             biased;
             () = state.shutdown.cancelled() => return Some((CloseCode::Away, "shutting down")),
             incoming = rx.next() => match incoming {
@@ -330,27 +301,77 @@ where
                         *filter = f;
                         continue;
                     }
-                    Err(message) => error_message(ErrorCode::InvalidMessage, &message),
+                    Err(message) => vec![error_message(ErrorCode::InvalidMessage, &message)],
                 },
                 Some(Ok(Message::Close(_))) => return Some((CloseCode::Normal, "")),
                 Some(Ok(_)) => continue,
                 _ => return None,
             },
-            received = sub.recv() => match received {
-                Some(Received::Item(item)) if filter.matches(&item) => {
-                    Message::text(item.wire.get_or_init(|| wire(&item)).clone())
-                }
-                Some(Received::Item(_)) => continue,
-                Some(Received::Skipped(n)) => {
-                    Message::text(json!({"type": "skipped", "count": n}).to_string())
-                }
-                None => return Some((CloseCode::Away, "shutting down")),
-            },
+            received = sub.recv() => frames(&received, filter),
         };
-        if tx.send(message).await.is_err() {
+        for message in messages {
+            if tx.feed(message).await.is_err() {
+                return None;
+            }
+        }
+        if tx.flush().await.is_err() {
             return None;
         }
     }
+}
+
+/// The messages for what a subscriber received: `skipped` first if any, then the events its
+/// filter lets through, in `tap_events` frames of about [`FRAME_BYTES`] at most. Each
+/// group's events are serialized once, by the first subscriber to get here.
+fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
+    let mut out = Vec::new();
+    if received.skipped > 0 {
+        out.push(Message::text(format!(
+            "{{\"type\":\"skipped\",\"count\":{}}}",
+            received.skipped
+        )));
+    }
+    let mut chosen: Vec<&str> = Vec::new();
+    let mut bytes = 0;
+    for group in &received.groups {
+        let pieces = group.wire.get_or_init(|| wire(group));
+        for (i, event) in group.events.iter().enumerate() {
+            if !filter.matches(event) {
+                continue;
+            }
+            let piece = pieces.get(i);
+            if bytes + piece.len() > FRAME_BYTES && !chosen.is_empty() {
+                out.push(frame(&chosen, bytes));
+                chosen.clear();
+                bytes = 0;
+            }
+            bytes += piece.len() + 1;
+            chosen.push(piece);
+        }
+    }
+    if !chosen.is_empty() {
+        out.push(frame(&chosen, bytes));
+    }
+    out
+}
+
+/// `{"type":"tap_events","count":n,"events":[…]}`: the count first, so a client can read it
+/// without parsing the events.
+fn frame(events: &[&str], bytes: usize) -> Message {
+    let mut text = String::with_capacity(bytes + 64);
+    let _ = write!(
+        text,
+        "{{\"type\":\"tap_events\",\"count\":{},\"events\":[",
+        events.len()
+    );
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(event);
+    }
+    text.push_str("]}");
+    Message::text(text)
 }
 
 async fn close<S>(
@@ -368,32 +389,39 @@ where
     .await
 }
 
-/// The wire form of one tap item: `tap_event` with its outcome, the event (as `GET /events`
-/// shows it, or as sent when rejected), the channel, and the errors or the reason.
-pub fn wire(item: &TapItem) -> String {
-    let mut m = serde_json::Map::new();
-    m.insert("type".into(), Value::from("tap_event"));
-    m.insert("outcome".into(), Value::from(item.outcome().as_str()));
-    match &item.event {
+/// The wire form of a group's events, one JSON object each: its `outcome`, the `event` (as
+/// `GET /events` shows it, or as sent when rejected), the `channel` of a committed one, and
+/// the `errors` of a rejection or the `reason` of an `unavailable`. A recorded event's
+/// metadata is copied as stored, not parsed again.
+pub fn wire(group: &TapGroup) -> Pieces {
+    Pieces::build(&group.events, group.events.len() * 384, write_event)
+}
+
+fn write_event(event: &TapEvent, out: &mut String) {
+    out.push_str("{\"outcome\":\"");
+    out.push_str(event.outcome().as_str());
+    out.push('"');
+    match event {
         TapEvent::Committed {
             event, unavailable, ..
         } => {
-            m.insert("channel".into(), Value::from(event.source.as_str()));
-            m.insert("event".into(), event_json(event));
+            out.push_str(",\"channel\":\"");
+            out.push_str(event.source.as_str());
+            out.push_str("\",\"event\":");
+            write_event_json(event, out);
             if let Some(u) = unavailable {
-                m.insert(
-                    "reason".into(),
-                    Value::from(crate::adapters::inbound::wire::unavailable_message(*u)),
-                );
+                out.push_str(",\"reason\":");
+                write_json_str(unavailable_message(*u), out);
             }
         }
         TapEvent::Rejected { raw, errors } => {
-            m.insert("event".into(), raw.clone());
-            m.insert(
-                "errors".into(),
-                serde_json::to_value(details(errors.clone())).unwrap_or(Value::Null),
+            out.push_str(",\"event\":");
+            out.push_str(&raw.to_string());
+            out.push_str(",\"errors\":");
+            out.push_str(
+                &serde_json::to_string(&details(errors.clone())).unwrap_or_else(|_| "[]".into()),
             );
         }
     }
-    Value::Object(m).to_string()
+    out.push('}');
 }

@@ -62,7 +62,7 @@ function connect(key) {
     if (msg.type === 'tap_ack') return started(key, msg);
     if (msg.type === 'tap_error') return refused(msg);
     if (msg.type === 'skipped') return skipped(msg.count);
-    if (msg.type === 'tap_event') return arrived(msg);
+    if (msg.type === 'tap_events' && Array.isArray(msg.events)) msg.events.forEach(arrived);
   };
   ws.onclose = () => {
     if (state.ws !== ws) return;

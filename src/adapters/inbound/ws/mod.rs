@@ -82,34 +82,11 @@ pub fn endpoint<U: IngestUseCase>(state: Arc<WsState<U>>) -> impl Endpoint {
 }
 
 fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
-    let Some(key) = handshake_key(&req) else {
-        return json_error(
-            &state.metrics,
-            StatusCode::BAD_REQUEST,
-            ErrorBody::new(
-                ErrorCode::InvalidMessage,
-                "this endpoint speaks WebSocket only: send a WebSocket upgrade (version 13)",
-            ),
-        );
+    let accept = Upgrade {
+        metrics: &state.metrics,
+        shutdown: &state.shutdown,
+        connections: &state.connections,
     };
-    if state.shutdown.is_cancelled() {
-        return json_error(
-            &state.metrics,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorBody::new(ErrorCode::Unavailable, "the server is shutting down"),
-        );
-    }
-    let Ok(on_upgrade) = req.take_upgrade() else {
-        return json_error(
-            &state.metrics,
-            StatusCode::BAD_REQUEST,
-            ErrorBody::new(
-                ErrorCode::InvalidMessage,
-                "the connection cannot be upgraded",
-            ),
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
     let max = state.settings.max_message_bytes;
     // An 8 KiB read buffer (tungstenite preallocates 128 KiB per connection): larger frames
     // still grow it, and thousands of idle connections stay cheap.
@@ -126,23 +103,75 @@ fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
             key: None,
             ip: std::net::IpAddr::from([0, 0, 0, 0]),
         });
-    let tracker = state.connections.clone();
-    tracker.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
+    let state = Arc::clone(&state);
+    accept.accept(&req, move |upgraded| async move {
         Connection::new(state, client).run(upgraded, config).await;
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .finish()
+    })
+}
+
+/// What answering a WebSocket upgrade needs, shared by `/events/stream` and `/events/tap`.
+pub(crate) struct Upgrade<'a> {
+    pub metrics: &'a Metrics,
+    /// Once cancelled, upgrades are refused with 503.
+    pub shutdown: &'a CancellationToken,
+    /// Where the connection's task runs, so shutdown can wait for it.
+    pub connections: &'a TaskTracker,
+}
+
+impl Upgrade<'_> {
+    /// Answers an upgrade request: 400 unless it is a valid one, 503 while shutting down,
+    /// else 101, and `serve` then runs on the upgraded connection.
+    pub(crate) fn accept<F, Fut>(&self, req: &Request, serve: F) -> Response
+    where
+        F: FnOnce(poem::Upgraded) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Some(key) = handshake_key(req) else {
+            return json_error(
+                self.metrics,
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new(
+                    ErrorCode::InvalidMessage,
+                    "this endpoint speaks WebSocket only: send a WebSocket upgrade (version 13)",
+                ),
+            );
+        };
+        if self.shutdown.is_cancelled() {
+            return json_error(
+                self.metrics,
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new(ErrorCode::Unavailable, "the server is shutting down"),
+            );
+        }
+        let Ok(on_upgrade) = req.take_upgrade() else {
+            return json_error(
+                self.metrics,
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new(
+                    ErrorCode::InvalidMessage,
+                    "the connection cannot be upgraded",
+                ),
+            );
+        };
+        self.connections.spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                serve(upgraded).await;
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                derive_accept_key(key.as_bytes()),
+            )
+            .finish()
+    }
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 4.2.1), else `None`.
-pub(crate) fn handshake_key(req: &Request) -> Option<poem::http::HeaderValue> {
+fn handshake_key(req: &Request) -> Option<poem::http::HeaderValue> {
     let header_is = |name: header::HeaderName, want: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
