@@ -1,14 +1,15 @@
 # Sourced by bench-ab.sh and callgrind-ab.sh: a fresh cartstream server for one measured run,
 # so no run inherits another's data (its own data dir, ClickHouse database and Redis key
-# prefix), listening on 127.0.0.1:3101, and the cleanup of what it left in the backends.
+# prefix), listening on 127.0.0.1:3101 (or FRESH_PORT), and the cleanup of what it left in the
+# backends.
 
-FRESH_URL=http://127.0.0.1:3101
+FRESH_URL=http://127.0.0.1:${FRESH_PORT:-3101}
 
 # fresh_env BACKEND DATA_DIR TAG: sets FRESH_ENV, the server's environment. BACKEND is
 # `embedded` (the defaults) or `rc` (Redis and ClickHouse from scripts/ensure-services.sh).
 fresh_env() {
     local backend=$1 dir=$2 tag=$3
-    FRESH_ENV=(CARTSTREAM_DATA_DIR="$dir" CARTSTREAM_LISTEN=127.0.0.1:3101 CARTSTREAM_LOG=warn)
+    FRESH_ENV=(CARTSTREAM_DATA_DIR="$dir" CARTSTREAM_LISTEN=127.0.0.1:${FRESH_PORT:-3101} CARTSTREAM_LOG=warn)
     if [ "$backend" = rc ]; then
         FRESH_ENV+=(CARTSTREAM_REDIS_URL=redis://127.0.0.1:6379 CARTSTREAM_REDIS_KEY_PREFIX="bench:$tag:"
                     CARTSTREAM_CLICKHOUSE_URL=http://127.0.0.1:8123 CARTSTREAM_CLICKHOUSE_DATABASE="bench_$tag")
