@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="$1"; ROUNDS="${2:-3}"
 BENCH="${BENCH:-target/release/examples/cartstream-bench}"
-OUT="${OUT:-$(mktemp -d /tmp/bench-ceiling.XXXXXX)}"
+OUT="${OUT:-$(mktemp -d /tmp/bench-ceiling.XXXXXX)}"; mkdir -p "$OUT"
 SECS="${SECS:-8}"
 FRESH_PORT="${FRESH_PORT:-3101}"
 . scripts/fresh-server.sh

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 BIN="$1"; EVENTS="${2:-40000}"
 DISCARD="${DISCARD:-$(dirname "$BIN")/examples/discard-server}"
 BENCH="${BENCH:-target/release/examples/cartstream-bench}"
-OUT="${OUT:-$(mktemp -d /tmp/callgrind-ceiling.XXXXXX)}"
+OUT="${OUT:-$(mktemp -d /tmp/callgrind-ceiling.XXXXXX)}"; mkdir -p "$OUT"
 LOADS="${LOADS:-ws http}"
 FRESH_PORT="${FRESH_PORT:-3101}"
 . scripts/fresh-server.sh
