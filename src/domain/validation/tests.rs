@@ -671,3 +671,52 @@ fn the_fast_kind_check_agrees_with_the_one_that_explains() {
         }
     }
 }
+
+/// `EventFields::from_object` before issue 18: one lookup and removal per field. Kept as the
+/// reference the one-pass version is compared with.
+fn fields_by_lookup(mut obj: Map<String, Value>) -> EventFields {
+    let mut take = |k: &str| obj.remove(k);
+    EventFields {
+        event_id: take("eventId"),
+        user_id: take("userId"),
+        session_id: take("sessionId"),
+        event_type: take("eventType"),
+        timestamp: take("timestamp"),
+        metadata: take("metadata"),
+    }
+}
+
+/// Any JSON value: scalars, and arrays and objects of them a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[a-zA-Z0-9 ]{0,8}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn fields_in_one_pass_are_the_fields_by_lookup(
+        entries in proptest::collection::vec(
+            (prop_oneof![
+                Just("eventId".to_owned()), Just("userId".to_owned()),
+                Just("sessionId".to_owned()), Just("eventType".to_owned()),
+                Just("timestamp".to_owned()), Just("metadata".to_owned()),
+                "[a-zA-Z]{1,9}",
+            ], any_json()),
+            0..10,
+        ),
+    ) {
+        let obj: Map<String, Value> = entries.into_iter().collect();
+        prop_assert_eq!(EventFields::from_object(obj.clone()), fields_by_lookup(obj));
+    }
+}

@@ -265,3 +265,52 @@ async fn the_wal_stays_bounded_under_a_steady_stream_of_small_appends() {
     // would be over 24 MiB if the WAL were never reused.
     assert!(wal < 8 << 20, "WAL is {wal} bytes");
 }
+
+/// The format byte of every stored batch, in order.
+fn formats(j: &SqliteJournal) -> Vec<u8> {
+    let conn = lock(&j.inner.read);
+    let mut stmt = conn
+        .prepare("SELECT events FROM journal_batches ORDER BY first_seq")
+        .unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+    rows.map(|b| b.unwrap()[0]).collect()
+}
+
+#[tokio::test]
+async fn appends_compress_only_once_the_journal_holds_a_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = SqliteJournal::open(dir.path(), 1 << 30).unwrap();
+    let batch = |n: usize| -> Vec<StoredEvent> {
+        (0..200)
+            .map(|i| event(&format!("e-{n}-{i}"), "2025-08-10T03:00:00Z"))
+            .collect()
+    };
+    j.append(&batch(0)).await.unwrap();
+    assert_eq!(
+        formats(&j),
+        vec![FORMAT_PLAIN_SUMMED],
+        "no backlog: stored plain"
+    );
+    let mut n = 1;
+    while j.stats().bytes < COMPRESS_BACKLOG {
+        j.append(&batch(n)).await.unwrap();
+        n += 1;
+    }
+    j.append(&batch(n)).await.unwrap();
+    let stored = formats(&j);
+    assert_eq!(
+        stored.last(),
+        Some(&FORMAT_LZ4_SUMMED),
+        "a backlog: compressed"
+    );
+    assert!(stored[..stored.len() - 1]
+        .iter()
+        .all(|&f| f == FORMAT_PLAIN_SUMMED));
+    // Plain and compressed batches read back alike, in order.
+    let all = j.oldest_after(0, usize::MAX, usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 200 * (n + 1));
+    assert_eq!(
+        all.last().unwrap().event.event.event_id().as_str(),
+        format!("e-{n}-199")
+    );
+}
