@@ -60,12 +60,6 @@ const FORMAT_LZ4_SUMMED: u8 = 4;
 /// Smaller batches are stored plain: they fit a page or two either way, and compressing them
 /// would cost more than it saves (small groups are the latency-bound, closed-loop case).
 const COMPRESS_FROM: usize = 4096;
-/// Appends compress only while the journal holds at least this much: while the forwarder
-/// keeps up, a batch leaves the journal within moments and compressing it bought little but
-/// cost about 3,400 instructions an event on the ack path (LZ4 and zeroing its buffer, issue
-/// 18); once the remote store falls behind (an outage), the journal's bytes stay on disk and
-/// compressing shrinks them 3-4x again.
-const COMPRESS_BACKLOG: u64 = 8 << 20;
 
 /// One event as the blob holds it. Field order is the format: postcard writes fields in
 /// order, without names. Encoding borrows from the event; decoding borrows from the blob.
@@ -144,11 +138,6 @@ struct Blob {
 }
 
 fn encode(events: &[StoredEvent]) -> Blob {
-    encode_from(events, COMPRESS_FROM)
-}
-
-/// `events` encoded, compressed when they take more than `compress_from` bytes.
-fn encode_from(events: &[StoredEvent], compress_from: usize) -> Blob {
     // Encoded after a format byte, so a small batch is stored as it is, without a copy.
     let mut plain = Vec::with_capacity(1 + events.len() * 160);
     plain.push(FORMAT_PLAIN_SUMMED);
@@ -159,7 +148,7 @@ fn encode_from(events: &[StoredEvent], compress_from: usize) -> Blob {
         plain = postcard::to_extend(&Encoded::of(e), plain).unwrap_or_else(|_| unreachable!());
         sizes.push(plain.len() - before);
     }
-    if plain.len() <= compress_from {
+    if plain.len() <= COMPRESS_FROM {
         return Blob {
             bytes: with_sum(plain),
             sizes,
@@ -554,12 +543,7 @@ impl Journal for SqliteJournal {
         if events.is_empty() {
             return Ok(());
         }
-        let backlog = lock(&self.inner.state).stats().bytes;
-        let blob = if backlog >= COMPRESS_BACKLOG {
-            encode(events)
-        } else {
-            encode_from(events, usize::MAX)
-        };
+        let blob = encode(events);
         let oldest = events
             .iter()
             .map(|e| e.received_at.timestamp_millis())
