@@ -14,7 +14,7 @@
 //! poll them on every loop for free.
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_conn, Row, EVENT_COLUMNS,
+    blocking, db_err, db_path, from_ms, lock, open_queue_conn, Row, EVENT_COLUMNS,
 };
 use crate::domain::{DedupKey, EventColumns, StoredEvent, StoredFields};
 use crate::ports::{
@@ -317,11 +317,11 @@ impl SqliteJournal {
     /// When the directory or database cannot be opened.
     pub fn open(data_dir: &Path, max_bytes: u64) -> Result<Self, PortError> {
         let path = db_path(data_dir, "journal.db")?;
-        let mut write = open_conn(&path)?;
+        let mut write = open_queue_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
         migrate_row_per_event(&mut write)?;
         let state = load_state(&write)?;
-        let read = open_conn(&path)?;
+        let read = open_queue_conn(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 write: Mutex::new(write),

@@ -7,7 +7,7 @@
 //! bytes inside a valid row. Rows written before checksums have none and are read unchecked.
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_conn, unix_ms, Row,
+    blocking, db_err, db_path, from_ms, lock, open_queue_conn, unix_ms, Row,
 };
 use crate::ports::{Clock, DeadLetter, Delivery, Outbox, OutboxItem, PortError, RouteBacklog};
 use chrono::{DateTime, Utc};
@@ -80,10 +80,10 @@ impl SqliteOutbox {
     /// When the directory or database cannot be opened.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, PortError> {
         let path = db_path(data_dir, "outbox.db")?;
-        let write = open_conn(&path)?;
+        let write = open_queue_conn(&path)?;
         write.execute_batch(SCHEMA).map_err(db_err)?;
         add_checksum_columns(&write)?;
-        let read = open_conn(&path)?;
+        let read = open_queue_conn(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 write: Mutex::new(write),

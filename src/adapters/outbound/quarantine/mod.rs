@@ -6,8 +6,8 @@
 //! same code (`sqlite::query_events`, `sqlite::known_ids`).
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, known_ids, lock, open_conn, query_events, unix_ms, Row,
-    EVENT_COLUMNS,
+    blocking, db_err, db_path, from_ms, known_ids, lock, open_queue_conn, query_events, unix_ms,
+    Row, EVENT_COLUMNS,
 };
 use crate::domain::DedupKey;
 use crate::ports::{
@@ -55,7 +55,7 @@ impl SqliteQuarantine {
     /// # Errors
     /// When the directory or database cannot be opened.
     pub fn open(data_dir: &Path) -> Result<Self, PortError> {
-        let conn = open_conn(&db_path(data_dir, FILE)?)?;
+        let conn = open_queue_conn(&db_path(data_dir, FILE)?)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let count: i64 = conn
             .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))
