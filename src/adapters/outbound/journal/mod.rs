@@ -176,39 +176,78 @@ fn with_sum(mut blob: Vec<u8>) -> Vec<u8> {
     blob
 }
 
+/// Why a stored blob is not what was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    TooShort,
+    Checksum,
+    Format,
+    Decompress,
+}
+
+impl Damage {
+    /// In a few words, after "batch N ..." (`cartstream check`).
+    fn why(self) -> &'static str {
+        match self {
+            Self::TooShort => "is too short for its checksum",
+            Self::Checksum => "fails its checksum",
+            Self::Format => "has an unknown format",
+            Self::Decompress => "cannot be decompressed",
+        }
+    }
+}
+
+impl From<Damage> for PortError {
+    fn from(d: Damage) -> Self {
+        match d {
+            Damage::TooShort => corrupt("batch checksum"),
+            Damage::Checksum => PortError::Failed(
+                "local journal: a batch fails its checksum: damaged on disk (README: Damaged \
+                 files)"
+                    .into(),
+            ),
+            Damage::Format => corrupt("batch format"),
+            Damage::Decompress => PortError::Failed("local journal: undecodable batch".into()),
+        }
+    }
+}
+
 /// What a summed blob holds between its format byte and its checksum, once the checksum
 /// matches.
-fn summed(blob: &[u8]) -> Result<&[u8], PortError> {
+fn summed(blob: &[u8]) -> Result<&[u8], Damage> {
     let body = blob
         .len()
         .checked_sub(4)
         .filter(|&n| n >= 1)
-        .ok_or_else(|| corrupt("batch checksum"))?;
+        .ok_or(Damage::TooShort)?;
     let (body, sum) = blob.split_at(body);
     if crc32fast::hash(body).to_le_bytes() != sum {
-        return Err(PortError::Failed(
-            "local journal: a batch fails its checksum: damaged on disk (README: Damaged files)"
-                .into(),
-        ));
+        return Err(Damage::Checksum);
     }
     Ok(&body[1..])
 }
 
-fn decompress(packed: &[u8]) -> Result<Cow<'_, [u8]>, PortError> {
+fn decompress(packed: &[u8]) -> Result<Cow<'_, [u8]>, Damage> {
     lz4_flex::block::decompress_size_prepended(packed)
         .map(Cow::Owned)
-        .map_err(|e| PortError::Failed(format!("local journal: undecodable batch: {e}")))
+        .map_err(|_| Damage::Decompress)
+}
+
+/// The encoded events of a blob, after its format byte (borrowed, or decompressed), and
+/// whether the blob carried a checksum (batches written before checksums do not).
+fn unseal(blob: &[u8]) -> Result<(Cow<'_, [u8]>, bool), Damage> {
+    match blob.split_first() {
+        Some((&FORMAT_PLAIN, rest)) => Ok((Cow::Borrowed(rest), false)),
+        Some((&FORMAT_LZ4, packed)) => Ok((decompress(packed)?, false)),
+        Some((&FORMAT_PLAIN_SUMMED, _)) => Ok((Cow::Borrowed(summed(blob)?), true)),
+        Some((&FORMAT_LZ4_SUMMED, _)) => Ok((decompress(summed(blob)?)?, true)),
+        _ => Err(Damage::Format),
+    }
 }
 
 /// The encoded events of a blob, after its format byte: borrowed, or decompressed.
 fn unpack(blob: &[u8]) -> Result<Cow<'_, [u8]>, PortError> {
-    match blob.split_first() {
-        Some((&FORMAT_PLAIN, rest)) => Ok(Cow::Borrowed(rest)),
-        Some((&FORMAT_LZ4, packed)) => decompress(packed),
-        Some((&FORMAT_PLAIN_SUMMED, _)) => Ok(Cow::Borrowed(summed(blob)?)),
-        Some((&FORMAT_LZ4_SUMMED, _)) => decompress(summed(blob)?),
-        _ => Err(corrupt("batch format")),
-    }
+    Ok(unseal(blob)?.0)
 }
 
 /// The events of an unpacked blob in order, each with its encoded size, borrowing from it.

@@ -4,11 +4,8 @@
 //! would drop or misread events without a word). One row is in memory at a time, so a journal
 //! of any size is verified in constant memory.
 
-use super::{
-    decompress, Encoded, FORMAT_LZ4, FORMAT_LZ4_SUMMED, FORMAT_PLAIN, FORMAT_PLAIN_SUMMED,
-};
+use super::{unseal, Encoded};
 use rusqlite::Connection;
-use std::borrow::Cow;
 use std::fmt;
 
 /// A stored batch whose bytes are not what was written.
@@ -87,22 +84,7 @@ pub fn verify_batches(
 /// Whether `blob` holds what was written: its checksum (if it has one; `Ok(false)` when not)
 /// and exactly `count` events of `bytes` encoded bytes.
 fn verify_blob(blob: &[u8], count: i64, bytes: i64) -> Result<bool, &'static str> {
-    let (summed, body) = match blob.first() {
-        Some(&(FORMAT_PLAIN_SUMMED | FORMAT_LZ4_SUMMED)) => {
-            let end = blob.len().checked_sub(4).filter(|&n| n >= 1);
-            let (body, sum) = blob.split_at(end.ok_or("is too short for its checksum")?);
-            if crc32fast::hash(body).to_le_bytes() != sum {
-                return Err("fails its checksum");
-            }
-            (true, body)
-        }
-        Some(&(FORMAT_PLAIN | FORMAT_LZ4)) => (false, blob),
-        _ => return Err("has an unknown format"),
-    };
-    let plain = match body[0] {
-        FORMAT_PLAIN | FORMAT_PLAIN_SUMMED => Cow::Borrowed(&body[1..]),
-        _ => decompress(&body[1..]).map_err(|_| "cannot be decompressed")?,
-    };
+    let (plain, summed) = unseal(blob).map_err(super::Damage::why)?;
     let mut rest: &[u8] = &plain;
     for _ in 0..count {
         rest = postcard::take_from_bytes::<Encoded<'_>>(rest)
@@ -121,7 +103,7 @@ fn verify_blob(blob: &[u8], count: i64, bytes: i64) -> Result<bool, &'static str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::outbound::journal::SqliteJournal;
+    use crate::adapters::outbound::journal::{SqliteJournal, FORMAT_LZ4_SUMMED, FORMAT_PLAIN};
     use crate::domain::fixtures;
     use crate::ports::Journal;
 
