@@ -52,12 +52,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-def proc_status(pid, field):
+def proc_status(pid, field, unit=1024):
+    """A number from /proc/PID/status: memory fields are in kB (unit 1024), counts have unit 1."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
+                return int(line.split()[1]) * unit
     raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def rss_parts(pid):
+    """RSS and its two parts: anonymous memory (the heap, what an allocator keeps) and pages of
+    mapped files (the binary, SQLite's shared-memory index), so a rise can be told apart."""
+    return dict(rss=proc_status(pid, "VmRSS"), anon=proc_status(pid, "RssAnon"),
+                file=proc_status(pid, "RssFile") + proc_status(pid, "RssShmem"),
+                threads=proc_status(pid, "Threads", unit=1))
 
 
 def open_files(pid):
@@ -333,8 +342,8 @@ def run_load(args, work, ports, proxy, samples):
         if low is not None:
             low = min(low, m["journal_entries"])
         if not samples or now - samples[-1]["t"] >= args.sample:
-            samples.append(dict(t=now, s=round(now - started), rss=proc_status(server_pid, "VmRSS"),
-                                fds=open_files(server_pid), cut=cut_open, **m))
+            samples.append(dict(t=now, s=round(now - started), **rss_parts(server_pid), fds=open_files(server_pid),
+                                cut=cut_open, **m))
             print_sample(samples[-1])
         time.sleep(0.5)
     if cut_open:
@@ -348,7 +357,8 @@ def run_load(args, work, ports, proxy, samples):
 
 
 def print_sample(s):
-    print(f"  {s['s']:>6} s  rss {s['rss'] / 1e6:7.1f} MB  fds {s['fds']:4}  journal "
+    print(f"  {s['s']:>6} s  rss {s['rss'] / 1e6:7.1f} MB (anon {s['anon'] / 1e6:6.1f}, "
+          f"file {s['file'] / 1e6:5.1f})  threads {s['threads']:3}  fds {s['fds']:4}  journal "
           f"{s['journal_entries']:8.0f} entries {s['journal_bytes'] / 1e6:7.1f} MB  "
           f"backlog {s['route_backlog']:7.0f}  {'CUT' if s['cut'] else ''}", flush=True)
 
@@ -393,7 +403,7 @@ def main():
         stop.set()
         drained = wait_drained(ports["server"], 180)
         samples.append(dict(t=time.time(), s=round(time.time() - samples[0]["t"]),
-                            rss=proc_status(server_pid, "VmRSS"), fds=open_files(server_pid),
+                            **rss_parts(server_pid), fds=open_files(server_pid),
                             cut=False, **drained))
         print_sample(samples[-1])
         failures += check(args, work, tag, samples, lows, drained, receiver, invalid, proxy)
@@ -413,9 +423,9 @@ def main():
         except (OSError, RuntimeError) as e:
             print(f"soak: could not delete the Redis keys soak:{tag}:*: {e}")
     with open(os.path.join(work, "samples.csv"), "w") as f:
-        f.write("seconds,rss_bytes,open_files,journal_entries,journal_bytes,route_backlog,cut\n")
+        f.write("seconds,rss_bytes,anon_bytes,file_bytes,threads,open_files,journal_entries,journal_bytes,route_backlog,cut\n")
         for s in samples:
-            f.write(f"{s['s']},{s['rss']},{s['fds']},{s['journal_entries']:.0f},"
+            f.write(f"{s['s']},{s['rss']},{s['anon']},{s['file']},{s['threads']},{s['fds']},{s['journal_entries']:.0f},"
                     f"{s['journal_bytes']:.0f},{s['route_backlog']:.0f},{int(s['cut'])}\n")
     if failures:
         print("soak: FAILED\n  " + "\n  ".join(failures))
