@@ -53,8 +53,12 @@ pub fn write_event_json(s: &StoredEvent, out: &mut String) {
 /// `t` as `to_rfc3339_opts(SecondsFormat::Millis, true)` writes it, without chrono's general
 /// formatter (half of the tap's JSON cost was its two timestamps per event).
 pub fn write_millis(t: DateTime<Utc>, out: &mut String) {
-    let nanos = t.nanosecond();
-    let Ok(year) = u32::try_from(t.year()) else {
+    // The fields of the UTC date and time once each: `DateTime`'s own getters convert to local
+    // time (an offset addition) on every call.
+    let n = t.naive_utc();
+    let (date, time) = (n.date(), n.time());
+    let nanos = time.nanosecond();
+    let Ok(year) = u32::try_from(date.year()) else {
         out.push_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
         return;
     };
@@ -66,11 +70,11 @@ pub fn write_millis(t: DateTime<Utc>, out: &mut String) {
     let mut b = *b"0000-00-00T00:00:00.000Z";
     for (range, value) in [
         (0..4, year),
-        (5..7, t.month()),
-        (8..10, t.day()),
-        (11..13, t.hour()),
-        (14..16, t.minute()),
-        (17..19, t.second()),
+        (5..7, date.month()),
+        (8..10, date.day()),
+        (11..13, time.hour()),
+        (14..16, time.minute()),
+        (17..19, time.second()),
         (20..23, nanos / 1_000_000),
     ] {
         let mut v = value;
@@ -79,31 +83,48 @@ pub fn write_millis(t: DateTime<Utc>, out: &mut String) {
             v /= 10;
         }
     }
-    out.extend(b.iter().map(|&c| char::from(c)));
+    // ASCII digits and separators only, so always valid; one copy, not one push per char.
+    if let Ok(text) = std::str::from_utf8(&b) {
+        out.push_str(text);
+    }
 }
 
-/// `s` as a JSON string, escaped as `serde_json` escapes it.
+/// For each byte, how `serde_json` escapes it: 0 not at all, `u` as `\u00XX`, otherwise the
+/// letter or sign after the backslash.
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b'u';
+        b += 1;
+    }
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[0x08] = b'b';
+    t[0x0c] = b'f';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// `s` as a JSON string, escaped as `serde_json` escapes it: plain runs are copied whole, and
+/// one table look-up per byte finds the ones to escape.
 pub fn write_json_str(s: &str, out: &mut String) {
     out.push('"');
     let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
         // Only ASCII bytes are escaped, so `plain..i` ends on a character boundary.
         out.push_str(&s[plain..i]);
-        if escape.is_empty() {
+        if escape == b'u' {
             let _ = write!(out, "\\u{b:04x}");
         } else {
-            out.push_str(escape);
+            out.push('\\');
+            out.push(char::from(escape));
         }
         plain = i + 1;
     }

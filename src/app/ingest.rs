@@ -239,30 +239,24 @@ fn count(metrics: &Metrics, labels: &ChannelLabels, outcome: &Outcome) {
 }
 
 /// What a committed group's counters and tap need of its events, taken before they move into
-/// the store call: their types always (for `cartstream_events_total`), the events themselves
-/// only while someone watches the tap.
+/// the store call: their types always (for `cartstream_events_total`), and whether someone
+/// watches the tap, in which case the store call gives the events back ([`Held`]) instead of
+/// dropping them. Nothing is copied.
 struct Seen {
     types: Vec<EventType>,
-    events: Option<Vec<(CartEvent, Source)>>,
+    tap: bool,
 }
 
 impl Seen {
     fn before(metrics: &Metrics, events: &[(CartEvent, Source)]) -> Self {
         Self {
             types: events.iter().map(|(e, _)| e.event_type()).collect(),
-            events: metrics.tap.active().then(|| events.to_vec()),
+            tap: metrics.tap.active(),
         }
     }
 
-    /// Counts the outcomes by type and publishes them on the tap: accepted events with the
-    /// `receivedAt` they were recorded with, the others with `now`.
-    fn after(
-        self,
-        metrics: &Metrics,
-        outcomes: &[Outcome],
-        received_at: Option<chrono::DateTime<chrono::Utc>>,
-        now: chrono::DateTime<chrono::Utc>,
-    ) {
+    /// Counts the outcomes by type.
+    fn count(&self, metrics: &Metrics, outcomes: &[Outcome]) {
         let mut counts = [[0u64; 4]; EventType::ALL.len()];
         for (t, o) in self.types.iter().zip(outcomes) {
             counts[*t as usize][tap_outcome(o).index()] += 1;
@@ -274,33 +268,81 @@ impl Seen {
                 }
             }
         }
-        let Some(events) = self.events else {
-            return;
-        };
-        // One publication for the group; the subscribers serialize it, off this task.
-        let group = events
-            .into_iter()
-            .zip(outcomes)
-            .map(|((event, source), o)| {
-                let outcome = tap_outcome(o);
-                let at = match outcome {
-                    TapOutcome::Accepted => received_at.unwrap_or(now),
-                    _ => now,
-                };
-                TapEvent::Committed {
-                    event: StoredEvent {
-                        event,
-                        received_at: at,
-                        source,
-                    },
-                    outcome,
-                    unavailable: match o {
-                        Outcome::Unavailable(u) => Some(*u),
-                        _ => None,
-                    },
-                }
-            });
-        metrics.tap.publish(group.collect());
+    }
+}
+
+/// Publishes a group on the tap: its events in order (`held`), each with what the tap shows of
+/// its outcome. Accepted events keep the `receivedAt` they were recorded with; the others get
+/// `now`.
+fn publish(
+    metrics: &Metrics,
+    held: Held,
+    kinds: Vec<(TapOutcome, Option<Unavailable>)>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    // One publication for the group; the subscribers serialize it, off this task.
+    let group = held
+        .into_events(now)
+        .zip(kinds)
+        .map(|(mut event, (outcome, unavailable))| {
+            if outcome != TapOutcome::Accepted {
+                event.received_at = now;
+            }
+            TapEvent::Committed {
+                event,
+                outcome,
+                unavailable,
+            }
+        });
+    metrics.tap.publish(group.collect());
+}
+
+/// What the tap shows of an outcome: its kind, and why when unavailable.
+fn tap_kind(o: &Outcome) -> (TapOutcome, Option<Unavailable>) {
+    let unavailable = match o {
+        Outcome::Unavailable(u) => Some(*u),
+        _ => None,
+    };
+    (tap_outcome(o), unavailable)
+}
+
+/// A group's events given back by the store call for the tap, moved and not copied: those it
+/// recorded (or tried to), as stored, and the others, as received. Empty unless kept.
+#[derive(Default)]
+struct Held {
+    stored: Vec<StoredEvent>,
+    others: Vec<(CartEvent, Source)>,
+    /// For each of the group's events in order, whether it is in `stored`; empty when every
+    /// one is in `others`.
+    in_stored: Vec<bool>,
+}
+
+impl Held {
+    /// Every event not stored, as received.
+    fn unstored(events: Vec<(CartEvent, Source)>) -> Self {
+        Self {
+            others: events,
+            ..Self::default()
+        }
+    }
+
+    /// The group's events in their order; those not stored get `received_at` `now`.
+    fn into_events(self, now: chrono::DateTime<chrono::Utc>) -> impl Iterator<Item = StoredEvent> {
+        let mut stored = self.stored.into_iter();
+        let mut others = self.others.into_iter();
+        let n = stored.len() + others.len();
+        let in_stored = self.in_stored;
+        (0..n).map_while(move |i| {
+            if in_stored.get(i).copied().unwrap_or(false) {
+                stored.next()
+            } else {
+                others.next().map(|(event, source)| StoredEvent {
+                    event,
+                    received_at: now,
+                    source,
+                })
+            }
+        })
     }
 }
 
@@ -400,8 +442,6 @@ fn gather(
 
 /// Keys a group claimed and recorded, to confirm after its answers went out.
 struct Confirmation {
-    /// When the group's events were recorded (their `receivedAt`).
-    received_at: chrono::DateTime<chrono::Utc>,
     group: u64,
     lease: Lease,
     keys: Vec<DedupKey>,
@@ -550,7 +590,7 @@ impl Committer {
     pub async fn commit(&self, events: Vec<(CartEvent, Source)>) -> Vec<Outcome> {
         let pipeline = Pipeline::default();
         let turn = Arc::clone(&pipeline.claim).lock_owned().await;
-        let (outcomes, confirmation) = self.commit_in(&pipeline, turn, events).await;
+        let (outcomes, confirmation, _) = self.commit_in(&pipeline, turn, events, false).await;
         if let Some(c) = confirmation {
             self.confirm(&pipeline, c).await;
         }
@@ -565,26 +605,35 @@ impl Committer {
         batch: Batch,
     ) {
         let seen = Seen::before(&self.metrics, &batch.events);
-        let (outcomes, confirmation) = self.commit_in(pipeline, claim_turn, batch.events).await;
-        let received_at = confirmation.as_ref().map(|c| c.received_at);
-        seen.after(&self.metrics, &outcomes, received_at, self.clock.now());
+        let (outcomes, confirmation, held) = self
+            .commit_in(pipeline, claim_turn, batch.events, seen.tap)
+            .await;
+        seen.count(&self.metrics, &outcomes);
+        // What the tap shows of each outcome, taken before the outcomes go to the clients;
+        // the tap itself is published once they are answered.
+        let kinds: Option<Vec<_>> = seen.tap.then(|| outcomes.iter().map(tap_kind).collect());
+        let now = self.clock.now();
         let mut outcomes = outcomes.into_iter();
         for (len, reply) in batch.replies {
             let _ = reply.send(outcomes.by_ref().take(len).collect());
+        }
+        if let Some(kinds) = kinds {
+            publish(&self.metrics, held, kinds, now);
         }
         if let Some(c) = confirmation {
             self.confirm(pipeline, c).await;
         }
     }
 
-    /// Commits one group holding the claim turn of `pipeline`: the outcomes, and the keys to
-    /// confirm once they are sent.
+    /// Commits one group holding the claim turn of `pipeline`: the outcomes, the keys to
+    /// confirm once they are sent, and the events given back if `keep` (for the tap).
     async fn commit_in(
         &self,
         pipeline: &Pipeline,
         claim_turn: tokio::sync::OwnedMutexGuard<()>,
         events: Vec<(CartEvent, Source)>,
-    ) -> (Vec<Outcome>, Option<Confirmation>) {
+        keep: bool,
+    ) -> (Vec<Outcome>, Option<Confirmation>, Held) {
         let mut group = Group {
             id: pipeline.next_group(),
             lease: Lease {
@@ -599,13 +648,19 @@ impl Committer {
             .commit_batch_events
             .observe(events.len() as f64);
         if let Err(reason) = self.claim_or_fall_back(&mut group, events.len()).await {
-            return (vec![Outcome::Unavailable(reason); events.len()], None);
+            let outcomes = vec![Outcome::Unavailable(reason); events.len()];
+            let held = if keep {
+                Held::unstored(events)
+            } else {
+                Held::default()
+            };
+            return (outcomes, None, held);
         }
         // Wait for the previous group to record its events, then let the next group claim.
         let store_turn = Arc::clone(&pipeline.store).lock_owned().await;
         drop(claim_turn);
         self.resolve_in_flight(pipeline, &mut group).await;
-        self.store_and_settle(pipeline, store_turn, group, events)
+        self.store_and_settle(pipeline, store_turn, group, events, keep)
             .await
     }
 
@@ -687,48 +742,60 @@ impl Committer {
     }
 
     /// Records the events the plan keeps and settles the group's keys in `pipeline` before
-    /// giving up the store turn: the outcomes, and the keys to confirm once they are sent.
+    /// giving up the store turn: the outcomes, the keys to confirm once they are sent, and the
+    /// events given back if `keep` (moved, not copied).
     async fn store_and_settle(
         &self,
         pipeline: &Pipeline,
         store_turn: tokio::sync::OwnedMutexGuard<()>,
         group: Group,
         events: Vec<(CartEvent, Source)>,
-    ) -> (Vec<Outcome>, Option<Confirmation>) {
+        keep: bool,
+    ) -> (Vec<Outcome>, Option<Confirmation>, Held) {
         let received_at = crate::domain::event::to_millis(self.clock.now());
         // The ids answer the clients; the events themselves move into the store call.
         let ids: Vec<EventId> = events.iter().map(|(e, _)| e.event_id().clone()).collect();
-        let to_store: Vec<StoredEvent> = events
-            .into_iter()
-            .zip(group.plan.stores())
-            .filter(|(_, stores)| *stores)
-            .map(|((event, source), _)| StoredEvent {
-                event,
-                received_at,
-                source,
-            })
-            .collect();
-        if let Err(e) = self.insert(&to_store).await {
+        let mut held = Held::default();
+        if keep {
+            held.in_stored = group.plan.stores().collect();
+        }
+        let mut to_store: Vec<StoredEvent> = Vec::with_capacity(events.len());
+        for ((event, source), stores) in events.into_iter().zip(group.plan.stores()) {
+            if stores {
+                to_store.push(StoredEvent {
+                    event,
+                    received_at,
+                    source,
+                });
+            } else if keep {
+                held.others.push((event, source));
+            }
+        }
+        let stored = self.insert(&to_store).await;
+        let recorded = to_store.len();
+        if keep {
+            held.stored = to_store;
+        }
+        if let Err(e) = stored {
             pipeline.settle(group.id, group.plan.claimed(), false);
             drop(store_turn);
-            self.release(pipeline, &group, &e, to_store.len()).await;
-            return (self.finish(&group, ids, Some(reason(&e))), None);
+            self.release(pipeline, &group, &e, recorded).await;
+            return (self.finish(&group, ids, Some(reason(&e))), None, held);
         }
         pipeline.settle(group.id, group.plan.claimed(), true);
         drop(store_turn);
-        if !to_store.is_empty() {
+        if recorded > 0 {
             self.recorded.notify_one();
         }
         // The events are durable: the answers can go out now. Confirming the keys follows;
         // until it lands, `settled` answers repeats that find them still held.
         let outcomes = self.finish(&group, ids, None);
         let confirmation = Confirmation {
-            received_at,
             group: group.id,
             lease: group.lease,
             keys: group.plan.into_claimed(),
         };
-        (outcomes, Some(confirmation))
+        (outcomes, Some(confirmation), held)
     }
 
     /// Records `events`, timed; no call when there are none.

@@ -13,6 +13,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::watch;
+// The shared UTF-8 buffer type of the WebSocket library: what a frame's text is handed to it
+// as, so a group's message is written once and sent to every subscriber without a copy.
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What the ingest use case decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,31 +106,60 @@ impl TapGroup {
     }
 }
 
-/// One text per event, kept in one buffer.
+/// One text per event, kept in one shared buffer that is also a whole message: `prefix`, the
+/// texts joined by `sep`, then `suffix`. Sending the whole message to several subscribers
+/// shares the buffer instead of copying it (`Utf8Bytes` is reference-counted).
 #[derive(Debug, Default)]
 pub struct Pieces {
-    text: String,
-    ends: Vec<usize>,
+    text: Utf8Bytes,
+    /// Where each item's text starts and ends in `text`.
+    spans: Vec<(usize, usize)>,
 }
 
 impl Pieces {
     /// `f` writes each item's text in turn.
-    pub fn build<T>(items: &[T], capacity: usize, mut f: impl FnMut(&T, &mut String)) -> Self {
-        let mut p = Self {
-            text: String::with_capacity(capacity),
-            ends: Vec::with_capacity(items.len()),
-        };
-        for item in items {
-            f(item, &mut p.text);
-            p.ends.push(p.text.len());
+    pub fn build<T>(
+        items: &[T],
+        capacity: usize,
+        [prefix, sep, suffix]: [&str; 3],
+        mut f: impl FnMut(&T, &mut String),
+    ) -> Self {
+        let mut text = String::with_capacity(capacity + prefix.len() + suffix.len());
+        let mut spans = Vec::with_capacity(items.len());
+        text.push_str(prefix);
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                text.push_str(sep);
+            }
+            let start = text.len();
+            f(item, &mut text);
+            spans.push((start, text.len()));
         }
-        p
+        text.push_str(suffix);
+        Self {
+            text: Utf8Bytes::from(text),
+            spans,
+        }
     }
 
     /// The text of item `i` (empty past the end).
     pub fn get(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        self.ends.get(i).map_or("", |&end| &self.text[start..end])
+        self.spans
+            .get(i)
+            .map_or("", |&(start, end)| &self.text.as_str()[start..end])
+    }
+
+    /// The items' texts joined by the separator, without prefix and suffix.
+    pub fn joined(&self) -> &str {
+        match (self.spans.first(), self.spans.last()) {
+            (Some(&(start, _)), Some(&(_, end))) => &self.text.as_str()[start..end],
+            _ => "",
+        }
+    }
+
+    /// The whole message, shared.
+    pub fn whole(&self) -> Utf8Bytes {
+        self.text.clone()
     }
 }
 
@@ -364,10 +396,15 @@ mod tests {
 
     #[test]
     fn pieces_hold_one_text_per_item() {
-        let p = Pieces::build(&["a", "", "bc"], 8, |s, out| out.push_str(s));
+        let p = Pieces::build(&["a", "", "bc"], 8, ["[", ",", "]"], |s, out| {
+            out.push_str(s)
+        });
         assert_eq!(
             [p.get(0), p.get(1), p.get(2), p.get(3)],
             ["a", "", "bc", ""]
         );
+        assert_eq!((p.joined(), p.whole().as_str()), ("a,,bc", "[a,,bc]"));
+        let none = Pieces::build(&[] as &[&str], 0, ["[", ",", "]"], |s, out| out.push_str(s));
+        assert_eq!((none.joined(), none.whole().as_str()), ("", "[]"));
     }
 }

@@ -62,6 +62,11 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether it lets every event through.
+    fn is_everything(&self) -> bool {
+        self.event_types.is_empty() && self.user_id.is_none() && self.outcomes.is_empty()
+    }
+
     fn check(&self) -> Result<(), String> {
         match self
             .outcomes
@@ -331,6 +336,15 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
             received.skipped
         )));
     }
+    // Everything for a subscriber that watches everything, in one group that fits a frame:
+    // the group's own message, shared by every such subscriber.
+    if let [group] = received.groups.as_slice() {
+        let pieces = group.wire.get_or_init(|| wire(group));
+        if filter.is_everything() && pieces.joined().len() <= FRAME_BYTES {
+            out.push(Message::Text(pieces.whole()));
+            return out;
+        }
+    }
     let mut chosen: Vec<&str> = Vec::new();
     let mut bytes = 0;
     for group in &received.groups {
@@ -355,15 +369,19 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
     out
 }
 
-/// `{"type":"tap_events","count":n,"events":[…]}`: the count first, so a client can read it
+/// `{"type":"tap_events","count":n,"events":[`: the count first, so a client can read it
 /// without parsing the events.
+fn frame_head(count: usize, out: &mut String) {
+    let _ = write!(
+        out,
+        "{{\"type\":\"tap_events\",\"count\":{count},\"events\":["
+    );
+}
+
+/// A `tap_events` frame of `events`.
 fn frame(events: &[&str], bytes: usize) -> Message {
     let mut text = String::with_capacity(bytes + 64);
-    let _ = write!(
-        text,
-        "{{\"type\":\"tap_events\",\"count\":{},\"events\":[",
-        events.len()
-    );
+    frame_head(events.len(), &mut text);
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             text.push(',');
@@ -392,9 +410,17 @@ where
 /// The wire form of a group's events, one JSON object each: its `outcome`, the `event` (as
 /// `GET /events` shows it, or as sent when rejected), the `channel` of a committed one, and
 /// the `errors` of a rejection or the `reason` of an `unavailable`. A recorded event's
-/// metadata is copied as stored, not parsed again.
+/// metadata is copied as stored, not parsed again. They are kept as the group's whole
+/// `tap_events` frame, sent as it is to subscribers that watch everything.
 pub fn wire(group: &TapGroup) -> Pieces {
-    Pieces::build(&group.events, group.events.len() * 384, write_event)
+    let mut head = String::with_capacity(64);
+    frame_head(group.events.len(), &mut head);
+    Pieces::build(
+        &group.events,
+        group.events.len() * 384,
+        [&head, ",", "]}"],
+        write_event,
+    )
 }
 
 fn write_event(event: &TapEvent, out: &mut String) {

@@ -517,3 +517,120 @@ async fn a_refusal_while_the_dedup_store_rests_does_not_extend_the_rest() {
     tokio::time::advance(DEDUP_REST / 2 + Duration::from_millis(10)).await;
     assert_eq!(c.commit(vec![ev("a")]).await, [Outcome::Accepted(id("a"))]);
 }
+
+/// A clock one second later at every reading, so "recorded at" and "now" differ.
+fn ticking_clock() -> Arc<dyn Clock> {
+    let next = std::sync::atomic::AtomicI64::new(1_754_796_424);
+    let mut c = MockClock::new();
+    c.expect_now().returning(move || {
+        let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Utc.timestamp_opt(s, 0).unwrap()
+    });
+    Arc::new(c)
+}
+
+/// Commits `events` as one batch of the committer task while one subscriber watches the tap:
+/// what each job was answered, and (outcome, event id, receivedAt in s) of what the tap showed.
+async fn tapped(
+    dedup: MockDedupStore,
+    store: MockEventStore,
+    events: Vec<(CartEvent, Source)>,
+) -> (Vec<Outcome>, Vec<(TapOutcome, String, i64)>) {
+    let metrics = Arc::new(Metrics::new());
+    let c = Committer::new(
+        Arc::new(dedup),
+        Arc::new(store),
+        ticking_clock(),
+        Arc::clone(&metrics),
+        DedupPolicy {
+            window: Duration::from_secs(86_400),
+            hold: Duration::from_secs(30),
+            outage: DedupOutage::FailClosed,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let mut sub = metrics.tap.subscribe();
+    let (reply, answer) = oneshot::channel();
+    let batch = Batch {
+        replies: vec![(events.len(), reply)],
+        events,
+    };
+    let pipeline = Pipeline::default();
+    let turn = Arc::clone(&pipeline.claim).lock_owned().await;
+    c.commit_and_reply(&pipeline, turn, batch).await;
+    let got = sub.recv().await;
+    let shown = got
+        .groups
+        .iter()
+        .flat_map(|g| &g.events)
+        .map(|e| match e {
+            TapEvent::Committed { event, outcome, .. } => (
+                *outcome,
+                event.event.event_id().as_str().to_owned(),
+                event.received_at.timestamp(),
+            ),
+            TapEvent::Rejected { .. } => panic!("no rejection was committed"),
+        })
+        .collect();
+    (answer.await.unwrap(), shown)
+}
+
+#[tokio::test]
+async fn the_tap_shows_the_group_in_order_accepted_as_recorded_the_rest_as_of_now() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .withf(|_, keys| key_strs(keys) == ["a", "b", "c"])
+        .returning(|_, _| Ok(vec![Claim::New, Claim::Duplicate, Claim::New]));
+    dedup.expect_confirm().returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .withf(|evs| evs.len() == 2)
+        .returning(|_| Ok(()));
+    let (answers, shown) = tapped(dedup, store, vec![ev("a"), ev("b"), ev("a"), ev("c")]).await;
+    assert_eq!(
+        answers,
+        [
+            Outcome::Accepted(id("a")),
+            Outcome::Duplicate(id("b")),
+            Outcome::Duplicate(id("a")),
+            Outcome::Accepted(id("c")),
+        ]
+    );
+    // The clock's first reading is the recording time; a later one is "now".
+    let recorded = shown[0].2;
+    let now = shown[1].2;
+    assert!(now > recorded, "{shown:?}");
+    assert_eq!(
+        shown,
+        [
+            (TapOutcome::Accepted, "a".to_owned(), recorded),
+            (TapOutcome::Duplicate, "b".to_owned(), now),
+            (TapOutcome::Duplicate, "a".to_owned(), now),
+            (TapOutcome::Accepted, "c".to_owned(), recorded),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_tap_shows_a_group_the_store_refused_as_unavailable_as_of_now() {
+    let mut dedup = MockDedupStore::new();
+    dedup
+        .expect_claim()
+        .returning(|_, _| Ok(vec![Claim::New, Claim::Duplicate]));
+    dedup.expect_release().returning(|_, _| Ok(()));
+    let mut store = MockEventStore::new();
+    store
+        .expect_insert()
+        .returning(|_| Err(PortError::Unavailable("disk on fire".into())));
+    let (_, shown) = tapped(dedup, store, vec![ev("a"), ev("b")]).await;
+    let outcomes: Vec<_> = shown.iter().map(|(o, id, _)| (*o, id.as_str())).collect();
+    assert_eq!(
+        outcomes,
+        [(TapOutcome::Unavailable, "a"), (TapOutcome::Duplicate, "b")]
+    );
+    // Both as of the same reading, after the one the store call was given.
+    assert_eq!(shown[0].2, shown[1].2);
+    assert!(shown[0].2 > 1_754_796_424, "{shown:?}");
+}

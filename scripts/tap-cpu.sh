@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# CPU time per event of the server and of its tap subscribers over a fixed load, read from
+# /proc/PID/stat (utime + stime, so the kernel's socket work counts too) rather than timed:
+# what five subscribers cost does not depend on what else the machine is doing.
+#
+# Usage: scripts/tap-cpu.sh SERVER_BINARY TAPS BENCH-ARGS...
+#   e.g. scripts/tap-cpu.sh target/release/cartstream 5 ws --connections 8 --window 64 --events 200000
+# BACKEND=rc uses Redis + ClickHouse (own key prefix and database, dropped after); listens on
+# FRESH_PORT (default 3101). Prints the events the server received in the measured window
+# (its events_received counter), the server's and the subscribers' CPU milliseconds, and
+# microseconds of CPU per event for each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$1; TAPS=$2; shift 2
+BENCH=${BENCH:-target/release/examples/cartstream-bench}
+SUBS=${SUBS:-target/release/examples/tap-subscribers}
+backend=${BACKEND:-embedded}
+. scripts/fresh-server.sh
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+tck=$(getconf CLK_TCK)
+dir=$(mktemp -d)
+tag=$(fresh_tag)
+fresh_env "$backend" "$dir/data" "$tag"
+env "${FRESH_ENV[@]}" "$BIN" >"$dir/log" 2>&1 &
+spid=$!
+fresh_wait 60
+# ticks PID: utime + stime of the process (all its threads), in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+received() { curl -fs "$FRESH_URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}'; }
+tpid=
+if [ "$TAPS" -gt 0 ]; then
+    "$SUBS" --url "ws://127.0.0.1:$FRESH_PORT/events/tap" -n "$TAPS" 2>"$dir/taps" &
+    tpid=$!
+    sleep 1
+fi
+s0=$(ticks "$spid"); t0=0; [ -n "$tpid" ] && t0=$(ticks "$tpid")
+e0=$(received)
+"$BENCH" "$@" --url "$FRESH_URL" >"$dir/bench" 2>&1 || true
+sleep 1 # the subscribers read what is still on its way
+s1=$(ticks "$spid"); t1=0; [ -n "$tpid" ] && t1=$(ticks "$tpid")
+e1=$(received)
+kill -TERM "$spid"; wait "$spid" || true
+if [ -n "$tpid" ]; then wait "$tpid" || true; sed 's/^/    /' "$dir/taps"; fi
+events=$((e1 - e0))
+awk -v e="$events" -v s=$((s1 - s0)) -v t=$((t1 - t0)) -v hz="$tck" -v taps="$TAPS" -v bin="$BIN" 'BEGIN {
+    printf "%s, %d taps: %d events; server %d ms = %.2f us/event; subscribers %d ms = %.2f us/event\n",
+        bin, taps, e, s * 1000 / hz, s * 1e6 / hz / e, t * 1000 / hz, t * 1e6 / hz / e }'
+grep -m1 throughput "$dir/bench" | sed 's/^/    /' || true
+fresh_cleanup "$backend" "$tag"
+rm -rf "$dir"
