@@ -13,9 +13,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::watch;
-// The shared UTF-8 buffer type of the WebSocket library: what a frame's text is handed to it
-// as, so a group's message is written once and sent to every subscriber without a copy.
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What the ingest use case decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,10 +105,10 @@ impl TapGroup {
 
 /// One text per event, kept in one shared buffer that is also a whole message: `prefix`, the
 /// texts joined by `sep`, then `suffix`. Sending the whole message to several subscribers
-/// shares the buffer instead of copying it (`Utf8Bytes` is reference-counted).
+/// shares the buffer instead of copying it (`whole` hands out the `Arc`).
 #[derive(Debug, Default)]
 pub struct Pieces {
-    text: Utf8Bytes,
+    text: Arc<str>,
     /// Where each item's text starts and ends in `text`.
     spans: Vec<(usize, usize)>,
 }
@@ -137,7 +134,7 @@ impl Pieces {
         }
         text.push_str(suffix);
         Self {
-            text: Utf8Bytes::from(text),
+            text: Arc::from(text),
             spans,
         }
     }
@@ -146,20 +143,20 @@ impl Pieces {
     pub fn get(&self, i: usize) -> &str {
         self.spans
             .get(i)
-            .map_or("", |&(start, end)| &self.text.as_str()[start..end])
+            .map_or("", |&(start, end)| &self.text[start..end])
     }
 
     /// The items' texts joined by the separator, without prefix and suffix.
     pub fn joined(&self) -> &str {
         match (self.spans.first(), self.spans.last()) {
-            (Some(&(start, _)), Some(&(_, end))) => &self.text.as_str()[start..end],
+            (Some(&(start, _)), Some(&(_, end))) => &self.text[start..end],
             _ => "",
         }
     }
 
     /// The whole message, shared.
-    pub fn whole(&self) -> Utf8Bytes {
-        self.text.clone()
+    pub fn whole(&self) -> Arc<str> {
+        Arc::clone(&self.text)
     }
 }
 
@@ -403,8 +400,8 @@ mod tests {
             [p.get(0), p.get(1), p.get(2), p.get(3)],
             ["a", "", "bc", ""]
         );
-        assert_eq!((p.joined(), p.whole().as_str()), ("a,,bc", "[a,,bc]"));
+        assert_eq!((p.joined(), &*p.whole()), ("a,,bc", "[a,,bc]"));
         let none = Pieces::build(&[] as &[&str], 0, ["[", ",", "]"], |s, out| out.push_str(s));
-        assert_eq!((none.joined(), none.whole().as_str()), ("", "[]"));
+        assert_eq!((none.joined(), &*none.whole()), ("", "[]"));
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -325,6 +325,23 @@ where
     }
 }
 
+/// A text message over `text` without copying it: the frame's buffer stays shared with
+/// every other subscriber sending it.
+fn shared_text(text: Arc<str>) -> Utf8Bytes {
+    // SAFETY: the bytes are those of a `str`, so they are UTF-8, and the `Arc` owning them
+    // lives as long as the `Bytes`.
+    unsafe { Utf8Bytes::from_bytes_unchecked(bytes::Bytes::from_owner(ArcStr(text))) }
+}
+
+/// An `Arc<str>` as the owner of a `Bytes`.
+struct ArcStr(Arc<str>);
+
+impl AsRef<[u8]> for ArcStr {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// The messages for what a subscriber received: `skipped` first if any, then the events its
 /// filter lets through, in `tap_events` frames of about [`FRAME_BYTES`] at most. Each
 /// group's events are serialized once, by the first subscriber to get here.
@@ -341,7 +358,7 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
     if let [group] = received.groups.as_slice() {
         let pieces = group.wire.get_or_init(|| wire(group));
         if filter.is_everything() && pieces.joined().len() <= FRAME_BYTES {
-            out.push(Message::Text(pieces.whole()));
+            out.push(Message::Text(shared_text(pieces.whole())));
             return out;
         }
     }
@@ -450,4 +467,21 @@ fn write_event(event: &TapEvent, out: &mut String) {
         }
     }
     out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_text;
+    use std::sync::Arc;
+
+    /// The message is the frame's own buffer, not a copy of it, and reads back the same text.
+    #[test]
+    fn shared_text_is_the_frame_not_a_copy() {
+        let frame: Arc<str> = Arc::from("{\"type\":\"tap_events\",\"count\":1,\"events\":[\"é\"]}");
+        let text = shared_text(Arc::clone(&frame));
+        assert_eq!(text.as_str(), &*frame);
+        assert_eq!(text.as_str().as_ptr(), frame.as_ptr());
+        drop(frame);
+        assert!(text.as_str().ends_with("\"é\"]}"));
+    }
 }
