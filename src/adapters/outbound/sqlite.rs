@@ -117,6 +117,58 @@ where
         .map_err(|e| PortError::Failed(format!("local database task failed: {e}")))?
 }
 
+/// One thread that runs a store's reads, one after another.
+///
+/// A read that decodes many rows (the forwarder takes up to 20,000 journal entries at a time)
+/// allocates them on the thread that runs it, and the tasks that use the rows free them on
+/// other threads. mimalloc gives memory freed from another thread back only when the owning
+/// thread runs again; on tokio's blocking pool the owner may sit idle for seconds, and under
+/// load the pool holds a dozen such threads, each keeping the pages of the last read it ran
+/// (the soak's RSS rose that way under CPU contention; RELIABILITY.md). Here every read runs
+/// on the same thread, which reuses those pages on its next read: what it keeps is bounded by
+/// one read. The reads share one connection anyway, so running them in turn costs nothing.
+pub(crate) struct ReadThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl ReadThread {
+    /// Starts the thread; it ends when this is dropped.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub(crate) fn spawn(name: &str) -> Result<Self, PortError> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                for job in rx {
+                    // A read that panics fails alone (its caller gets an error); the thread
+                    // goes on with the next.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map_err(|e| PortError::Unavailable(format!("cannot start {name}: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the thread and waits for its result without blocking the caller's task.
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, PortError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, PortError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = reply.send(f());
+            }))
+            .map_err(|_| PortError::Failed("local database reader has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| PortError::Failed("local database read failed (panicked)".into()))?
+    }
+}
+
 /// Entries of `table` after position `after` (its `seq_column`), oldest first.
 pub(crate) fn feed_after(
     conn: &Connection,
@@ -275,5 +327,31 @@ mod tests {
             db_err(failure(rusqlite::ffi::SQLITE_BUSY)),
             PortError::Unavailable(_)
         ));
+    }
+}
+
+#[cfg(test)]
+mod read_thread_tests {
+    use super::ReadThread;
+    use crate::ports::PortError;
+
+    /// Every read runs on the one thread, in turn; one that panics fails alone.
+    #[tokio::test]
+    async fn reads_run_on_one_thread_and_survive_a_panic() {
+        let reader = ReadThread::spawn("test-read").unwrap();
+        let first = reader
+            .run(|| Ok(std::thread::current().id()))
+            .await
+            .unwrap();
+        let failed = reader
+            .run(|| -> Result<(), PortError> { panic!("boom") })
+            .await;
+        assert!(matches!(failed, Err(PortError::Failed(m)) if m.contains("panicked")));
+        let second = reader
+            .run(|| Ok(std::thread::current().id()))
+            .await
+            .unwrap();
+        assert_eq!(first, second);
+        assert_ne!(first, std::thread::current().id());
     }
 }

@@ -14,7 +14,7 @@
 //! poll them on every loop for free.
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_queue_conn, Row, EVENT_COLUMNS,
+    blocking, db_err, db_path, from_ms, lock, open_queue_conn, ReadThread, Row, EVENT_COLUMNS,
 };
 use crate::domain::{DedupKey, EventColumns, StoredEvent, StoredFields};
 use crate::ports::{
@@ -339,6 +339,8 @@ impl State {
 #[derive(Clone)]
 pub struct SqliteJournal {
     inner: Arc<Inner>,
+    /// Where reads run (see [`ReadThread`]); appends and removals use the blocking pool.
+    reader: Arc<ReadThread>,
 }
 
 struct Inner {
@@ -368,6 +370,7 @@ impl SqliteJournal {
                 state: Mutex::new(state),
                 max_bytes,
             }),
+            reader: Arc::new(ReadThread::spawn("journal-read")?),
         })
     }
 
@@ -398,26 +401,29 @@ impl SqliteJournal {
         })
     }
 
-    /// Folds `f` over the entries with `seq > after`, oldest first, until it returns false.
+    /// Folds `f` over the entries with `seq > after`, oldest first, until it returns false; on
+    /// the read thread, where the decoded entries are allocated.
     async fn scan<S, F>(&self, after: i64, init: S, f: F) -> Result<S, PortError>
     where
         S: Send + 'static,
         F: FnMut(&mut S, i64, Encoded<'_>, usize) -> Result<bool, PortError> + Send + 'static,
     {
-        self.blocking(move |inner| {
-            let (start, after) = {
-                let state = lock(&inner.state);
-                let after = after.max(state.removed_through);
-                // The batch holding `after + 1`, or the first one after it.
-                match state.batches.get(state.first_after(after)) {
-                    Some(b) => (b.first_seq, after),
-                    None => return Ok(init),
-                }
-            };
-            let conn = lock(&inner.read);
-            scan_batches(&conn, start, after, init, f)
-        })
-        .await
+        let inner = Arc::clone(&self.inner);
+        self.reader
+            .run(move || {
+                let (start, after) = {
+                    let state = lock(&inner.state);
+                    let after = after.max(state.removed_through);
+                    // The batch holding `after + 1`, or the first one after it.
+                    match state.batches.get(state.first_after(after)) {
+                        Some(b) => (b.first_seq, after),
+                        None => return Ok(init),
+                    }
+                };
+                let conn = lock(&inner.read);
+                scan_batches(&conn, start, after, init, f)
+            })
+            .await
     }
 }
 

@@ -7,7 +7,7 @@
 //! bytes inside a valid row. Rows written before checksums have none and are read unchecked.
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_queue_conn, unix_ms, Row,
+    blocking, db_err, db_path, from_ms, lock, open_queue_conn, unix_ms, ReadThread, Row,
 };
 use crate::ports::{Clock, DeadLetter, Delivery, Outbox, OutboxItem, PortError, RouteBacklog};
 use chrono::{DateTime, Utc};
@@ -64,6 +64,8 @@ CREATE INDEX IF NOT EXISTS dead_letters_by_route ON dead_letters (route, id);
 #[derive(Clone)]
 pub struct SqliteOutbox {
     inner: Arc<Inner>,
+    /// Where the reads that decode events run (see [`ReadThread`]).
+    reader: Arc<ReadThread>,
 }
 
 struct Inner {
@@ -90,7 +92,18 @@ impl SqliteOutbox {
                 read: Mutex::new(read),
                 clock,
             }),
+            reader: Arc::new(ReadThread::spawn("outbox-read")?),
         })
+    }
+
+    /// Runs `f` on the read thread: for reads that decode events.
+    async fn reading<T, F>(&self, f: F) -> Result<T, PortError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, PortError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        self.reader.run(move || f(&inner)).await
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, PortError>
@@ -304,7 +317,7 @@ impl Outbox for SqliteOutbox {
 
     async fn head(&self, route: &str, lane: u32, max: usize) -> Result<Vec<OutboxItem>, PortError> {
         let route = route.to_owned();
-        self.blocking(move |inner| {
+        self.reading(move |inner| {
             let conn = lock(&inner.read);
             let mut stmt = conn
                 .prepare_cached(&format!(
@@ -405,7 +418,7 @@ impl Outbox for SqliteOutbox {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, PortError> {
-        self.blocking(move |inner| {
+        self.reading(move |inner| {
             let conn = lock(&inner.read);
             let mut stmt = conn
                 .prepare_cached(&format!(
