@@ -207,7 +207,7 @@ fn reference(text: &str, max_batch: usize) -> Result<Reference, Refusal> {
 /// value.
 fn expected(reference: &Result<Reference, Refusal>, raw: bool) -> Result<ClientMessage, Refusal> {
     let event = |v: &Value| match v {
-        Value::Object(obj) if !raw => EventData::Fields(EventFields::from_object(obj.clone())),
+        Value::Object(obj) if !raw => EventData::Fields(Box::new(EventFields::from_object(obj.clone()))),
         v => EventData::Raw(v.clone()),
     };
     match reference {

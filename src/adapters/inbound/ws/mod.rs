@@ -503,7 +503,7 @@ impl<U: IngestUseCase> Connection<U> {
     /// Validates one event as the parser kept it.
     fn validate(&self, data: EventData) -> Item {
         match data {
-            EventData::Fields(fields) => self.state.ingest.validate_fields(fields),
+            EventData::Fields(fields) => self.state.ingest.validate_fields(*fields),
             EventData::Raw(raw) => self.state.ingest.validate(raw),
         }
     }

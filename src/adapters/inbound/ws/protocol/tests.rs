@@ -94,7 +94,9 @@ fn reference(text: &str, max_batch: usize) -> Result<Reference, Refusal> {
 /// (`EventFields::from_object`) and anything else as its value.
 fn expected(reference: &Result<Reference, Refusal>, raw: bool) -> Result<ClientMessage, Refusal> {
     let event = |v: &Value| match v {
-        Value::Object(obj) if !raw => EventData::Fields(EventFields::from_object(obj.clone())),
+        Value::Object(obj) if !raw => {
+            EventData::Fields(Box::new(EventFields::from_object(obj.clone())))
+        }
         v => EventData::Raw(v.clone()),
     };
     match reference {
@@ -446,10 +448,10 @@ fn well_formed_messages() {
         .unwrap(),
         ClientMessage::Event {
             request_id: None,
-            data: EventData::Fields(EventFields {
+            data: EventData::Fields(Box::new(EventFields {
                 user_id: Some(json!("u")),
                 ..EventFields::default()
-            })
+            }))
         }
     );
     assert_eq!(
@@ -473,10 +475,7 @@ fn well_formed_messages() {
         .unwrap(),
         ClientMessage::Batch {
             request_id: Some(String::new()),
-            data: vec![
-                EventData::Raw(json!(1)),
-                EventData::Fields(EventFields::default())
-            ]
+            data: vec![EventData::Raw(json!(1)), EventData::Fields(Box::default())]
         }
     );
 }
