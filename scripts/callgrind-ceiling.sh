@@ -8,7 +8,8 @@
 # Usage: scripts/callgrind-ceiling.sh BINARY [EVENTS]     (default 40000 events per run)
 #   BINARY is a release `cartstream` (symbols are enough; CARGO_PROFILE_RELEASE_DEBUG=
 #   line-tables-only adds lines for callgrind_annotate --auto=yes); the discard server is the
-#   example beside it, or DISCARD=path. LOADS="ws http" selects the loads.
+#   example beside it, or DISCARD=path. LOADS="ws http" selects the loads, SERVERS="discard rc"
+#   the servers (SERVERS=discard: the discard server only, no Redis or ClickHouse).
 # Needs Redis and ClickHouse, valgrind, and target/release/examples/cartstream-bench (or
 # BENCH=path). Listens on 127.0.0.1:3101.
 set -euo pipefail
@@ -18,6 +19,7 @@ DISCARD="${DISCARD:-$(dirname "$BIN")/examples/discard-server}"
 BENCH="${BENCH:-target/release/examples/cartstream-bench}"
 OUT="${OUT:-$(mktemp -d /tmp/callgrind-ceiling.XXXXXX)}"; mkdir -p "$OUT"
 LOADS="${LOADS:-ws http}"
+SERVERS="${SERVERS:-discard rc}"
 FRESH_PORT="${FRESH_PORT:-3101}"
 . scripts/fresh-server.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -57,8 +59,8 @@ for load in $LOADS; do
         http) args=(http-batch --concurrency 8 --batch-size 100) ;;
         closed) args=(ws --connections 8 --window 1) ;;
     esac
-    run "discard-$load" "$DISCARD" embedded "${args[@]}"
-    run "rc-$load" "$BIN" rc "${args[@]}"
+    if [[ " $SERVERS " == *" discard "* ]]; then run "discard-$load" "$DISCARD" embedded "${args[@]}"; fi
+    if [[ " $SERVERS " == *" rc "* ]]; then run "rc-$load" "$BIN" rc "${args[@]}"; fi
 done
 names=(); counts=()
 while read -r name n; do names+=("$OUT/$name.out"); counts+=("$n"); done <"$OUT/events"

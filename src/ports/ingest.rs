@@ -20,6 +20,13 @@ pub trait IngestUseCase: Send + Sync + 'static {
     /// Validates one event already split into its fields.
     fn validate_fields(&self, fields: EventFields) -> Item;
 
+    /// Whether an adapter should pass events whole to [`Self::validate`] rather than by their
+    /// fields, as now: a rejected event is shown as it was sent (the tap) only from the whole
+    /// value. Asked once per message; the fields are the cheaper form.
+    fn wants_raw(&self) -> bool {
+        false
+    }
+
     /// Submits validated items; resolves to one outcome per item, in order.
     fn submit(
         &self,

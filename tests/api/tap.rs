@@ -2,7 +2,7 @@
 //! does not keep up is told.
 
 use crate::helpers::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -236,6 +236,34 @@ async fn shows_accepted_duplicate_and_rejected_events_with_their_errors() {
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+}
+
+/// A rejected WebSocket event is shown as it was sent: keys no rule reads, their order, and a
+/// batch item that is not an object. The WebSocket parser keeps only an event's six fields
+/// unless someone watches; then it keeps events whole.
+#[tokio::test]
+async fn a_rejected_ws_event_is_shown_whole_as_sent() {
+    let app = keyed().await;
+    let (mut tap, _) = subscribe(&app, Some("rd-1"), json!({})).await;
+    let mut req = app.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-api-key", "in-1".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    recv_json(&mut ws).await;
+    let event = r#"{"zeta":[1,{"a":null}],"userId":"u-raw","eventType":"checkout_started","userId":"u-raw2","metadata":{"itemCount":1.5}}"#;
+    let sent = format!(r#"{{"type":"cart_event_batch","requestId":"r1","data":[{event},7]}}"#);
+    ws.send(Message::text(sent)).await.unwrap();
+    let reply = recv_json(&mut ws).await;
+    assert_eq!(reply["rejected"], 2, "{reply}");
+    let (got, _) = recv_events(&mut tap, 2).await;
+    assert_eq!(got[0]["outcome"], "rejected", "{got:?}");
+    // As a parsed JSON object holds it: a repeated key's last value, in its first place.
+    assert_eq!(
+        got[0]["event"].to_string(),
+        r#"{"zeta":[1,{"a":null}],"userId":"u-raw2","eventType":"checkout_started","metadata":{"itemCount":1.5}}"#
+    );
+    assert_eq!(got[1]["outcome"], "rejected", "{got:?}");
+    assert_eq!(got[1]["event"], json!(7));
 }
 
 #[tokio::test]

@@ -14,6 +14,10 @@ impl IngestUseCase for Ingest {
         Ingest::validate_fields(self, fields)
     }
 
+    fn wants_raw(&self) -> bool {
+        self.metrics().tap.active()
+    }
+
     fn submit(
         &self,
         items: Vec<Item>,

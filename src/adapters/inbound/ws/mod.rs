@@ -23,7 +23,7 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use poem::http::{header, Method, StatusCode};
 use poem::{Endpoint, Request, Response};
-use protocol::{ClientMessage, Limits, Reply};
+use protocol::{ClientMessage, EventData, Limits, Reply};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -477,7 +477,12 @@ impl<U: IngestUseCase> Connection<U> {
     /// Handles one text message: refusals and pongs are ready at once; events are validated
     /// and submitted now, and answered when recorded.
     fn dispatch(&mut self, text: &str) -> ReplyFuture {
-        match protocol::parse(text, self.state.settings.max_batch_events) {
+        let ingest = &self.state.ingest;
+        match protocol::parse(
+            text,
+            self.state.settings.max_batch_events,
+            ingest.wants_raw(),
+        ) {
             Ok(ClientMessage::Ping { request_id }) => {
                 let server_time = rfc3339(self.state.clock.now());
                 future::ready(
@@ -495,9 +500,17 @@ impl<U: IngestUseCase> Connection<U> {
         }
     }
 
-    fn event(&mut self, request_id: Option<String>, data: serde_json::Value) -> ReplyFuture {
+    /// Validates one event as the parser kept it.
+    fn validate(&self, data: EventData) -> Item {
+        match data {
+            EventData::Fields(fields) => self.state.ingest.validate_fields(*fields),
+            EventData::Raw(raw) => self.state.ingest.validate(raw),
+        }
+    }
+
+    fn event(&mut self, request_id: Option<String>, data: EventData) -> ReplyFuture {
         if self.state.rate_limits.is_shared() {
-            let item = self.state.ingest.validate(data);
+            let item = self.validate(data);
             let admitted = self.admit_in_order(vec![item]);
             let metrics = Arc::clone(&self.state.metrics);
             return async move {
@@ -518,8 +531,8 @@ impl<U: IngestUseCase> Connection<U> {
         if let Some(limited) = self.rate_limited(&request_id, 1) {
             return limited;
         }
-        let ingest = &self.state.ingest;
-        let submitted = ingest.submit_one(ingest.validate(data), Source::Ws);
+        let item = self.validate(data);
+        let submitted = self.state.ingest.submit_one(item, Source::Ws);
         let metrics = Arc::clone(&self.state.metrics);
         async move {
             let reply = event_reply(request_id, submitted.await);
@@ -531,19 +544,18 @@ impl<U: IngestUseCase> Connection<U> {
         .boxed()
     }
 
-    fn batch(&mut self, request_id: Option<String>, data: Vec<serde_json::Value>) -> ReplyFuture {
+    fn batch(&mut self, request_id: Option<String>, data: Vec<EventData>) -> ReplyFuture {
         let shared = self.state.rate_limits.is_shared();
         if !shared {
             if let Some(limited) = self.rate_limited(&request_id, data.len()) {
                 return limited;
             }
         }
-        let ingest = &self.state.ingest;
-        let items = data.into_iter().map(|e| ingest.validate(e)).collect();
+        let items = data.into_iter().map(|e| self.validate(e)).collect();
         let submitted = if shared {
             self.admit_in_order(items)
         } else {
-            ingest.submit(items, Source::Ws).map(Ok).boxed()
+            self.state.ingest.submit(items, Source::Ws).map(Ok).boxed()
         };
         let metrics = Arc::clone(&self.state.metrics);
         async move {
