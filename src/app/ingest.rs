@@ -94,6 +94,26 @@ impl Ingest {
         item
     }
 
+    /// Validates one event given by its fields; `as_sent` rebuilds it whole for the tap, only
+    /// when it is rejected while someone watches (no copy is made otherwise).
+    pub fn validate_fields_as_sent(
+        &self,
+        fields: EventFields,
+        as_sent: &dyn Fn() -> Value,
+    ) -> Item {
+        let event_type = fields
+            .event_type
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(EventType::parse);
+        let item = parse_fields(fields, &self.inner.policy, self.inner.clock.now(), || {
+            EventId::from_random_bytes(rand::random())
+        });
+        let raw = (item.is_err() && self.inner.metrics.tap.active()).then(as_sent);
+        self.rejected(&item, event_type, raw);
+        item
+    }
+
     /// Counts a rejection by its event type and shows it on the tap (`raw` is there only
     /// while someone watches).
     fn rejected(&self, item: &Item, event_type: Option<EventType>, raw: Option<Value>) {

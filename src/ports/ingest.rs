@@ -20,11 +20,18 @@ pub trait IngestUseCase: Send + Sync + 'static {
     /// Validates one event already split into its fields.
     fn validate_fields(&self, fields: EventFields) -> Item;
 
-    /// Whether an adapter should pass events whole to [`Self::validate`] rather than by their
-    /// fields, as now: a rejected event is shown as it was sent (the tap) only from the whole
-    /// value. Asked once per message; the fields are the cheaper form.
-    fn wants_raw(&self) -> bool {
-        false
+    /// Validates one event already split into its fields, as [`Self::validate_fields`];
+    /// `as_sent` gives the event whole, as the client sent it, and is called only when the
+    /// event breaks a rule while someone watches the tap (which shows a rejected event as
+    /// sent: keys no rule reads included). For adapters that split events without keeping
+    /// the whole value, and can rebuild it at a cost paid only then.
+    fn validate_fields_as_sent(
+        &self,
+        fields: EventFields,
+        as_sent: &dyn Fn() -> serde_json::Value,
+    ) -> Item {
+        let _ = as_sent;
+        self.validate_fields(fields)
     }
 
     /// Submits validated items; resolves to one outcome per item, in order.

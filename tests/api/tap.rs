@@ -239,8 +239,8 @@ async fn shows_accepted_duplicate_and_rejected_events_with_their_errors() {
 }
 
 /// A rejected WebSocket event is shown as it was sent: keys no rule reads, their order, and a
-/// batch item that is not an object. The WebSocket parser keeps only an event's six fields
-/// unless someone watches; then it keeps events whole.
+/// batch item that is not an object. The WebSocket parser keeps only an event's six fields;
+/// for a rejected event while someone watches, the message is parsed again, whole.
 #[tokio::test]
 async fn a_rejected_ws_event_is_shown_whole_as_sent() {
     let app = keyed().await;

@@ -14,8 +14,12 @@ impl IngestUseCase for Ingest {
         Ingest::validate_fields(self, fields)
     }
 
-    fn wants_raw(&self) -> bool {
-        self.metrics().tap.active()
+    fn validate_fields_as_sent(
+        &self,
+        fields: EventFields,
+        as_sent: &dyn Fn() -> serde_json::Value,
+    ) -> Item {
+        Ingest::validate_fields_as_sent(self, fields, as_sent)
     }
 
     fn submit(

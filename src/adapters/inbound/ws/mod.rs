@@ -171,6 +171,20 @@ impl Upgrade<'_> {
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 4.2.1), else `None`.
+/// A message's event (`index` `None`) or its batch's item `index`, whole, as the client sent
+/// it: the message parsed again, keeping events whole.
+fn as_sent(text: &str, max_batch: usize, index: Option<usize>) -> serde_json::Value {
+    let whole = match (protocol::parse(text, max_batch, true), index) {
+        (Ok(ClientMessage::Event { data, .. }), None) => Some(data),
+        (Ok(ClientMessage::Batch { data, .. }), Some(i)) => data.into_iter().nth(i),
+        _ => None,
+    };
+    match whole {
+        Some(EventData::Raw(raw)) => raw,
+        _ => serde_json::Value::Null,
+    }
+}
+
 fn handshake_key(req: &Request) -> Option<poem::http::HeaderValue> {
     let header_is = |name: header::HeaderName, want: &str| {
         req.headers().get_all(name).iter().any(|v| {
@@ -477,12 +491,7 @@ impl<U: IngestUseCase> Connection<U> {
     /// Handles one text message: refusals and pongs are ready at once; events are validated
     /// and submitted now, and answered when recorded.
     fn dispatch(&mut self, text: &str) -> ReplyFuture {
-        let ingest = &self.state.ingest;
-        match protocol::parse(
-            text,
-            self.state.settings.max_batch_events,
-            ingest.wants_raw(),
-        ) {
+        match protocol::parse(text, self.state.settings.max_batch_events, false) {
             Ok(ClientMessage::Ping { request_id }) => {
                 let server_time = rfc3339(self.state.clock.now());
                 future::ready(
@@ -494,23 +503,29 @@ impl<U: IngestUseCase> Connection<U> {
                 )
                 .boxed()
             }
-            Ok(ClientMessage::Event { request_id, data }) => self.event(request_id, data),
-            Ok(ClientMessage::Batch { request_id, data }) => self.batch(request_id, data),
+            Ok(ClientMessage::Event { request_id, data }) => self.event(request_id, data, text),
+            Ok(ClientMessage::Batch { request_id, data }) => self.batch(request_id, data, text),
             Err(r) => self.refuse(r.request_id, r.code, &r.message),
         }
     }
 
-    /// Validates one event as the parser kept it.
-    fn validate(&self, data: EventData) -> Item {
+    /// Validates one event as the parser kept it: the message's event, or its batch's item
+    /// `index`. Should the tap need a rejected event as sent, the message is parsed again,
+    /// whole (rare: only a rejection while someone watches).
+    fn validate(&self, data: EventData, text: &str, index: Option<usize>) -> Item {
         match data {
-            EventData::Fields(fields) => self.state.ingest.validate_fields(*fields),
+            EventData::Fields(fields) => {
+                let max_batch = self.state.settings.max_batch_events;
+                let as_sent = || as_sent(text, max_batch, index);
+                self.state.ingest.validate_fields_as_sent(*fields, &as_sent)
+            }
             EventData::Raw(raw) => self.state.ingest.validate(raw),
         }
     }
 
-    fn event(&mut self, request_id: Option<String>, data: EventData) -> ReplyFuture {
+    fn event(&mut self, request_id: Option<String>, data: EventData, text: &str) -> ReplyFuture {
         if self.state.rate_limits.is_shared() {
-            let item = self.validate(data);
+            let item = self.validate(data, text, None);
             let admitted = self.admit_in_order(vec![item]);
             let metrics = Arc::clone(&self.state.metrics);
             return async move {
@@ -531,7 +546,7 @@ impl<U: IngestUseCase> Connection<U> {
         if let Some(limited) = self.rate_limited(&request_id, 1) {
             return limited;
         }
-        let item = self.validate(data);
+        let item = self.validate(data, text, None);
         let submitted = self.state.ingest.submit_one(item, Source::Ws);
         let metrics = Arc::clone(&self.state.metrics);
         async move {
@@ -544,14 +559,23 @@ impl<U: IngestUseCase> Connection<U> {
         .boxed()
     }
 
-    fn batch(&mut self, request_id: Option<String>, data: Vec<EventData>) -> ReplyFuture {
+    fn batch(
+        &mut self,
+        request_id: Option<String>,
+        data: Vec<EventData>,
+        text: &str,
+    ) -> ReplyFuture {
         let shared = self.state.rate_limits.is_shared();
         if !shared {
             if let Some(limited) = self.rate_limited(&request_id, data.len()) {
                 return limited;
             }
         }
-        let items = data.into_iter().map(|e| self.validate(e)).collect();
+        let items = data
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| self.validate(e, text, Some(i)))
+            .collect();
         let submitted = if shared {
             self.admit_in_order(items)
         } else {
