@@ -6,9 +6,8 @@
 
 use cartstream::adapters::inbound::wire::ErrorCode;
 use cartstream::adapters::inbound::ws::protocol::{
-    parse, ClientMessage, EventData, Refusal, Reply, REQUEST_ID_MAX,
+    parse, reference, ClientMessage, EventData, Reply, REQUEST_ID_MAX,
 };
-use cartstream::domain::EventFields;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
 
@@ -22,11 +21,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let tree = serde_json::from_str::<Value>(text).ok();
-    let want = reference(text, MAX_BATCH);
     let fields = parse(text, MAX_BATCH, false);
-    assert_eq!(fields, expected(&want, false), "{text:?}");
+    assert_eq!(fields, reference::parse(text, MAX_BATCH, false), "{text:?}");
     let raw = parse(text, MAX_BATCH, true);
-    assert_eq!(raw, expected(&want, true), "{text:?}");
+    assert_eq!(raw, reference::parse(text, MAX_BATCH, true), "{text:?}");
     match raw {
         Ok(message) => accepted(text, tree, message),
         Err(refusal) => {
@@ -119,113 +117,4 @@ fn accepted(text: &str, tree: Option<Value>, message: ClientMessage) {
         Ok(&message),
         "{text:?} re-encoded as {again:?}"
     );
-}
-
-/// A message as the parser before issue 18 gave it: each event as its JSON value.
-enum Reference {
-    Event(Option<String>, Value),
-    Batch(Option<String>, Vec<Value>),
-    Ping(Option<String>),
-}
-
-/// The parser before issue 18 (a JSON tree, then the envelope taken out of its map), as kept
-/// in the crate's tests (src/adapters/inbound/ws/protocol/tests.rs).
-fn reference(text: &str, max_batch: usize) -> Result<Reference, Refusal> {
-    let refusal = |request_id, code, message: String| Refusal {
-        request_id,
-        code,
-        message,
-    };
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        refusal(
-            None,
-            ErrorCode::InvalidJson,
-            format!("the message is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(mut obj) = value else {
-        return Err(refusal(
-            None,
-            ErrorCode::InvalidJson,
-            "the message must be a JSON object".into(),
-        ));
-    };
-    let (request_id, bad_request_id) = match obj.remove("requestId") {
-        None => (None, None),
-        Some(Value::String(s)) if s.chars().count() <= REQUEST_ID_MAX => (Some(s), None),
-        Some(Value::String(_)) => (
-            None,
-            Some(format!(
-                "requestId must be at most {REQUEST_ID_MAX} characters"
-            )),
-        ),
-        Some(_) => (None, Some("requestId must be a string".to_owned())),
-    };
-    let kind = match obj.get("type") {
-        Some(Value::String(t)) => match t.as_str() {
-            "cart_event" | "cart_event_batch" | "ping" => Ok(t.clone()),
-            _ => Err(format!(
-                "unsupported message type {t:?}; expected cart_event, cart_event_batch or ping"
-            )),
-        },
-        Some(_) => Err("type must be a string: cart_event, cart_event_batch or ping".to_owned()),
-        None => Err(
-            "the message has no type; expected cart_event, cart_event_batch or ping".to_owned(),
-        ),
-    };
-    let kind =
-        kind.map_err(|m| refusal(request_id.clone(), ErrorCode::UnsupportedMessageType, m))?;
-    if let Some(message) = bad_request_id {
-        return Err(refusal(None, ErrorCode::InvalidMessage, message));
-    }
-    let data = obj.remove("data");
-    let refuse = |m: String| Err(refusal(request_id.clone(), ErrorCode::InvalidMessage, m));
-    match kind.as_str() {
-        "ping" => Ok(Reference::Ping(request_id)),
-        "cart_event" => match data {
-            Some(data @ Value::Object(_)) => Ok(Reference::Event(request_id, data)),
-            Some(_) => refuse("data must be an event object".into()),
-            None => refuse("data is required: the event object".into()),
-        },
-        _ => match data {
-            Some(Value::Array(data)) if data.is_empty() => {
-                refuse("data must hold at least one event".into())
-            }
-            Some(Value::Array(data)) if data.len() > max_batch => refuse(format!(
-                "data holds {} events; at most {max_batch} are allowed",
-                data.len()
-            )),
-            Some(Value::Array(data)) => Ok(Reference::Batch(request_id, data)),
-            Some(_) => refuse("data must be an array of events".into()),
-            None => refuse("data is required: an array of events".into()),
-        },
-    }
-}
-
-/// The reference's answer in the parser's terms: with `raw` every event as its value; without,
-/// an object by its fields (as validation took them from the object) and anything else as its
-/// value.
-fn expected(reference: &Result<Reference, Refusal>, raw: bool) -> Result<ClientMessage, Refusal> {
-    let event = |v: &Value| match v {
-        Value::Object(obj) if !raw => EventData::Fields(Box::new(EventFields::from_object(obj.clone()))),
-        v => EventData::Raw(v.clone()),
-    };
-    match reference {
-        Ok(Reference::Event(request_id, v)) => Ok(ClientMessage::Event {
-            request_id: request_id.clone(),
-            data: event(v),
-        }),
-        Ok(Reference::Batch(request_id, items)) => Ok(ClientMessage::Batch {
-            request_id: request_id.clone(),
-            data: items.iter().map(event).collect(),
-        }),
-        Ok(Reference::Ping(request_id)) => Ok(ClientMessage::Ping {
-            request_id: request_id.clone(),
-        }),
-        Err(r) => Err(Refusal {
-            request_id: r.request_id.clone(),
-            code: r.code,
-            message: r.message.clone(),
-        }),
-    }
 }

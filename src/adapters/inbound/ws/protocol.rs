@@ -627,3 +627,6 @@ impl Reply {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod reference;
