@@ -76,22 +76,14 @@ impl Ingest {
 
     /// Validates one event given by its fields, by the server's clock now.
     pub fn validate_fields(&self, fields: EventFields) -> Item {
-        let event_type = fields
-            .event_type
-            .as_ref()
-            .and_then(Value::as_str)
-            .and_then(EventType::parse);
+        // The fields move into validation, so the tap's copy is taken first, while watched.
         let copy = self
             .inner
             .metrics
             .tap
             .active()
             .then(|| fields_json(&fields));
-        let item = parse_fields(fields, &self.inner.policy, self.inner.clock.now(), || {
-            EventId::from_random_bytes(rand::random())
-        });
-        self.rejected(&item, event_type, copy);
-        item
+        self.validate_fields_then(fields, || copy)
     }
 
     /// Validates one event given by its fields; `as_sent` rebuilds it whole for the tap, only
@@ -101,6 +93,16 @@ impl Ingest {
         fields: EventFields,
         as_sent: &dyn Fn() -> Value,
     ) -> Item {
+        self.validate_fields_then(fields, || Some(as_sent()))
+    }
+
+    /// Validates `fields`; a rejection is counted, and shown on the tap as `raw` gives it
+    /// (called only for a rejection while someone watches).
+    fn validate_fields_then(
+        &self,
+        fields: EventFields,
+        raw: impl FnOnce() -> Option<Value>,
+    ) -> Item {
         let event_type = fields
             .event_type
             .as_ref()
@@ -109,7 +111,9 @@ impl Ingest {
         let item = parse_fields(fields, &self.inner.policy, self.inner.clock.now(), || {
             EventId::from_random_bytes(rand::random())
         });
-        let raw = (item.is_err() && self.inner.metrics.tap.active()).then(as_sent);
+        let raw = (item.is_err() && self.inner.metrics.tap.active())
+            .then(raw)
+            .flatten();
         self.rejected(&item, event_type, raw);
         item
     }
