@@ -11,6 +11,8 @@
 #   e.g. git worktree add /tmp/old <rev> && (cd /tmp/old && cargo build --release)
 #        cargo build --release --examples
 #        scripts/bench-ab.sh /tmp/old/target/release/cartstream target/release/cartstream
+# MORE="BIN3 BIN4 ...": more builds, run after the two in each round (named build3, build4, ...).
+# scripts/bench-ab-summary.py LOG prints each figure's medians and per-round changes.
 # Needs Redis and ClickHouse (scripts/ensure-services.sh). Listens on 127.0.0.1:3101 (FRESH_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +51,11 @@ fi
 FIGURES=${FIGURES:-rc-ws-pipelined rc-ws-closed rc-http-batch embedded-ws-pipelined}
 figure() { case " $FIGURES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 for round in $(seq "$ROUNDS"); do
-    for which in old new; do
-        bin=$OLD; [ "$which" = new ] && bin=$NEW
+    builds=("old:$OLD" "new:$NEW")
+    n=3
+    for more in ${MORE:-}; do builds+=("build$n:$more"); n=$((n + 1)); done
+    for build in "${builds[@]}"; do
+        which=${build%%:*}; bin=${build#*:}
         echo "### round $round, $which build ($bin), $(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg)"
         if figure rc-ws-pipelined; then
             echo "## Redis + ClickHouse, WS pipelined";   run "$bin" rc ws --connections 8 --window 64

@@ -13,7 +13,9 @@
 # the subscribers connect once /health answers and leave when the server closes them. What
 # each received and skipped is appended to TAP_LOG (target/bench-with-taps.log), since
 # bench-ab discards the server's output. TAP_CLIENT=node uses scripts/tap-subscribers.mjs
-# (Node.js, a JSON.parse per frame) instead, for comparison.
+# (Node.js, a JSON.parse per frame) instead, for comparison. TAP_NICE=N runs the subscribers at
+# nice N (default 0): they stand in for browsers on other machines, and at 19 they take only
+# the CPU that the server, Redis, ClickHouse and the load generator leave.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${TAP_BENCH_BIN:-target/release/cartstream}
@@ -21,15 +23,16 @@ n=${TAP_SUBSCRIBERS:-5}
 listen=${CARTSTREAM_LISTEN:-127.0.0.1:3001}
 log=${TAP_LOG:-target/bench-with-taps.log}
 client=${TAP_CLIENT:-rust}
+nice=${TAP_NICE:-0}
 (
     for _ in $(seq 200); do
         curl -fsS "http://$listen/health" >/dev/null 2>&1 && break
         sleep 0.05
     done
-    echo "## $(date -u +%T) $n $client subscribers of $listen" >>"$log"
+    echo "## $(date -u +%T) $n $client subscribers of $listen, nice $nice" >>"$log"
     if [ "$client" = node ]; then
-        exec node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n" 2>>"$log"
+        exec nice -n "$nice" node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n" 2>>"$log"
     fi
-    exec target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" 2>>"$log"
+    exec nice -n "$nice" target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" 2>>"$log"
 ) &
 exec "$bin"

@@ -8,7 +8,8 @@
 # BACKEND=rc uses Redis + ClickHouse (own key prefix and database, dropped after); listens on
 # FRESH_PORT (default 3101). Prints the events the server received in the measured window
 # (its events_received counter), the server's and the subscribers' CPU milliseconds, and
-# microseconds of CPU per event for each.
+# microseconds of CPU per event for each, of the server's tap thread alone, and of the whole
+# machine (every process and the kernel, from /proc/stat) with the share it sat idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$1; TAPS=$2; shift 2
@@ -26,6 +27,16 @@ spid=$!
 fresh_wait 60
 # ticks PID: utime + stime of the process (all its threads), in clock ticks.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# tap_ticks PID: the same for the server's tap thread (cartstream-tap) alone.
+tap_ticks() {
+    local t sum=0
+    for t in /proc/"$1"/task/*; do
+        [ "$(cat "$t/comm" 2>/dev/null)" = cartstream-tap ] && sum=$((sum + $(awk '{print $14 + $15}' "$t/stat")))
+    done
+    echo "$sum"
+}
+# box_ticks: busy and idle ticks of the whole machine (every process, the kernel's too).
+box_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
 received() { curl -fs "$FRESH_URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}'; }
 tpid=
 if [ "$TAPS" -gt 0 ]; then
@@ -33,18 +44,22 @@ if [ "$TAPS" -gt 0 ]; then
     tpid=$!
     sleep 1
 fi
-s0=$(ticks "$spid"); t0=0; [ -n "$tpid" ] && t0=$(ticks "$tpid")
+s0=$(ticks "$spid"); w0=$(tap_ticks "$spid"); read -r b0 i0 < <(box_ticks)
+t0=0; [ -n "$tpid" ] && t0=$(ticks "$tpid")
 e0=$(received)
 "$BENCH" "$@" --url "$FRESH_URL" >"$dir/bench" 2>&1 || true
 sleep 1 # the subscribers read what is still on its way
-s1=$(ticks "$spid"); t1=0; [ -n "$tpid" ] && t1=$(ticks "$tpid")
+s1=$(ticks "$spid"); w1=$(tap_ticks "$spid"); read -r b1 i1 < <(box_ticks)
+t1=0; [ -n "$tpid" ] && t1=$(ticks "$tpid")
 e1=$(received)
 kill -TERM "$spid"; wait "$spid" || true
 if [ -n "$tpid" ]; then wait "$tpid" || true; sed 's/^/    /' "$dir/taps"; fi
 events=$((e1 - e0))
-awk -v e="$events" -v s=$((s1 - s0)) -v t=$((t1 - t0)) -v hz="$tck" -v taps="$TAPS" -v bin="$BIN" 'BEGIN {
-    printf "%s, %d taps: %d events; server %d ms = %.2f us/event; subscribers %d ms = %.2f us/event\n",
-        bin, taps, e, s * 1000 / hz, s * 1e6 / hz / e, t * 1000 / hz, t * 1e6 / hz / e }'
+awk -v e="$events" -v s=$((s1 - s0)) -v t=$((t1 - t0)) -v w=$((w1 - w0)) -v b=$((b1 - b0)) \
+    -v i=$((i1 - i0)) -v hz="$tck" -v taps="$TAPS" -v bin="$BIN" 'BEGIN {
+    printf "%s, %d taps: %d events; server %d ms = %.2f us/event (its tap thread %.2f); subscribers %d ms = %.2f us/event; machine busy %.2f us/event, idle %.0f%%\n",
+        bin, taps, e, s * 1000 / hz, s * 1e6 / hz / e, w * 1e6 / hz / e, t * 1000 / hz, t * 1e6 / hz / e,
+        b * 1e6 / hz / e, 100 * i / (b + i) }'
 grep -m1 throughput "$dir/bench" | sed 's/^/    /' || true
 fresh_cleanup "$backend" "$tag"
 rm -rf "$dir"
