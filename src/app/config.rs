@@ -421,7 +421,7 @@ impl Default for Settings {
             ws_ping_interval: Duration::from_secs(30),
             ws_max_missed_pings: 2,
             ws_max_in_flight: 1024,
-            tap_buffer: 1024,
+            tap_buffer: 8192,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             api_keys: Vec::new(),

@@ -255,7 +255,7 @@ impl Tap {
 
 impl Default for Tap {
     fn default() -> Self {
-        Self::new(1024)
+        Self::new(8192)
     }
 }
 

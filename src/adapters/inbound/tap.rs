@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::fmt::Write;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -37,6 +37,10 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// About the most event text in one `tap_events` frame (one larger event still goes alone).
 const FRAME_BYTES: usize = 256 * 1024;
+/// The least time between two sends to one subscriber: what was published meanwhile goes
+/// out together, in one write, however many groups the committer made. A tab sees events
+/// this much later at most; the server writes to each subscriber this often at most.
+const PACE: Duration = Duration::from_millis(20);
 
 /// Everything the tap endpoint needs, built once at startup.
 pub struct TapState {
@@ -198,12 +202,65 @@ fn upgrade(state: Arc<TapState>, req: Request) -> Response {
         metrics: &state.metrics,
         shutdown: &state.shutdown,
         connections: &state.connections,
+        runtime: watchers(),
     };
     let serving = Arc::clone(&state);
     accept.accept(&req, move |upgraded| async move {
         let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
         run(serving, ws, watcher, ip).await;
     })
+}
+
+/// The watchers' thread's nice value: the lowest priority, so it runs on the CPU that ingest
+/// leaves (a thread at 19 weighs 15 against a normal thread's 1024).
+const WATCHERS_NICE: i32 = 19;
+
+/// The runtime that serves every tap connection: one thread of its own, at the lowest
+/// priority. Writing each group's JSON and sending it to several subscribers then never holds
+/// up a worker that ingest is waiting for, and when the CPU is short the kernel runs ingest
+/// first: the watchers fall behind and are told how much they skipped. `None` (served on
+/// the caller's runtime) if the thread could not be started.
+fn watchers() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| match start_watchers() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "tap: no thread of its own, served with ingest");
+                None
+            }
+        })
+        .as_ref()
+}
+
+fn start_watchers() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("cartstream-tap")
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("cartstream-tap".into())
+        .spawn(move || {
+            lower_priority(WATCHERS_NICE);
+            runtime.block_on(std::future::pending::<()>());
+        })?;
+    Ok(handle)
+}
+
+/// Lowers the calling thread's priority (Linux: the nice value is per thread).
+fn lower_priority(nice: i32) {
+    // SAFETY: plain system calls on the calling thread, no memory handed over.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if result != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "tap: its thread keeps ingest's priority"
+        );
+    }
 }
 
 fn error_message(code: ErrorCode, message: &str) -> Message {
@@ -284,8 +341,8 @@ type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
 /// Sends what the tap publishes until the client leaves or the server shuts down; the close
-/// to send, if any. Whatever is ready goes out at once: a `skipped` count, then the events in
-/// as few `tap_events` frames as fit, flushed together.
+/// to send, if any. Whatever is ready goes out together, at most every [`PACE`]: a `skipped`
+/// count, then the events in as few `tap_events` frames as fit, flushed at once.
 async fn stream<S>(
     state: &TapState,
     sub: &mut Subscription,
@@ -296,6 +353,7 @@ async fn stream<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let mut next_send = tokio::time::Instant::now();
     loop {
         let messages = tokio::select! {
             biased;
@@ -312,7 +370,10 @@ where
                 Some(Ok(_)) => continue,
                 _ => return None,
             },
-            received = sub.recv() => frames(&received, filter),
+            received = paced(sub, next_send) => {
+                next_send = tokio::time::Instant::now() + PACE;
+                frames(&received, filter)
+            }
         };
         for message in messages {
             if tx.feed(message).await.is_err() {
@@ -323,6 +384,13 @@ where
             return None;
         }
     }
+}
+
+/// What was published since the subscriber last looked, not before `at`. Cancel-safe, like
+/// [`Subscription::recv`].
+async fn paced(sub: &mut Subscription, at: tokio::time::Instant) -> Received {
+    tokio::time::sleep_until(at).await;
+    sub.recv().await
 }
 
 /// A text message over `text` without copying it: the frame's buffer stays shared with
@@ -353,19 +421,21 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
             received.skipped
         )));
     }
-    // Everything for a subscriber that watches everything, in one group that fits a frame:
-    // the group's own message, shared by every such subscriber.
-    if let [group] = received.groups.as_slice() {
-        let pieces = group.wire.get_or_init(|| wire(group));
-        if filter.is_everything() && pieces.joined().len() <= FRAME_BYTES {
-            out.push(Message::Text(shared_text(pieces.whole())));
-            return out;
-        }
-    }
     let mut chosen: Vec<&str> = Vec::new();
     let mut bytes = 0;
     for group in &received.groups {
         let pieces = group.wire.get_or_init(|| wire(group));
+        // A subscriber that watches everything sends a group that fits a frame as the
+        // group's own message, shared by every such subscriber.
+        if filter.is_everything() && pieces.joined().len() <= FRAME_BYTES {
+            if !chosen.is_empty() {
+                out.push(frame(&chosen, bytes));
+                chosen.clear();
+                bytes = 0;
+            }
+            out.push(Message::Text(shared_text(pieces.whole())));
+            continue;
+        }
         for (i, event) in group.events.iter().enumerate() {
             if !filter.matches(event) {
                 continue;
@@ -471,8 +541,96 @@ fn write_event(event: &TapEvent, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::shared_text;
+    use super::{frames, paced, shared_text, watchers, Filter, PACE, WATCHERS_NICE};
+    use crate::app::tap::{Tap, TapEvent};
     use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::Message;
+
+    fn rejected(n: u64) -> TapEvent {
+        TapEvent::Rejected {
+            raw: serde_json::json!({ "n": n }),
+            errors: Vec::new(),
+        }
+    }
+
+    fn text(m: &Message) -> &str {
+        match m {
+            Message::Text(t) => t.as_str(),
+            other => panic!("not a text: {other:?}"),
+        }
+    }
+
+    /// Tap connections are served on a thread of their own, at the lowest priority.
+    #[test]
+    fn the_watchers_thread_runs_at_the_lowest_priority() {
+        let runtime = watchers().expect("a thread of its own");
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            // SAFETY: plain system calls about the calling thread.
+            let nice = unsafe {
+                libc::getpriority(
+                    libc::PRIO_PROCESS,
+                    libc::syscall(libc::SYS_gettid) as libc::id_t,
+                )
+            };
+            let name = std::thread::current().name().map(str::to_owned);
+            tx.send((name, nice)).unwrap();
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got, (Some("cartstream-tap".to_owned()), WATCHERS_NICE));
+    }
+
+    /// A subscriber that just sent waits out the pace, then takes everything published
+    /// meanwhile at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_waits_for_the_pace_then_takes_everything() {
+        let tap = Arc::new(Tap::new(100));
+        let mut sub = tap.subscribe();
+        let start = tokio::time::Instant::now();
+        tap.publish(vec![rejected(0)]);
+        let first = paced(&mut sub, start).await;
+        assert_eq!((first.groups.len(), start.elapsed()), (1, Duration::ZERO));
+        let next = start + PACE;
+        tap.publish(vec![rejected(1)]);
+        tap.publish(vec![rejected(2)]);
+        let second = paced(&mut sub, next).await;
+        assert_eq!(start.elapsed(), PACE, "not before the pace");
+        assert_eq!(second.groups.len(), 2, "both groups in one take");
+    }
+
+    /// Groups published between two sends go out together: to a subscriber that watches
+    /// everything, each group as its own shared frame (not copied); to a filtered one, its
+    /// share of all of them in one frame.
+    #[tokio::test]
+    async fn what_waited_for_a_send_goes_out_together() {
+        let tap = Arc::new(Tap::new(100));
+        let mut sub = tap.subscribe();
+        tap.publish(vec![rejected(0), rejected(1)]);
+        tap.publish(vec![rejected(2)]);
+        let received = sub.recv().await;
+        let everything = frames(&received, &Filter::default());
+        assert_eq!(everything.len(), 2, "one frame per group");
+        for (m, group) in everything.iter().zip(&received.groups) {
+            let whole = group.wire.get().expect("written once").whole();
+            assert_eq!(text(m).as_ptr(), whole.as_ptr(), "the group's own buffer");
+        }
+        let filter = Filter {
+            outcomes: vec!["rejected".into()],
+            ..Filter::default()
+        };
+        let filtered = frames(&received, &filter);
+        assert_eq!(filtered.len(), 1, "one frame for all of them");
+        let frame: serde_json::Value = serde_json::from_str(text(&filtered[0])).unwrap();
+        assert_eq!(frame["count"], 3);
+        let ns: Vec<_> = frame["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, [0, 1, 2], "in order");
+    }
 
     /// The message is the frame's own buffer, not a copy of it, and reads back the same text.
     #[test]

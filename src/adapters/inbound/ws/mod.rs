@@ -86,6 +86,7 @@ fn upgrade<U: IngestUseCase>(state: Arc<WsState<U>>, req: Request) -> Response {
         metrics: &state.metrics,
         shutdown: &state.shutdown,
         connections: &state.connections,
+        runtime: None,
     };
     let max = state.settings.max_message_bytes;
     // An 8 KiB read buffer (tungstenite preallocates 128 KiB per connection): larger frames
@@ -116,6 +117,8 @@ pub(crate) struct Upgrade<'a> {
     pub shutdown: &'a CancellationToken,
     /// Where the connection's task runs, so shutdown can wait for it.
     pub connections: &'a TaskTracker,
+    /// The runtime that serves the connection: the current one when `None`.
+    pub runtime: Option<&'a tokio::runtime::Handle>,
 }
 
 impl Upgrade<'_> {
@@ -153,11 +156,15 @@ impl Upgrade<'_> {
                 ),
             );
         };
-        self.connections.spawn(async move {
+        let serving = async move {
             if let Ok(upgraded) = on_upgrade.await {
                 serve(upgraded).await;
             }
-        });
+        };
+        match self.runtime {
+            Some(runtime) => drop(self.connections.spawn_on(serving, runtime)),
+            None => drop(self.connections.spawn(serving)),
+        }
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "upgrade")
