@@ -507,8 +507,12 @@ impl Pipeline {
     fn forget(&self, group: u64, keys: &[DedupKey]) {
         let mut settled = self.settled();
         for k in keys {
-            if settled.get(k).is_some_and(|(g, _)| *g == group) {
-                settled.remove(k);
+            // One lookup for the usual case, the key still this group's; a later group that
+            // settled the same key since keeps it.
+            if let Some((key, (g, recorded))) = settled.remove_entry(k) {
+                if g != group {
+                    settled.insert(key, (g, recorded));
+                }
             }
         }
     }
