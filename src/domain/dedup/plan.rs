@@ -8,11 +8,10 @@
 //! ([`GroupPlan::apply_reclaims`]). It then says which events to store and, given whether
 //! storing worked, the one outcome of every event ([`GroupPlan::resolve`]).
 
-use super::{Claim, DedupKey};
+use super::{Claim, DedupKey, KeyHasher, KeyMap};
 use crate::domain::event::EventId;
 use crate::domain::outcome::{Outcome, Unavailable};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 
 /// What is decided so far for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +56,8 @@ impl GroupPlan {
         {
             // Borrows the keys rather than cloning them, and is sized for the group at once:
             // growing it would hash every key again at each step.
-            let mut first_by_key: HashMap<&str, usize> = HashMap::with_capacity(n);
+            let mut first_by_key: KeyMap<&str, usize> =
+                KeyMap::with_capacity_and_hasher(n, KeyHasher::default());
             for (i, key) in keys.iter().enumerate() {
                 steps.push(match key {
                     None => Step::Store,
