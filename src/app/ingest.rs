@@ -10,12 +10,11 @@ use crate::app::metrics::{Channel, ChannelLabels, Metrics};
 use crate::app::tap::{TapEvent, TapOutcome};
 use crate::domain::{
     parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, EventType,
-    GroupPlan, Source, StoredEvent, ValidationPolicy, WrongLength,
+    GroupPlan, KeyMap, Source, StoredEvent, ValidationPolicy, WrongLength,
 };
 use crate::ports::{Claim, Clock, DedupStore, EventStore, Lease, PortError};
 pub use crate::ports::{Item, Outcome, Unavailable};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -481,7 +480,7 @@ struct Confirmation {
 pub struct Pipeline {
     claim: Arc<tokio::sync::Mutex<()>>,
     store: Arc<tokio::sync::Mutex<()>>,
-    settled: std::sync::Mutex<HashMap<DedupKey, (u64, bool)>>,
+    settled: std::sync::Mutex<KeyMap<DedupKey, (u64, bool)>>,
     next_group: std::sync::atomic::AtomicU64,
 }
 
@@ -491,7 +490,7 @@ impl Pipeline {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<DedupKey, (u64, bool)>> {
+    fn settled(&self) -> std::sync::MutexGuard<'_, KeyMap<DedupKey, (u64, bool)>> {
         self.settled
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -507,8 +506,12 @@ impl Pipeline {
     fn forget(&self, group: u64, keys: &[DedupKey]) {
         let mut settled = self.settled();
         for k in keys {
-            if settled.get(k).is_some_and(|(g, _)| *g == group) {
-                settled.remove(k);
+            // One lookup for the usual case, the key still this group's; a later group that
+            // settled the same key since keeps it.
+            if let Some((key, (g, recorded))) = settled.remove_entry(k) {
+                if g != group {
+                    settled.insert(key, (g, recorded));
+                }
             }
         }
     }

@@ -31,6 +31,41 @@ impl DedupKey {
     }
 }
 
+/// The hasher of maps keyed by dedup keys: foldhash, seeded from the OS's randomness (through
+/// `rand`) with a secret per process and another per map.
+///
+/// Clients choose event ids, so such a map must not be open to keys picked to collide (a
+/// HashDoS): its hash is keyed by a random seed, never a fixed or guessable one (foldhash's
+/// own default seed comes from addresses and the time, so it is not used). SipHash, std's
+/// default, resists an attacker who can observe hashes; foldhash claims less (a random seed
+/// defeats precomputed collisions, see its "HashDoS resistance"), and costs a fraction of
+/// SipHash on a key of 36 bytes. These maps are never iterated or shown to clients: a group's
+/// first event of each key, and the keys of groups in flight, for milliseconds each.
+#[derive(Clone, Debug)]
+pub struct KeyHasher(foldhash::fast::SeedableRandomState);
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+        let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(rand::random()));
+        Self(foldhash::fast::SeedableRandomState::with_seed(
+            rand::random(),
+            shared,
+        ))
+    }
+}
+
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
+/// A map keyed by dedup keys (or their text), hashed with [`KeyHasher`].
+pub type KeyMap<K, V> = std::collections::HashMap<K, V, KeyHasher>;
+
 /// The state of a dedup key when a claim asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -153,6 +188,20 @@ mod tests {
 
     fn ts() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 8, 10, 3, 27, 4).unwrap() + chrono::Duration::milliseconds(123)
+    }
+
+    #[test]
+    fn key_maps_are_seeded_apart() {
+        use std::hash::BuildHasher as _;
+        let (a, b) = (KeyHasher::default(), KeyHasher::default());
+        let key = "9b2f6a1e-7c1d-4c53-9a55-1f0f8f0f3a10";
+        assert_eq!(a.hash_one(key), a.hash_one(key));
+        // Another map, another seed: equal hashes here would mean a fixed seed (a chance of
+        // 2^-64 otherwise).
+        assert_ne!(a.hash_one(key), b.hash_one(key));
+        let mut map: KeyMap<&str, u8> = KeyMap::default();
+        map.insert(key, 1);
+        assert_eq!(map.get(key), Some(&1));
     }
 
     fn meta(v: Value) -> Map<String, Value> {

@@ -12,7 +12,7 @@ pub mod outcome;
 pub mod routing;
 pub mod validation;
 
-pub use dedup::{Claim, DedupKey, GroupPlan, WrongLength};
+pub use dedup::{Claim, DedupKey, GroupPlan, KeyHasher, KeyMap, WrongLength};
 pub use error::{FieldCode, FieldError};
 pub use event::{
     CartEvent, EventColumns, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent,

@@ -8,10 +8,10 @@
 //! ([`GroupPlan::apply_reclaims`]). It then says which events to store and, given whether
 //! storing worked, the one outcome of every event ([`GroupPlan::resolve`]).
 
-use super::{Claim, DedupKey};
+use super::{Claim, DedupKey, KeyHasher, KeyMap};
 use crate::domain::event::EventId;
 use crate::domain::outcome::{Outcome, Unavailable};
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// What is decided so far for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,25 +50,35 @@ pub struct GroupPlan {
 impl GroupPlan {
     /// The plan for events with these dedup keys, in order (`None`: the event cannot repeat).
     pub fn new(keys: impl IntoIterator<Item = Option<DedupKey>>) -> Self {
-        let keys = keys.into_iter();
-        let mut steps = Vec::with_capacity(keys.size_hint().0);
-        let mut first_by_key: HashMap<DedupKey, usize> = HashMap::new();
-        let mut asking = Vec::new();
-        let mut askers = Vec::new();
-        for (i, key) in keys.enumerate() {
-            let step = match key {
-                None => Step::Store,
-                Some(key) => match first_by_key.get(&key) {
-                    Some(&first) => Step::RepeatOf(first),
-                    None => {
-                        first_by_key.insert(key.clone(), i);
-                        asking.push(key);
-                        askers.push(i);
-                        Step::Store
-                    }
-                },
-            };
-            steps.push(step);
+        let keys: Vec<Option<DedupKey>> = keys.into_iter().collect();
+        let n = keys.len();
+        let mut steps = Vec::with_capacity(n);
+        {
+            // Borrows the keys rather than cloning them, and is sized for the group at once:
+            // growing it would hash every key again at each step.
+            let mut first_by_key: KeyMap<&str, usize> =
+                KeyMap::with_capacity_and_hasher(n, KeyHasher::default());
+            for (i, key) in keys.iter().enumerate() {
+                steps.push(match key {
+                    None => Step::Store,
+                    Some(key) => match first_by_key.entry(key.as_str()) {
+                        Entry::Occupied(first) => Step::RepeatOf(*first.get()),
+                        Entry::Vacant(first) => {
+                            first.insert(i);
+                            Step::Store
+                        }
+                    },
+                });
+            }
+        }
+        // Each key's first event asks: the one with a key that is still to be stored.
+        let mut asking = Vec::with_capacity(n);
+        let mut askers = Vec::with_capacity(n);
+        for (i, key) in keys.into_iter().enumerate() {
+            if let (Some(key), Step::Store) = (key, steps[i]) {
+                asking.push(key);
+                askers.push(i);
+            }
         }
         let claimed = Vec::with_capacity(asking.len());
         Self {

@@ -137,9 +137,38 @@ struct Blob {
     sizes: Vec<usize>,
 }
 
+/// Buffers [`encode_with`] reuses from one append to the next: the events' plain encoding, and
+/// LZ4's output. Reused, an append neither grows a new plain buffer step by step nor zeroes a
+/// new output buffer of the block's maximum size (LZ4 writes into initialised memory); what it
+/// keeps is one copy of the compressed block into the blob. Each is dropped after an append
+/// that grew it past [`SCRATCH_KEEP`], so one huge group does not pin its size.
+#[derive(Default)]
+struct Scratch {
+    plain: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+/// The most each [`Scratch`] buffer keeps between appends: a group of a few thousand events.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+impl Scratch {
+    fn trim(&mut self) {
+        for buf in [&mut self.plain, &mut self.packed] {
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+        }
+    }
+}
+
 fn encode(events: &[StoredEvent]) -> Blob {
-    // Encoded after a format byte, so a small batch is stored as it is, without a copy.
-    let mut plain = Vec::with_capacity(1 + events.len() * 160);
+    encode_with(events, &mut Scratch::default())
+}
+
+fn encode_with(events: &[StoredEvent], scratch: &mut Scratch) -> Blob {
+    let mut plain = std::mem::take(&mut scratch.plain);
+    plain.clear();
+    plain.reserve(1 + events.len() * 160);
     plain.push(FORMAT_PLAIN_SUMMED);
     let mut sizes = Vec::with_capacity(events.len());
     for e in events {
@@ -148,25 +177,30 @@ fn encode(events: &[StoredEvent]) -> Blob {
         plain = postcard::to_extend(&Encoded::of(e), plain).unwrap_or_else(|_| unreachable!());
         sizes.push(plain.len() - before);
     }
-    if plain.len() <= COMPRESS_FROM {
-        return Blob {
-            bytes: with_sum(plain),
-            sizes,
-        };
-    }
-    let events = &plain[1..];
-    // FORMAT_LZ4, the events' size (u32 LE, as `decompress_size_prepended` reads it), the block.
-    let head = 1 + 4;
-    let mut bytes = vec![0; head + lz4_flex::block::get_maximum_output_size(events.len())];
-    bytes[0] = FORMAT_LZ4_SUMMED;
-    bytes[1..head].copy_from_slice(&(events.len() as u32).to_le_bytes());
-    let packed = lz4_flex::block::compress_into(events, &mut bytes[head..])
-        .unwrap_or_else(|_| unreachable!("the buffer has the block's maximum size"));
-    bytes.truncate(head + packed);
-    Blob {
-        bytes: with_sum(bytes),
-        sizes,
-    }
+    let bytes = if plain.len() <= COMPRESS_FROM {
+        let mut bytes = Vec::with_capacity(plain.len() + 4);
+        bytes.extend_from_slice(&plain);
+        with_sum(bytes)
+    } else {
+        let events = &plain[1..];
+        let max = lz4_flex::block::get_maximum_output_size(events.len());
+        let packed = &mut scratch.packed;
+        if packed.len() < max {
+            packed.resize(max, 0);
+        }
+        let n = lz4_flex::block::compress_into(events, &mut packed[..max])
+            .unwrap_or_else(|_| unreachable!("the buffer has the block's maximum size"));
+        // FORMAT_LZ4, the events' size (u32 LE, as `decompress_size_prepended` reads it), the
+        // block, and room for the sum.
+        let mut bytes = Vec::with_capacity(1 + 4 + n + 4);
+        bytes.push(FORMAT_LZ4_SUMMED);
+        bytes.extend_from_slice(&(events.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&packed[..n]);
+        with_sum(bytes)
+    };
+    scratch.plain = plain;
+    scratch.trim();
+    Blob { bytes, sizes }
 }
 
 /// `blob` with the CRC-32 of its bytes appended.
@@ -227,27 +261,35 @@ fn summed(blob: &[u8]) -> Result<&[u8], Damage> {
     Ok(&body[1..])
 }
 
-fn decompress(packed: &[u8]) -> Result<Cow<'_, [u8]>, Damage> {
-    lz4_flex::block::decompress_size_prepended(packed)
-        .map(Cow::Owned)
-        .map_err(|_| Damage::Decompress)
+/// The events of an LZ4 block with its size in front, decompressed into `buf`. The buffer is
+/// grown as needed and never shrunk, so a scan over many batches reuses one, zeroed only where
+/// it grows.
+fn decompress<'a>(packed: &[u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8], Damage> {
+    let (size, block) =
+        lz4_flex::block::uncompressed_size(packed).map_err(|_| Damage::Decompress)?;
+    if buf.len() < size {
+        buf.resize(size, 0);
+    }
+    let n = lz4_flex::block::decompress_into(block, &mut buf[..size])
+        .map_err(|_| Damage::Decompress)?;
+    Ok(&buf[..n])
 }
 
-/// The encoded events of a blob, after its format byte (borrowed, or decompressed), and
-/// whether the blob carried a checksum (batches written before checksums do not).
-fn unseal(blob: &[u8]) -> Result<(Cow<'_, [u8]>, bool), Damage> {
+/// The encoded events of a blob, after its format byte (borrowed from it, or decompressed into
+/// `buf`), and whether the blob carried a checksum (batches written before checksums do not).
+fn unseal<'a>(blob: &'a [u8], buf: &'a mut Vec<u8>) -> Result<(&'a [u8], bool), Damage> {
     match blob.split_first() {
-        Some((&FORMAT_PLAIN, rest)) => Ok((Cow::Borrowed(rest), false)),
-        Some((&FORMAT_LZ4, packed)) => Ok((decompress(packed)?, false)),
-        Some((&FORMAT_PLAIN_SUMMED, _)) => Ok((Cow::Borrowed(summed(blob)?), true)),
-        Some((&FORMAT_LZ4_SUMMED, _)) => Ok((decompress(summed(blob)?)?, true)),
+        Some((&FORMAT_PLAIN, rest)) => Ok((rest, false)),
+        Some((&FORMAT_LZ4, packed)) => Ok((decompress(packed, buf)?, false)),
+        Some((&FORMAT_PLAIN_SUMMED, _)) => Ok((summed(blob)?, true)),
+        Some((&FORMAT_LZ4_SUMMED, _)) => Ok((decompress(summed(blob)?, buf)?, true)),
         _ => Err(Damage::Format),
     }
 }
 
-/// The encoded events of a blob, after its format byte: borrowed, or decompressed.
-fn unpack(blob: &[u8]) -> Result<Cow<'_, [u8]>, PortError> {
-    Ok(unseal(blob)?.0)
+/// The encoded events of a blob, after its format byte: borrowed, or decompressed into `buf`.
+fn unpack<'a>(blob: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8], PortError> {
+    Ok(unseal(blob, buf)?.0)
 }
 
 /// The events of an unpacked blob in order, each with its encoded size, borrowing from it.
@@ -348,6 +390,9 @@ struct Inner {
     read: Mutex<Connection>,
     state: Mutex<State>,
     max_bytes: u64,
+    /// What appends encode with; an append that finds it taken (appends overlap only outside
+    /// the ingest pipeline) encodes with buffers of its own.
+    scratch: Mutex<Scratch>,
 }
 
 impl SqliteJournal {
@@ -369,6 +414,7 @@ impl SqliteJournal {
                 read: Mutex::new(read),
                 state: Mutex::new(state),
                 max_bytes,
+                scratch: Mutex::new(Scratch::default()),
             }),
             reader: Arc::new(ReadThread::spawn("journal-read")?),
         })
@@ -444,14 +490,15 @@ where
         )
         .map_err(db_err)?;
     let mut rows = stmt.query([start]).map_err(db_err)?;
+    let mut buf = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
         let first: i64 = row.get(0).map_err(db_err)?;
         let count: i64 = row.get(1).map_err(db_err)?;
         let blob = row.get_ref(2).map_err(db_err)?.as_blob().map_err(|e| {
             PortError::Failed(format!("local journal: batch {first} is not a blob: {e}"))
         })?;
-        let plain = unpack(blob)?;
-        for (i, (e, size)) in decode(&plain, count as usize)?.into_iter().enumerate() {
+        let plain = unpack(blob, &mut buf)?;
+        for (i, (e, size)) in decode(plain, count as usize)?.into_iter().enumerate() {
             let seq = first + i as i64;
             if seq > after && !f(&mut acc, seq, e, size)? {
                 return Ok(acc);
@@ -504,11 +551,13 @@ fn removed_bytes_of(conn: &Connection, batch: &Header, through: i64) -> Result<u
         )
         .map_err(db_err)?;
     let removed = (through - batch.first_seq + 1).clamp(0, batch.count) as usize;
-    Ok(decode(&unpack(&blob)?, batch.count as usize)?
-        .iter()
-        .take(removed)
-        .map(|(_, size)| *size as u64)
-        .sum())
+    Ok(
+        decode(unpack(&blob, &mut Vec::new())?, batch.count as usize)?
+            .iter()
+            .take(removed)
+            .map(|(_, size)| *size as u64)
+            .sum(),
+    )
 }
 
 /// Journals written before batches were stored whole kept one row per event in `journal`.
@@ -588,7 +637,10 @@ impl Journal for SqliteJournal {
         if events.is_empty() {
             return Ok(());
         }
-        let blob = encode(events);
+        let blob = match self.inner.scratch.try_lock() {
+            Ok(mut scratch) => encode_with(events, &mut scratch),
+            Err(_) => encode(events),
+        };
         let oldest = events
             .iter()
             .map(|e| e.received_at.timestamp_millis())
@@ -631,10 +683,12 @@ impl Journal for SqliteJournal {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<JournalEntry>, PortError> {
+        // As many as will be read, so the entries are not moved as the vector grows.
+        let expected = max_entries.min(self.stats().entries as usize);
         let (out, _) = self
             .scan(
                 after,
-                (Vec::new(), 0usize),
+                (Vec::with_capacity(expected), 0usize),
                 move |(out, total), seq, e, bytes| {
                     if out.len() >= max_entries || (!out.is_empty() && *total + bytes > max_bytes) {
                         return Ok(false);

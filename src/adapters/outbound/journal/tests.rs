@@ -10,6 +10,11 @@ fn event(id: &str, ts: &str) -> StoredEvent {
         .stored()
 }
 
+/// A blob's encoded events, after its format byte.
+fn unpacked(blob: &[u8]) -> Result<Vec<u8>, PortError> {
+    unpack(blob, &mut Vec::new()).map(<[u8]>::to_vec)
+}
+
 fn q() -> EventQuery {
     EventQuery::first(100)
 }
@@ -153,9 +158,9 @@ async fn a_journal_of_one_row_per_event_is_migrated_with_its_seqs() {
 #[test]
 fn a_blob_of_another_format_is_refused_not_misread() {
     let mut blob = encode(&[event("a", "2025-08-10T03:00:00Z")]).bytes;
-    assert!(decode(&unpack(&blob).unwrap(), 1).is_ok());
+    assert!(decode(&unpacked(&blob).unwrap(), 1).is_ok());
     blob[0] = FORMAT_LZ4_SUMMED + 1;
-    assert!(unpack(&blob).is_err());
+    assert!(unpacked(&blob).is_err());
     let many: Vec<StoredEvent> = (0..100)
         .map(|i| event(&format!("e-{i}"), "2025-08-10T03:00:00Z"))
         .collect();
@@ -163,13 +168,13 @@ fn a_blob_of_another_format_is_refused_not_misread() {
     assert_eq!(damaged[0], FORMAT_LZ4_SUMMED);
     damaged.truncate(damaged.len() / 2);
     assert!(
-        unpack(&damaged)
+        unpacked(&damaged)
             .and_then(|p| decode(&p, 100).map(drop))
             .is_err(),
         "a truncated batch is an error"
     );
     assert!(
-        decode(&unpack(&[FORMAT_PLAIN]).unwrap(), 1).is_err(),
+        decode(&unpacked(&[FORMAT_PLAIN]).unwrap(), 1).is_err(),
         "a truncated batch is an error"
     );
 }
@@ -194,9 +199,9 @@ fn batches_are_compressed_and_plain_ones_still_read() {
     );
     // A journal written before compression: the same events after FORMAT_PLAIN.
     let mut old = vec![FORMAT_PLAIN];
-    old.extend_from_slice(&unpack(&blob.bytes).unwrap());
+    old.extend_from_slice(&unpacked(&blob.bytes).unwrap());
     let ids = |bytes: &[u8]| -> Vec<String> {
-        decode(&unpack(bytes).unwrap(), events.len())
+        decode(&unpacked(bytes).unwrap(), events.len())
             .unwrap()
             .into_iter()
             .map(|(e, _)| e.event_id.into_owned())
@@ -204,6 +209,33 @@ fn batches_are_compressed_and_plain_ones_still_read() {
     };
     assert_eq!(ids(&blob.bytes), ids(&old));
     assert_eq!(ids(&old)[199], "e-199");
+}
+
+#[test]
+fn reused_buffers_encode_and_decode_as_fresh_ones() {
+    let many: Vec<StoredEvent> = (0..300)
+        .map(|i| event(&format!("e-{i}"), "2025-08-10T03:00:00Z"))
+        .collect();
+    let other: Vec<StoredEvent> = (0..200)
+        .map(|i| event(&format!("other-{i}"), "2025-08-10T04:00:00Z"))
+        .collect();
+    let mut scratch = Scratch::default();
+    let mut buf = Vec::new();
+    // Larger, smaller, plain, then compressed again: what a buffer held before must not leak
+    // into the next blob or the next decode.
+    for events in [&many[..], &other[..], &many[..1], &other[..]] {
+        let reused = encode_with(events, &mut scratch);
+        let fresh = encode(events);
+        assert_eq!(reused.bytes, fresh.bytes);
+        assert_eq!(reused.sizes, fresh.sizes);
+        let ids: Vec<String> = decode(unpack(&reused.bytes, &mut buf).unwrap(), events.len())
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e.event_id.into_owned())
+            .collect();
+        let expected: Vec<&str> = events.iter().map(|e| e.columns().event_id).collect();
+        assert_eq!(ids, expected);
+    }
 }
 
 #[test]
@@ -217,18 +249,18 @@ fn a_changed_byte_fails_the_checksum_and_unsummed_blobs_still_read() {
         } else {
             200
         };
-        assert!(decode(&unpack(&blob).unwrap(), n).is_ok());
+        assert!(decode(&unpacked(&blob).unwrap(), n).is_ok());
         // A bit flipped inside the events, where SQLite's checks cannot see it.
         let mut flipped = blob.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x10;
-        let err = unpack(&flipped).map(drop).unwrap_err().to_string();
+        let err = unpacked(&flipped).map(drop).unwrap_err().to_string();
         assert!(err.contains("checksum"), "{err}");
         // The same batch as journals before checksums wrote it: read, unchecked.
         let mut old = blob[..blob.len() - 4].to_vec();
         old[0] = if n == 1 { FORMAT_PLAIN } else { FORMAT_LZ4 };
         let ids = |bytes: &[u8]| -> Vec<String> {
-            decode(&unpack(bytes).unwrap(), n)
+            decode(&unpacked(bytes).unwrap(), n)
                 .unwrap()
                 .into_iter()
                 .map(|(e, _)| e.event_id.into_owned())

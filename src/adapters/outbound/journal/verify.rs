@@ -59,6 +59,7 @@ pub fn verify_batches(
     )?;
     let mut rows = stmt.query([])?;
     let mut seen = Verified::default();
+    let mut buf = Vec::new();
     while let Some(row) = rows.next()? {
         let first_seq: i64 = row.get(0)?;
         let count: i64 = row.get(1)?;
@@ -66,7 +67,7 @@ pub fn verify_batches(
         seen.batches += 1;
         seen.events += u64::try_from(count).unwrap_or(0);
         let verdict = match row.get_ref(3)?.as_blob() {
-            Ok(blob) => verify_blob(blob, count, bytes),
+            Ok(blob) => verify_blob(blob, count, bytes, &mut buf),
             Err(_) => Err("is not a blob"),
         };
         match verdict {
@@ -83,9 +84,15 @@ pub fn verify_batches(
 
 /// Whether `blob` holds what was written: its checksum (if it has one; `Ok(false)` when not)
 /// and exactly `count` events of `bytes` encoded bytes.
-fn verify_blob(blob: &[u8], count: i64, bytes: i64) -> Result<bool, &'static str> {
-    let (plain, summed) = unseal(blob).map_err(super::Damage::why)?;
-    let mut rest: &[u8] = &plain;
+/// `buf` is where it decompresses, reused from batch to batch.
+fn verify_blob(
+    blob: &[u8],
+    count: i64,
+    bytes: i64,
+    buf: &mut Vec<u8>,
+) -> Result<bool, &'static str> {
+    let (plain, summed) = unseal(blob, buf).map_err(super::Damage::why)?;
+    let mut rest: &[u8] = plain;
     for _ in 0..count {
         rest = postcard::take_from_bytes::<Encoded<'_>>(rest)
             .map_err(|_| "holds fewer events than its row says, or one that does not decode")?

@@ -31,9 +31,10 @@ pub mod rate;
 use super::redact::redact_url;
 use crate::domain::DedupKey;
 use crate::ports::{Claim, DedupStore, Lease, PortError};
-use bb8_redis::redis::{self, FromRedisValue, RedisError};
+use bb8_redis::redis::{self, FromRedisValue, RedisError, RedisWrite, ToRedisArgs};
 use pool::{PoolSettings, RedisPool};
 use std::fmt;
+use std::io::Write as _;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -120,12 +121,12 @@ impl Lua {
     pub async fn invoke<T: FromRedisValue>(
         &self,
         conn: &mut (impl redis::aio::ConnectionLike + Send),
-        keys: &[String],
+        keys: &(impl ToRedisArgs + Sync),
         args: &[&str],
     ) -> Result<T, RedisError> {
         let call = |command: &str, script: &str| {
             let mut cmd = redis::cmd(command);
-            cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+            cmd.arg(script).arg(keys.num_of_args()).arg(keys).arg(args);
             cmd
         };
         match call("EVALSHA", &self.sha1).query_async(conn).await {
@@ -222,12 +223,12 @@ impl RedisDedupStore {
     }
 
     /// The lease's key, then the event keys, as the scripts take them.
-    fn script_keys(&self, lease: &Lease, keys: &[DedupKey]) -> Vec<String> {
-        let prefix = &self.inner.key_prefix;
-        let mut full = Vec::with_capacity(keys.len() + 1);
-        full.push(self.lease_key(lease));
-        full.extend(keys.iter().map(|k| format!("{prefix}{}", k.as_str())));
-        full
+    fn script_keys<'a>(&'a self, lease: &Lease, keys: &'a [DedupKey]) -> ScriptKeys<'a> {
+        ScriptKeys {
+            lease: self.lease_key(lease),
+            prefix: &self.inner.key_prefix,
+            keys,
+        }
     }
 
     fn lease_key(&self, lease: &Lease) -> String {
@@ -236,6 +237,31 @@ impl RedisDedupStore {
             self.inner.key_prefix,
             lease_value(lease)
         )
+    }
+}
+
+/// A script's keys: the lease's key, then each event key behind the prefix. Each event key is
+/// written into the command as it is built, not first into a `String` of its own: a claim
+/// has one per event, on the ack path.
+struct ScriptKeys<'a> {
+    lease: String,
+    prefix: &'a str,
+    keys: &'a [DedupKey],
+}
+
+impl ToRedisArgs for ScriptKeys<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.lease.as_bytes());
+        for key in self.keys {
+            let mut arg = out.writer_for_next_arg();
+            // The writer appends to the command's buffer, which cannot fail.
+            let _ = arg.write_all(self.prefix.as_bytes());
+            let _ = arg.write_all(key.as_str().as_bytes());
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        1 + self.keys.len()
     }
 }
 
@@ -358,6 +384,39 @@ mod tests {
             Lua::new("return 1").sha1,
             "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
         );
+    }
+
+    #[tokio::test]
+    async fn script_keys_are_the_lease_key_then_each_prefixed_event_key() {
+        let store = RedisDedupStore::new(RedisDedupConfig::new("redis://127.0.0.1:1")).unwrap();
+        let lease = Lease {
+            id: 7,
+            hold: Duration::from_secs(1),
+            window: Duration::from_secs(2),
+        };
+        let keys: Vec<DedupKey> = ["e-1", "e:2.x_y"]
+            .iter()
+            .map(|id| DedupKey::of(&crate::domain::fixtures::event(id).cart_event()).unwrap())
+            .collect();
+        let mut cmd = redis::cmd("EVALSHA");
+        let script_keys = store.script_keys(&lease, &keys);
+        cmd.arg(&script_keys).arg("after");
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"(not a plain argument)".to_vec(),
+            })
+            .collect();
+        let expected: Vec<&[u8]> = vec![
+            b"EVALSHA",
+            b"cartstream:dedup:#00000000000000000000000000000007",
+            b"cartstream:dedup:e-1",
+            b"cartstream:dedup:e:2.x_y",
+            b"after",
+        ];
+        assert_eq!(args, expected);
+        assert_eq!(script_keys.num_of_args(), 3);
     }
 
     #[test]
