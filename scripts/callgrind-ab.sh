@@ -13,7 +13,7 @@
 # Needs Redis and ClickHouse (scripts/ensure-services.sh), valgrind, and
 # target/release/examples/cartstream-bench. Listens on 127.0.0.1:3101 (FRESH_PORT).
 # NEW_TAPS=N: N tap subscribers (target/release/examples/tap-subscribers) watch the second
-# build's runs, so the same binary twice measures what watching costs per event; LOADS
+# build's runs (OLD_TAPS=N the first's), so the same binary twice measures what watching costs per event; LOADS
 # (a regex) keeps only the loads it matches, e.g. LOADS='^rc'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +57,7 @@ for load in "embedded ws --connections 8 --window 64" \
     [[ $load =~ ${LOADS:-.} ]] || continue
     echo "## $load"
     # shellcheck disable=SC2086
-    run "$OLD" 0 $load
+    run "$OLD" "${OLD_TAPS:-0}" $load
     # shellcheck disable=SC2086
     run "$NEW" "${NEW_TAPS:-0}" $load
 done

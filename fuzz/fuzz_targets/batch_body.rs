@@ -78,7 +78,7 @@ fn agree(shown: &str, mut top: Map<String, Value>, events: BatchEvents, answers:
             for (w, g) in want.into_iter().zip(got) {
                 let w = parse_event_owned(w, &policy(), now(), fresh);
                 let g = match g {
-                    Some(fields) => parse_fields(fields, &policy(), now(), fresh),
+                    Some(fields) => parse_fields(&fields, &policy(), now(), fresh),
                     None => Err(vec![FieldError::invalid_type("", "a JSON object")]),
                 };
                 if answers {

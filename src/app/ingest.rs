@@ -75,14 +75,8 @@ impl Ingest {
 
     /// Validates one event given by its fields, by the server's clock now.
     pub fn validate_fields(&self, fields: EventFields) -> Item {
-        // The fields move into validation, so the tap's copy is taken first, while watched.
-        let copy = self
-            .inner
-            .metrics
-            .tap
-            .active()
-            .then(|| fields_json(&fields));
-        self.validate_fields_then(fields, || copy)
+        // Validation only reads the fields, so a rejected event's are still here to show.
+        self.validate_fields_then(fields, |fields| Some(fields_json(fields)))
     }
 
     /// Validates one event given by its fields; `as_sent` rebuilds it whole for the tap, only
@@ -92,26 +86,27 @@ impl Ingest {
         fields: EventFields,
         as_sent: &dyn Fn() -> Value,
     ) -> Item {
-        self.validate_fields_then(fields, || Some(as_sent()))
+        self.validate_fields_then(fields, |_| Some(as_sent()))
     }
 
-    /// Validates `fields`; a rejection is counted, and shown on the tap as `raw` gives it
-    /// (called only for a rejection while someone watches).
+    /// Validates `fields`; a rejection is counted, and shown on the tap as `raw` makes it of
+    /// the fields (called only for a rejection while someone watches: nothing is copied for
+    /// an event that passes).
     fn validate_fields_then(
         &self,
         fields: EventFields,
-        raw: impl FnOnce() -> Option<Value>,
+        raw: impl FnOnce(EventFields) -> Option<Value>,
     ) -> Item {
         let event_type = fields
             .event_type
             .as_ref()
             .and_then(Value::as_str)
             .and_then(EventType::parse);
-        let item = parse_fields(fields, &self.inner.policy, self.inner.clock.now(), || {
+        let item = parse_fields(&fields, &self.inner.policy, self.inner.clock.now(), || {
             EventId::from_random_bytes(rand::random())
         });
         let raw = (item.is_err() && self.inner.metrics.tap.active())
-            .then(raw)
+            .then(|| raw(fields))
             .flatten();
         self.rejected(&item, event_type, raw);
         item
@@ -233,18 +228,18 @@ impl Ingest {
 }
 
 /// An event given by its fields as the JSON object it came as (for the tap).
-fn fields_json(fields: &EventFields) -> Value {
+fn fields_json(fields: EventFields) -> Value {
     let mut m = serde_json::Map::new();
     for (k, v) in [
-        ("eventId", &fields.event_id),
-        ("userId", &fields.user_id),
-        ("sessionId", &fields.session_id),
-        ("eventType", &fields.event_type),
-        ("timestamp", &fields.timestamp),
-        ("metadata", &fields.metadata),
+        ("eventId", fields.event_id),
+        ("userId", fields.user_id),
+        ("sessionId", fields.session_id),
+        ("eventType", fields.event_type),
+        ("timestamp", fields.timestamp),
+        ("metadata", fields.metadata),
     ] {
         if let Some(v) = v {
-            m.insert(k.to_owned(), v.clone());
+            m.insert(k.to_owned(), v);
         }
     }
     Value::Object(m)

@@ -63,7 +63,7 @@ pub fn parse_event_owned(
     let Value::Object(obj) = raw else {
         return Err(vec![FieldError::invalid_type("", "a JSON object")]);
     };
-    parse_fields(EventFields::from_object(obj), policy, now, fresh_id)
+    parse_fields(&EventFields::from_object(obj), policy, now, fresh_id)
 }
 
 /// The fields of one event object as sent, each the JSON value the client gave: `None` when
@@ -110,7 +110,7 @@ impl EventFields {
 
 /// Validates one event object given by its fields; see [`parse_event`].
 pub fn parse_fields(
-    fields: EventFields,
+    fields: &EventFields,
     policy: &ValidationPolicy,
     now: DateTime<Utc>,
     fresh_id: impl FnOnce() -> EventId,

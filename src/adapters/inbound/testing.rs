@@ -52,7 +52,7 @@ impl IngestUseCase for FakeIngest {
 
     fn validate_fields(&self, fields: EventFields) -> Item {
         let policy = ValidationPolicy::protocol_default();
-        parse_fields(fields, &policy, chrono::Utc::now(), fresh_id)
+        parse_fields(&fields, &policy, chrono::Utc::now(), fresh_id)
     }
 
     fn submit(

@@ -559,7 +559,7 @@ mod tests {
                         for (w, g) in want.into_iter().zip(got) {
                             let w = parse_event_owned(w, &policy, now, id);
                             let g = match g {
-                                Some(fields) => parse_fields(fields, &policy, now, id),
+                                Some(fields) => parse_fields(&fields, &policy, now, id),
                                 None => Err(vec![FieldError::invalid_type("", "a JSON object")]),
                             };
                             assert_eq!(w, g, "{body}");
