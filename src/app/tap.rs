@@ -327,10 +327,12 @@ pub fn raw_event_type(raw: &Value) -> Option<EventType> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rejected(n: u64) -> TapEvent {
+    /// A rejected event `{"n": n}`, to tell events apart in order (the adapter's tests use it
+    /// too).
+    pub(crate) fn rejected(n: u64) -> TapEvent {
         TapEvent::Rejected {
             raw: serde_json::json!({ "n": n }),
             errors: Vec::new(),

@@ -542,17 +542,11 @@ fn write_event(event: &TapEvent, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::{frames, paced, shared_text, watchers, Filter, PACE, WATCHERS_NICE};
-    use crate::app::tap::{Tap, TapEvent};
+    use crate::app::tap::tests::rejected;
+    use crate::app::tap::Tap;
     use std::sync::Arc;
     use std::time::Duration;
     use tokio_tungstenite::tungstenite::Message;
-
-    fn rejected(n: u64) -> TapEvent {
-        TapEvent::Rejected {
-            raw: serde_json::json!({ "n": n }),
-            errors: Vec::new(),
-        }
-    }
 
     fn text(m: &Message) -> &str {
         match m {
