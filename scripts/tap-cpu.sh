@@ -10,6 +10,8 @@
 # (its events_received counter), the server's and the subscribers' CPU milliseconds, and
 # microseconds of CPU per event for each, of the server's tap thread alone, and of the whole
 # machine (every process and the kernel, from /proc/stat) with the share it sat idle.
+# PERF=FILE also samples the server with `perf record` (1999 Hz, every thread) while the load
+# runs, for `perf report -i FILE --sort comm,sym`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$1; TAPS=$2; shift 2
@@ -47,7 +49,13 @@ fi
 s0=$(ticks "$spid"); w0=$(tap_ticks "$spid"); read -r b0 i0 < <(box_ticks)
 t0=0; [ -n "$tpid" ] && t0=$(ticks "$tpid")
 e0=$(received)
+ppid=
+if [ -n "${PERF:-}" ]; then
+    perf record -q ${PERF_ARGS:--F 1999} -p "$spid" -o "$PERF" 2>/dev/null &
+    ppid=$!
+fi
 "$BENCH" "$@" --url "$FRESH_URL" >"$dir/bench" 2>&1 || true
+if [ -n "$ppid" ]; then kill -INT "$ppid"; wait "$ppid" || true; fi
 sleep 1 # the subscribers read what is still on its way
 s1=$(ticks "$spid"); w1=$(tap_ticks "$spid"); read -r b1 i1 < <(box_ticks)
 t1=0; [ -n "$tpid" ] && t1=$(ticks "$tpid")

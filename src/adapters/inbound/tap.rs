@@ -211,8 +211,8 @@ fn upgrade(state: Arc<TapState>, req: Request) -> Response {
     })
 }
 
-/// The watchers' thread's nice value: the lowest priority, so it runs on the CPU that ingest
-/// leaves (a thread at 19 weighs 15 against a normal thread's 1024).
+/// The watchers' thread's nice value: the lowest, in case `SCHED_IDLE` is refused (a thread
+/// at 19 weighs 15 against a normal thread's 1024).
 const WATCHERS_NICE: i32 = 19;
 
 /// The runtime that serves every tap connection: one thread of its own, at the lowest
@@ -242,20 +242,34 @@ fn start_watchers() -> std::io::Result<tokio::runtime::Handle> {
     std::thread::Builder::new()
         .name("cartstream-tap".into())
         .spawn(move || {
-            lower_priority(WATCHERS_NICE);
+            lower_priority();
             runtime.block_on(std::future::pending::<()>());
         })?;
     Ok(handle)
 }
 
-/// Lowers the calling thread's priority (Linux: the nice value is per thread).
-fn lower_priority(nice: i32) {
-    // SAFETY: plain system calls on the calling thread, no memory handed over.
+/// Puts the calling thread in the idle class (`SCHED_IDLE`; Linux scheduling is per thread):
+/// it runs only on CPU no other thread wants, and any other thread that wakes takes its CPU at
+/// once. At nice 19 alone the kernel's EEVDF scheduler may let the tap thread finish its slice
+/// before a waking ingest worker runs, and ingest waits on such wake-ups: five subscribers cost
+/// HTTP batch 6.9% at nice 19, 5.0% in the idle class (BENCHMARKS.md, issue 17). Falls back to
+/// nice 19 where the idle class is refused.
+fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system calls on the calling thread (0: itself), `param` outlives the call.
+    let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if idle == 0 {
+        return;
+    }
+    let error = std::io::Error::last_os_error();
+    // SAFETY: as above.
     let result = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        libc::setpriority(libc::PRIO_PROCESS, tid, WATCHERS_NICE)
     };
-    if result != 0 {
+    if result == 0 {
+        tracing::warn!(error = %error, "tap: its thread runs at nice {WATCHERS_NICE}, not idle");
+    } else {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
             "tap: its thread keeps ingest's priority"
@@ -541,7 +555,7 @@ fn write_event(event: &TapEvent, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{frames, paced, shared_text, watchers, Filter, PACE, WATCHERS_NICE};
+    use super::{frames, paced, shared_text, watchers, Filter, PACE};
     use crate::app::tap::tests::rejected;
     use crate::app::tap::Tap;
     use std::sync::Arc;
@@ -555,24 +569,22 @@ mod tests {
         }
     }
 
-    /// Tap connections are served on a thread of their own, at the lowest priority.
+    /// Tap connections are served on a thread of their own, in the idle scheduling class.
     #[test]
     fn the_watchers_thread_runs_at_the_lowest_priority() {
         let runtime = watchers().expect("a thread of its own");
         let (tx, rx) = std::sync::mpsc::channel();
         runtime.spawn(async move {
-            // SAFETY: plain system calls about the calling thread.
-            let nice = unsafe {
-                libc::getpriority(
-                    libc::PRIO_PROCESS,
-                    libc::syscall(libc::SYS_gettid) as libc::id_t,
-                )
-            };
+            // SAFETY: a plain system call about the calling thread.
+            let policy = unsafe { libc::sched_getscheduler(0) };
             let name = std::thread::current().name().map(str::to_owned);
-            tx.send((name, nice)).unwrap();
+            tx.send((name, policy)).unwrap();
         });
         let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(got, (Some("cartstream-tap".to_owned()), WATCHERS_NICE));
+        assert_eq!(got, (Some("cartstream-tap".to_owned()), libc::SCHED_IDLE));
+        // The rest of the process keeps the normal class.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
     }
 
     /// A subscriber that just sent waits out the pace, then takes everything published
