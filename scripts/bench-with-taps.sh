@@ -15,7 +15,9 @@
 # bench-ab discards the server's output. TAP_CLIENT=node uses scripts/tap-subscribers.mjs
 # (Node.js, a JSON.parse per frame) instead, for comparison. TAP_NICE=N runs the subscribers at
 # nice N (default 0): they stand in for browsers on other machines, and at 19 they take only
-# the CPU that the server, Redis, ClickHouse and the load generator leave.
+# the CPU that the server, Redis, ClickHouse and the load generator leave. TAP_FILTER='{...}'
+# gives every (Rust) subscriber that filter, e.g. '{"outcomes":["unavailable"]}': the tap's
+# cost without sending the stream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${TAP_BENCH_BIN:-target/release/cartstream}
@@ -24,6 +26,8 @@ listen=${CARTSTREAM_LISTEN:-127.0.0.1:3001}
 log=${TAP_LOG:-target/bench-with-taps.log}
 client=${TAP_CLIENT:-rust}
 nice=${TAP_NICE:-0}
+filter=()
+[ -n "${TAP_FILTER:-}" ] && filter=(--filter "$TAP_FILTER")
 (
     for _ in $(seq 200); do
         curl -fsS "http://$listen/health" >/dev/null 2>&1 && break
@@ -33,6 +37,6 @@ nice=${TAP_NICE:-0}
     if [ "$client" = node ]; then
         exec nice -n "$nice" node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n" 2>>"$log"
     fi
-    exec nice -n "$nice" target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" 2>>"$log"
+    exec nice -n "$nice" target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" "${filter[@]}" 2>>"$log"
 ) &
 exec "$bin"

@@ -14,7 +14,9 @@
 # target/release/examples/cartstream-bench. Listens on 127.0.0.1:3101 (FRESH_PORT).
 # NEW_TAPS=N: N tap subscribers (target/release/examples/tap-subscribers) watch the second
 # build's runs (OLD_TAPS=N the first's), so the same binary twice measures what watching costs per event; LOADS
-# (a regex) keeps only the loads it matches, e.g. LOADS='^rc'.
+# (a regex) keeps only the loads it matches, e.g. LOADS='^rc'. TAP_FILTER='{...}' gives the
+# subscribers that filter (e.g. '{"outcomes":["unavailable"]}': watching without the sends).
+# KEEP=DIR keeps each run's profile there (BINARY-BACKEND-LOAD-TAPS.out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD="$1"; NEW="$2"; SECS="${3:-20}"
@@ -35,7 +37,7 @@ run() {
     fresh_wait 60 || true
     if [ "$taps" -gt 0 ]; then
         target/release/examples/tap-subscribers --url "ws://127.0.0.1:$FRESH_PORT/events/tap" \
-            -n "$taps" 2>"$dir/taps" &
+            -n "$taps" ${TAP_FILTER:+--filter "$TAP_FILTER"} 2>"$dir/taps" &
     fi
     "$BENCH" "$@" --url "$FRESH_URL" --warmup 1s --duration "${SECS}s" >"$dir/bench" 2>&1 || true
     events=$(curl -fs "$FRESH_URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}')
@@ -47,6 +49,9 @@ run() {
         "$label" "$ir" "$events" \
         "$(echo "$ir / ($events + 0.000001)" | bc -l)" "$(grep -m1 throughput "$dir/bench" | sed 's/^ *//')"
     fresh_cleanup "$backend" "$tag"
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP"; cp "$dir/cg.out" "$KEEP/$(basename "$bin")-$backend-$1-$taps.out"
+    fi
     rm -rf "$dir"
 }
 

@@ -298,21 +298,25 @@ fn publish(
     kinds: Vec<(TapOutcome, Option<Unavailable>)>,
     now: chrono::DateTime<chrono::Utc>,
 ) {
-    // One publication for the group; the subscribers serialize it, off this task.
-    let group = held
-        .into_events(now)
-        .zip(kinds)
-        .map(|(mut event, (outcome, unavailable))| {
-            if outcome != TapOutcome::Accepted {
-                event.received_at = now;
-            }
-            TapEvent::Committed {
-                event,
-                outcome,
-                unavailable,
-            }
-        });
-    metrics.tap.publish(group.collect());
+    // One publication for the group; the subscribers serialize it, off this task. Sized up
+    // front: `into_events` cannot tell its length, and growing the vector by doubling copied
+    // each event several times (about 330 instructions per event while watched).
+    let mut group = Vec::with_capacity(kinds.len());
+    group.extend(
+        held.into_events(now)
+            .zip(kinds)
+            .map(|(mut event, (outcome, unavailable))| {
+                if outcome != TapOutcome::Accepted {
+                    event.received_at = now;
+                }
+                TapEvent::Committed {
+                    event,
+                    outcome,
+                    unavailable,
+                }
+            }),
+    );
+    metrics.tap.publish(group);
 }
 
 /// What the tap shows of an outcome: its kind, and why when unavailable.

@@ -426,7 +426,8 @@ impl AsRef<[u8]> for ArcStr {
 
 /// The messages for what a subscriber received: `skipped` first if any, then the events its
 /// filter lets through, in `tap_events` frames of about [`FRAME_BYTES`] at most. Each
-/// group's events are serialized once, by the first subscriber to get here.
+/// group's events are serialized once, by the first subscriber to send any of them: a group
+/// none of whose events a filter lets through is not serialized for it.
 fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
     let mut out = Vec::new();
     if received.skipped > 0 {
@@ -438,6 +439,9 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
     let mut chosen: Vec<&str> = Vec::new();
     let mut bytes = 0;
     for group in &received.groups {
+        if !filter.is_everything() && !group.events.iter().any(|e| filter.matches(e)) {
+            continue;
+        }
         let pieces = group.wire.get_or_init(|| wire(group));
         // A subscriber that watches everything sends a group that fits a frame as the
         // group's own message, shared by every such subscriber.
@@ -636,6 +640,31 @@ mod tests {
             .map(|e| e["event"]["n"].as_u64().unwrap())
             .collect();
         assert_eq!(ns, [0, 1, 2], "in order");
+    }
+
+    /// A subscriber whose filter lets none of a group's events through gets nothing of it,
+    /// and the group's JSON is not written for it; one that wants a group gets it written.
+    #[tokio::test]
+    async fn a_group_nobody_wants_is_not_serialized() {
+        let tap = Arc::new(Tap::new(100));
+        let mut sub = tap.subscribe();
+        tap.publish(vec![rejected(0), rejected(1)]);
+        let received = sub.recv().await;
+        let nothing = Filter {
+            outcomes: vec!["accepted".into()],
+            ..Filter::default()
+        };
+        assert!(frames(&received, &nothing).is_empty());
+        assert!(received.groups[0].wire.get().is_none(), "not written");
+        let rejects = Filter {
+            outcomes: vec!["rejected".into()],
+            ..Filter::default()
+        };
+        assert_eq!(frames(&received, &rejects).len(), 1);
+        assert!(
+            received.groups[0].wire.get().is_some(),
+            "written once wanted"
+        );
     }
 
     /// The message is the frame's own buffer, not a copy of it, and reads back the same text.
