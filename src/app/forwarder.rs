@@ -37,6 +37,8 @@ pub struct JournaledStore {
     wake: Arc<Notify>,
     /// Events the remote store refused alone: still recorded, so still known and listed.
     quarantine: Option<Arc<dyn Quarantine>>,
+    /// Where recorded groups go to the forwarder in memory, when set.
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl JournaledStore {
@@ -46,7 +48,16 @@ impl JournaledStore {
             remote,
             wake,
             quarantine: None,
+            handoff: None,
         }
+    }
+
+    /// Hands each group recorded through [`EventStore::insert_owned`] to the forwarder
+    /// through `handoff`, with its seqs in the journal.
+    #[must_use]
+    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     /// Also answers for the events set aside in `quarantine`.
@@ -61,6 +72,18 @@ impl JournaledStore {
 impl EventStore for JournaledStore {
     async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
         self.journal.append(events).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Appends as [`insert`](Self::insert), then hands the group over with the seq its first
+    /// event got: only once it is durable, so the forwarder never sends what the journal
+    /// lacks.
+    async fn insert_owned(&self, events: Vec<StoredEvent>) -> Result<(), PortError> {
+        let first_seq = self.journal.append(&events).await?;
+        if let Some(handoff) = &self.handoff {
+            handoff.put(first_seq, events);
+        }
         self.wake.notify_one();
         Ok(())
     }
@@ -160,6 +183,10 @@ pub struct Forwarder {
     pub quarantine: Option<Arc<dyn Quarantine>>,
     /// The current failure, for `GET /ready` and the logs.
     pub health: Arc<health::ForwardingHealth>,
+    /// Groups the ingest use case recorded, in memory: forwarded from here while they follow
+    /// on from what was forwarded, so the journal is read back only when they do not (`None`:
+    /// always read back).
+    pub handoff: Option<Arc<Handoff>>,
 }
 
 /// What the operator endpoints see of forwarding: its health, and the quarantine with the
@@ -263,16 +290,35 @@ impl Forwarder {
         }
     }
 
-    /// Forwards the next batch after `forwarded`; the last seq it forwarded, if any.
-    async fn flush_once(&self, forwarded: i64) -> Result<Option<i64>, PortError> {
+    /// The entries after `forwarded`, at most a batch of them, and the seq of the last: handed
+    /// over in memory when they are there, read from the journal otherwise.
+    async fn next_batch(
+        &self,
+        forwarded: i64,
+    ) -> Result<Option<(Vec<StoredEvent>, i64)>, PortError> {
+        let (max_rows, max_bytes) = (self.policy.max_rows, self.policy.max_bytes);
+        if let Some(taken) = self
+            .handoff
+            .as_ref()
+            .and_then(|h| h.take(forwarded, max_rows, max_bytes))
+        {
+            return Ok(Some(taken));
+        }
         let entries = self
             .journal
-            .oldest_after(forwarded, self.policy.max_rows, self.policy.max_bytes)
+            .oldest_after(forwarded, max_rows, max_bytes)
             .await?;
         let Some(last) = entries.last().map(|e| e.seq) else {
             return Ok(None);
         };
-        let events: Vec<StoredEvent> = entries.into_iter().map(|e| e.event).collect();
+        Ok(Some((entries.into_iter().map(|e| e.event).collect(), last)))
+    }
+
+    /// Forwards the next batch after `forwarded`; the last seq it forwarded, if any.
+    async fn flush_once(&self, forwarded: i64) -> Result<Option<i64>, PortError> {
+        let Some((events, last)) = self.next_batch(forwarded).await? else {
+            return Ok(None);
+        };
         let quarantined = match self.remote.insert(&events).await {
             Ok(()) => {
                 self.metrics.forwarded_inserts.inc();
@@ -392,8 +438,11 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(1.0 - rand::random::<f64>() * 0.5)
 }
 
+pub mod handoff;
 pub mod health;
 pub mod quarantine;
+
+pub use handoff::Handoff;
 
 #[cfg(test)]
 mod tests;
@@ -403,3 +452,6 @@ mod failure_tests;
 
 #[cfg(test)]
 mod split_tests;
+
+#[cfg(test)]
+mod handoff_tests;

@@ -258,8 +258,8 @@ fn count(metrics: &Metrics, labels: &ChannelLabels, outcome: &Outcome) {
 
 /// What a committed group's counters and tap need of its events, taken before they move into
 /// the store call: their types always (for `cartstream_events_total`), and whether someone
-/// watches the tap, in which case the store call gives the events back ([`Held`]) instead of
-/// dropping them. Nothing is copied.
+/// watches the tap, in which case the group's events are kept for it ([`Held`]): those not
+/// stored moved, a copy of those stored (the store takes them, and the journal hands them on).
 struct Seen {
     types: Vec<EventType>,
     tap: bool,
@@ -328,8 +328,8 @@ fn tap_kind(o: &Outcome) -> (TapOutcome, Option<Unavailable>) {
     (tap_outcome(o), unavailable)
 }
 
-/// A group's events given back by the store call for the tap, moved and not copied: those it
-/// recorded (or tried to), as stored, and the others, as received. Empty unless kept.
+/// A group's events kept for the tap: a copy of those the store recorded (or tried to), as
+/// stored, and the others, as received (moved). Empty unless kept.
 #[derive(Default)]
 struct Held {
     stored: Vec<StoredEvent>,
@@ -652,7 +652,7 @@ impl Committer {
     }
 
     /// Commits one group holding the claim turn of `pipeline`: the outcomes, the keys to
-    /// confirm once they are sent, and the events given back if `keep` (for the tap).
+    /// confirm once they are sent, and the events kept if `keep` (for the tap).
     async fn commit_in(
         &self,
         pipeline: &Pipeline,
@@ -769,7 +769,7 @@ impl Committer {
 
     /// Records the events the plan keeps and settles the group's keys in `pipeline` before
     /// giving up the store turn: the outcomes, the keys to confirm once they are sent, and the
-    /// events given back if `keep` (moved, not copied).
+    /// events kept for the tap if `keep`.
     async fn store_and_settle(
         &self,
         pipeline: &Pipeline,
@@ -797,11 +797,13 @@ impl Committer {
                 held.others.push((event, source));
             }
         }
-        let stored = self.insert(&to_store).await;
         let recorded = to_store.len();
+        // The store takes the events (the journal hands them to its forwarder); while someone
+        // watches, the tap gets a copy.
         if keep {
-            held.stored = to_store;
+            held.stored.clone_from(&to_store);
         }
+        let stored = self.insert(to_store).await;
         if let Err(e) = stored {
             pipeline.settle(group.id, group.plan.claimed(), false);
             drop(store_turn);
@@ -825,12 +827,12 @@ impl Committer {
     }
 
     /// Records `events`, timed; no call when there are none.
-    async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+    async fn insert(&self, events: Vec<StoredEvent>) -> Result<(), PortError> {
         if events.is_empty() {
             return Ok(());
         }
         let t = Instant::now();
-        let stored = self.store.insert(events).await;
+        let stored = self.store.insert_owned(events).await;
         self.metrics
             .store_seconds
             .observe(t.elapsed().as_secs_f64());

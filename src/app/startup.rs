@@ -24,7 +24,7 @@ use crate::app::config::{RateLimitScope, Settings};
 use crate::app::disk::watch::DiskWatched;
 use crate::app::disk::DiskState;
 use crate::app::forwarder::health::ForwardingHealth;
-use crate::app::forwarder::{FlushPolicy, Forwarder, ForwardingView, JournaledStore};
+use crate::app::forwarder::{FlushPolicy, Forwarder, ForwardingView, Handoff, JournaledStore};
 use crate::app::ingest::{Committer, DedupPolicy, Ingest};
 use crate::app::integrity::{check_at_startup, Damage};
 use crate::app::metrics::Metrics;
@@ -80,6 +80,8 @@ pub struct Forwarding {
     /// Where events the remote store refuses alone are set aside.
     pub quarantine: Arc<dyn Quarantine>,
     pub health: Arc<ForwardingHealth>,
+    /// Groups the ingest use case recorded, handed to the forwarder in memory.
+    pub handoff: Arc<Handoff>,
 }
 
 impl Forwarding {
@@ -108,8 +110,6 @@ pub fn journaled(
     let quarantine: Arc<dyn Quarantine> =
         Arc::new(SqliteQuarantine::open(&settings.data_dir).map_err(StartupError::Store)?);
     let wake = Arc::new(Notify::new());
-    let store = JournaledStore::new(Arc::clone(&journal), Arc::clone(&remote), Arc::clone(&wake))
-        .with_quarantine(Arc::clone(&quarantine));
     let policy = FlushPolicy {
         max_rows: settings.forward_max_rows,
         max_bytes: settings.forward_max_bytes,
@@ -117,6 +117,15 @@ pub fn journaled(
         backoff_min: std::time::Duration::from_millis(100),
         backoff_max: settings.forward_backoff_max,
     };
+    // Two batches: the one being inserted and the next one filling meanwhile. Past that the
+    // forwarder is behind, and reads the journal.
+    let handoff = Arc::new(Handoff::new(
+        policy.max_rows.saturating_mul(2),
+        policy.max_bytes.saturating_mul(2),
+    ));
+    let store = JournaledStore::new(Arc::clone(&journal), Arc::clone(&remote), Arc::clone(&wake))
+        .with_quarantine(Arc::clone(&quarantine))
+        .with_handoff(Arc::clone(&handoff));
     let forwarding = Forwarding {
         journal,
         remote,
@@ -124,6 +133,7 @@ pub fn journaled(
         policy,
         quarantine,
         health: Arc::default(),
+        handoff,
     };
     Ok((Arc::new(store), forwarding, sqlite_journal))
 }
@@ -491,6 +501,7 @@ impl Background {
                 routed_through: routing.map(|r| Arc::clone(&r.routed_through)),
                 quarantine: Some(quarantine),
                 health: f.health,
+                handoff: Some(f.handoff),
             };
             tokio::spawn(forwarder.run(forwarder_stop.clone()))
         });

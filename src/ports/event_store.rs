@@ -108,6 +108,16 @@ pub trait EventStore: Send + Sync {
     /// When the batch could not be recorded; then the caller must treat none of it as recorded.
     async fn insert(&self, events: &[StoredEvent]) -> Result<(), PortError>;
 
+    /// Records a batch as [`insert`](Self::insert) does, taking the events: a store that keeps
+    /// what it recorded in memory for a while (the journal hands each group to its forwarder)
+    /// keeps them without a copy. What the ingest use case calls.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    async fn insert_owned(&self, events: Vec<StoredEvent>) -> Result<(), PortError> {
+        self.insert(&events).await
+    }
+
     /// Which of `keys` belong to events already stored: a dedup-safe read, used as the dedup
     /// fallback while the dedup store is down. `Ok(v)[i]` answers for `keys[i]`.
     async fn known(&self, keys: &[DedupKey]) -> Result<Vec<bool>, PortError>;

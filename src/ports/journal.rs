@@ -26,12 +26,14 @@ pub struct JournalStats {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync {
-    /// Appends a batch durably (it survives a crash once this returns `Ok`).
+    /// Appends a batch durably (it survives a crash once this returns `Ok`): the seq its first
+    /// event got, the others following it in order (for an empty batch, the seq the next event
+    /// will get).
     ///
     /// # Errors
     /// [`PortError::Full`] when the batch would pass the size limit (nothing is appended);
     /// other errors when nothing could be written.
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), PortError>;
+    async fn append(&self, events: &[StoredEvent]) -> Result<i64, PortError>;
 
     /// The oldest entries with `seq > after`, at most `max_entries` of them and about
     /// `max_bytes` (always at least one entry when any exists).

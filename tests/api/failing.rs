@@ -12,7 +12,9 @@ use std::sync::Arc;
 fn failing_store() -> MockEventStore {
     let injected = || PortError::Unavailable("injected failure".into());
     let mut store = MockEventStore::new();
-    store.expect_insert().returning(move |_| Err(injected()));
+    store
+        .expect_insert_owned()
+        .returning(move |_| Err(injected()));
     store.expect_known().returning(move |_| Err(injected()));
     store.expect_query().returning(move |_| Err(injected()));
     store.expect_check().returning(move || Err(injected()));

@@ -108,7 +108,7 @@ impl Outbox for DiskWatched<dyn Outbox> {
 /// The forwarder's journal: removing forwarded entries reports a full disk.
 #[async_trait::async_trait]
 impl Journal for DiskWatched<dyn Journal> {
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+    async fn append(&self, events: &[StoredEvent]) -> Result<i64, PortError> {
         self.added(self.inner.append(events).await)
     }
 

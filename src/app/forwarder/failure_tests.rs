@@ -91,6 +91,7 @@ fn forwarder(journal: MockJournal, remote: MockEventStore, metrics: &Arc<Metrics
         routed_through: None,
         quarantine: None,
         health: Arc::default(),
+        handoff: None,
     }
 }
 

@@ -81,6 +81,7 @@ fn start(remote: MockEventStore) -> (Setup, Forwarder) {
         routed_through: None,
         quarantine: Some(quarantine.clone()),
         health: Arc::clone(&health),
+        handoff: None,
     };
     let setup = Setup {
         journal,

@@ -54,6 +54,7 @@ async fn entries_are_forwarded_in_batches_and_removed_after_success() {
         routed_through: None,
         quarantine: None,
         health: Arc::default(),
+        handoff: None,
     };
     let task = tokio::spawn(fwd.run(stop.clone()));
     // Removal follows the remote insert: wait for both, not only the insert.
@@ -106,6 +107,7 @@ async fn a_failing_remote_is_retried_and_nothing_is_removed_until_it_succeeds() 
         routed_through: None,
         quarantine: None,
         health: Arc::default(),
+        handoff: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(fwd.run(stop.clone()));
@@ -216,6 +218,7 @@ async fn each_forwarded_event_reports_its_lag_from_receipt_to_the_store() {
         routed_through: None,
         quarantine: None,
         health: Arc::default(),
+        handoff: None,
     };
     stop.cancel();
     fwd.run(stop).await;

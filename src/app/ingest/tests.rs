@@ -84,7 +84,7 @@ async fn new_events_are_claimed_stored_and_confirmed_in_one_call_each() {
         .returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
     store
-        .expect_insert()
+        .expect_insert_owned()
         .withf(|evs| evs.len() == 2 && evs[0].received_at.timestamp() == 1_754_796_424)
         .times(1)
         .returning(|_| Ok(()));
@@ -108,7 +108,7 @@ async fn a_duplicate_is_answered_and_not_stored() {
         .returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
     store
-        .expect_insert()
+        .expect_insert_owned()
         .withf(|evs| evs.len() == 1 && evs[0].event.event_id().as_str() == "b")
         .times(1)
         .returning(|_| Ok(()));
@@ -127,7 +127,7 @@ async fn all_duplicates_make_no_store_call() {
         .returning(|_, _| Ok(vec![Claim::Duplicate]));
     dedup.expect_confirm().never();
     let mut store = MockEventStore::new();
-    store.expect_insert().never();
+    store.expect_insert_owned().never();
     let out = committer(dedup, store).commit(vec![ev("a")]).await;
     assert_eq!(out, [Outcome::Duplicate(id("a"))]);
 }
@@ -146,7 +146,7 @@ async fn a_store_failure_releases_the_claims_so_a_retry_is_not_a_false_duplicate
     dedup.expect_confirm().never();
     let mut store = MockEventStore::new();
     store
-        .expect_insert()
+        .expect_insert_owned()
         .times(1)
         .returning(|_| Err(PortError::Unavailable("disk on fire".into())));
     let out = committer(dedup, store).commit(vec![ev("a"), ev("b")]).await;
@@ -165,7 +165,7 @@ async fn a_dedup_failure_stores_nothing() {
         .expect_claim()
         .returning(|_, _| Err(PortError::Unavailable("redis down".into())));
     let mut store = MockEventStore::new();
-    store.expect_insert().never();
+    store.expect_insert_owned().never();
     let out = committer(dedup, store).commit(vec![ev("a")]).await;
     assert!(matches!(out[0], Outcome::Unavailable(_)));
 }
@@ -180,7 +180,7 @@ async fn a_confirm_failure_still_accepts_the_durable_events() {
         .expect_confirm()
         .returning(|_, _| Err(PortError::Unavailable("gone".into())));
     let mut store = MockEventStore::new();
-    store.expect_insert().returning(|_| Ok(()));
+    store.expect_insert_owned().returning(|_| Ok(()));
     let c = committer(dedup, store);
     let out = c.commit(vec![ev("a")]).await;
     assert_eq!(out, [Outcome::Accepted(id("a"))]);
@@ -197,7 +197,7 @@ async fn an_in_flight_key_is_unavailable_not_duplicate() {
         .expect_claim()
         .returning(|_, _| Ok(vec![Claim::InFlight]));
     let mut store = MockEventStore::new();
-    store.expect_insert().never();
+    store.expect_insert_owned().never();
     let out = committer(dedup, store).commit(vec![ev("a")]).await;
     assert!(matches!(out[0], Outcome::Unavailable(_)));
 }
@@ -223,7 +223,7 @@ async fn an_in_flight_key_freed_before_the_second_claim_is_stored_and_confirmed(
         .returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
     store
-        .expect_insert()
+        .expect_insert_owned()
         .withf(|evs| evs.len() == 1)
         .times(1)
         .returning(|_| Ok(()));
@@ -238,7 +238,7 @@ async fn a_claim_answer_of_the_wrong_length_stores_nothing_and_does_not_rest_the
     dedup.expect_confirm().never();
     dedup.expect_release().never();
     let mut store = MockEventStore::new();
-    store.expect_insert().never();
+    store.expect_insert_owned().never();
     let c = committer(dedup, store);
     let out = c.commit(vec![ev("a"), ev("b")]).await;
     assert_eq!(out, vec![Outcome::Unavailable(Unavailable::DedupDown); 2]);
@@ -261,7 +261,7 @@ async fn repeats_inside_one_group_are_claimed_once_and_answered_duplicate() {
     dedup.expect_confirm().returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
     store
-        .expect_insert()
+        .expect_insert_owned()
         .withf(|evs| evs.len() == 2)
         .returning(|_| Ok(()));
     let out = committer(dedup, store)
@@ -284,7 +284,7 @@ async fn generated_ids_skip_dedup() {
     dedup.expect_claim().never();
     dedup.expect_confirm().never();
     let mut store = MockEventStore::new();
-    store.expect_insert().times(1).returning(|_| Ok(()));
+    store.expect_insert_owned().times(1).returning(|_| Ok(()));
     let out = committer(dedup, store).commit(vec![no_id()]).await;
     assert!(matches!(out[0], Outcome::Accepted(_)));
 }
@@ -308,7 +308,7 @@ async fn a_partial_batch_keeps_order_across_rejections_and_groups() {
         });
     dedup.expect_confirm().returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
-    store.expect_insert().returning(|_| Ok(()));
+    store.expect_insert_owned().returning(|_| Ok(()));
     let stop = CancellationToken::new();
     let (ingest, task) = Ingest::start(
         committer(dedup, store),
@@ -380,7 +380,7 @@ async fn fail_open_decides_duplicates_by_the_store_and_rests_the_dedup_store() {
         .withf(|keys| key_strs(keys) == ["old", "new"] || key_strs(keys) == ["later"])
         .returning(|keys| Ok(keys.iter().map(|k| k.as_str() == "old").collect()));
     store
-        .expect_insert()
+        .expect_insert_owned()
         .withf(|evs| evs.len() == 1)
         .times(2)
         .returning(|_| Ok(()));
@@ -409,7 +409,7 @@ async fn fail_open_with_the_store_unreadable_claims_nothing_accepted() {
     store
         .expect_known()
         .returning(|_| Err(PortError::Unavailable("store down too".into())));
-    store.expect_insert().never();
+    store.expect_insert_owned().never();
     let c = committer_on(dedup, store, DedupOutage::FailOpen);
     let out = c.commit(vec![ev("a")]).await;
     assert!(matches!(out[0], Outcome::Unavailable(_)));
@@ -506,7 +506,7 @@ async fn a_refusal_while_the_dedup_store_rests_does_not_extend_the_rest() {
     });
     dedup.expect_confirm().returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
-    store.expect_insert().times(1).returning(|_| Ok(()));
+    store.expect_insert_owned().times(1).returning(|_| Ok(()));
     let c = committer(dedup, store);
     let down = [Outcome::Unavailable(Unavailable::DedupDown)];
     assert_eq!(c.commit(vec![ev("a")]).await, down);
@@ -585,7 +585,7 @@ async fn the_tap_shows_the_group_in_order_accepted_as_recorded_the_rest_as_of_no
     dedup.expect_confirm().returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
     store
-        .expect_insert()
+        .expect_insert_owned()
         .withf(|evs| evs.len() == 2)
         .returning(|_| Ok(()));
     let (answers, shown) = tapped(dedup, store, vec![ev("a"), ev("b"), ev("a"), ev("c")]).await;
@@ -622,7 +622,7 @@ async fn the_tap_shows_a_group_the_store_refused_as_unavailable_as_of_now() {
     dedup.expect_release().returning(|_, _| Ok(()));
     let mut store = MockEventStore::new();
     store
-        .expect_insert()
+        .expect_insert_owned()
         .returning(|_| Err(PortError::Unavailable("disk on fire".into())));
     let (_, shown) = tapped(dedup, store, vec![ev("a"), ev("b")]).await;
     let outcomes: Vec<_> = shown.iter().map(|(o, id, _)| (*o, id.as_str())).collect();

@@ -40,7 +40,9 @@ async fn journal() -> Option<Subject> {
         feed: journal,
         record: Box::new(move |events| {
             let journal = Arc::clone(&recorder);
-            Box::pin(async move { journal.append(&events).await.unwrap() })
+            Box::pin(async move {
+                journal.append(&events).await.unwrap();
+            })
         }),
         _keep: Box::new(dir),
     })

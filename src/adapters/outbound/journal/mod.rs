@@ -633,9 +633,9 @@ fn insert_batch(
 
 #[async_trait::async_trait]
 impl Journal for SqliteJournal {
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), PortError> {
+    async fn append(&self, events: &[StoredEvent]) -> Result<i64, PortError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(lock(&self.inner.state).head + 1);
         }
         let blob = match self.inner.scratch.try_lock() {
             Ok(mut scratch) => encode_with(events, &mut scratch),
@@ -672,7 +672,7 @@ impl Journal for SqliteJournal {
                 oldest,
             };
             state.push(header);
-            Ok(())
+            Ok(first_seq)
         })
         .await
     }
