@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use validator::Validate;
 
+pub use crate::adapters::outbound::clickhouse::BodyCompression;
+
 /// Every setting. Environment variable = `CARTSTREAM_` + the field name in upper case
 /// (`max_message_bytes` is `CARTSTREAM_MAX_MESSAGE_BYTES`); the config file uses the field
 /// names as TOML keys. Durations are written like `30s`, `5m`, `24h`, `30days`.
@@ -65,6 +67,9 @@ pub struct Settings {
     /// false: an operator creates the ClickHouse database and tables; the service only checks
     /// that they exist and names what is missing.
     pub clickhouse_manage_tables: bool,
+    /// How insert bodies are sent and query results asked for: `lz4` (fewer bytes on the
+    /// wire) or `none` (less CPU on both sides).
+    pub clickhouse_compression: BodyCompression,
 
     /// Most bytes of accepted events the local journal holds while ClickHouse is behind or
     /// down; when full, new events are answered `unavailable`.
@@ -397,6 +402,7 @@ impl Default for Settings {
             clickhouse_cluster: None,
             clickhouse_shard_urls: Vec::new(),
             clickhouse_manage_tables: true,
+            clickhouse_compression: BodyCompression::Lz4,
             journal_max_bytes: 1 << 30,
             disk_warn_free_percent: 10,
             // A drain holds one batch in memory (about 0.5 KB an event, read and encoded):
@@ -534,6 +540,7 @@ const ENV_KEYS: &[&str] = &[
     "clickhouse_cluster",
     "clickhouse_shard_urls",
     "clickhouse_manage_tables",
+    "clickhouse_compression",
     "journal_max_bytes",
     "disk_warn_free_percent",
     "forward_max_rows",
@@ -904,6 +911,20 @@ mod tests {
             none.to_string().contains("CARTSTREAM_MAX_CONNECTIONS"),
             "{none}"
         );
+    }
+
+    #[test]
+    fn clickhouse_compression_is_lz4_unless_set_to_none() {
+        assert_eq!(
+            Settings::default().clickhouse_compression,
+            BodyCompression::Lz4
+        );
+        let s = run(&[("CARTSTREAM_CLICKHOUSE_COMPRESSION", "none")], None).unwrap();
+        assert_eq!(s.clickhouse_compression, BodyCompression::None);
+        let s = run(&[], Some("clickhouse_compression = \"lz4\"")).unwrap();
+        assert_eq!(s.clickhouse_compression, BodyCompression::Lz4);
+        let bad = run(&[("CARTSTREAM_CLICKHOUSE_COMPRESSION", "zstd")], None).unwrap_err();
+        assert!(bad.to_string().contains("clickhouse_compression"), "{bad}");
     }
 
     #[test]

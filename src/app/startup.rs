@@ -275,6 +275,7 @@ pub fn clickhouse_config(settings: &Settings, url: &str) -> ClickHouseConfig {
                 shard_urls: settings.clickhouse_shard_urls.clone(),
             }),
         manage_tables: settings.clickhouse_manage_tables,
+        compression: settings.clickhouse_compression,
     }
 }
 

@@ -6,7 +6,9 @@ use crate::backends::{
     clickhouse_sql, clickhouse_url_or_skip, silent_server, ThrowawayDatabase, DEAD_CLICKHOUSE_URL,
 };
 use crate::fixtures::{self, rich_metadata};
-use cartstream::adapters::outbound::clickhouse::{ClickHouseConfig, ClickHouseStore};
+use cartstream::adapters::outbound::clickhouse::{
+    BodyCompression, ClickHouseConfig, ClickHouseStore,
+};
 use cartstream::domain::StoredEvent;
 use cartstream::ports::{EventQuery, EventStore, PortError, RefusalCause};
 use serde_json::Value;
@@ -21,6 +23,32 @@ pub async fn store() -> Option<(ClickHouseStore, ThrowawayDatabase)> {
     let store = ClickHouseStore::new(config).unwrap();
     store.ensure_schema().await.unwrap();
     Some((store, db))
+}
+
+#[tokio::test]
+async fn without_compression_inserts_and_reads_are_the_same() {
+    let Some(url) = clickhouse_url_or_skip().await else {
+        return;
+    };
+    let db = ThrowawayDatabase::new(&url);
+    let mut config = ClickHouseConfig::new(url);
+    config.database = db.name.clone();
+    config.compression = BodyCompression::None;
+    let store = ClickHouseStore::new(config).unwrap();
+    // In id order, as they are compared below.
+    let events = [
+        fixtures::event("plain-bare")
+            .at("2025-08-10T03:00:00Z")
+            .stored(),
+        fixtures::full("plain-full").stored(),
+    ];
+    store.insert(&events).await.unwrap();
+    let mut read = store.query(&q()).await.unwrap().events;
+    read.sort_by(|a, b| a.event.event_id().as_str().cmp(b.event.event_id().as_str()));
+    let columns = |es: &[StoredEvent]| -> Vec<String> {
+        es.iter().map(|e| format!("{:?}", e.columns())).collect()
+    };
+    assert_eq!(columns(&read), columns(&events));
 }
 
 fn q() -> EventQuery {

@@ -26,7 +26,7 @@ mod router;
 pub mod scripts;
 pub(crate) mod slots;
 
-use super::{lease_value, millis, Lua, CLAIM, LEASE_MARK, RELEASE};
+use super::{claim_of, lease_value, millis, Lua, CLAIM, LEASE_MARK, RELEASE};
 use crate::domain::DedupKey;
 use crate::ports::{Claim, DedupStore, Lease, PortError};
 use bb8_redis::redis::{self, Cmd, Value};
@@ -231,17 +231,7 @@ fn claims_of(value: Value, expected: usize) -> Result<Vec<Claim>, PortError> {
             codes.len()
         )));
     }
-    codes
-        .into_iter()
-        .map(|c| match c {
-            0 => Ok(Claim::New),
-            1 => Ok(Claim::Duplicate),
-            2 => Ok(Claim::InFlight),
-            other => Err(PortError::Failed(format!(
-                "redis cluster claim answered unknown code {other}"
-            ))),
-        })
-        .collect()
+    codes.into_iter().map(claim_of).collect()
 }
 
 #[async_trait::async_trait]
