@@ -158,6 +158,10 @@ impl Handoff {
             if out.is_empty() {
                 out = group;
             } else {
+                // Room for all that may still come, once: appending group after group to a
+                // vector grown by doubling moved each event again at every growth.
+                let wanted = max_events.min(out.len() + take + state.events);
+                out.reserve(wanted.saturating_sub(out.len()));
                 out.append(&mut group);
             }
             next += take as i64;
