@@ -183,29 +183,45 @@ pub async fn check_at_startup(
     bound: Duration,
     damage: &Arc<Damage>,
 ) -> Result<(), StartupError> {
-    let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let owned = dir.to_path_buf();
     tokio::task::spawn_blocking(move || check_all(&owned, Depth::Quick, |c| tx.send(c).is_ok()));
+    await_verdicts(dir, rx, bound, damage).await
+}
+
+/// The verdicts of [`check_at_startup`] as they come from `rx`: damage heard of within `bound`
+/// refuses the start, and the bound is looked at first, so a verdict ready when it has passed
+/// does not count. (A zero bound, then, always serves: whether the check thread was quick
+/// enough must not decide it.)
+async fn await_verdicts(
+    dir: &Path,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<FileCheck>,
+    bound: Duration,
+    damage: &Arc<Damage>,
+) -> Result<(), StartupError> {
+    let started = Instant::now();
     let deadline = tokio::time::Instant::now() + bound;
     loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(c)) => match c.verdict {
-                Ok(Verdict::Ok) => {}
-                Ok(Verdict::Damaged(detail)) => {
-                    return Err(StartupError::Damaged {
-                        file: c.file,
-                        detail,
-                        dir: dir.to_path_buf(),
-                    })
-                }
-                Err(e) => tracing::warn!("integrity check: {e}"),
-            },
-            Ok(None) => {
-                tracing::info!(took = ?started.elapsed(), "integrity check: every local file is sound");
-                return Ok(());
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        let Ok(c) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            break;
+        };
+        let Some(c) = c else {
+            tracing::info!(took = ?started.elapsed(), "integrity check: every local file is sound");
+            return Ok(());
+        };
+        match c.verdict {
+            Ok(Verdict::Ok) => {}
+            Ok(Verdict::Damaged(detail)) => {
+                return Err(StartupError::Damaged {
+                    file: c.file,
+                    detail,
+                    dir: dir.to_path_buf(),
+                })
             }
-            Err(_) => break,
+            Err(e) => tracing::warn!("integrity check: {e}"),
         }
     }
     tracing::warn!(
@@ -441,6 +457,47 @@ mod tests {
     use super::*;
     use crate::domain::fixtures;
     use crate::ports::{Delivery, Journal, Outbox};
+
+    /// A damaged verdict already waiting when the check's bound has passed is not a refusal:
+    /// the server serves and the damage is set for /ready. (With the bound looked at second,
+    /// a quick check thread refused a start that `CARTSTREAM_INTEGRITY_CHECK_TIMEOUT=0s` had
+    /// asked to serve.)
+    #[tokio::test]
+    async fn a_verdict_ready_after_the_bound_does_not_refuse_the_start() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(FileCheck {
+            file: PathBuf::from("/data/cartstream.db"),
+            verdict: Ok(Verdict::Damaged("page 7 is no page".into())),
+            verified: None,
+        })
+        .unwrap();
+        drop(tx);
+        let damage = Arc::new(Damage::default());
+        let served = await_verdicts(Path::new("/data"), rx, Duration::ZERO, &damage).await;
+        assert!(served.is_ok(), "{:?}", served.err().map(|e| e.to_string()));
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(found) = damage.found() {
+                    return found;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(found.contains("page 7 is no page"), "{found}");
+
+        // Within a bound, the same verdict refuses the start.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(FileCheck {
+            file: PathBuf::from("/data/cartstream.db"),
+            verdict: Ok(Verdict::Damaged("page 7 is no page".into())),
+            verified: None,
+        })
+        .unwrap();
+        let refused = await_verdicts(Path::new("/data"), rx, Duration::from_secs(60), &damage);
+        assert!(matches!(refused.await, Err(StartupError::Damaged { .. })));
+    }
 
     #[tokio::test]
     async fn check_and_salvage_find_an_outbox_row_whose_bytes_changed() {
