@@ -7,7 +7,8 @@
 //! one atomic load. The events' wire form is made off the ingest path, once per group, by
 //! the first subscriber that sends it.
 
-use crate::domain::{EventType, FieldError, StoredEvent, Unavailable};
+use crate::domain::{CartEvent, EventColumns, EventType, FieldError, Source, Unavailable};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,12 +55,98 @@ impl TapOutcome {
 pub enum TapEvent {
     /// A valid event the committer answered: as recorded (accepted), or as received.
     Committed {
-        event: StoredEvent,
+        event: TapRecord,
         outcome: TapOutcome,
         unavailable: Option<Unavailable>,
     },
     /// An event that broke the rules, as the client sent it, and every rule it broke.
     Rejected { raw: Value, errors: Vec<FieldError> },
+}
+
+/// A committed event as the tap keeps it: its text fields copied one after the other into one
+/// buffer, its other fields as they are. Made on the ingest path while someone watches, so it
+/// costs one allocation, where a clone of the event took one per text field (and the group's
+/// copies are freed on the tap's side, see [`Ring::retire`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TapRecord {
+    /// The event id, the user id, the session id (empty when absent), then the metadata.
+    text: String,
+    /// Where the event id, the user id and the session id end in `text`.
+    ends: [usize; 3],
+    has_session: bool,
+    event_type: EventType,
+    occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub source: Source,
+}
+
+impl TapRecord {
+    /// `event`, received at `received_at` over `source`.
+    pub fn new(event: &CartEvent, received_at: DateTime<Utc>, source: Source) -> Self {
+        let id = event.event_id().as_str();
+        let user = event.user_id();
+        let session = event.session_id();
+        let metadata = event.metadata().as_json();
+        let session_text = session.unwrap_or("");
+        let mut text =
+            String::with_capacity(id.len() + user.len() + session_text.len() + metadata.len());
+        text.push_str(id);
+        let id_end = text.len();
+        text.push_str(user);
+        let user_end = text.len();
+        text.push_str(session_text);
+        let session_end = text.len();
+        text.push_str(metadata);
+        Self {
+            text,
+            ends: [id_end, user_end, session_end],
+            has_session: session.is_some(),
+            event_type: event.event_type(),
+            occurred_at: event.occurred_at(),
+            received_at,
+            source,
+        }
+    }
+
+    pub fn event_id(&self) -> &str {
+        &self.text[..self.ends[0]]
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.text[self.ends[0]..self.ends[1]]
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        self.has_session
+            .then(|| &self.text[self.ends[1]..self.ends[2]])
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.event_type
+    }
+
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        self.occurred_at
+    }
+
+    /// The metadata object as compact JSON, as stored.
+    pub fn metadata(&self) -> &str {
+        &self.text[self.ends[2]..]
+    }
+
+    /// The event's columns, as a store would write them.
+    pub fn columns(&self) -> EventColumns<'_> {
+        EventColumns {
+            event_id: self.event_id(),
+            user_id: self.user_id(),
+            session_id: self.session_id(),
+            event_type: self.event_type.as_str(),
+            occurred_at_ms: self.occurred_at.timestamp_millis(),
+            received_at_ms: self.received_at.timestamp_millis(),
+            source: self.source.as_str(),
+            metadata: self.metadata(),
+        }
+    }
 }
 
 impl TapEvent {
@@ -73,14 +160,14 @@ impl TapEvent {
     /// The event's type as sent (a rejected event's may be anything, or absent).
     pub fn event_type(&self) -> Option<&str> {
         match self {
-            Self::Committed { event, .. } => Some(event.event.event_type().as_str()),
+            Self::Committed { event, .. } => Some(event.event_type().as_str()),
             Self::Rejected { raw, .. } => raw.get("eventType").and_then(Value::as_str),
         }
     }
 
     pub fn user_id(&self) -> Option<&str> {
         match self {
-            Self::Committed { event, .. } => Some(event.event.user_id()),
+            Self::Committed { event, .. } => Some(event.user_id()),
             Self::Rejected { raw, .. } => raw.get("userId").and_then(Value::as_str),
         }
     }
@@ -168,6 +255,29 @@ struct Ring {
     events: usize,
     head: u64,
     subscribers: usize,
+    /// Groups that left `groups`, for a subscriber to drop on the tap's thread: dropping a
+    /// group frees each of its events, and the publisher is on the ingest path.
+    retired: Vec<Arc<TapGroup>>,
+    /// Events in `retired`.
+    retired_events: usize,
+}
+
+impl Ring {
+    /// Keeps `old` for a subscriber to drop, unless as many events as the ring holds wait
+    /// already (no subscriber has looked for that long): then it is dropped here.
+    fn retire(&mut self, old: Arc<TapGroup>, capacity: usize) {
+        if self.retired_events + old.events.len() > capacity {
+            return;
+        }
+        self.retired_events += old.events.len();
+        self.retired.push(old);
+    }
+
+    /// The retired groups, for the caller to drop once the lock is released.
+    fn take_retired(&mut self) -> Vec<Arc<TapGroup>> {
+        self.retired_events = 0;
+        std::mem::take(&mut self.retired)
+    }
 }
 
 /// The publishing side, shared by the ingest use case and the tap endpoint.
@@ -223,6 +333,7 @@ impl Tap {
             while ring.events > self.capacity && ring.groups.len() > 1 {
                 if let Some(old) = ring.groups.pop_front() {
                     ring.events -= old.events.len();
+                    ring.retire(old, self.capacity);
                 }
             }
             ring.head
@@ -292,7 +403,7 @@ impl Subscription {
     }
 
     fn take(&mut self) -> Received {
-        let ring = self.tap.ring();
+        let mut ring = self.tap.ring();
         let oldest = ring.groups.front().map_or(ring.head, |g| g.first);
         let skipped = oldest.saturating_sub(self.next);
         let from = ring
@@ -300,6 +411,10 @@ impl Subscription {
             .partition_point(|g| g.first < self.next.max(oldest));
         let groups = ring.groups.range(from..).cloned().collect();
         self.next = ring.head;
+        let retired = ring.take_retired();
+        drop(ring);
+        // Here, on the subscriber's side, rather than where they were published.
+        drop(retired);
         Received { skipped, groups }
     }
 }
@@ -315,6 +430,7 @@ impl Drop for Subscription {
             // Nobody to keep them for.
             ring.groups.clear();
             ring.events = 0;
+            ring.take_retired();
         }
     }
 }
@@ -391,6 +507,35 @@ pub(crate) mod tests {
         tap.publish((0..6).map(rejected).collect());
         let got = sub.recv().await;
         assert_eq!((got.skipped, got.groups[0].events.len()), (0, 6));
+    }
+
+    /// Groups pushed out of the ring are dropped by the next subscriber that looks, not by
+    /// the publisher (the ingest path); bounded when nobody looks.
+    #[tokio::test]
+    async fn groups_that_leave_the_ring_are_dropped_by_a_subscriber() {
+        let tap = Arc::new(Tap::new(4));
+        let mut sub = tap.subscribe();
+        let first = vec![rejected(0), rejected(1)];
+        tap.publish(first);
+        let held = Arc::downgrade(&tap.ring().groups[0]);
+        for n in 1..4 {
+            tap.publish(vec![rejected(2 * n), rejected(2 * n + 1)]);
+        }
+        assert_eq!(tap.ring().retired.len(), 2);
+        assert!(held.upgrade().is_some(), "the publisher did not drop it");
+        let got = sub.recv().await;
+        assert_eq!((got.skipped, ns(&got)), (4, vec![4, 5, 6, 7]));
+        assert!(held.upgrade().is_none(), "the subscriber dropped it");
+        assert!(tap.ring().retired.is_empty());
+
+        // Nobody looking: at most the ring's capacity waits; older groups are dropped at once.
+        for n in 0..20 {
+            tap.publish(vec![rejected(n)]);
+        }
+        let ring = tap.ring();
+        assert!(ring.retired_events <= 4, "{}", ring.retired_events);
+        let sum: usize = ring.retired.iter().map(|g| g.events.len()).sum();
+        assert_eq!(ring.retired_events, sum);
     }
 
     #[test]
