@@ -1,6 +1,7 @@
 //! An accepted event as JSON, with exactly the fields `GET /events` returns: what route
 //! targets send downstream. A test in `inbound::wire` keeps the two identical.
 
+use crate::app::tap::TapRecord;
 use crate::domain::StoredEvent;
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde_json::{Map, Value};
@@ -31,22 +32,65 @@ pub fn event_json(s: &StoredEvent) -> Value {
 /// stored text is copied as it is, never parsed, and no tree is built.
 pub fn write_event_json(s: &StoredEvent, out: &mut String) {
     let e = &s.event;
+    write_fields(
+        Fields {
+            event_id: e.event_id().as_str(),
+            user_id: e.user_id(),
+            session_id: e.session_id(),
+            event_type: e.event_type().as_str(),
+            occurred_at: e.occurred_at(),
+            metadata: e.metadata().as_json(),
+            received_at: s.received_at,
+        },
+        out,
+    );
+}
+
+/// The same JSON as [`write_event_json`], of the tap's copy of an event.
+pub fn write_record_json(r: &TapRecord, out: &mut String) {
+    write_fields(
+        Fields {
+            event_id: r.event_id(),
+            user_id: r.user_id(),
+            session_id: r.session_id(),
+            event_type: r.event_type().as_str(),
+            occurred_at: r.occurred_at(),
+            metadata: r.metadata(),
+            received_at: r.received_at,
+        },
+        out,
+    );
+}
+
+/// What the JSON of an event shows.
+struct Fields<'a> {
+    event_id: &'a str,
+    user_id: &'a str,
+    session_id: Option<&'a str>,
+    event_type: &'a str,
+    occurred_at: DateTime<Utc>,
+    /// As compact JSON.
+    metadata: &'a str,
+    received_at: DateTime<Utc>,
+}
+
+fn write_fields(f: Fields<'_>, out: &mut String) {
     out.push_str("{\"eventId\":");
-    write_json_str(e.event_id().as_str(), out);
+    write_json_str(f.event_id, out);
     out.push_str(",\"userId\":");
-    write_json_str(e.user_id(), out);
-    if let Some(session) = e.session_id() {
+    write_json_str(f.user_id, out);
+    if let Some(session) = f.session_id {
         out.push_str(",\"sessionId\":");
         write_json_str(session, out);
     }
     out.push_str(",\"eventType\":\"");
-    out.push_str(e.event_type().as_str());
+    out.push_str(f.event_type);
     out.push_str("\",\"timestamp\":\"");
-    write_millis(e.occurred_at(), out);
+    write_millis(f.occurred_at, out);
     out.push_str("\",\"metadata\":");
-    out.push_str(e.metadata().as_json());
+    out.push_str(f.metadata);
     out.push_str(",\"receivedAt\":\"");
-    write_millis(s.received_at, out);
+    write_millis(f.received_at, out);
     out.push_str("\"}");
 }
 
@@ -154,6 +198,11 @@ mod tests {
                 tree.to_string(),
                 "same keys, same order, same escapes"
             );
+            let record = TapRecord::new(&stored.event, stored.received_at, stored.source);
+            let mut copied = String::new();
+            write_record_json(&record, &mut copied);
+            assert_eq!(copied, text, "the tap's copy writes the same JSON");
+            assert_eq!(record.columns(), stored.columns());
         }
     }
 

@@ -7,7 +7,7 @@
 
 use crate::app::disk::DiskState;
 use crate::app::metrics::{Channel, ChannelLabels, Metrics};
-use crate::app::tap::{TapEvent, TapOutcome};
+use crate::app::tap::{TapEvent, TapOutcome, TapRecord};
 use crate::domain::{
     parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, EventType,
     GroupPlan, KeyMap, Source, StoredEvent, ValidationPolicy, WrongLength,
@@ -332,7 +332,7 @@ fn tap_kind(o: &Outcome) -> (TapOutcome, Option<Unavailable>) {
 /// stored, and the others, as received (moved). Empty unless kept.
 #[derive(Default)]
 struct Held {
-    stored: Vec<StoredEvent>,
+    stored: Vec<TapRecord>,
     others: Vec<(CartEvent, Source)>,
     /// For each of the group's events in order, whether it is in `stored`; empty when every
     /// one is in `others`.
@@ -349,7 +349,7 @@ impl Held {
     }
 
     /// The group's events in their order; those not stored get `received_at` `now`.
-    fn into_events(self, now: chrono::DateTime<chrono::Utc>) -> impl Iterator<Item = StoredEvent> {
+    fn into_events(self, now: chrono::DateTime<chrono::Utc>) -> impl Iterator<Item = TapRecord> {
         let mut stored = self.stored.into_iter();
         let mut others = self.others.into_iter();
         let n = stored.len() + others.len();
@@ -358,11 +358,9 @@ impl Held {
             if in_stored.get(i).copied().unwrap_or(false) {
                 stored.next()
             } else {
-                others.next().map(|(event, source)| StoredEvent {
-                    event,
-                    received_at: now,
-                    source,
-                })
+                others
+                    .next()
+                    .map(|(event, source)| TapRecord::new(&event, now, source))
             }
         })
     }
@@ -799,9 +797,12 @@ impl Committer {
         }
         let recorded = to_store.len();
         // The store takes the events (the journal hands them to its forwarder); while someone
-        // watches, the tap gets a copy.
+        // watches, the tap gets a copy of each, one allocation apiece.
         if keep {
-            held.stored.clone_from(&to_store);
+            held.stored = to_store
+                .iter()
+                .map(|e| TapRecord::new(&e.event, e.received_at, e.source))
+                .collect();
         }
         let stored = self.insert(to_store).await;
         if let Err(e) = stored {

@@ -6,7 +6,7 @@
 //! own pace: when it falls behind, the oldest items are skipped and a `skipped` message says
 //! how many, so a slow subscriber never slows ingest (see [`crate::app::tap`]).
 
-use crate::adapters::event_json::{write_event_json, write_json_str};
+use crate::adapters::event_json::{write_json_str, write_record_json};
 use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::http::auth::presented_key;
 use crate::adapters::inbound::wire::{details, unavailable_message, ErrorBody, ErrorCode};
@@ -539,7 +539,7 @@ fn write_event(event: &TapEvent, out: &mut String) {
             out.push_str(",\"channel\":\"");
             out.push_str(event.source.as_str());
             out.push_str("\",\"event\":");
-            write_event_json(event, out);
+            write_record_json(event, out);
             if let Some(u) = unavailable {
                 out.push_str(",\"reason\":");
                 write_json_str(unavailable_message(*u), out);

@@ -566,7 +566,7 @@ async fn tapped(
         .map(|e| match e {
             TapEvent::Committed { event, outcome, .. } => (
                 *outcome,
-                event.event.event_id().as_str().to_owned(),
+                event.event_id().to_owned(),
                 event.received_at.timestamp(),
             ),
             TapEvent::Rejected { .. } => panic!("no rejection was committed"),
