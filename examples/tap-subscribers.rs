@@ -121,7 +121,9 @@ async fn subscriber(
     seen
 }
 
-#[tokio::main]
+// One thread: the subscribers stand in for browsers on other machines, so they should take as
+// little as they can of the cores being measured (no wake-ups between worker threads).
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
     let until = cli

@@ -17,7 +17,9 @@
 # nice N (default 0): they stand in for browsers on other machines, and at 19 they take only
 # the CPU that the server, Redis, ClickHouse and the load generator leave. TAP_FILTER='{...}'
 # gives every (Rust) subscriber that filter, e.g. '{"outcomes":["unavailable"]}': the tap's
-# cost without sending the stream.
+# cost without sending the stream. TAP_IDLE=1 runs the subscribers in the idle scheduling
+# class (`chrt --idle 0`): they run only on CPU nothing else wants, as browsers on other
+# machines would take none of the cores being measured; what they skipped is in TAP_LOG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${TAP_BENCH_BIN:-target/release/cartstream}
@@ -26,6 +28,8 @@ listen=${CARTSTREAM_LISTEN:-127.0.0.1:3001}
 log=${TAP_LOG:-target/bench-with-taps.log}
 client=${TAP_CLIENT:-rust}
 nice=${TAP_NICE:-0}
+sched=()
+[ -n "${TAP_IDLE:-}" ] && sched=(chrt --idle 0)
 filter=()
 [ -n "${TAP_FILTER:-}" ] && filter=(--filter "$TAP_FILTER")
 (
@@ -33,10 +37,10 @@ filter=()
         curl -fsS "http://$listen/health" >/dev/null 2>&1 && break
         sleep 0.05
     done
-    echo "## $(date -u +%T) $n $client subscribers of $listen, nice $nice" >>"$log"
+    echo "## $(date -u +%T) $n $client subscribers of $listen, nice $nice${TAP_IDLE:+, idle class}" >>"$log"
     if [ "$client" = node ]; then
-        exec nice -n "$nice" node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n" 2>>"$log"
+        exec "${sched[@]}" nice -n "$nice" node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n" 2>>"$log"
     fi
-    exec nice -n "$nice" target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" "${filter[@]}" 2>>"$log"
+    exec "${sched[@]}" nice -n "$nice" target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" "${filter[@]}" 2>>"$log"
 ) &
 exec "$bin"

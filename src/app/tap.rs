@@ -195,7 +195,8 @@ impl TapGroup {
 /// shares the buffer instead of copying it (`whole` hands out the `Arc`).
 #[derive(Debug, Default)]
 pub struct Pieces {
-    text: Arc<str>,
+    /// An `Arc<String>` rather than an `Arc<str>`, which would copy the text once more.
+    text: Arc<String>,
     /// Where each item's text starts and ends in `text`.
     spans: Vec<(usize, usize)>,
 }
@@ -221,7 +222,7 @@ impl Pieces {
         }
         text.push_str(suffix);
         Self {
-            text: Arc::from(text),
+            text: Arc::new(text),
             spans,
         }
     }
@@ -242,7 +243,7 @@ impl Pieces {
     }
 
     /// The whole message, shared.
-    pub fn whole(&self) -> Arc<str> {
+    pub fn whole(&self) -> Arc<String> {
         Arc::clone(&self.text)
     }
 }
@@ -547,8 +548,8 @@ pub(crate) mod tests {
             [p.get(0), p.get(1), p.get(2), p.get(3)],
             ["a", "", "bc", ""]
         );
-        assert_eq!((p.joined(), &*p.whole()), ("a,,bc", "[a,,bc]"));
+        assert_eq!((p.joined(), p.whole().as_str()), ("a,,bc", "[a,,bc]"));
         let none = Pieces::build(&[] as &[&str], 0, ["[", ",", "]"], |s, out| out.push_str(s));
-        assert_eq!((none.joined(), &*none.whole()), ("", "[]"));
+        assert_eq!((none.joined(), none.whole().as_str()), ("", "[]"));
     }
 }

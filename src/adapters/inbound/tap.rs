@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -298,40 +298,39 @@ fn parse(text: &str) -> Result<(Option<String>, Filter), String> {
 
 async fn run<S>(
     state: Arc<TapState>,
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<S>,
     header_watcher: Option<Watcher>,
     ip: IpAddr,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut tx, mut rx) = ws.split();
     // The first message: the filter, and the key unless a header had it.
-    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, rx.next()).await;
+    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, ws.next()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else {
-        let _ = tx
+        let _ = ws
             .send(error_message(
                 ErrorCode::InvalidMessage,
                 "the first message must be a subscribe, within 10 s",
             ))
             .await;
-        let _ = close(&mut tx, CloseCode::Policy, "no subscribe").await;
+        let _ = close(&mut ws, CloseCode::Policy, "no subscribe").await;
         return;
     };
     let (key, mut filter) = match parse(&text) {
         Ok(f) => f,
         Err(message) => {
-            let _ = tx
+            let _ = ws
                 .send(error_message(ErrorCode::InvalidMessage, &message))
                 .await;
-            let _ = close(&mut tx, CloseCode::Policy, "bad subscribe").await;
+            let _ = close(&mut ws, CloseCode::Policy, "bad subscribe").await;
             return;
         }
     };
     let watcher = match header_watcher.map_or_else(|| authorize(&state, key.as_deref(), ip), Ok) {
         Ok(w) => w,
         Err((code, message)) => {
-            let _ = tx.send(error_message(code, &message)).await;
-            let _ = close(&mut tx, CloseCode::Policy, code.as_str()).await;
+            let _ = ws.send(error_message(code, &message)).await;
+            let _ = close(&mut ws, CloseCode::Policy, code.as_str()).await;
             return;
         }
     };
@@ -341,18 +340,15 @@ async fn run<S>(
         "scope": watcher.as_str(),
         "buffer": state.tap.capacity(),
     });
-    if tx.send(Message::text(ack.to_string())).await.is_err() {
+    if ws.send(Message::text(ack.to_string())).await.is_err() {
         return;
     }
-    let ending = stream(&state, &mut sub, &mut tx, &mut rx, &mut filter).await;
+    let ending = stream(&state, &mut sub, &mut ws, &mut filter).await;
     drop(sub);
     if let Some((code, reason)) = ending {
-        let _ = close(&mut tx, code, reason).await;
+        let _ = close(&mut ws, code, reason).await;
     }
 }
-
-type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
-type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
 /// Sends what the tap publishes until the client leaves or the server shuts down; the close
 /// to send, if any. Whatever is ready goes out together, at most every [`PACE`]: a `skipped`
@@ -360,8 +356,7 @@ type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 async fn stream<S>(
     state: &TapState,
     sub: &mut Subscription,
-    tx: &mut Sink<S>,
-    rx: &mut Source<S>,
+    ws: &mut WebSocketStream<S>,
     filter: &mut Filter,
 ) -> Option<(CloseCode, &'static str)>
 where
@@ -369,16 +364,18 @@ where
 {
     let mut next_send = tokio::time::Instant::now();
     loop {
-        let messages = tokio::select! {
+        let outs = tokio::select! {
             biased;
             () = state.shutdown.cancelled() => return Some((CloseCode::Away, "shutting down")),
-            incoming = rx.next() => match incoming {
+            incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match parse(&text) {
                     Ok((_, f)) => {
                         *filter = f;
                         continue;
                     }
-                    Err(message) => vec![error_message(ErrorCode::InvalidMessage, &message)],
+                    Err(message) => {
+                        vec![Out::Message(error_message(ErrorCode::InvalidMessage, &message))]
+                    }
                 },
                 Some(Ok(Message::Close(_))) => return Some((CloseCode::Normal, "")),
                 Some(Ok(_)) => continue,
@@ -389,14 +386,70 @@ where
                 frames(&received, filter)
             }
         };
-        for message in messages {
-            if tx.feed(message).await.is_err() {
+        for out in outs {
+            let sent = match out {
+                Out::Message(message) => ws.feed(message).await.is_ok(),
+                Out::Shared(text) => send_shared(ws, text.as_bytes()).await.is_ok(),
+            };
+            if !sent {
                 return None;
             }
         }
-        if tx.flush().await.is_err() {
+        if ws.flush().await.is_err() {
             return None;
         }
+    }
+}
+
+/// Sends `text` as one text frame written straight to the socket from the group's shared
+/// buffer (through tungstenite, every subscriber's copy of each frame went through its write
+/// buffer first). What tungstenite holds (a frame fed before, a pong) is flushed first, so
+/// frames keep their order.
+async fn send_shared<S>(ws: &mut WebSocketStream<S>, text: &[u8]) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.flush().await.map_err(std::io::Error::other)?;
+    write_text_frame(ws.get_mut(), text).await
+}
+
+/// An unmasked, final text frame of `payload` (RFC 6455 5.2: what a server sends), its
+/// header and payload written together where the stream takes vectored writes.
+async fn write_text_frame<W>(io: &mut W, payload: &[u8]) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let mut header = [0u8; 10];
+    let header_len = text_frame_header(payload.len(), &mut header);
+    let (mut head, mut body) = (&header[..header_len], payload);
+    while !head.is_empty() || !body.is_empty() {
+        let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
+/// Writes the header of a final text frame of `len` bytes into `out`; its length.
+fn text_frame_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x81; // FIN, text
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
     }
 }
 
@@ -407,34 +460,25 @@ async fn paced(sub: &mut Subscription, at: tokio::time::Instant) -> Received {
     sub.recv().await
 }
 
-/// A text message over `text` without copying it: the frame's buffer stays shared with
-/// every other subscriber sending it.
-fn shared_text(text: Arc<str>) -> Utf8Bytes {
-    // SAFETY: the bytes are those of a `str`, so they are UTF-8, and the `Arc` owning them
-    // lives as long as the `Bytes`.
-    unsafe { Utf8Bytes::from_bytes_unchecked(bytes::Bytes::from_owner(ArcStr(text))) }
-}
-
-/// An `Arc<str>` as the owner of a `Bytes`.
-struct ArcStr(Arc<str>);
-
-impl AsRef<[u8]> for ArcStr {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
+/// One thing to send a subscriber.
+enum Out {
+    /// Through tungstenite.
+    Message(Message),
+    /// A group's whole `tap_events` frame, shared by every subscriber that watches everything.
+    Shared(Arc<String>),
 }
 
 /// The messages for what a subscriber received: `skipped` first if any, then the events its
 /// filter lets through, in `tap_events` frames of about [`FRAME_BYTES`] at most. Each
 /// group's events are serialized once, by the first subscriber to send any of them: a group
 /// none of whose events a filter lets through is not serialized for it.
-fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
+fn frames(received: &Received, filter: &Filter) -> Vec<Out> {
     let mut out = Vec::new();
     if received.skipped > 0 {
-        out.push(Message::text(format!(
+        out.push(Out::Message(Message::text(format!(
             "{{\"type\":\"skipped\",\"count\":{}}}",
             received.skipped
-        )));
+        ))));
     }
     let mut chosen: Vec<&str> = Vec::new();
     let mut bytes = 0;
@@ -447,11 +491,11 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
         // group's own message, shared by every such subscriber.
         if filter.is_everything() && pieces.joined().len() <= FRAME_BYTES {
             if !chosen.is_empty() {
-                out.push(frame(&chosen, bytes));
+                out.push(Out::Message(frame(&chosen, bytes)));
                 chosen.clear();
                 bytes = 0;
             }
-            out.push(Message::Text(shared_text(pieces.whole())));
+            out.push(Out::Shared(pieces.whole()));
             continue;
         }
         for (i, event) in group.events.iter().enumerate() {
@@ -460,7 +504,7 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
             }
             let piece = pieces.get(i);
             if bytes + piece.len() > FRAME_BYTES && !chosen.is_empty() {
-                out.push(frame(&chosen, bytes));
+                out.push(Out::Message(frame(&chosen, bytes)));
                 chosen.clear();
                 bytes = 0;
             }
@@ -469,7 +513,7 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Message> {
         }
     }
     if !chosen.is_empty() {
-        out.push(frame(&chosen, bytes));
+        out.push(Out::Message(frame(&chosen, bytes)));
     }
     out
 }
@@ -498,7 +542,7 @@ fn frame(events: &[&str], bytes: usize) -> Message {
 }
 
 async fn close<S>(
-    tx: &mut Sink<S>,
+    tx: &mut WebSocketStream<S>,
     code: CloseCode,
     reason: &'static str,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
@@ -559,17 +603,21 @@ fn write_event(event: &TapEvent, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{frames, paced, shared_text, watchers, Filter, PACE};
+    use super::{frames, paced, send_shared, text_frame_header, watchers, Filter, Out, PACE};
     use crate::app::tap::tests::rejected;
     use crate::app::tap::Tap;
+    use futures_util::{SinkExt, StreamExt};
     use std::sync::Arc;
     use std::time::Duration;
+    use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
 
-    fn text(m: &Message) -> &str {
+    fn text(m: &Out) -> &str {
         match m {
-            Message::Text(t) => t.as_str(),
-            other => panic!("not a text: {other:?}"),
+            Out::Message(Message::Text(t)) => t.as_str(),
+            Out::Shared(t) => t.as_str(),
+            Out::Message(other) => panic!("not a text: {other:?}"),
         }
     }
 
@@ -623,7 +671,10 @@ mod tests {
         assert_eq!(everything.len(), 2, "one frame per group");
         for (m, group) in everything.iter().zip(&received.groups) {
             let whole = group.wire.get().expect("written once").whole();
-            assert_eq!(text(m).as_ptr(), whole.as_ptr(), "the group's own buffer");
+            match m {
+                Out::Shared(text) => assert!(Arc::ptr_eq(text, &whole), "the group's own buffer"),
+                Out::Message(_) => panic!("a copy"),
+            }
         }
         let filter = Filter {
             outcomes: vec!["rejected".into()],
@@ -667,14 +718,52 @@ mod tests {
         );
     }
 
-    /// The message is the frame's own buffer, not a copy of it, and reads back the same text.
+    /// Each length form of a frame header (RFC 6455 5.2).
     #[test]
-    fn shared_text_is_the_frame_not_a_copy() {
-        let frame: Arc<str> = Arc::from("{\"type\":\"tap_events\",\"count\":1,\"events\":[\"é\"]}");
-        let text = shared_text(Arc::clone(&frame));
-        assert_eq!(text.as_str(), &*frame);
-        assert_eq!(text.as_str().as_ptr(), frame.as_ptr());
-        drop(frame);
-        assert!(text.as_str().ends_with("\"é\"]}"));
+    fn frame_headers_carry_the_length_in_the_shortest_form() {
+        let header = |len| {
+            let mut out = [0u8; 10];
+            let n = text_frame_header(len, &mut out);
+            out[..n].to_vec()
+        };
+        assert_eq!(header(125), [0x81, 125]);
+        assert_eq!(header(126), [0x81, 126, 0, 126]);
+        assert_eq!(header(65_535), [0x81, 126, 255, 255]);
+        assert_eq!(header(65_536), [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+
+    /// Shared frames written straight to the socket reach a WebSocket client whole, of every
+    /// length form, in order with the messages fed through tungstenite around them.
+    #[tokio::test]
+    async fn shared_frames_and_fed_messages_arrive_in_order() {
+        let (server_io, client_io) = tokio::io::duplex(4096);
+        let mut server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let sizes = [0, 5, 125, 126, 70_000, 300];
+        let texts: Vec<String> = sizes
+            .iter()
+            .map(|&n| "é".repeat(n / 2) + &"x".repeat(n % 2))
+            .collect();
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(Ok(m)) = client.next().await {
+                match m {
+                    Message::Text(t) => got.push(t.as_str().to_owned()),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            got
+        });
+        let mut want = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let fed = format!("fed {i}");
+            server.feed(Message::text(fed.clone())).await.unwrap();
+            want.push(fed);
+            send_shared(&mut server, text.as_bytes()).await.unwrap();
+            want.push(text.clone());
+        }
+        server.close(None).await.unwrap();
+        assert_eq!(reading.await.unwrap(), want);
     }
 }
