@@ -4,6 +4,7 @@ use super::auth::{Caller, IngestKey, IngestKeyOrQuery, ReadKey};
 use super::cursor;
 use super::input::{BatchBody, BatchEvents, BeaconBody, EventTypeName, InstantParam, RawEvent};
 use super::listing::{write_page, EventListJson};
+use super::serde_body::SerdeJson;
 use super::HttpState;
 use crate::adapters::inbound::wire::{
     batch_answer, rfc3339, unavailable_message, BatchAnswer, BatchResult, ErrorBody, ErrorCode,
@@ -95,7 +96,7 @@ pub enum PostBatchResponse {
     /// Per-event results in request order, with counts. Each event is judged on its own: one
     /// bad event does not reject the others.
     #[oai(status = 200)]
-    Ok(Json<BatchResult>),
+    Ok(SerdeJson<BatchResult>),
     /// `invalid_json` (body not a JSON object) or `invalid_message` (no `events` array, or 0
     /// or more than 500 events).
     #[oai(status = 400)]
@@ -543,7 +544,7 @@ impl<U: IngestUseCase> Api<U> {
     #[oai(path = "/events/batch", method = "post", tag = "ApiTags::Events")]
     async fn post_batch(&self, auth: IngestKey, body: BatchBody) -> PostBatchResponse {
         match self.submit_batch(auth.0, body.0).await {
-            BatchOutcome::Results(r) => PostBatchResponse::Ok(Json(r)),
+            BatchOutcome::Results(r) => PostBatchResponse::Ok(SerdeJson(r)),
             BatchOutcome::BadRequest(e) => PostBatchResponse::BadRequest(e),
             BatchOutcome::RateLimited(e, secs) => PostBatchResponse::RateLimited(e, secs),
             BatchOutcome::Unavailable(e) => PostBatchResponse::Unavailable(e),

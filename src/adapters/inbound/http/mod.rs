@@ -13,6 +13,7 @@ mod listing;
 pub mod operator;
 pub mod quarantine;
 mod sdk;
+mod serde_body;
 
 use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::adapters::inbound::edge::{json_error, Caller};
