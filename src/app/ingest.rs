@@ -6,7 +6,7 @@
 //! events. Groups are committed one at a time, which keeps claim order equal to arrival order.
 
 use crate::app::disk::DiskState;
-use crate::app::metrics::{Channel, ChannelLabels, Metrics};
+use crate::app::metrics::{Channel, ChannelCounts, Metrics};
 use crate::app::tap::{TapEvent, TapOutcome, TapRecord};
 use crate::domain::{
     parse_event_owned, parse_fields, CartEvent, DedupKey, EventFields, EventId, EventType,
@@ -136,14 +136,13 @@ impl Ingest {
         items: Vec<Item>,
         source: Source,
     ) -> impl Future<Output = Vec<Outcome>> + Send + 'static {
-        let metrics = Arc::clone(&self.inner.metrics);
-        let labels = ChannelLabels {
-            channel: Channel::from(source),
-        };
-        metrics
-            .received
-            .get_or_create(&labels)
-            .inc_by(items.len() as u64);
+        let counts = self
+            .inner
+            .metrics
+            .by_channel
+            .of(Channel::from(source))
+            .clone();
+        counts.received.inc_by(items.len() as u64);
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
         let mut valid = Vec::new();
         for item in items {
@@ -153,7 +152,7 @@ impl Ingest {
                     outcomes.push(None);
                 }
                 Err(errs) => {
-                    metrics.rejected.get_or_create(&labels).inc();
+                    counts.rejected.inc();
                     outcomes.push(Some(Outcome::Rejected(errs)));
                 }
             }
@@ -173,7 +172,7 @@ impl Ingest {
                 .into_iter()
                 .map(|o| {
                     let o = o.unwrap_or(Outcome::Unavailable(Unavailable::ShuttingDown));
-                    count(&metrics, &labels, &o);
+                    count(&counts, &o);
                     o
                 })
                 .collect()
@@ -246,14 +245,14 @@ fn fields_json(fields: EventFields) -> Value {
 }
 
 /// Counts a committed outcome by its kind; rejections are counted when they are found.
-fn count(metrics: &Metrics, labels: &ChannelLabels, outcome: &Outcome) {
+fn count(counts: &ChannelCounts, outcome: &Outcome) {
     let counter = match outcome {
-        Outcome::Accepted(_) => &metrics.accepted,
-        Outcome::Duplicate(_) => &metrics.duplicate,
-        Outcome::Unavailable(_) => &metrics.unavailable,
+        Outcome::Accepted(_) => &counts.accepted,
+        Outcome::Duplicate(_) => &counts.duplicate,
+        Outcome::Unavailable(_) => &counts.unavailable,
         Outcome::Rejected(_) => return,
     };
-    counter.get_or_create(labels).inc();
+    counter.inc();
 }
 
 /// What a committed group's counters and tap need of its events, taken before they move into
