@@ -1,6 +1,7 @@
 //! The messages of the WebSocket channel (PROTOCOL.md section 3): parsing what clients send
 //! and the shapes of what the server replies.
 
+use crate::adapters::event_json::write_json_str;
 use crate::adapters::inbound::wire::{BatchResult, ErrorCode, FieldErrorBody, ItemStatus};
 use crate::domain::EventFields;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -618,11 +619,42 @@ impl Reply {
     }
 
     pub fn to_text(&self) -> String {
+        if let Self::EventAck {
+            request_id,
+            event_id,
+            status,
+        } = self
+        {
+            return event_ack_text(request_id.as_deref(), event_id, *status);
+        }
         // Every field is a string, number, bool or list of those: serializing cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| {
             r#"{"type":"error","code":"internal_error","message":"reply could not be encoded","retryable":true}"#.to_owned()
         })
     }
+}
+
+/// [`Reply::EventAck`] as serde writes it, written without serde: it answers every single
+/// event, and serde's internally tagged enum goes through a map serializer (about 1,500
+/// callgrind instructions per event, 5% of a WebSocket event's cost on Redis + ClickHouse).
+/// A property test keeps the two identical.
+fn event_ack_text(request_id: Option<&str>, event_id: &str, status: ItemStatus) -> String {
+    let mut out = String::with_capacity(64 + event_id.len() + request_id.map_or(0, str::len));
+    out.push_str(r#"{"type":"event_ack""#);
+    if let Some(id) = request_id {
+        out.push_str(r#","requestId":"#);
+        write_json_str(id, &mut out);
+    }
+    out.push_str(r#","eventId":"#);
+    write_json_str(event_id, &mut out);
+    out.push_str(r#","status":""#);
+    out.push_str(match status {
+        ItemStatus::Accepted => "accepted",
+        ItemStatus::Duplicate => "duplicate",
+        ItemStatus::Rejected => "rejected",
+    });
+    out.push_str("\"}");
+    out
 }
 
 #[cfg(test)]

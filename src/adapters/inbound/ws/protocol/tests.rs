@@ -460,3 +460,21 @@ fn replies_have_the_contract_shape() {
         json!({"type":"batch_ack","requestId":"r-2","accepted":1,"duplicates":0,"rejected":0,"results":[]})
     );
 }
+
+proptest! {
+    /// An event's ack written by hand is exactly what serde writes for it: any ids (control
+    /// characters, quotes, backslashes, any Unicode), with and without a request id.
+    #[test]
+    fn an_event_ack_is_written_as_serde_writes_it(
+        request_id in proptest::option::of(any::<String>()),
+        event_id in any::<String>(),
+        status in prop_oneof![
+            Just(ItemStatus::Accepted),
+            Just(ItemStatus::Duplicate),
+            Just(ItemStatus::Rejected),
+        ],
+    ) {
+        let reply = Reply::EventAck { request_id, event_id, status };
+        prop_assert_eq!(reply.to_text(), serde_json::to_string(&reply).unwrap());
+    }
+}
