@@ -68,7 +68,8 @@ pub struct Settings {
     /// that they exist and names what is missing.
     pub clickhouse_manage_tables: bool,
     /// How insert bodies are sent and query results asked for: `lz4` (fewer bytes on the
-    /// wire) or `none` (less CPU on both sides).
+    /// wire), `none` (less CPU on both sides) or `auto` (`none` when every ClickHouse server is
+    /// on this machine, else `lz4`).
     pub clickhouse_compression: BodyCompression,
 
     /// Most bytes of accepted events the local journal holds while ClickHouse is behind or
@@ -402,7 +403,7 @@ impl Default for Settings {
             clickhouse_cluster: None,
             clickhouse_shard_urls: Vec::new(),
             clickhouse_manage_tables: true,
-            clickhouse_compression: BodyCompression::Lz4,
+            clickhouse_compression: BodyCompression::Auto,
             journal_max_bytes: 1 << 30,
             disk_warn_free_percent: 10,
             // A drain holds one batch in memory (about 0.5 KB an event, read and encoded):
@@ -914,11 +915,13 @@ mod tests {
     }
 
     #[test]
-    fn clickhouse_compression_is_lz4_unless_set_to_none() {
+    fn clickhouse_compression_is_auto_unless_set() {
         assert_eq!(
             Settings::default().clickhouse_compression,
-            BodyCompression::Lz4
+            BodyCompression::Auto
         );
+        let s = run(&[("CARTSTREAM_CLICKHOUSE_COMPRESSION", "auto")], None).unwrap();
+        assert_eq!(s.clickhouse_compression, BodyCompression::Auto);
         let s = run(&[("CARTSTREAM_CLICKHOUSE_COMPRESSION", "none")], None).unwrap();
         assert_eq!(s.clickhouse_compression, BodyCompression::None);
         let s = run(&[], Some("clickhouse_compression = \"lz4\"")).unwrap();

@@ -275,7 +275,9 @@ pub fn clickhouse_config(settings: &Settings, url: &str) -> ClickHouseConfig {
                 shard_urls: settings.clickhouse_shard_urls.clone(),
             }),
         manage_tables: settings.clickhouse_manage_tables,
-        compression: settings.clickhouse_compression,
+        compression: settings.clickhouse_compression.resolve(
+            std::iter::once(url).chain(settings.clickhouse_shard_urls.iter().map(String::as_str)),
+        ),
     }
 }
 
