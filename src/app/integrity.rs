@@ -458,12 +458,11 @@ mod tests {
     use crate::domain::fixtures;
     use crate::ports::{Delivery, Journal, Outbox};
 
-    /// A damaged verdict already waiting when the check's bound has passed is not a refusal:
-    /// the server serves and the damage is set for /ready. (With the bound looked at second,
-    /// a quick check thread refused a start that `CARTSTREAM_INTEGRITY_CHECK_TIMEOUT=0s` had
-    /// asked to serve.)
-    #[tokio::test]
-    async fn a_verdict_ready_after_the_bound_does_not_refuse_the_start() {
+    /// A channel holding one damaged verdict, as the check thread sends it.
+    fn damaged_verdict() -> (
+        tokio::sync::mpsc::UnboundedSender<FileCheck>,
+        tokio::sync::mpsc::UnboundedReceiver<FileCheck>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tx.send(FileCheck {
             file: PathBuf::from("/data/cartstream.db"),
@@ -471,6 +470,16 @@ mod tests {
             verified: None,
         })
         .unwrap();
+        (tx, rx)
+    }
+
+    /// A damaged verdict already waiting when the check's bound has passed is not a refusal:
+    /// the server serves and the damage is set for /ready. (With the bound looked at second,
+    /// a quick check thread refused a start that `CARTSTREAM_INTEGRITY_CHECK_TIMEOUT=0s` had
+    /// asked to serve.)
+    #[tokio::test]
+    async fn a_verdict_ready_after_the_bound_does_not_refuse_the_start() {
+        let (tx, rx) = damaged_verdict();
         drop(tx);
         let damage = Arc::new(Damage::default());
         let served = await_verdicts(Path::new("/data"), rx, Duration::ZERO, &damage).await;
@@ -488,13 +497,7 @@ mod tests {
         assert!(found.contains("page 7 is no page"), "{found}");
 
         // Within a bound, the same verdict refuses the start.
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(FileCheck {
-            file: PathBuf::from("/data/cartstream.db"),
-            verdict: Ok(Verdict::Damaged("page 7 is no page".into())),
-            verified: None,
-        })
-        .unwrap();
+        let (_tx, rx) = damaged_verdict();
         let refused = await_verdicts(Path::new("/data"), rx, Duration::from_secs(60), &damage);
         assert!(matches!(refused.await, Err(StartupError::Damaged { .. })));
     }
