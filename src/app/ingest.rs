@@ -136,12 +136,9 @@ impl Ingest {
         items: Vec<Item>,
         source: Source,
     ) -> impl Future<Output = Vec<Outcome>> + Send + 'static {
-        let counts = self
-            .inner
-            .metrics
-            .by_channel
-            .of(Channel::from(source))
-            .clone();
+        let metrics = Arc::clone(&self.inner.metrics);
+        let channel = Channel::from(source);
+        let counts = metrics.by_channel.of(channel);
         counts.received.inc_by(items.len() as u64);
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
         let mut valid = Vec::new();
@@ -172,7 +169,7 @@ impl Ingest {
                 .into_iter()
                 .map(|o| {
                     let o = o.unwrap_or(Outcome::Unavailable(Unavailable::ShuttingDown));
-                    count(&counts, &o);
+                    count(metrics.by_channel.of(channel), &o);
                     o
                 })
                 .collect()
