@@ -1,7 +1,8 @@
 //! The tap: every event's outcome as it is decided, for whoever watches (`GET /events/tap`).
 //!
-//! Ingest publishes one item per committed group (or per rejected event) into one ring;
-//! each subscriber takes everything new at once, at its own pace. Publishing never waits:
+//! Ingest publishes one item per committed group (or per rejected event) into a lock-free
+//! queue, which subscribers move into one ring; each subscriber takes everything new at once,
+//! at its own pace. Publishing never waits, nor takes a lock a subscriber holds:
 //! the ring keeps the last `buffer` events, and a subscriber that falls further behind loses
 //! the oldest and learns how many. With no subscriber, the only cost on the ingest path is
 //! one atomic load. The events' wire form is made off the ingest path, once per group, by
@@ -9,11 +10,12 @@
 
 use crate::domain::{CartEvent, EventColumns, EventType, FieldError, Source, Unavailable};
 use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use tokio::sync::watch;
+use std::time::Duration;
 
 /// What the ingest use case decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -248,7 +250,14 @@ impl Pieces {
     }
 }
 
-/// The groups still held for subscribers, oldest first, and the next sequence number.
+/// How often a subscriber with nothing to take looks again. Publishing wakes nobody: every
+/// way to wake a task on another thread (a watch channel, a `Notify`) takes a lock that the
+/// waiting side takes too, and the tap's thread runs in the idle class, where the kernel may
+/// stop it for milliseconds while it holds one.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The groups still held for subscribers, oldest first, and the next sequence number. Only
+/// subscribers lock it (on the tap's thread): the publisher never waits for it.
 #[derive(Default)]
 struct Ring {
     groups: VecDeque<Arc<TapGroup>>,
@@ -256,29 +265,6 @@ struct Ring {
     events: usize,
     head: u64,
     subscribers: usize,
-    /// Groups that left `groups`, for a subscriber to drop on the tap's thread: dropping a
-    /// group frees each of its events, and the publisher is on the ingest path.
-    retired: Vec<Arc<TapGroup>>,
-    /// Events in `retired`.
-    retired_events: usize,
-}
-
-impl Ring {
-    /// Keeps `old` for a subscriber to drop, unless as many events as the ring holds wait
-    /// already (no subscriber has looked for that long): then it is dropped here.
-    fn retire(&mut self, old: Arc<TapGroup>, capacity: usize) {
-        if self.retired_events + old.events.len() > capacity {
-            return;
-        }
-        self.retired_events += old.events.len();
-        self.retired.push(old);
-    }
-
-    /// The retired groups, for the caller to drop once the lock is released.
-    fn take_retired(&mut self) -> Vec<Arc<TapGroup>> {
-        self.retired_events = 0;
-        std::mem::take(&mut self.retired)
-    }
 }
 
 /// The publishing side, shared by the ingest use case and the tap endpoint.
@@ -286,20 +272,34 @@ pub struct Tap {
     /// Mirrors `Ring::subscribers` for the lock-free check on the ingest path.
     subscribers: AtomicUsize,
     capacity: usize,
+    /// Published groups on their way into the ring: a lock-free queue, so that publishing
+    /// never waits for a subscriber. A subscriber that held the ring's lock while the kernel
+    /// ran something else in its place (the tap's thread has the lowest priority) held up
+    /// the committer for as long: up to 12 ms, measured (BENCHMARKS.md, issue 17).
+    inbox: Sender<Vec<TapEvent>>,
+    /// Its receiving end: subscribers move the groups into the ring, and the publisher drops
+    /// the oldest when nobody has looked for as many events as the ring holds.
+    inbox_out: Receiver<Vec<TapEvent>>,
+    /// Events in `inbox`.
+    queued: AtomicUsize,
+    /// Events the publisher dropped from `inbox`, for the ring to count as skipped.
+    lost: AtomicUsize,
     ring: Mutex<Ring>,
-    /// The ring's `head`, for waking subscribers.
-    published: watch::Sender<u64>,
 }
 
 impl Tap {
     /// A tap whose subscribers may each lag `buffer` events behind (at least the newest
     /// group is kept, however large).
     pub fn new(buffer: usize) -> Self {
+        let (inbox, inbox_out) = crossbeam_channel::unbounded();
         Self {
             subscribers: AtomicUsize::new(0),
             capacity: buffer.max(1),
+            inbox,
+            inbox_out,
+            queued: AtomicUsize::new(0),
+            lost: AtomicUsize::new(0),
             ring: Mutex::new(Ring::default()),
-            published: watch::channel(0).0,
         }
     }
 
@@ -313,16 +313,34 @@ impl Tap {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Publishes a group of events without waiting; nothing happens without subscribers.
+    /// Publishes a group of events without waiting and without taking a lock; nothing
+    /// happens without subscribers. Subscribers pick it up within [`POLL`].
     pub fn publish(&self, events: Vec<TapEvent>) {
         if events.is_empty() || !self.active() {
             return;
         }
-        let head = {
-            let mut ring = self.ring();
-            if ring.subscribers == 0 {
-                return;
-            }
+        let n = events.len();
+        let mut queued = self.queued.fetch_add(n, Ordering::AcqRel) + n;
+        // Cannot fail: the tap holds the receiving end too.
+        let _ = self.inbox.send(events);
+        // Nobody has taken anything for as many events as a subscriber may lag: the oldest
+        // waiting groups are skipped for everyone, never the newest.
+        while queued > self.capacity && self.inbox_out.len() > 1 {
+            let Ok(old) = self.inbox_out.try_recv() else {
+                break;
+            };
+            queued = self.queued.fetch_sub(old.len(), Ordering::AcqRel) - old.len();
+            self.lost.fetch_add(old.len(), Ordering::AcqRel);
+        }
+    }
+
+    /// Moves what was published into the ring (numbering its events, counting what the
+    /// publisher dropped) and lets the oldest groups go past the capacity: they are freed
+    /// here, on the subscriber's side, not on the ingest path.
+    fn take_published(&self, ring: &mut Ring) {
+        ring.head += self.lost.swap(0, Ordering::AcqRel) as u64;
+        for events in self.inbox_out.try_iter() {
+            self.queued.fetch_sub(events.len(), Ordering::AcqRel);
             let group = TapGroup {
                 first: ring.head,
                 events,
@@ -331,26 +349,27 @@ impl Tap {
             ring.head = group.end();
             ring.events += group.events.len();
             ring.groups.push_back(Arc::new(group));
-            while ring.events > self.capacity && ring.groups.len() > 1 {
-                if let Some(old) = ring.groups.pop_front() {
-                    ring.events -= old.events.len();
-                    ring.retire(old, self.capacity);
-                }
+        }
+        while ring.events > self.capacity && ring.groups.len() > 1 {
+            if let Some(old) = ring.groups.pop_front() {
+                ring.events -= old.events.len();
             }
-            ring.head
-        };
-        self.published.send_replace(head);
+        }
     }
 
     /// A new subscriber, counted until it is dropped; it sees what is published from now on.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
-        let published = self.published.subscribe();
         let mut ring = self.ring();
+        self.take_published(&mut ring);
+        if ring.subscribers == 0 {
+            // Published after the last subscriber left: for nobody.
+            ring.groups.clear();
+            ring.events = 0;
+        }
         ring.subscribers += 1;
         self.subscribers.store(ring.subscribers, Ordering::Relaxed);
         Subscription {
             next: ring.head,
-            published,
             tap: Arc::clone(self),
         }
     }
@@ -384,7 +403,6 @@ pub struct Received {
 pub struct Subscription {
     /// The sequence number of the next event to receive.
     next: u64,
-    published: watch::Receiver<u64>,
     tap: Arc<Tap>,
 }
 
@@ -393,29 +411,23 @@ impl Subscription {
     /// Cancel-safe: nothing is taken before the wait is over.
     pub async fn recv(&mut self) -> Received {
         loop {
-            self.published.borrow_and_update();
             let got = self.take();
             if got.skipped > 0 || !got.groups.is_empty() {
                 return got;
             }
-            // The sender lives in the tap this subscription holds: never closed.
-            let _ = self.published.changed().await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
     fn take(&mut self) -> Received {
         let mut ring = self.tap.ring();
-        let oldest = ring.groups.front().map_or(ring.head, |g| g.first);
-        let skipped = oldest.saturating_sub(self.next);
-        let from = ring
-            .groups
-            .partition_point(|g| g.first < self.next.max(oldest));
-        let groups = ring.groups.range(from..).cloned().collect();
+        self.tap.take_published(&mut ring);
+        let from = ring.groups.partition_point(|g| g.first < self.next);
+        let groups: Vec<_> = ring.groups.range(from..).cloned().collect();
+        let got: u64 = groups.iter().map(|g| g.events.len() as u64).sum();
+        // Whatever of `next..head` is not in `groups` left the ring (or never reached it).
+        let skipped = ring.head - self.next - got;
         self.next = ring.head;
-        let retired = ring.take_retired();
-        drop(ring);
-        // Here, on the subscriber's side, rather than where they were published.
-        drop(retired);
         Received { skipped, groups }
     }
 }
@@ -429,9 +441,9 @@ impl Drop for Subscription {
             .store(ring.subscribers, Ordering::Relaxed);
         if ring.subscribers == 0 {
             // Nobody to keep them for.
+            self.tap.take_published(&mut ring);
             ring.groups.clear();
             ring.events = 0;
-            ring.take_retired();
         }
     }
 }
@@ -511,32 +523,71 @@ pub(crate) mod tests {
     }
 
     /// Groups pushed out of the ring are dropped by the next subscriber that looks, not by
-    /// the publisher (the ingest path); bounded when nobody looks.
+    /// the publisher (the ingest path), as long as subscribers look; when none has looked for
+    /// as many events as the ring holds, the publisher drops the oldest waiting ones, and they
+    /// are counted as skipped.
     #[tokio::test]
     async fn groups_that_leave_the_ring_are_dropped_by_a_subscriber() {
         let tap = Arc::new(Tap::new(4));
         let mut sub = tap.subscribe();
-        let first = vec![rejected(0), rejected(1)];
-        tap.publish(first);
-        let held = Arc::downgrade(&tap.ring().groups[0]);
-        for n in 1..4 {
+        tap.publish(vec![rejected(0), rejected(1)]);
+        let got = sub.recv().await;
+        assert_eq!((got.skipped, ns(&got)), (0, vec![0, 1]));
+        let held = Arc::downgrade(&got.groups[0]);
+        drop(got);
+        for n in 1..3 {
             tap.publish(vec![rejected(2 * n), rejected(2 * n + 1)]);
         }
-        assert_eq!(tap.ring().retired.len(), 2);
         assert!(held.upgrade().is_some(), "the publisher did not drop it");
         let got = sub.recv().await;
-        assert_eq!((got.skipped, ns(&got)), (4, vec![4, 5, 6, 7]));
+        assert_eq!((got.skipped, ns(&got)), (0, vec![2, 3, 4, 5]));
         assert!(held.upgrade().is_none(), "the subscriber dropped it");
-        assert!(tap.ring().retired.is_empty());
 
-        // Nobody looking: at most the ring's capacity waits; older groups are dropped at once.
+        // Nobody looking: at most the ring's capacity waits; older groups are dropped.
         for n in 0..20 {
             tap.publish(vec![rejected(n)]);
         }
+        assert_eq!(tap.queued.load(Ordering::Relaxed), 4);
+        assert_eq!(tap.inbox_out.len(), 4);
+        let got = sub.recv().await;
+        assert_eq!((got.skipped, ns(&got)), (16, vec![16, 17, 18, 19]));
+        assert_eq!(tap.queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// Publishing takes no lock a subscriber holds: the tap's thread, which runs at the lowest
+    /// priority, could be stopped while holding it, and the committer would wait.
+    #[tokio::test]
+    async fn publishing_never_waits_for_a_subscriber() {
+        let tap = Arc::new(Tap::new(100));
+        let mut sub = tap.subscribe();
         let ring = tap.ring();
-        assert!(ring.retired_events <= 4, "{}", ring.retired_events);
-        let sum: usize = ring.retired.iter().map(|g| g.events.len()).sum();
-        assert_eq!(ring.retired_events, sum);
+        let (done, finished) = std::sync::mpsc::channel();
+        let publisher = Arc::clone(&tap);
+        std::thread::spawn(move || {
+            publisher.publish(vec![rejected(0)]);
+            let _ = done.send(());
+        });
+        let published = finished.recv_timeout(Duration::from_secs(5));
+        drop(ring);
+        assert!(published.is_ok(), "publish waited for the ring's lock");
+        assert_eq!(ns(&sub.recv().await), vec![0]);
+    }
+
+    /// A publish that raced the last subscriber's leaving is not shown to the next one.
+    #[tokio::test]
+    async fn a_new_subscriber_sees_nothing_published_before_it() {
+        let tap = Arc::new(Tap::new(100));
+        let first = tap.subscribe();
+        tap.publish(vec![rejected(0)]);
+        drop(first);
+        // As if `active()` had been read just before the drop.
+        tap.subscribers.store(1, Ordering::Relaxed);
+        tap.publish(vec![rejected(1)]);
+        tap.subscribers.store(0, Ordering::Relaxed);
+        let mut sub = tap.subscribe();
+        tap.publish(vec![rejected(2)]);
+        let got = sub.recv().await;
+        assert_eq!((got.skipped, ns(&got)), (0, vec![2]));
     }
 
     #[test]
