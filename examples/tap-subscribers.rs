@@ -9,6 +9,11 @@
 //! counts events without building a JSON tree: a `tap_events` frame starts with its `count`.
 //! Runs until the server closes the connections (or `--duration` passes), then prints what
 //! each subscriber received and skipped; exits 1 if any received nothing (unless filtered).
+//!
+//! `--discard`: each subscriber reads a frame's header and the first bytes of its payload (the
+//! count), and has the kernel drop the rest unread (`recv` with `MSG_TRUNC`): the stream still
+//! arrives whole over TCP, but the subscriber costs the cores being measured almost nothing, as
+//! a browser on another machine would. The default reads every byte through tungstenite.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -39,6 +44,9 @@ struct Cli {
     /// the sends). Default: none, the full stream.
     #[arg(long, value_parser = parse_filter)]
     filter: Option<serde_json::Value>,
+    /// Read each frame's count and let the kernel drop the rest of it (see above).
+    #[arg(long)]
+    discard: bool,
 }
 
 fn parse_filter(s: &str) -> Result<serde_json::Value, String> {
@@ -82,14 +90,7 @@ async fn subscriber(
             return seen;
         }
     };
-    let mut hello = serde_json::json!({"type": "subscribe"});
-    if let Some(k) = key {
-        hello["key"] = k.into();
-    }
-    if let Some(f) = filter {
-        hello["filter"] = f;
-    }
-    if let Err(e) = ws.send(Message::text(hello.to_string())).await {
+    if let Err(e) = ws.send(Message::text(hello_text(key, filter))).await {
         seen.error = Some(format!("subscribe: {e}"));
         return seen;
     }
@@ -129,6 +130,21 @@ async fn main() {
     let until = cli
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
+    if cli.discard {
+        let hello = hello_text(cli.key.clone(), cli.filter.clone());
+        let threads: Vec<_> = (0..cli.n)
+            .map(|_| {
+                let (url, hello) = (cli.url.clone(), hello.clone());
+                std::thread::spawn(move || discarding(&url, &hello, until))
+            })
+            .collect();
+        let seen = threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .collect();
+        report(seen, cli.filter.is_some());
+        return;
+    }
     let subscribers: Vec<_> = (0..cli.n)
         .map(|_| {
             tokio::spawn(subscriber(
@@ -139,9 +155,17 @@ async fn main() {
             ))
         })
         .collect();
+    let mut seen = Vec::new();
+    for s in subscribers {
+        seen.push(s.await.unwrap_or_default());
+    }
+    report(seen, cli.filter.is_some());
+}
+
+/// Prints what each subscriber received; exits 1 if one received nothing (unless filtered).
+fn report(all: Vec<Seen>, filtered: bool) {
     let mut failed = false;
-    for (i, s) in subscribers.into_iter().enumerate() {
-        let seen = s.await.unwrap_or_default();
+    for (i, seen) in all.into_iter().enumerate() {
         eprintln!(
             "subscriber {i}: {} events in {} frames ({:.1} per frame, {} bytes), {} skipped{}",
             seen.events,
@@ -153,10 +177,147 @@ async fn main() {
                 .map(|e| format!(", error: {e}"))
                 .unwrap_or_default()
         );
-        failed |= seen.events == 0 && cli.filter.is_none();
+        failed |= seen.events == 0 && !filtered;
     }
     if failed {
         eprintln!("some subscriber received no event");
         std::process::exit(1);
+    }
+}
+
+/// The `subscribe` message.
+fn hello_text(key: Option<String>, filter: Option<serde_json::Value>) -> String {
+    let mut hello = serde_json::json!({"type": "subscribe"});
+    if let Some(k) = key {
+        hello["key"] = k.into();
+    }
+    if let Some(f) = filter {
+        hello["filter"] = f;
+    }
+    hello.to_string()
+}
+
+/// A `--discard` subscriber on a blocking socket of its own thread.
+fn discarding(url: &str, hello: &str, until: Option<Instant>) -> Seen {
+    let mut seen = Seen::default();
+    if let Err(e) = discard_stream(url, hello, until, &mut seen) {
+        use std::io::ErrorKind::{TimedOut, UnexpectedEof, WouldBlock};
+        // The end of the stream, or of `--duration`.
+        if !matches!(e.kind(), UnexpectedEof | TimedOut | WouldBlock) {
+            seen.error = Some(e.to_string());
+        }
+    }
+    seen
+}
+
+fn discard_stream(
+    url: &str,
+    hello: &str,
+    until: Option<Instant>,
+    seen: &mut Seen,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::fd::AsRawFd;
+    let request = url.into_client_request().map_err(std::io::Error::other)?;
+    let uri = request.uri();
+    let host = uri.host().unwrap_or("127.0.0.1").to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let mut socket = std::net::TcpStream::connect((host.as_str(), port))?;
+    if let Some(t) = until {
+        socket.set_read_timeout(Some(
+            t.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))?;
+    }
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )?;
+    // The response head, byte by byte so nothing of the first frame is read past it.
+    let mut head = BufReader::with_capacity(1, &socket);
+    let mut line = String::new();
+    head.read_line(&mut line)?;
+    if !line.starts_with("HTTP/1.1 101") {
+        return Err(std::io::Error::other(format!(
+            "upgrade refused: {}",
+            line.trim()
+        )));
+    }
+    while line != "\r\n" {
+        line.clear();
+        if head.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    drop(head);
+    // The subscribe, masked as a client must (RFC 6455 5.3); the mask of zeros leaves it as is.
+    let mut frame = vec![0x81u8];
+    let len = hello.len();
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(hello.as_bytes());
+    socket.write_all(&frame)?;
+    let fd = socket.as_raw_fd();
+    let mut sink = vec![0u8; 1 << 20];
+    let mut first = [0u8; 64];
+    loop {
+        if until.is_some_and(|t| Instant::now() >= t) {
+            return Ok(());
+        }
+        let mut header = [0u8; 2];
+        socket.read_exact(&mut header)?;
+        let opcode = header[0] & 0x0f;
+        let len = match header[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                socket.read_exact(&mut b)?;
+                u64::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                socket.read_exact(&mut b)?;
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        let peek = len.min(first.len() as u64) as usize;
+        socket.read_exact(&mut first[..peek])?;
+        let text = std::str::from_utf8(&first[..peek]).unwrap_or("");
+        if opcode == 8 {
+            return Ok(());
+        }
+        seen.bytes += len;
+        if let Some(n) = count_after(text, r#"{"type":"tap_events","count":"#) {
+            seen.events += n;
+            seen.frames += 1;
+        } else if let Some(n) = count_after(text, r#"{"type":"skipped","count":"#) {
+            seen.skipped += n;
+        } else if text.starts_with(r#"{"type":"tap_error""#) {
+            seen.error = Some(text.to_string());
+        }
+        let mut left = len - peek as u64;
+        while left > 0 {
+            let want = left.min(sink.len() as u64) as usize;
+            // SAFETY: `sink` is a live buffer of at least `want` bytes; with MSG_TRUNC a TCP
+            // socket drops the data without writing it there.
+            let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), want, libc::MSG_TRUNC) };
+            match n {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n if n < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                n => left -= n as u64,
+            }
+        }
     }
 }
