@@ -62,6 +62,22 @@ struct Seen {
     error: Option<String>,
 }
 
+impl Seen {
+    /// Counts a message of `len` bytes from its start, `head` (a `tap_events` frame's count
+    /// comes first).
+    fn note(&mut self, head: &str, len: u64) {
+        self.bytes += len;
+        if let Some(n) = count_after(head, r#"{"type":"tap_events","count":"#) {
+            self.events += n;
+            self.frames += 1;
+        } else if let Some(n) = count_after(head, r#"{"type":"skipped","count":"#) {
+            self.skipped += n;
+        } else if head.starts_with(r#"{"type":"tap_error""#) {
+            self.error = Some(head.to_string());
+        }
+    }
+}
+
 /// The number after `"count":` in a message that starts with `prefix`.
 fn count_after(text: &str, prefix: &str) -> Option<u64> {
     let rest = text.strip_prefix(prefix)?;
@@ -108,15 +124,7 @@ async fn subscriber(
             Some(Ok(Message::Close(_)) | Err(_)) | None => break,
             Some(Ok(_)) => continue,
         };
-        seen.bytes += text.len() as u64;
-        if let Some(n) = count_after(&text, r#"{"type":"tap_events","count":"#) {
-            seen.events += n;
-            seen.frames += 1;
-        } else if let Some(n) = count_after(&text, r#"{"type":"skipped","count":"#) {
-            seen.skipped += n;
-        } else if text.starts_with(r#"{"type":"tap_error""#) {
-            seen.error = Some(text.to_string());
-        }
+        seen.note(&text, text.len() as u64);
     }
     let _ = ws.close(None).await;
     seen
@@ -216,54 +224,23 @@ fn discard_stream(
     until: Option<Instant>,
     seen: &mut Seen,
 ) -> std::io::Result<()> {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Read;
     use std::os::fd::AsRawFd;
     let request = url.into_client_request().map_err(std::io::Error::other)?;
-    let uri = request.uri();
-    let host = uri.host().unwrap_or("127.0.0.1").to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut socket = std::net::TcpStream::connect((host.as_str(), port))?;
+    let host = request.uri().host().unwrap_or("127.0.0.1").to_string();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let socket = std::net::TcpStream::connect((host.as_str(), port))?;
     if let Some(t) = until {
-        socket.set_read_timeout(Some(
-            t.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        ))?;
+        let left = t.saturating_duration_since(Instant::now());
+        socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
     }
-    write!(
-        socket,
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )?;
-    // The response head, byte by byte so nothing of the first frame is read past it.
-    let mut head = BufReader::with_capacity(1, &socket);
-    let mut line = String::new();
-    head.read_line(&mut line)?;
-    if !line.starts_with("HTTP/1.1 101") {
-        return Err(std::io::Error::other(format!(
-            "upgrade refused: {}",
-            line.trim()
-        )));
-    }
-    while line != "\r\n" {
-        line.clear();
-        if head.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    drop(head);
-    // The subscribe, masked as a client must (RFC 6455 5.3); the mask of zeros leaves it as is.
-    let mut frame = vec![0x81u8];
-    let len = hello.len();
-    if len < 126 {
-        frame.push(0x80 | len as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(len as u16).to_be_bytes());
-    }
-    frame.extend_from_slice(&[0, 0, 0, 0]);
-    frame.extend_from_slice(hello.as_bytes());
-    socket.write_all(&frame)?;
+    // tungstenite upgrades and sends the subscribe; the server sends nothing before it, so
+    // nothing of the stream is read into tungstenite's buffer, and the frames are read here.
+    let (mut ws, _) = tokio_tungstenite::tungstenite::client::client(request, socket)
+        .map_err(std::io::Error::other)?;
+    ws.send(Message::text(hello))
+        .map_err(std::io::Error::other)?;
+    let socket = ws.get_mut();
     let fd = socket.as_raw_fd();
     let mut sink = vec![0u8; 1 << 20];
     let mut first = [0u8; 64];
@@ -289,19 +266,10 @@ fn discard_stream(
         };
         let peek = len.min(first.len() as u64) as usize;
         socket.read_exact(&mut first[..peek])?;
-        let text = std::str::from_utf8(&first[..peek]).unwrap_or("");
         if opcode == 8 {
             return Ok(());
         }
-        seen.bytes += len;
-        if let Some(n) = count_after(text, r#"{"type":"tap_events","count":"#) {
-            seen.events += n;
-            seen.frames += 1;
-        } else if let Some(n) = count_after(text, r#"{"type":"skipped","count":"#) {
-            seen.skipped += n;
-        } else if text.starts_with(r#"{"type":"tap_error""#) {
-            seen.error = Some(text.to_string());
-        }
+        seen.note(std::str::from_utf8(&first[..peek]).unwrap_or(""), len);
         let mut left = len - peek as u64;
         while left > 0 {
             let want = left.min(sink.len() as u64) as usize;

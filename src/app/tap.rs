@@ -68,7 +68,7 @@ pub enum TapEvent {
 /// A committed event as the tap keeps it: its text fields copied one after the other into one
 /// buffer, its other fields as they are. Made on the ingest path while someone watches, so it
 /// costs one allocation, where a clone of the event took one per text field (and the group's
-/// copies are freed on the tap's side, see [`Tap::publish`]).
+/// copies are freed by the subscribers, on the tap's thread, once they leave the ring).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TapRecord {
     /// The event id, the user id, the session id (empty when absent), then the metadata.
