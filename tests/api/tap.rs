@@ -436,3 +436,20 @@ async fn a_subscriber_that_does_not_read_is_told_how_many_it_missed_and_ingest_g
         "a subscriber that read nothing for 20 MB must have skipped some"
     );
 }
+
+/// A client's close is answered with a close frame (its code echoed: 1000 for a normal
+/// close), not with a dropped connection.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    let app = TestApp::spawn().await;
+    let (mut tap, ack) = subscribe(&app, None, json!({})).await;
+    assert_eq!(ack["type"], "tap_ack", "{ack}");
+    tap.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    })))
+    .await
+    .expect("the close goes out");
+    assert_eq!(recv_close_code(&mut tap).await, 1000);
+}

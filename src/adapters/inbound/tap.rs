@@ -377,7 +377,12 @@ where
                         vec![Out::Message(error_message(ErrorCode::InvalidMessage, &message))]
                     }
                 },
-                Some(Ok(Message::Close(_))) => return Some((CloseCode::Normal, "")),
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite has queued the answering close frame (the client's code
+                    // echoed) and refuses to send another: a flush sends it.
+                    let _ = ws.flush().await;
+                    return None;
+                }
                 Some(Ok(_)) => continue,
                 _ => return None,
             },
