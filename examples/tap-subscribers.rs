@@ -10,10 +10,16 @@
 //! Runs until the server closes the connections (or `--duration` passes), then prints what
 //! each subscriber received and skipped; exits 1 if any received nothing (unless filtered).
 //!
-//! `--discard`: each subscriber reads a frame's header and the first bytes of its payload (the
-//! count), and has the kernel drop the rest unread (`recv` with `MSG_TRUNC`): the stream still
-//! arrives whole over TCP, but the subscriber costs the cores being measured almost nothing, as
-//! a browser on another machine would. The default reads every byte through tungstenite.
+//! How a subscriber reads (`--client`):
+//! - `tungstenite` (default): every message through tokio-tungstenite, as a typical Rust client
+//!   would (its buffers, copies and UTF-8 checks included).
+//! - `read`: every byte read from the socket into the subscriber's memory, in reads of up to
+//!   256 KiB on a blocking socket of its own thread, the WebSocket frames walked and each
+//!   frame's count read: the whole stream received, with nothing done to it that a browser on
+//!   another machine would do on its own CPU.
+//! - `discard`: a frame's header and the first bytes of its payload (the count) are read, and
+//!   the kernel drops the rest unread (`recv` with `MSG_TRUNC`): the stream still arrives whole
+//!   over TCP, but is never copied to the subscriber.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -44,9 +50,16 @@ struct Cli {
     /// the sends). Default: none, the full stream.
     #[arg(long, value_parser = parse_filter)]
     filter: Option<serde_json::Value>,
-    /// Read each frame's count and let the kernel drop the rest of it (see above).
-    #[arg(long)]
-    discard: bool,
+    /// How each subscriber reads the stream (see above).
+    #[arg(long, value_enum, default_value_t = Client::Tungstenite)]
+    client: Client,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Client {
+    Tungstenite,
+    Read,
+    Discard,
 }
 
 fn parse_filter(s: &str) -> Result<serde_json::Value, String> {
@@ -138,12 +151,13 @@ async fn main() {
     let until = cli
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
-    if cli.discard {
+    if cli.client != Client::Tungstenite {
         let hello = hello_text(cli.key.clone(), cli.filter.clone());
+        let discard = cli.client == Client::Discard;
         let threads: Vec<_> = (0..cli.n)
             .map(|_| {
                 let (url, hello) = (cli.url.clone(), hello.clone());
-                std::thread::spawn(move || discarding(&url, &hello, until))
+                std::thread::spawn(move || raw(&url, &hello, discard, until))
             })
             .collect();
         let seen = threads
@@ -205,10 +219,10 @@ fn hello_text(key: Option<String>, filter: Option<serde_json::Value>) -> String 
     hello.to_string()
 }
 
-/// A `--discard` subscriber on a blocking socket of its own thread.
-fn discarding(url: &str, hello: &str, until: Option<Instant>) -> Seen {
+/// A `read` or `discard` subscriber on a blocking socket of its own thread.
+fn raw(url: &str, hello: &str, discard: bool, until: Option<Instant>) -> Seen {
     let mut seen = Seen::default();
-    if let Err(e) = discard_stream(url, hello, until, &mut seen) {
+    if let Err(e) = raw_stream(url, hello, discard, until, &mut seen) {
         use std::io::ErrorKind::{TimedOut, UnexpectedEof, WouldBlock};
         // The end of the stream, or of `--duration`.
         if !matches!(e.kind(), UnexpectedEof | TimedOut | WouldBlock) {
@@ -218,9 +232,10 @@ fn discarding(url: &str, hello: &str, until: Option<Instant>) -> Seen {
     seen
 }
 
-fn discard_stream(
+fn raw_stream(
     url: &str,
     hello: &str,
+    discard: bool,
     until: Option<Instant>,
     seen: &mut Seen,
 ) -> std::io::Result<()> {
@@ -241,6 +256,13 @@ fn discard_stream(
     ws.send(Message::text(hello))
         .map_err(std::io::Error::other)?;
     let socket = ws.get_mut();
+    if !discard {
+        return read_all(
+            std::io::BufReader::with_capacity(256 << 10, socket),
+            until,
+            seen,
+        );
+    }
     let fd = socket.as_raw_fd();
     let mut sink = vec![0u8; 1 << 20];
     let mut first = [0u8; 64];
@@ -248,22 +270,7 @@ fn discard_stream(
         if until.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
         }
-        let mut header = [0u8; 2];
-        socket.read_exact(&mut header)?;
-        let opcode = header[0] & 0x0f;
-        let len = match header[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                socket.read_exact(&mut b)?;
-                u64::from(u16::from_be_bytes(b))
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                socket.read_exact(&mut b)?;
-                u64::from_be_bytes(b)
-            }
-            n => u64::from(n),
-        };
+        let (opcode, len) = frame_header(socket)?;
         let peek = len.min(first.len() as u64) as usize;
         socket.read_exact(&mut first[..peek])?;
         if opcode == 8 {
@@ -288,4 +295,56 @@ fn discard_stream(
             }
         }
     }
+}
+
+/// A `read` subscriber: every byte of every frame is read into memory (through `reader`'s
+/// buffer, in large reads), and each frame's count noted.
+fn read_all(
+    mut reader: impl std::io::BufRead,
+    until: Option<Instant>,
+    seen: &mut Seen,
+) -> std::io::Result<()> {
+    let mut first = [0u8; 64];
+    loop {
+        if until.is_some_and(|t| Instant::now() >= t) {
+            return Ok(());
+        }
+        let (opcode, len) = frame_header(&mut reader)?;
+        let peek = len.min(first.len() as u64) as usize;
+        reader.read_exact(&mut first[..peek])?;
+        if opcode == 8 {
+            return Ok(());
+        }
+        seen.note(std::str::from_utf8(&first[..peek]).unwrap_or(""), len);
+        let mut left = len - peek as u64;
+        while left > 0 {
+            let got = reader.fill_buf()?.len();
+            if got == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let n = left.min(got as u64);
+            reader.consume(n as usize);
+            left -= n;
+        }
+    }
+}
+
+/// The opcode and payload length of the next WebSocket frame from the server (unmasked).
+fn frame_header(r: &mut impl std::io::Read) -> std::io::Result<(u8, u64)> {
+    let mut header = [0u8; 2];
+    r.read_exact(&mut header)?;
+    let len = match header[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b)?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b)?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    Ok((header[0] & 0x0f, len))
 }

@@ -13,9 +13,11 @@
 # the subscribers connect once /health answers and leave when the server closes them. What
 # each received and skipped is appended to TAP_LOG (target/bench-with-taps.log), since
 # bench-ab discards the server's output. TAP_CLIENT=node uses scripts/tap-subscribers.mjs
-# (Node.js, a JSON.parse per frame) instead, for comparison; TAP_CLIENT=discard runs the Rust
-# subscribers with --discard (each frame's count read, the rest dropped by the kernel unread:
-# what browsers on other machines cost this one, nothing but the TCP stream). TAP_NICE=N runs the subscribers at
+# (Node.js, a JSON.parse per frame) instead, for comparison; TAP_CLIENT=read runs the Rust
+# subscribers with --client read (every byte read into memory in large reads, each frame's
+# count read, nothing parsed: the whole stream received, without the work a browser on another
+# machine would do on its own CPU); TAP_CLIENT=discard with --client discard (each frame's count
+# read, the rest dropped by the kernel unread: nothing but the TCP stream). TAP_NICE=N runs the subscribers at
 # nice N (default 0): they stand in for browsers on other machines, and at 19 they take only
 # the CPU that the server, Redis, ClickHouse and the load generator leave. TAP_FILTER='{...}'
 # gives every (Rust) subscriber that filter, e.g. '{"outcomes":["unavailable"]}': the tap's
@@ -43,8 +45,8 @@ filter=()
     if [ "$client" = node ]; then
         exec "${sched[@]}" nice -n "$nice" node --experimental-websocket scripts/tap-subscribers.mjs "ws://$listen/events/tap" "$n" 2>>"$log"
     fi
-    discard=()
-    [ "$client" = discard ] && discard=(--discard)
-    exec "${sched[@]}" nice -n "$nice" target/release/examples/tap-subscribers --url "ws://$listen/events/tap" -n "$n" "${filter[@]}" "${discard[@]}" 2>>"$log"
+    mode=tungstenite
+    case "$client" in read | discard) mode=$client ;; esac
+    exec "${sched[@]}" nice -n "$nice" "${TAP_SUBSCRIBERS_BIN:-target/release/examples/tap-subscribers}" --url "ws://$listen/events/tap" -n "$n" "${filter[@]}" --client "$mode" 2>>"$log"
 ) &
 exec "$bin"

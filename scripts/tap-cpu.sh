@@ -10,6 +10,8 @@
 # (its events_received counter), the server's and the subscribers' CPU milliseconds, and
 # microseconds of CPU per event for each, of the server's tap thread alone, and of the whole
 # machine (every process and the kernel, from /proc/stat) with the share it sat idle.
+# TAP_CLIENT=read|discard picks how the subscribers read (tap-subscribers --client; default
+# tungstenite).
 # PERF=FILE also samples the server with `perf record` (1999 Hz, every thread) while the load
 # runs, for `perf report -i FILE --sort comm,sym`.
 set -euo pipefail
@@ -42,7 +44,7 @@ box_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/s
 received() { curl -fs "$FRESH_URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}'; }
 tpid=
 if [ "$TAPS" -gt 0 ]; then
-    "$SUBS" --url "ws://127.0.0.1:$FRESH_PORT/events/tap" -n "$TAPS" 2>"$dir/taps" &
+    "$SUBS" --url "ws://127.0.0.1:$FRESH_PORT/events/tap" -n "$TAPS" --client "${TAP_CLIENT:-tungstenite}" 2>"$dir/taps" &
     tpid=$!
     sleep 1
 fi
