@@ -193,38 +193,78 @@ impl TapGroup {
 }
 
 /// One text per event, kept in one shared buffer that is also a whole message: `prefix`, the
-/// texts joined by `sep`, then `suffix`. Sending the whole message to several subscribers
-/// shares the buffer instead of copying it (`whole` hands out the `Arc`).
+/// texts joined by `sep`, then `suffix`, after a header that the caller makes from the
+/// message's length. Sending the whole message to several subscribers shares the buffer
+/// instead of copying it (`whole` hands out the `Arc`), and its header goes in the same write.
 #[derive(Debug, Default)]
 pub struct Pieces {
-    /// An `Arc<String>` rather than an `Arc<str>`, which would copy the text once more.
-    text: Arc<String>,
-    /// Where each item's text starts and ends in `text`.
+    /// [`HEADER_ROOM`] bytes, the last of which hold the header, then the message.
+    bytes: Arc<Vec<u8>>,
+    /// Where the header starts in `bytes`.
+    start: usize,
+    /// Where each item's text starts and ends in `bytes`.
     spans: Vec<(usize, usize)>,
 }
 
+/// The most a message's header may take (a WebSocket frame's takes 2 to 10 bytes).
+pub const HEADER_ROOM: usize = 10;
+
+/// A group's whole message as sent, header included: shared, never copied.
+#[derive(Debug, Clone)]
+pub struct Whole {
+    bytes: Arc<Vec<u8>>,
+    start: usize,
+}
+
+impl Whole {
+    /// The header and the message, as written to a subscriber.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// The message without its header.
+    pub fn message(&self) -> &str {
+        text(&self.bytes[HEADER_ROOM..])
+    }
+}
+
+/// Text that was written as a `str`.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or("")
+}
+
 impl Pieces {
-    /// `f` writes each item's text in turn.
+    /// `f` writes each item's text in turn; `header` writes the header of a message of the
+    /// given length at the end of the room it gets, and says how long it is.
     pub fn build<T>(
         items: &[T],
         capacity: usize,
         [prefix, sep, suffix]: [&str; 3],
+        header: impl FnOnce(usize, &mut [u8; HEADER_ROOM]) -> usize,
         mut f: impl FnMut(&T, &mut String),
     ) -> Self {
-        let mut text = String::with_capacity(capacity + prefix.len() + suffix.len());
+        let mut text = String::with_capacity(HEADER_ROOM + capacity + prefix.len() + suffix.len());
+        // Room for the header, written once the message's length is known.
+        text.push_str(&" ".repeat(HEADER_ROOM));
         let mut spans = Vec::with_capacity(items.len());
         text.push_str(prefix);
         for (i, item) in items.iter().enumerate() {
             if i > 0 {
                 text.push_str(sep);
             }
-            let start = text.len();
+            let begin = text.len();
             f(item, &mut text);
-            spans.push((start, text.len()));
+            spans.push((begin, text.len()));
         }
         text.push_str(suffix);
+        let mut bytes = text.into_bytes();
+        let mut head = [0u8; HEADER_ROOM];
+        let len = header(bytes.len() - HEADER_ROOM, &mut head).min(HEADER_ROOM);
+        let start = HEADER_ROOM - len;
+        bytes[start..HEADER_ROOM].copy_from_slice(&head[start..]);
         Self {
-            text: Arc::new(text),
+            bytes: Arc::new(bytes),
+            start,
             spans,
         }
     }
@@ -233,20 +273,23 @@ impl Pieces {
     pub fn get(&self, i: usize) -> &str {
         self.spans
             .get(i)
-            .map_or("", |&(start, end)| &self.text[start..end])
+            .map_or("", |&(begin, end)| text(&self.bytes[begin..end]))
     }
 
-    /// The items' texts joined by the separator, without prefix and suffix.
-    pub fn joined(&self) -> &str {
+    /// How long the items' texts joined by the separator are, without prefix and suffix.
+    pub fn joined_len(&self) -> usize {
         match (self.spans.first(), self.spans.last()) {
-            (Some(&(start, _)), Some(&(_, end))) => &self.text[start..end],
-            _ => "",
+            (Some(&(begin, _)), Some(&(_, end))) => end - begin,
+            _ => 0,
         }
     }
 
     /// The whole message, shared.
-    pub fn whole(&self) -> Arc<String> {
-        Arc::clone(&self.text)
+    pub fn whole(&self) -> Whole {
+        Whole {
+            bytes: Arc::clone(&self.bytes),
+            start: self.start,
+        }
     }
 }
 
@@ -266,6 +309,20 @@ struct Ring {
     head: u64,
     subscribers: usize,
 }
+
+impl Ring {
+    /// Adds `group`, which starts at `head`.
+    fn push(&mut self, group: TapGroup) {
+        debug_assert_eq!(group.first, self.head);
+        self.head = group.end();
+        self.events += group.events.len();
+        self.groups.push_back(Arc::new(group));
+    }
+}
+
+/// The most events that groups taken together are merged into (a few hundred events make a
+/// frame of about 100 KiB, well under the adapter's largest).
+const MERGED_EVENTS: usize = 512;
 
 /// The publishing side, shared by the ingest use case and the tap endpoint.
 pub struct Tap {
@@ -337,18 +394,36 @@ impl Tap {
     /// Moves what was published into the ring (numbering its events, counting what the
     /// publisher dropped) and lets the oldest groups go past the capacity: they are freed
     /// here, on the subscriber's side, not on the ingest path.
+    ///
+    /// Groups taken together become one, up to [`MERGED_EVENTS`]: subscribers send each group
+    /// as one frame, so the committer's many small groups would cost each subscriber a write
+    /// (and its client a wake-up) apiece.
     fn take_published(&self, ring: &mut Ring) {
         ring.head += self.lost.swap(0, Ordering::AcqRel) as u64;
+        let mut merged: Option<TapGroup> = None;
+        let mut next = ring.head;
         for events in self.inbox_out.try_iter() {
-            self.queued.fetch_sub(events.len(), Ordering::AcqRel);
-            let group = TapGroup {
-                first: ring.head,
-                events,
-                wire: OnceLock::new(),
-            };
-            ring.head = group.end();
-            ring.events += group.events.len();
-            ring.groups.push_back(Arc::new(group));
+            let n = events.len();
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            match &mut merged {
+                Some(group) if group.events.len() + n <= MERGED_EVENTS => {
+                    group.events.extend(events)
+                }
+                _ => {
+                    if let Some(full) = merged.take() {
+                        ring.push(full);
+                    }
+                    merged = Some(TapGroup {
+                        first: next,
+                        events,
+                        wire: OnceLock::new(),
+                    });
+                }
+            }
+            next += n as u64;
+        }
+        if let Some(group) = merged {
+            ring.push(group);
         }
         while ring.events > self.capacity && ring.groups.len() > 1 {
             if let Some(old) = ring.groups.pop_front() {
@@ -500,7 +575,7 @@ pub(crate) mod tests {
         tap.publish(vec![rejected(2)]);
         let got = sub.recv().await;
         assert_eq!((got.skipped, ns(&got)), (0, vec![0, 1, 2]));
-        assert_eq!(got.groups.len(), 2, "one item per group");
+        assert_eq!(got.groups.len(), 1, "groups taken together are merged");
         let waiting = tokio::spawn(async move { ns(&sub.recv().await) });
         tokio::task::yield_now().await;
         tap.publish(vec![rejected(3)]);
@@ -554,6 +629,24 @@ pub(crate) mod tests {
         assert_eq!(tap.queued.load(Ordering::Relaxed), 0);
     }
 
+    /// What was published between two looks is taken as one group, as large as a bound.
+    #[tokio::test]
+    async fn groups_taken_together_are_merged_up_to_a_bound() {
+        let tap = Arc::new(Tap::new(4 * MERGED_EVENTS));
+        let mut sub = tap.subscribe();
+        let part = MERGED_EVENTS / 2 - 1;
+        let mut n = 0;
+        for size in [part, part, part, 1] {
+            tap.publish((n..n + size as u64).map(rejected).collect());
+            n += size as u64;
+        }
+        let got = sub.recv().await;
+        let sizes: Vec<_> = got.groups.iter().map(|g| g.events.len()).collect();
+        assert_eq!(sizes, [2 * part, part + 1]);
+        assert_eq!(ns(&got), (0..n).collect::<Vec<_>>(), "in order");
+        assert_eq!(got.groups[1].first, 2 * part as u64);
+    }
+
     /// Publishing takes no lock a subscriber holds: the tap's thread, which runs at the lowest
     /// priority, could be stopped while holding it, and the committer would wait.
     #[tokio::test]
@@ -592,15 +685,23 @@ pub(crate) mod tests {
 
     #[test]
     fn pieces_hold_one_text_per_item() {
-        let p = Pieces::build(&["a", "", "bc"], 8, ["[", ",", "]"], |s, out| {
+        let header = |len: usize, out: &mut [u8; HEADER_ROOM]| {
+            out[HEADER_ROOM - 2..].copy_from_slice(&[0xff, len as u8]);
+            2
+        };
+        let p = Pieces::build(&["a", "", "bc"], 8, ["[", ",", "]"], header, |s, out| {
             out.push_str(s)
         });
         assert_eq!(
             [p.get(0), p.get(1), p.get(2), p.get(3)],
             ["a", "", "bc", ""]
         );
-        assert_eq!((p.joined(), p.whole().as_str()), ("a,,bc", "[a,,bc]"));
-        let none = Pieces::build(&[] as &[&str], 0, ["[", ",", "]"], |s, out| out.push_str(s));
-        assert_eq!((none.joined(), none.whole().as_str()), ("", "[]"));
+        assert_eq!((p.joined_len(), p.whole().message()), (5, "[a,,bc]"));
+        assert_eq!(p.whole().bytes(), b"\xff\x07[a,,bc]");
+        let none = Pieces::build(&[] as &[&str], 0, ["[", ",", "]"], header, |s, out| {
+            out.push_str(s)
+        });
+        assert_eq!((none.joined_len(), none.whole().message()), (0, "[]"));
+        assert_eq!(none.whole().bytes(), b"\xff\x02[]");
     }
 }

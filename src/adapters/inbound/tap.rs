@@ -14,7 +14,9 @@ use crate::adapters::inbound::ws::Upgrade;
 use crate::app::access::{Access, Scope};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
-use crate::app::tap::{Pieces, Received, Subscription, Tap, TapEvent, TapGroup, TapOutcome};
+use crate::app::tap::{
+    Pieces, Received, Subscription, Tap, TapEvent, TapGroup, TapOutcome, Whole, HEADER_ROOM,
+};
 use futures_util::{SinkExt, StreamExt};
 use poem::http::StatusCode;
 use poem::{Endpoint, Request, Response};
@@ -387,14 +389,14 @@ where
                 _ => return None,
             },
             received = paced(sub, next_send) => {
-                next_send = tokio::time::Instant::now() + PACE;
+                next_send = next_tick(tokio::time::Instant::now());
                 frames(&received, filter)
             }
         };
         for out in outs {
             let sent = match out {
                 Out::Message(message) => ws.feed(message).await.is_ok(),
-                Out::Shared(text) => send_shared(ws, text.as_bytes()).await.is_ok(),
+                Out::Shared(whole) => send_shared(ws, &whole).await.is_ok(),
             };
             if !sent {
                 return None;
@@ -406,56 +408,55 @@ where
     }
 }
 
-/// Sends `text` as one text frame written straight to the socket from the group's shared
-/// buffer (through tungstenite, every subscriber's copy of each frame went through its write
-/// buffer first). What tungstenite holds (a frame fed before, a pong) is flushed first, so
-/// frames keep their order.
-async fn send_shared<S>(ws: &mut WebSocketStream<S>, text: &[u8]) -> std::io::Result<()>
+/// Sends a group's whole frame, header and payload in one write straight to the socket from
+/// the group's shared buffer: through tungstenite, every subscriber's copy of each frame went
+/// through its write buffer first, and header and payload written apart woke the client
+/// twice (poem's upgraded connection takes no vectored writes). What tungstenite holds (a
+/// frame fed before, a pong) is flushed first, so frames keep their order.
+async fn send_shared<S>(ws: &mut WebSocketStream<S>, whole: &Whole) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    ws.flush().await.map_err(std::io::Error::other)?;
-    write_text_frame(ws.get_mut(), text).await
-}
-
-/// An unmasked, final text frame of `payload` (RFC 6455 5.2: what a server sends), its
-/// header and payload written together where the stream takes vectored writes.
-async fn write_text_frame<W>(io: &mut W, payload: &[u8]) -> std::io::Result<()>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-{
     use tokio::io::AsyncWriteExt;
-    let mut header = [0u8; 10];
-    let header_len = text_frame_header(payload.len(), &mut header);
-    let (mut head, mut body) = (&header[..header_len], payload);
-    while !head.is_empty() || !body.is_empty() {
-        let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
-        let n = io.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        body = &body[n - from_head..];
-    }
-    Ok(())
+    ws.flush().await.map_err(std::io::Error::other)?;
+    ws.get_mut().write_all(whole.bytes()).await
 }
 
-/// Writes the header of a final text frame of `len` bytes into `out`; its length.
-fn text_frame_header(len: usize, out: &mut [u8; 10]) -> usize {
-    out[0] = 0x81; // FIN, text
-    if len < 126 {
-        out[1] = len as u8;
+/// Writes the header of a final, unmasked text frame of `len` bytes (RFC 6455 5.2: what a
+/// server sends) at the end of `out`; its length.
+fn text_frame_header(len: usize, out: &mut [u8; HEADER_ROOM]) -> usize {
+    let mut header = [0u8; 10];
+    header[0] = 0x81; // FIN, text
+    let n = if len < 126 {
+        header[1] = len as u8;
         2
     } else if let Ok(short) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&short.to_be_bytes());
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
         4
     } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         10
-    }
+    };
+    out[HEADER_ROOM - n..].copy_from_slice(&header[..n]);
+    n
+}
+
+/// The next instant after `now` on a grid [`PACE`] apart that every subscriber shares: they
+/// send at the same moments, so the first to look takes what was published since the last
+/// one as one group (see [`Tap`]), and the others send that same group, not their own cuts of
+/// it.
+fn next_tick(now: tokio::time::Instant) -> tokio::time::Instant {
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let pace = PACE.as_nanos();
+    let ticks = u64::try_from(since / pace + 1).unwrap_or(u64::MAX);
+    let pace = u64::try_from(pace).unwrap_or(u64::MAX);
+    epoch
+        .checked_add(Duration::from_nanos(ticks.saturating_mul(pace)))
+        .unwrap_or(now + PACE)
 }
 
 /// What was published since the subscriber last looked, not before `at`. Cancel-safe, like
@@ -470,7 +471,7 @@ enum Out {
     /// Through tungstenite.
     Message(Message),
     /// A group's whole `tap_events` frame, shared by every subscriber that watches everything.
-    Shared(Arc<String>),
+    Shared(Whole),
 }
 
 /// The messages for what a subscriber received: `skipped` first if any, then the events its
@@ -494,7 +495,7 @@ fn frames(received: &Received, filter: &Filter) -> Vec<Out> {
         let pieces = group.wire.get_or_init(|| wire(group));
         // A subscriber that watches everything sends a group that fits a frame as the
         // group's own message, shared by every such subscriber.
-        if filter.is_everything() && pieces.joined().len() <= FRAME_BYTES {
+        if filter.is_everything() && pieces.joined_len() <= FRAME_BYTES {
             if !chosen.is_empty() {
                 out.push(Out::Message(frame(&chosen, bytes)));
                 chosen.clear();
@@ -573,6 +574,7 @@ pub fn wire(group: &TapGroup) -> Pieces {
         &group.events,
         group.events.len() * 384,
         [&head, ",", "]}"],
+        text_frame_header,
         write_event,
     )
 }
@@ -608,9 +610,11 @@ fn write_event(event: &TapEvent, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{frames, paced, send_shared, text_frame_header, watchers, Filter, Out, PACE};
+    use super::{
+        frames, next_tick, paced, send_shared, text_frame_header, watchers, Filter, Out, PACE,
+    };
     use crate::app::tap::tests::rejected;
-    use crate::app::tap::Tap;
+    use crate::app::tap::{Pieces, Tap, HEADER_ROOM};
     use futures_util::{SinkExt, StreamExt};
     use std::sync::Arc;
     use std::time::Duration;
@@ -621,7 +625,7 @@ mod tests {
     fn text(m: &Out) -> &str {
         match m {
             Out::Message(Message::Text(t)) => t.as_str(),
-            Out::Shared(t) => t.as_str(),
+            Out::Shared(t) => t.message(),
             Out::Message(other) => panic!("not a text: {other:?}"),
         }
     }
@@ -659,12 +663,16 @@ mod tests {
         tap.publish(vec![rejected(2)]);
         let second = paced(&mut sub, next).await;
         assert_eq!(start.elapsed(), PACE, "not before the pace");
-        assert_eq!(second.groups.len(), 2, "both groups in one take");
+        assert_eq!(
+            second.groups.iter().map(|g| g.events.len()).sum::<usize>(),
+            2,
+            "both groups in one take"
+        );
     }
 
     /// Groups published between two sends go out together: to a subscriber that watches
-    /// everything, each group as its own shared frame (not copied); to a filtered one, its
-    /// share of all of them in one frame.
+    /// everything, as the one group they were merged into, its shared frame (not copied); to
+    /// a filtered one, its share of all of them in one frame.
     #[tokio::test]
     async fn what_waited_for_a_send_goes_out_together() {
         let tap = Arc::new(Tap::new(100));
@@ -673,11 +681,18 @@ mod tests {
         tap.publish(vec![rejected(2)]);
         let received = sub.recv().await;
         let everything = frames(&received, &Filter::default());
-        assert_eq!(everything.len(), 2, "one frame per group");
+        assert_eq!(
+            everything.len(),
+            1,
+            "one frame for the group they were merged into"
+        );
         for (m, group) in everything.iter().zip(&received.groups) {
             let whole = group.wire.get().expect("written once").whole();
             match m {
-                Out::Shared(text) => assert!(Arc::ptr_eq(text, &whole), "the group's own buffer"),
+                Out::Shared(w) => assert!(
+                    std::ptr::eq(w.bytes(), whole.bytes()),
+                    "the group's own buffer"
+                ),
                 Out::Message(_) => panic!("a copy"),
             }
         }
@@ -723,13 +738,26 @@ mod tests {
         );
     }
 
+    /// Every subscriber sends on the same grid, PACE apart.
+    #[test]
+    fn subscribers_send_on_a_shared_grid() {
+        let start = tokio::time::Instant::now();
+        for offset in [0, 1, 7, 19, 20, 33] {
+            let now = start + Duration::from_millis(offset);
+            let tick = next_tick(now);
+            assert!(tick > now && tick <= now + PACE, "{offset}");
+            assert_eq!(next_tick(tick - Duration::from_nanos(1)), tick, "{offset}");
+            assert_eq!(next_tick(tick), tick + PACE, "{offset}");
+        }
+    }
+
     /// Each length form of a frame header (RFC 6455 5.2).
     #[test]
     fn frame_headers_carry_the_length_in_the_shortest_form() {
         let header = |len| {
-            let mut out = [0u8; 10];
+            let mut out = [0u8; HEADER_ROOM];
             let n = text_frame_header(len, &mut out);
-            out[..n].to_vec()
+            out[HEADER_ROOM - n..].to_vec()
         };
         assert_eq!(header(125), [0x81, 125]);
         assert_eq!(header(126), [0x81, 126, 0, 126]);
@@ -737,8 +765,9 @@ mod tests {
         assert_eq!(header(65_536), [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 
-    /// Shared frames written straight to the socket reach a WebSocket client whole, of every
-    /// length form, in order with the messages fed through tungstenite around them.
+    /// Shared frames written straight to the socket, their headers in front of them in the
+    /// shared buffer, reach a WebSocket client whole, of every length form, in order with the
+    /// messages fed through tungstenite around them.
     #[tokio::test]
     async fn shared_frames_and_fed_messages_arrive_in_order() {
         let (server_io, client_io) = tokio::io::duplex(4096);
@@ -765,7 +794,13 @@ mod tests {
             let fed = format!("fed {i}");
             server.feed(Message::text(fed.clone())).await.unwrap();
             want.push(fed);
-            send_shared(&mut server, text.as_bytes()).await.unwrap();
+            let whole = Pieces::build(&[text], 0, ["", "", ""], text_frame_header, |t, out| {
+                out.push_str(t)
+            })
+            .whole();
+            send_shared(&mut server, &whole).await.unwrap();
+            want.push(text.clone());
+            send_shared(&mut server, &whole).await.unwrap();
             want.push(text.clone());
         }
         server.close(None).await.unwrap();
