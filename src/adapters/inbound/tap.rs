@@ -450,7 +450,11 @@ fn text_frame_header(len: usize, out: &mut [u8; HEADER_ROOM]) -> usize {
 fn next_tick(now: tokio::time::Instant) -> tokio::time::Instant {
     static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| now);
-    let since = now.saturating_duration_since(epoch).as_nanos();
+    // Before the grid began (only a test's paused clock can be): no grid to keep.
+    let Some(since) = now.checked_duration_since(epoch) else {
+        return now + PACE;
+    };
+    let since = since.as_nanos();
     let pace = PACE.as_nanos();
     let ticks = u64::try_from(since / pace + 1).unwrap_or(u64::MAX);
     let pace = u64::try_from(pace).unwrap_or(u64::MAX);
