@@ -60,12 +60,18 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Writes zeros to `path` until `leave` bytes are free on its file system (or it is full).
+/// Writes zeros to `path` until `leave` bytes are free on its file system, give or take less
+/// than a page (or it is full). Whole pages, never past `leave`: stopping at the first 64 KiB
+/// write that got there left anything from `leave - 64 KiB` up, and a server started in what
+/// was left then sometimes could not even open its databases.
 fn fill(path: &Path, probe: &StatVfs, leave: u64) {
+    const PAGE: u64 = 4096;
     let mut f = std::fs::File::create(path).unwrap();
     let chunk = vec![0u8; 64 * 1024];
-    while probe.space().unwrap().free > leave {
-        if f.write_all(&chunk).is_err() {
+    loop {
+        let over = probe.space().unwrap().free.saturating_sub(leave);
+        let n = over.min(chunk.len() as u64) / PAGE * PAGE;
+        if n == 0 || f.write_all(&chunk[..n as usize]).is_err() {
             break;
         }
     }
@@ -307,7 +313,9 @@ async fn a_full_disk_met_by_the_forwarder_alone_is_not_ready_until_space_is_free
         dir: tmpfs.path().to_path_buf(),
     };
     let filler = tmpfs.path().join("filler");
-    fill(&filler, &probe, 256 << 10);
+    // Room to open the databases (about 250 KiB on an empty data dir), not to move the 10,000
+    // journaled events (several MiB).
+    fill(&filler, &probe, 1 << 20);
     let app = TestApp::spawn_in_with(&data_dir, |s| {
         s.forward_interval = Duration::from_millis(50);
         s.forward_backoff_max = Duration::from_millis(200);
