@@ -26,6 +26,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use std::io::{BufRead, Read};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -239,7 +240,6 @@ fn raw_stream(
     until: Option<Instant>,
     seen: &mut Seen,
 ) -> std::io::Result<()> {
-    use std::io::Read;
     use std::os::fd::AsRawFd;
     let request = url.into_client_request().map_err(std::io::Error::other)?;
     let host = request.uri().host().unwrap_or("127.0.0.1").to_string();
@@ -257,80 +257,77 @@ fn raw_stream(
         .map_err(std::io::Error::other)?;
     let socket = ws.get_mut();
     if !discard {
-        return read_all(
-            std::io::BufReader::with_capacity(256 << 10, socket),
-            until,
-            seen,
-        );
+        let mut reader = std::io::BufReader::with_capacity(256 << 10, socket);
+        return count_frames(&mut reader, until, seen, consume);
     }
-    let fd = socket.as_raw_fd();
     let mut sink = vec![0u8; 1 << 20];
-    let mut first = [0u8; 64];
-    loop {
-        if until.is_some_and(|t| Instant::now() >= t) {
-            return Ok(());
-        }
-        let (opcode, len) = frame_header(socket)?;
-        let peek = len.min(first.len() as u64) as usize;
-        socket.read_exact(&mut first[..peek])?;
-        if opcode == 8 {
-            return Ok(());
-        }
-        seen.note(std::str::from_utf8(&first[..peek]).unwrap_or(""), len);
-        let mut left = len - peek as u64;
-        while left > 0 {
-            let want = left.min(sink.len() as u64) as usize;
-            // SAFETY: `sink` is a live buffer of at least `want` bytes; with MSG_TRUNC a TCP
-            // socket drops the data without writing it there.
-            let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), want, libc::MSG_TRUNC) };
-            match n {
-                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                n if n < 0 => {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-                n => left -= n as u64,
-            }
-        }
-    }
+    count_frames(socket, until, seen, |socket, left| {
+        drop_unread(socket.as_raw_fd(), &mut sink, left)
+    })
 }
 
-/// A `read` subscriber: every byte of every frame is read into memory (through `reader`'s
-/// buffer, in large reads), and each frame's count noted.
-fn read_all(
-    mut reader: impl std::io::BufRead,
+/// Reads frames until the server closes (or `until`), noting each one from its header and
+/// first bytes; `rest` gets the frame's other bytes.
+fn count_frames<R: Read>(
+    r: &mut R,
     until: Option<Instant>,
     seen: &mut Seen,
+    mut rest: impl FnMut(&mut R, u64) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let mut first = [0u8; 64];
     loop {
         if until.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
         }
-        let (opcode, len) = frame_header(&mut reader)?;
+        let (opcode, len) = frame_header(r)?;
         let peek = len.min(first.len() as u64) as usize;
-        reader.read_exact(&mut first[..peek])?;
+        r.read_exact(&mut first[..peek])?;
         if opcode == 8 {
             return Ok(());
         }
         seen.note(std::str::from_utf8(&first[..peek]).unwrap_or(""), len);
-        let mut left = len - peek as u64;
-        while left > 0 {
-            let got = reader.fill_buf()?.len();
-            if got == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let n = left.min(got as u64);
-            reader.consume(n as usize);
-            left -= n;
-        }
+        rest(r, len - peek as u64)?;
     }
 }
 
+/// `--client read`: the next `left` bytes read into memory (through the reader's buffer, in
+/// large reads) and let go.
+fn consume(reader: &mut impl BufRead, mut left: u64) -> std::io::Result<()> {
+    while left > 0 {
+        let got = reader.fill_buf()?.len();
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = left.min(got as u64);
+        reader.consume(n as usize);
+        left -= n;
+    }
+    Ok(())
+}
+
+/// `--client discard`: the next `left` bytes of the socket `fd` dropped by the kernel unread.
+fn drop_unread(fd: std::os::fd::RawFd, sink: &mut [u8], mut left: u64) -> std::io::Result<()> {
+    while left > 0 {
+        let want = left.min(sink.len() as u64) as usize;
+        // SAFETY: `sink` is a live buffer of at least `want` bytes; with MSG_TRUNC a TCP
+        // socket drops the data without writing it there.
+        let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), want, libc::MSG_TRUNC) };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => left -= n as u64,
+        }
+    }
+    Ok(())
+}
+
 /// The opcode and payload length of the next WebSocket frame from the server (unmasked).
-fn frame_header(r: &mut impl std::io::Read) -> std::io::Result<(u8, u64)> {
+fn frame_header(r: &mut impl Read) -> std::io::Result<(u8, u64)> {
     let mut header = [0u8; 2];
     r.read_exact(&mut header)?;
     let len = match header[1] & 0x7f {

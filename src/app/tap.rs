@@ -223,6 +223,7 @@ impl Whole {
     }
 
     /// The message without its header.
+    #[cfg(test)]
     pub fn message(&self) -> &str {
         text(&self.bytes[HEADER_ROOM..])
     }
