@@ -39,6 +39,17 @@ tap_ticks() {
     done
     echo "$sum"
 }
+# switches PID [COMM]: context switches (voluntary + not) of the process's threads, or of
+# those named COMM: each is a sleep or a preemption, and each wake-up before it costs the waker.
+switches() {
+    local t sum=0
+    for t in /proc/"$1"/task/*; do
+        if [ -z "${2:-}" ] || [ "$(cat "$t/comm" 2>/dev/null)" = "$2" ]; then
+            sum=$((sum + $(awk '/ctxt_switches/ {s += $2} END {print s + 0}' "$t/status" 2>/dev/null || echo 0)))
+        fi
+    done
+    echo "$sum"
+}
 # box_ticks: busy and idle ticks of the whole machine (every process, the kernel's too).
 box_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
 received() { curl -fs "$FRESH_URL/metrics" | awk '/^cartstream_events_received_total/ {s += $2} END {print s + 0}'; }
@@ -50,6 +61,7 @@ if [ "$TAPS" -gt 0 ]; then
 fi
 s0=$(ticks "$spid"); w0=$(tap_ticks "$spid"); read -r b0 i0 < <(box_ticks)
 t0=0; [ -n "$tpid" ] && t0=$(ticks "$tpid")
+x0=$(switches "$spid" cartstream-tap); y0=0; [ -n "$tpid" ] && y0=$(switches "$tpid")
 e0=$(received)
 ppid=
 if [ -n "${PERF:-}" ]; then
@@ -61,6 +73,7 @@ if [ -n "$ppid" ]; then kill -INT "$ppid"; wait "$ppid" || true; fi
 sleep 1 # the subscribers read what is still on its way
 s1=$(ticks "$spid"); w1=$(tap_ticks "$spid"); read -r b1 i1 < <(box_ticks)
 t1=0; [ -n "$tpid" ] && t1=$(ticks "$tpid")
+x1=$(switches "$spid" cartstream-tap); y1=0; [ -n "$tpid" ] && y1=$(switches "$tpid")
 e1=$(received)
 kill -TERM "$spid"; wait "$spid" || true
 if [ -n "$tpid" ]; then wait "$tpid" || true; sed 's/^/    /' "$dir/taps"; fi
@@ -70,6 +83,7 @@ awk -v e="$events" -v s=$((s1 - s0)) -v t=$((t1 - t0)) -v w=$((w1 - w0)) -v b=$(
     printf "%s, %d taps: %d events; server %d ms = %.2f us/event (its tap thread %.2f); subscribers %d ms = %.2f us/event; machine busy %.2f us/event, idle %.0f%%\n",
         bin, taps, e, s * 1000 / hz, s * 1e6 / hz / e, w * 1e6 / hz / e, t * 1000 / hz, t * 1e6 / hz / e,
         b * 1e6 / hz / e, 100 * i / (b + i) }'
+echo "    context switches per 1,000 events: the tap thread $(((x1 - x0) * 1000 / events)), the subscribers $(((y1 - y0) * 1000 / events))"
 grep -m1 throughput "$dir/bench" | sed 's/^/    /' || true
 fresh_cleanup "$backend" "$tag"
 rm -rf "$dir"
