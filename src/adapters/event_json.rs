@@ -46,19 +46,28 @@ pub fn write_event_json(s: &StoredEvent, out: &mut String) {
     );
 }
 
-/// The same JSON as [`write_event_json`], of the tap's copy of an event.
-pub fn write_record_json(r: &TapRecord, out: &mut String) {
-    write_fields(
-        Fields {
-            event_id: r.event_id(),
-            user_id: r.user_id(),
-            session_id: r.session_id(),
-            event_type: r.event_type().as_str(),
-            occurred_at: r.occurred_at(),
-            metadata: r.metadata(),
-            received_at: r.received_at,
-        },
+/// The tap's copy of an event as the values of the JSON that [`write_event_json`] writes, in
+/// its order and without its keys, separated by commas (the tap's rows,
+/// docs/protocol-decisions.md): `eventId`, `userId`, `sessionId` (`null` when absent),
+/// `eventType`, `timestamp`, `metadata`, `receivedAt`, the two times in milliseconds since the
+/// Unix epoch (what `GET /events` shows is their ISO 8601 form, to the millisecond).
+pub fn write_record_values(r: &TapRecord, out: &mut String) {
+    write_json_str(r.event_id(), out);
+    out.push(',');
+    write_json_str(r.user_id(), out);
+    out.push(',');
+    match r.session_id() {
+        Some(session) => write_json_str(session, out),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"");
+    out.push_str(r.event_type().as_str());
+    let _ = write!(
         out,
+        "\",{},{},{}",
+        r.occurred_at().timestamp_millis(),
+        r.metadata(),
+        r.received_at.timestamp_millis()
     );
 }
 
@@ -182,6 +191,29 @@ mod tests {
     use crate::domain::{fixtures, Source};
     use proptest::prelude::*;
 
+    /// What a client of the tap (the `/live` page's `fromRow`) makes of the values: the
+    /// object with its keys, absent `sessionId` left out, the times in ISO 8601.
+    fn object_of_values(values: &str) -> Value {
+        let row: Vec<Value> = serde_json::from_str(&format!("[{values}]")).unwrap();
+        let [id, user, session, kind, at, metadata, received] =
+            <[Value; 7]>::try_from(row).unwrap();
+        let iso = |ms: Value| {
+            let t = DateTime::from_timestamp_millis(ms.as_i64().unwrap()).unwrap();
+            Value::from(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        };
+        let mut m = Map::new();
+        m.insert("eventId".into(), id);
+        m.insert("userId".into(), user);
+        if !session.is_null() {
+            m.insert("sessionId".into(), session);
+        }
+        m.insert("eventType".into(), kind);
+        m.insert("timestamp".into(), iso(at));
+        m.insert("metadata".into(), metadata);
+        m.insert("receivedAt".into(), iso(received));
+        Value::Object(m)
+    }
+
     #[test]
     fn the_text_is_the_same_json_as_the_tree() {
         for raw in [
@@ -199,9 +231,13 @@ mod tests {
                 "same keys, same order, same escapes"
             );
             let record = TapRecord::new(&stored.event, stored.received_at, stored.source);
-            let mut copied = String::new();
-            write_record_json(&record, &mut copied);
-            assert_eq!(copied, text, "the tap's copy writes the same JSON");
+            let mut values = String::new();
+            write_record_values(&record, &mut values);
+            assert_eq!(
+                object_of_values(&values).to_string(),
+                text,
+                "the tap's values are the same event"
+            );
             assert_eq!(record.columns(), stored.columns());
         }
     }

@@ -59,16 +59,83 @@ fn assert_documented(msg: &Value) {
         .unwrap_or_else(|| panic!("the tap channel documents no {kind:?}: {msg}"));
     assert_shape(schema, msg, kind);
     if kind == "tap_events" {
-        let item = schema["properties"]["events"]["items"]["$ref"]
-            .as_str()
-            .and_then(|r| r.strip_prefix("#/components/schemas/"))
-            .expect("the events' schema");
+        let item = |i: usize| {
+            let name = schema["properties"]["events"]["items"]["oneOf"][i]["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .expect("the events' schemas: rows, then rejected events");
+            (name, &doc["components"]["schemas"][name])
+        };
         let events = msg["events"].as_array().expect("events");
         assert_eq!(msg["count"], events.len(), "{msg}");
         for event in events {
-            assert_shape(&doc["components"]["schemas"][item], event, item);
+            match event.as_array() {
+                Some(row) if row.len() == 9 => assert_row(item(0), row),
+                Some(row) => assert_row(item(1), row),
+                None => {
+                    let (name, rejected) = item(2);
+                    assert_shape(rejected, event, name);
+                }
+            }
         }
     }
+}
+
+/// Fails unless `row` has the length and, place by place, the types and allowed values the
+/// document gives the row `name`.
+fn assert_row((name, schema): (&str, &Value), row: &[Value]) {
+    let places = schema["items"].as_array().unwrap();
+    assert_eq!(row.len(), places.len(), "{name}: {row:?}");
+    assert_eq!(schema["minItems"], places.len(), "{name}");
+    for (i, (value, place)) in row.iter().zip(places).enumerate() {
+        let types: Vec<&str> = match &place["type"] {
+            Value::Array(t) => t.iter().filter_map(Value::as_str).collect(),
+            t => vec![t.as_str().unwrap()],
+        };
+        let is = match value {
+            Value::String(_) => "string",
+            Value::Null => "null",
+            Value::Object(_) => "object",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            other => panic!("{name}[{i}]: unexpected {other}"),
+        };
+        assert!(
+            types.contains(&is),
+            "{name}[{i}] is {is}, documented {types:?}"
+        );
+        if let Some(allowed) = place["enum"].as_array() {
+            assert!(allowed.contains(value), "{name}[{i}]: {value}");
+        }
+    }
+}
+
+/// A row as the object it stands for, as the `/live` page shows it (`fromRow` in app.js):
+/// `outcome`, `channel`, the `event` as `GET /events` shows it, and an `unavailable` one's
+/// `reason`. A rejected event, already an object, is returned as it is.
+fn as_object(item: Value) -> Value {
+    let Value::Array(row) = item else {
+        return item;
+    };
+    let iso = |ms: &Value| {
+        let t = chrono::DateTime::from_timestamp_millis(ms.as_i64().expect("milliseconds"))
+            .expect("a time");
+        Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    let mut event = serde_json::Map::new();
+    event.insert("eventId".into(), row[2].clone());
+    event.insert("userId".into(), row[3].clone());
+    if !row[4].is_null() {
+        event.insert("sessionId".into(), row[4].clone());
+    }
+    event.insert("eventType".into(), row[5].clone());
+    event.insert("timestamp".into(), iso(&row[6]));
+    event.insert("metadata".into(), row[7].clone());
+    event.insert("receivedAt".into(), iso(&row[8]));
+    let mut msg = json!({"outcome": row[0], "channel": row[1], "event": event});
+    if let Some(reason) = row.get(9) {
+        msg["reason"] = reason.clone();
+    }
+    msg
 }
 
 fn assert_shape(schema: &Value, msg: &Value, kind: &str) {
@@ -100,7 +167,14 @@ async fn recv_events(tap: &mut Tap, n: usize) -> (Vec<Value>, usize) {
         let frame = recv_json(tap).await;
         assert_eq!(frame["type"], "tap_events", "{frame}");
         assert_documented(&frame);
-        events.extend(frame["events"].as_array().unwrap().iter().cloned());
+        events.extend(
+            frame["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned()
+                .map(as_object),
+        );
         frames += 1;
     }
     assert_eq!(events.len(), n, "more events than expected: {events:?}");

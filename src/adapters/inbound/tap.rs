@@ -6,7 +6,7 @@
 //! own pace: when it falls behind, the oldest items are skipped and a `skipped` message says
 //! how many, so a slow subscriber never slows ingest (see [`crate::app::tap`]).
 
-use crate::adapters::event_json::{write_json_str, write_record_json};
+use crate::adapters::event_json::{write_json_str, write_record_values};
 use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::http::auth::presented_key;
 use crate::adapters::inbound::wire::{details, unavailable_message, ErrorBody, ErrorCode};
@@ -566,11 +566,13 @@ where
     .await
 }
 
-/// The wire form of a group's events, one JSON object each: its `outcome`, the `event` (as
-/// `GET /events` shows it, or as sent when rejected), the `channel` of a committed one, and
-/// the `errors` of a rejection or the `reason` of an `unavailable`. A recorded event's
-/// metadata is copied as stored, not parsed again. They are kept as the group's whole
-/// `tap_events` frame, sent as it is to subscribers that watch everything.
+/// The wire form of a group's events, one JSON value each. A valid event (accepted, duplicate
+/// or unavailable) is a row: `[outcome, channel, eventId, userId, sessionId, eventType,
+/// timestamp, metadata, receivedAt]`, the event's values as `GET /events` shows it without
+/// the keys, and the `reason` of an `unavailable` last. A rejected one is an object: its
+/// `outcome`, the `event` as sent and its `errors`. A recorded event's metadata is copied as
+/// stored, not parsed again. They are kept as the group's whole `tap_events` frame, sent as
+/// it is to subscribers that watch everything.
 pub fn wire(group: &TapGroup) -> Pieces {
     let mut head = String::with_capacity(64);
     frame_head(group.events.len(), &mut head);
@@ -584,32 +586,34 @@ pub fn wire(group: &TapGroup) -> Pieces {
 }
 
 fn write_event(event: &TapEvent, out: &mut String) {
-    out.push_str("{\"outcome\":\"");
-    out.push_str(event.outcome().as_str());
-    out.push('"');
     match event {
         TapEvent::Committed {
-            event, unavailable, ..
+            event,
+            outcome,
+            unavailable,
         } => {
-            out.push_str(",\"channel\":\"");
+            out.push_str("[\"");
+            out.push_str(outcome.as_str());
+            out.push_str("\",\"");
             out.push_str(event.source.as_str());
-            out.push_str("\",\"event\":");
-            write_record_json(event, out);
+            out.push_str("\",");
+            write_record_values(event, out);
             if let Some(u) = unavailable {
-                out.push_str(",\"reason\":");
+                out.push(',');
                 write_json_str(unavailable_message(*u), out);
             }
+            out.push(']');
         }
         TapEvent::Rejected { raw, errors } => {
-            out.push_str(",\"event\":");
+            out.push_str("{\"outcome\":\"rejected\",\"event\":");
             out.push_str(&raw.to_string());
             out.push_str(",\"errors\":");
             out.push_str(
                 &serde_json::to_string(&details(errors.clone())).unwrap_or_else(|_| "[]".into()),
             );
+            out.push('}');
         }
     }
-    out.push('}');
 }
 
 #[cfg(test)]
@@ -625,6 +629,55 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::WebSocketStream;
+
+    /// A valid event goes out as the row of its values; an unavailable one's with the reason
+    /// last; a rejected one as an object.
+    #[test]
+    fn valid_events_are_rows_and_rejected_ones_objects() {
+        use crate::app::tap::{TapEvent, TapOutcome, TapRecord};
+        use crate::domain::{fixtures, Source, Unavailable};
+        use serde_json::{json, Value};
+        let stored = fixtures::from_json(json!({"eventId": "e-1", "userId": "u\"1",
+            "eventType": "item_added", "metadata": {"productId": "p", "quantity": 2}}))
+        .via(Source::Ws)
+        .stored();
+        let committed = |outcome, unavailable| TapEvent::Committed {
+            event: TapRecord::new(&stored.event, stored.received_at, stored.source),
+            outcome,
+            unavailable,
+        };
+        let written = |event: &TapEvent| {
+            let mut out = String::new();
+            super::write_event(event, &mut out);
+            serde_json::from_str::<Value>(&out).unwrap()
+        };
+        let at = stored.event.occurred_at().timestamp_millis();
+        let received = stored.received_at.timestamp_millis();
+        let metadata = json!({"productId": "p", "quantity": 2});
+        assert_eq!(
+            written(&committed(TapOutcome::Duplicate, None)),
+            json!([
+                "duplicate",
+                "ws",
+                "e-1",
+                "u\"1",
+                null,
+                "item_added",
+                at,
+                metadata,
+                received
+            ])
+        );
+        let down = committed(TapOutcome::Unavailable, Some(Unavailable::JournalFull));
+        let row = written(&down);
+        assert_eq!(row.as_array().unwrap().len(), 10, "{row}");
+        assert_eq!(row[0], "unavailable");
+        assert_eq!(row[9], super::unavailable_message(Unavailable::JournalFull));
+        let got = written(&rejected(7));
+        assert_eq!(got["outcome"], "rejected", "{got}");
+        assert_eq!(got["event"]["n"], 7, "{got}");
+        assert!(got["errors"].is_array(), "{got}");
+    }
 
     fn text(m: &Out) -> &str {
         match m {

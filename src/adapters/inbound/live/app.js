@@ -62,7 +62,9 @@ function connect(key) {
     if (msg.type === 'tap_ack') return started(key, msg);
     if (msg.type === 'tap_error') return refused(msg);
     if (msg.type === 'skipped') return skipped(msg.count);
-    if (msg.type === 'tap_events' && Array.isArray(msg.events)) msg.events.forEach(arrived);
+    if (msg.type === 'tap_events' && Array.isArray(msg.events)) {
+      for (const item of msg.events) arrived(Array.isArray(item) ? fromRow(item) : item);
+    }
   };
   ws.onclose = () => {
     if (state.ws !== ws) return;
@@ -124,6 +126,24 @@ function arrived(msg) {
     return;
   }
   addRow(msg);
+}
+
+// A valid event comes as a row of values (the AsyncAPI document's TapEventRow); the page
+// shows it as the object GET /events returns, with its outcome, channel and reason around it.
+function fromRow(r) {
+  const iso = (ms) => {
+    const d = new Date(ms);
+    return isNaN(d) ? String(ms) : d.toISOString();
+  };
+  const event = { eventId: r[2], userId: r[3] };
+  if (r[4] !== null) event.sessionId = r[4];
+  event.eventType = r[5];
+  event.timestamp = iso(r[6]);
+  event.metadata = r[7];
+  event.receivedAt = iso(r[8]);
+  const msg = { outcome: r[0], channel: r[1], event };
+  if (r.length > 9) msg.reason = r[9];
+  return msg;
 }
 
 function when(msg) {
