@@ -32,18 +32,23 @@ pub fn event_json(s: &StoredEvent) -> Value {
 /// stored text is copied as it is, never parsed, and no tree is built.
 pub fn write_event_json(s: &StoredEvent, out: &mut String) {
     let e = &s.event;
-    write_fields(
-        Fields {
-            event_id: e.event_id().as_str(),
-            user_id: e.user_id(),
-            session_id: e.session_id(),
-            event_type: e.event_type().as_str(),
-            occurred_at: e.occurred_at(),
-            metadata: e.metadata().as_json(),
-            received_at: s.received_at,
-        },
-        out,
-    );
+    out.push_str("{\"eventId\":");
+    write_json_str(e.event_id().as_str(), out);
+    out.push_str(",\"userId\":");
+    write_json_str(e.user_id(), out);
+    if let Some(session) = e.session_id() {
+        out.push_str(",\"sessionId\":");
+        write_json_str(session, out);
+    }
+    out.push_str(",\"eventType\":\"");
+    out.push_str(e.event_type().as_str());
+    out.push_str("\",\"timestamp\":\"");
+    write_millis(e.occurred_at(), out);
+    out.push_str("\",\"metadata\":");
+    out.push_str(e.metadata().as_json());
+    out.push_str(",\"receivedAt\":\"");
+    write_millis(s.received_at, out);
+    out.push_str("\"}");
 }
 
 /// The tap's copy of an event as the values of the JSON that [`write_event_json`] writes, in
@@ -69,38 +74,6 @@ pub fn write_record_values(r: &TapRecord, out: &mut String) {
         r.metadata(),
         r.received_at.timestamp_millis()
     );
-}
-
-/// What the JSON of an event shows.
-struct Fields<'a> {
-    event_id: &'a str,
-    user_id: &'a str,
-    session_id: Option<&'a str>,
-    event_type: &'a str,
-    occurred_at: DateTime<Utc>,
-    /// As compact JSON.
-    metadata: &'a str,
-    received_at: DateTime<Utc>,
-}
-
-fn write_fields(f: Fields<'_>, out: &mut String) {
-    out.push_str("{\"eventId\":");
-    write_json_str(f.event_id, out);
-    out.push_str(",\"userId\":");
-    write_json_str(f.user_id, out);
-    if let Some(session) = f.session_id {
-        out.push_str(",\"sessionId\":");
-        write_json_str(session, out);
-    }
-    out.push_str(",\"eventType\":\"");
-    out.push_str(f.event_type);
-    out.push_str("\",\"timestamp\":\"");
-    write_millis(f.occurred_at, out);
-    out.push_str("\",\"metadata\":");
-    out.push_str(f.metadata);
-    out.push_str(",\"receivedAt\":\"");
-    write_millis(f.received_at, out);
-    out.push_str("\"}");
 }
 
 /// `t` as `to_rfc3339_opts(SecondsFormat::Millis, true)` writes it, without chrono's general
