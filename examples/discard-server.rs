@@ -21,7 +21,8 @@ use cartstream::ports::{
 };
 use std::process::ExitCode;
 
-/// The same allocator as the service, so the ceiling measures the same code.
+/// The same allocator as the service, tuned the same way (`main`), so the ceiling measures the
+/// same code.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl DedupStore for ForgetfulDedup {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    cartstream::app::allocator::tune();
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {

@@ -14,23 +14,6 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (the sys crate names no constant for
-/// it); `purge_delay_is_option_15` checks the index against the built library.
-#[cfg(not(feature = "system-allocator"))]
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Gives freed memory back to the system at once (mimalloc keeps it a second by default), so
-/// RSS follows the live heap: with the default, every burst (an outage's backlog drained, a
-/// flood) left tens of MB resident and the 30-minute soak's RSS rose with each outage
-/// (RELIABILITY.md). `MIMALLOC_PURGE_DELAY`, when set, still wins.
-fn tune_allocator() {
-    #[cfg(not(feature = "system-allocator"))]
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one integer in mimalloc's option table; valid at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    }
-}
-
 /// Cart event ingestion over WebSocket and HTTP. Without a command: the server, configured by
 /// CARTSTREAM_* variables and the file CARTSTREAM_CONFIG names (README: Configuration).
 #[derive(Parser)]
@@ -92,7 +75,7 @@ fn raise_fd_limit() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tune_allocator();
+    cartstream::app::allocator::tune();
     let cli = Cli::parse();
     let mut settings = match Settings::load() {
         Ok(s) => s,
@@ -240,26 +223,6 @@ async fn migrate_clickhouse(settings: &Settings) -> ExitCode {
         Err(e) => {
             eprintln!("cartstream migrate-clickhouse: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-#[cfg(all(test, not(feature = "system-allocator")))]
-mod tests {
-    use super::MI_OPTION_PURGE_DELAY;
-
-    /// Index 15 is the purge delay: the only option whose default is 1000 (ms) in mimalloc v3,
-    /// and it reads back what `mi_option_set` wrote. Fails if an upgrade renumbers the enum.
-    #[test]
-    fn purge_delay_is_option_15() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
-        // SAFETY: reads and writes one integer in mimalloc's option table.
-        unsafe {
-            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
-            super::tune_allocator();
-            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 0);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Use cases, configuration, wiring, startup and shutdown.
 
 pub mod access;
+pub mod allocator;
 pub mod config;
 pub mod disk;
 pub mod drain;
