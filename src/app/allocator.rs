@@ -16,7 +16,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 ///   faults it in and zeroes it again. Events live about a second (the forwarder's interval):
 ///   the server took 125-133 page faults per 1,000 events, against 12-18 with 1000.
 /// - 250 takes 45, and in two 20-minute soaks side by side its RSS stayed at 60-69 MB while
-///   0's went from 50 to 82 MB (BENCHMARKS.md, 2026-12-07).
+///   0's went from 50 to 82 MB. Idle after a large drain it holds 10-16 MB more than 0, since
+///   a delayed purge waits for the allocator's next call (RELIABILITY.md, 2026-12-07).
 pub const PURGE_DELAY_MS: std::os::raw::c_long = 250;
 
 /// Sets mimalloc's options for this process: the purge delay above, unless
