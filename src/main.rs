@@ -76,6 +76,7 @@ fn raise_fd_limit() {
 #[tokio::main]
 async fn main() -> ExitCode {
     cartstream::app::allocator::tune();
+    tokio::spawn(cartstream::app::allocator::purge_expired());
     let cli = Cli::parse();
     let mut settings = match Settings::load() {
         Ok(s) => s,
