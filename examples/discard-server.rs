@@ -81,8 +81,7 @@ impl DedupStore for ForgetfulDedup {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    cartstream::app::allocator::tune();
-    tokio::spawn(cartstream::app::allocator::purge_expired());
+    cartstream::app::allocator::start();
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {

@@ -75,8 +75,7 @@ fn raise_fd_limit() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    cartstream::app::allocator::tune();
-    tokio::spawn(cartstream::app::allocator::purge_expired());
+    cartstream::app::allocator::start();
     let cli = Cli::parse();
     let mut settings = match Settings::load() {
         Ok(s) => s,

@@ -22,7 +22,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 pub const PURGE_DELAY_MS: std::os::raw::c_long = 250;
 
 /// Sets mimalloc's options for this process: the purge delay above, unless
-/// `MIMALLOC_PURGE_DELAY` is set (it still wins). Call first thing in `main`.
+/// `MIMALLOC_PURGE_DELAY` is set (it still wins).
 pub fn tune() {
     #[cfg(not(feature = "system-allocator"))]
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
@@ -33,13 +33,20 @@ pub fn tune() {
     }
 }
 
+/// [`tune`], then [`purge_expired`] on the current tokio runtime: what each binary calls first
+/// thing in its `main`.
+pub fn start() {
+    tune();
+    tokio::spawn(purge_expired());
+}
+
 /// How often [`purge_expired`] runs mimalloc's due purges.
 pub const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs mimalloc's due purges every [`PURGE_EVERY`], forever. A delayed purge otherwise runs
 /// only when the allocator is next called, and a server gone idle after a burst (an outage's
 /// drain) hardly calls it: with the delay of 250 ms, RSS stayed 10-16 MB above the delay of
-/// 0 for as long as it was idle (RELIABILITY.md). Spawn it once per process, after [`tune`].
+/// 0 for as long as it was idle (RELIABILITY.md). Once per process, through [`start`].
 pub async fn purge_expired() {
     let mut tick = tokio::time::interval(PURGE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
