@@ -3,7 +3,10 @@
 //! Validation runs on the caller's task. Valid events go to one committer task through a
 //! channel; it groups whatever is waiting (from every connection and request) into one dedup
 //! claim and one store call, so the backends see large batches and one fsync covers many
-//! events. Groups are committed one at a time, which keeps claim order equal to arrival order.
+//! events. Up to three groups are in flight (one claiming while the one before stores), and
+//! claims and stores each keep arrival order. While a group stores, the next one is gathered
+//! only when its claim, begun then, would end about as that store does (the stages' running
+//! means): events that arrive meanwhile join it instead of waiting for one more store.
 
 use crate::app::disk::DiskState;
 use crate::app::metrics::{Channel, ChannelCounts, Metrics};
@@ -392,6 +395,9 @@ async fn run_committer(
         // Taken before the group is gathered: the group claims only after the previous one
         // has claimed, so claims follow arrival order.
         let claim_turn = Arc::clone(&pipeline.claim).lock_owned().await;
+        if let Some(delay) = pipeline.gather_delay() {
+            pause(delay).await;
+        }
         let Some(first) = next_job(&mut rx, &stop).await else {
             break;
         };
@@ -406,6 +412,16 @@ async fn run_committer(
     }
     // Wait for the groups still in flight.
     let _ = slots.acquire_many(PIPELINE_DEPTH).await;
+}
+
+/// Waits `d`: on tokio's timer from 2 ms, which ticks in milliseconds; below that, on a blocking
+/// thread, whose sleep overshoots by tens of microseconds rather than up to a millisecond.
+async fn pause(d: Duration) {
+    if d >= Duration::from_millis(2) {
+        tokio::time::sleep(d).await;
+    } else {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
+    }
 }
 
 /// The next job to commit; `None` once `stop` was cancelled and the queue is drained.
@@ -475,9 +491,84 @@ pub struct Pipeline {
     store: Arc<tokio::sync::Mutex<()>>,
     settled: std::sync::Mutex<KeyMap<DedupKey, (u64, bool)>>,
     next_group: std::sync::atomic::AtomicU64,
+    pace: Arc<std::sync::Mutex<Pace>>,
+}
+
+/// How long the stages take, for [`Pipeline::gather_delay`]: running means of a group's time
+/// from its gathering until it is ready to store (its claim) and of a store turn held, and
+/// when the group storing now took its turn.
+#[derive(Default)]
+struct Pace {
+    claim_us: f64,
+    store_us: f64,
+    storing_since: Option<Instant>,
+}
+
+impl Pace {
+    /// Moves the running mean `mean` a tenth of the way towards `sample`.
+    fn observe(mean: &mut f64, sample: Duration) {
+        let us = sample.as_secs_f64() * 1e6;
+        *mean = if *mean == 0.0 {
+            us
+        } else {
+            *mean + 0.1 * (us - *mean)
+        };
+    }
+}
+
+/// Waits shorter than this are not worth a hand-off to a sleeping thread.
+const MIN_GATHER_DELAY: Duration = Duration::from_micros(50);
+/// The longest the next group's gathering is put off.
+const MAX_GATHER_DELAY: Duration = Duration::from_millis(20);
+
+/// The store turn of a [`Pipeline`], held until dropped; how long it was held goes into the
+/// pipeline's pace.
+struct StoreTurn {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    since: Instant,
+    pace: Arc<std::sync::Mutex<Pace>>,
+}
+
+impl Drop for StoreTurn {
+    fn drop(&mut self) {
+        // Runs before `_turn` is released, so the next holder's `storing_since` is not undone.
+        let mut pace = lock(&self.pace);
+        Pace::observe(&mut pace.store_us, self.since.elapsed());
+        pace.storing_since = None;
+    }
 }
 
 impl Pipeline {
+    /// Waits for the store turn: the previous group has recorded its events.
+    async fn store_turn(&self) -> StoreTurn {
+        let turn = Arc::clone(&self.store).lock_owned().await;
+        let since = Instant::now();
+        lock(&self.pace).storing_since = Some(since);
+        StoreTurn {
+            _turn: turn,
+            since,
+            pace: Arc::clone(&self.pace),
+        }
+    }
+
+    /// A group became ready to store `took` after it was gathered.
+    fn claimed_in(&self, took: Duration) {
+        Pace::observe(&mut lock(&self.pace).claim_us, took);
+    }
+
+    /// How long to put off gathering the next group, so that its claim ends about when the
+    /// group storing now does. Gathered at once, the next group would claim and then wait for
+    /// the rest of that store, and events arriving meanwhile would wait for one more store
+    /// after it; gathered later, they join it, and the store is kept as busy. `None` when no
+    /// group is storing or the claim takes about as long as a store.
+    fn gather_delay(&self) -> Option<Duration> {
+        let pace = lock(&self.pace);
+        let since = pace.storing_since?;
+        let left = pace.store_us - pace.claim_us - since.elapsed().as_secs_f64() * 1e6;
+        let left = Duration::from_secs_f64(left.max(0.0) * 1e-6);
+        (left >= MIN_GATHER_DELAY).then(|| left.min(MAX_GATHER_DELAY))
+    }
+
     fn next_group(&self) -> u64 {
         self.next_group
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -677,7 +768,8 @@ impl Committer {
             return (outcomes, None, held);
         }
         // Wait for the previous group to record its events, then let the next group claim.
-        let store_turn = Arc::clone(&pipeline.store).lock_owned().await;
+        pipeline.claimed_in(group.started.elapsed());
+        let store_turn = pipeline.store_turn().await;
         drop(claim_turn);
         self.resolve_in_flight(pipeline, &mut group).await;
         self.store_and_settle(pipeline, store_turn, group, events, keep)
@@ -767,7 +859,7 @@ impl Committer {
     async fn store_and_settle(
         &self,
         pipeline: &Pipeline,
-        store_turn: tokio::sync::OwnedMutexGuard<()>,
+        store_turn: StoreTurn,
         group: Group,
         events: Vec<(CartEvent, Source)>,
         keep: bool,
@@ -918,3 +1010,8 @@ mod port;
 
 #[cfg(test)]
 mod tests;
+
+/// Locks `m`; what it guards stays usable after a panic elsewhere (plain numbers and maps).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

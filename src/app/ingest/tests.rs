@@ -634,3 +634,63 @@ async fn the_tap_shows_a_group_the_store_refused_as_unavailable_as_of_now() {
     assert_eq!(shown[0].2, shown[1].2);
     assert!(shown[0].2 > 1_754_796_424, "{shown:?}");
 }
+
+/// The next group is gathered at once unless a group is storing and the claim is known to take
+/// less time than a store; then it waits for the difference, less what the store has run.
+#[tokio::test]
+async fn the_next_group_is_gathered_so_that_its_claim_ends_with_the_store() {
+    let pipeline = Pipeline::default();
+    assert_eq!(pipeline.gather_delay(), None, "no group is storing");
+
+    pipeline.claimed_in(Duration::from_micros(300));
+    let turn = pipeline.store_turn().await;
+    {
+        let mut pace = lock(&pipeline.pace);
+        pace.store_us = 1000.0;
+        pace.storing_since = Some(Instant::now());
+    }
+    let delay = pipeline.gather_delay().expect("a store is running");
+    assert!(
+        delay <= Duration::from_micros(700) && delay > Duration::from_micros(500),
+        "{delay:?}"
+    );
+
+    lock(&pipeline.pace).storing_since = Some(Instant::now() - Duration::from_micros(680));
+    assert_eq!(
+        pipeline.gather_delay(),
+        None,
+        "too little left to be worth a pause"
+    );
+
+    {
+        let mut pace = lock(&pipeline.pace);
+        pace.store_us = 60_000.0;
+        pace.storing_since = Some(Instant::now());
+    }
+    assert_eq!(pipeline.gather_delay(), Some(MAX_GATHER_DELAY));
+
+    lock(&pipeline.pace).claim_us = 70_000.0;
+    assert_eq!(
+        pipeline.gather_delay(),
+        None,
+        "the claim takes longer than a store"
+    );
+
+    drop(turn);
+    assert_eq!(
+        pipeline.gather_delay(),
+        None,
+        "the store turn was given back"
+    );
+    let pace = lock(&pipeline.pace);
+    assert!(pace.store_us < 60_000.0, "the turn held went into the mean");
+}
+
+#[test]
+fn running_means_start_at_the_first_sample_and_move_a_tenth_of_the_way() {
+    let mut mean = 0.0;
+    Pace::observe(&mut mean, Duration::from_micros(500));
+    assert_eq!(mean, 500.0);
+    Pace::observe(&mut mean, Duration::from_micros(1500));
+    assert!((mean - 600.0).abs() < 1e-6, "{mean}");
+}
