@@ -9,9 +9,9 @@
 //!   answered `accepted` (never more than once, or the run fails).
 //! - `verify`: waits for ClickHouse to hold what the ledger says must be stored, then checks
 //!   that under `FINAL` it holds each of those exactly once and nothing that was never sent.
-//! - `rate`: sends as fast as it can with one key to both instances; after a warm-up that spends
-//!   the burst, prints how many events were accepted (and how many requests were refused), for a
-//!   rate limit shared by both.
+//! - `rate`: sends as fast as it can with one key to both instances; from the first refusal after
+//!   a warm-up (the burst is spent then), prints how many events were accepted (and how many
+//!   requests were refused), for a rate limit shared by both.
 //!
 //! `cargo run --release --example cluster-load -- load --help`.
 
@@ -93,10 +93,11 @@ struct RateArgs {
     direct: Vec<String>,
     #[arg(long)]
     api_key: Option<String>,
-    /// How long answers are counted, after the warm-up.
+    /// How long answers are counted, from the first refusal after the warm-up.
     #[arg(long, value_parser = cli::parse_duration, default_value = "6s")]
     duration: Duration,
-    /// Sent first and not counted: it spends the burst, so what is counted is the rate alone.
+    /// Sent first and not counted; counting starts at the first refusal after it, when the burst
+    /// is spent, so what is counted is the rate alone.
     #[arg(long, value_parser = cli::parse_duration, default_value = "2s")]
     warmup: Duration,
     #[arg(long, default_value_t = 4)]
@@ -647,16 +648,18 @@ async fn run_rate(args: RateArgs) -> Result<bool, String> {
     let ledger = Arc::new(Ledger::default());
     let accepted = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let counted_from = started + args.warmup;
-    let until = counted_from + args.duration;
+    // Counting starts at the first refusal after the warm-up: only then is the burst known to
+    // be spent. A fixed warm-up was not enough while the instances answered slowly at first
+    // (a fresh Redis Cluster, after a failover): the burst left over was counted as rate.
+    let window = Arc::new(RateWindow::new(Instant::now() + args.warmup));
     let mut tasks = Vec::new();
     for n in 0..args.workers {
         let (http, args, ledger) = (http.clone(), Arc::clone(&args), Arc::clone(&ledger));
         let (accepted, limited) = (Arc::clone(&accepted), Arc::clone(&limited));
+        let window = Arc::clone(&window);
         tasks.push(tokio::spawn(async move {
             let mut seq = 0u64;
-            while Instant::now() < until {
+            while window.open(args.duration) {
                 let bodies: Vec<String> = (0..args.batch)
                     .map(|_| {
                         seq += 1;
@@ -666,15 +669,18 @@ async fn run_rate(args: RateArgs) -> Result<bool, String> {
                 let base = &args.direct[(n + seq as usize) % args.direct.len()];
                 match post_batch(&http, base, args.api_key.as_deref(), &bodies).await {
                     Ok((statuses, _)) => {
-                        let ok = statuses.iter().filter(|s| *s == "accepted").count();
-                        let counted = Instant::now() >= counted_from;
-                        if counted {
-                            accepted.fetch_add(ok as u64, Ordering::Relaxed);
+                        let refused = statuses.iter().any(|s| s == "rate_limited");
+                        if refused {
+                            window.refused();
                         }
-                        if statuses.iter().any(|s| s == "rate_limited") {
-                            if counted {
+                        if window.counting() {
+                            let ok = statuses.iter().filter(|s| *s == "accepted").count();
+                            accepted.fetch_add(ok as u64, Ordering::Relaxed);
+                            if refused {
                                 limited.fetch_add(1, Ordering::Relaxed);
                             }
+                        }
+                        if refused {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
@@ -686,14 +692,65 @@ async fn run_rate(args: RateArgs) -> Result<bool, String> {
     for t in tasks {
         t.await.map_err(|e| e.to_string())?;
     }
-    let secs = counted_from.elapsed().as_secs_f64();
+    let Some(from) = window.from() else {
+        return Err(format!(
+            "no request was refused within {:?} after the warm-up: the limit never bound",
+            RATE_FIRST_REFUSAL
+        ));
+    };
     let summary = json!({
-        "seconds": secs,
+        "seconds": from.elapsed().as_secs_f64(),
         "accepted": accepted.load(Ordering::Relaxed),
         "rate_limited_answers": limited.load(Ordering::Relaxed),
     });
     println!("{}", serde_json::to_string_pretty(&summary).expect("JSON"));
     Ok(true)
+}
+
+/// The longest `rate` waits, after its warm-up, for the limit to refuse a request.
+const RATE_FIRST_REFUSAL: Duration = Duration::from_secs(30);
+
+/// When `rate` counts: from the first refusal after `warm` (the burst is spent then), for the
+/// run's duration.
+struct RateWindow {
+    warm: Instant,
+    from: std::sync::OnceLock<Instant>,
+}
+
+impl RateWindow {
+    fn new(warm: Instant) -> Self {
+        Self {
+            warm,
+            from: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A request was refused: the window opens now, unless still warming up or already open.
+    fn refused(&self) {
+        let now = Instant::now();
+        if now >= self.warm {
+            let _ = self.from.set(now);
+        }
+    }
+
+    /// Whether an answer arriving now is counted.
+    fn counting(&self) -> bool {
+        self.from.get().is_some_and(|from| Instant::now() >= *from)
+    }
+
+    fn from(&self) -> Option<Instant> {
+        self.from.get().copied()
+    }
+
+    /// Whether to keep sending: until `duration` after the window opened, or, while it has not,
+    /// until it is clear that it never will.
+    fn open(&self, duration: Duration) -> bool {
+        let now = Instant::now();
+        match self.from.get() {
+            Some(from) => now < *from + duration,
+            None => now < self.warm + RATE_FIRST_REFUSAL,
+        }
+    }
 }
 
 #[tokio::main]
