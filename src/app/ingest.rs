@@ -575,9 +575,7 @@ impl Pipeline {
     }
 
     fn settled(&self) -> std::sync::MutexGuard<'_, KeyMap<DedupKey, (u64, bool)>> {
-        self.settled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.settled)
     }
 
     fn settle(&self, group: u64, keys: &[DedupKey], recorded: bool) {
@@ -682,19 +680,12 @@ impl Committer {
     }
 
     fn dedup_is_resting(&self) -> bool {
-        let rest = self
-            .dedup_rest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rest = lock(&self.dedup_rest);
         rest.is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     fn dedup_failed(&self) {
-        *self
-            .dedup_rest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(tokio::time::Instant::now() + DEDUP_REST);
+        *lock(&self.dedup_rest) = Some(tokio::time::Instant::now() + DEDUP_REST);
     }
 
     /// One outcome per event, in order: one group committed on its own, confirm included.

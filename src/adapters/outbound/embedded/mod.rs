@@ -65,6 +65,9 @@ struct ClaimState {
     /// Keys whose events reached the table while still claimed (the journal was drained
     /// before the claim was confirmed): their confirmation has nothing left to remember.
     indexed_early: std::collections::HashSet<String>,
+    /// In `DedupMode::Events`: the ids the `events` table may hold, so that new ids are not
+    /// looked up. An id is added when its event reaches the table, before it leaves `recorded`.
+    seen: Option<SeenIds>,
 }
 
 struct WriteState {
@@ -149,7 +152,11 @@ impl EmbeddedStore {
         let claims = open_conn(&path)?;
         let read = open_conn(&path)?;
         let now = unix_ms(clock.now());
-        Ok(Self {
+        let seen = match mode {
+            DedupMode::Events { window } => Some(SeenIds::new(now, millis(window))),
+            DedupMode::Table => None,
+        };
+        let store = Self {
             inner: Arc::new(Inner {
                 mode,
                 clock,
@@ -166,10 +173,15 @@ impl EmbeddedStore {
                     pending: HashMap::new(),
                     recorded: HashMap::new(),
                     indexed_early: std::collections::HashSet::new(),
+                    seen,
                 }),
                 read: Mutex::new(read),
             }),
-        })
+        };
+        if matches!(mode, DedupMode::Events { .. }) {
+            seen::spawn_scan(&store.inner, path);
+        }
+        Ok(store)
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, PortError>
@@ -212,7 +224,11 @@ impl EventStore for EmbeddedStore {
             if matches!(inner.mode, DedupMode::Events { .. }) {
                 // The table answers for these keys from now on.
                 let mut claims = lock(&inner.claims);
+                let now = inner.now_ms();
                 for r in &rows {
+                    if let Some(seen) = &mut claims.seen {
+                        seen.insert(&r.event_id, now);
+                    }
                     if claims.recorded.remove(&r.event_id).is_none()
                         && claims.pending.contains_key(&r.event_id)
                     {
@@ -264,6 +280,7 @@ impl DedupStore for EmbeddedStore {
                 conn,
                 pending,
                 recorded,
+                seen,
                 ..
             } = &mut *state;
             // Either way the query answers "until when is this id remembered".
@@ -285,11 +302,16 @@ impl DedupStore for EmbeddedStore {
                     out.push(Claim::Duplicate);
                     continue;
                 }
-                let expires: Option<i64> = stmt
-                    .query_row([&key], |r| r.get::<_, i64>(0))
-                    .optional()
-                    .map_err(db_err)?
-                    .map(|t| t.saturating_add(extra_ms));
+                // Most ids are new, and the filter knows it without a look in the table.
+                let expires: Option<i64> = if seen.as_mut().is_some_and(|s| !s.may_hold(&key, now))
+                {
+                    None
+                } else {
+                    stmt.query_row([&key], |r| r.get::<_, i64>(0))
+                        .optional()
+                        .map_err(db_err)?
+                        .map(|t| t.saturating_add(extra_ms))
+                };
                 if expires.is_some_and(|e| e > now) {
                     out.push(Claim::Duplicate);
                 } else {
@@ -517,6 +539,9 @@ fn unpend(pending: &mut HashMap<String, (i64, u128)>, key: &str, lease: u128) {
         pending.remove(key);
     }
 }
+
+mod seen;
+use seen::SeenIds;
 
 #[cfg(test)]
 mod tests;

@@ -180,6 +180,67 @@ async fn in_events_mode_confirmed_events_are_duplicates_before_they_reach_the_ta
     );
 }
 
+/// The filter that spares new ids a look in the table holds, once the store has opened, every
+/// id the table held before (read in chunks on a thread of its own) and every id inserted
+/// since: none of them is taken for new.
+#[tokio::test]
+async fn in_events_mode_a_reopened_store_knows_its_old_ids_without_looking_new_ones_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_secs(3600);
+    let open = || {
+        EmbeddedStore::open_with(
+            dir.path(),
+            DedupMode::Events { window },
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // More than one chunk of the scan.
+    let old = many("old", seen::SCAN_CHUNK * 2 + 17, &now);
+    open().insert(&old).await.unwrap();
+
+    let store = open();
+    let complete = |s: &EmbeddedStore| {
+        lock(&s.inner.claims)
+            .seen
+            .as_ref()
+            .is_some_and(seen::SeenIds::is_complete)
+    };
+    let t = std::time::Instant::now();
+    while !complete(&store) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the scan never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hold = Duration::from_secs(30);
+    let old_keys: Vec<DedupKey> = old
+        .iter()
+        .map(|e| DedupKey::from(e.event.event_id()))
+        .collect();
+    let claims = claim_anew(&store, hold, &old_keys).await;
+    assert!(
+        claims.iter().all(|c| *c == Claim::Duplicate),
+        "an old id was taken for new"
+    );
+
+    let mut fresh = event("fresh", &now);
+    fresh.received_at = chrono::Utc::now();
+    store.insert(&[fresh]).await.unwrap();
+    assert_eq!(
+        claim_anew(&store, hold, &keys(&["fresh", "brand-new"])).await,
+        [Claim::Duplicate, Claim::New]
+    );
+    let mut claims = lock(&store.inner.claims);
+    let seen = claims.seen.as_mut().unwrap();
+    assert!(
+        !seen.may_hold("never-sent", unix_ms(chrono::Utc::now())),
+        "a new id is looked up"
+    );
+}
+
 /// `EXPLAIN QUERY PLAN` of the page `query` asks for, one line per step.
 fn plan(conn: &Connection, query: &EventQuery) -> String {
     let (clause, args) = crate::adapters::outbound::listing_sql::page_clause(
