@@ -10,13 +10,12 @@ use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, open_conn_with,
     query_events, unix_ms, Row, INSERT_EVENT,
 };
-use crate::domain::{DedupKey, StoredEvent};
+use crate::domain::{DedupKey, KeyHasher, KeyMap, StoredEvent};
 use crate::ports::{
     Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, ExpireStep, Expiry,
     FeedEntry, Lease, PortError, Retention, SystemClock,
 };
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +46,9 @@ CREATE TABLE IF NOT EXISTS dedup (
 CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires_at);
 ";
 
+/// How many stored ids the events table takes over from memory under one hold of the claims
+/// lock (a few hundred microseconds).
+const FORGET_CHUNK: usize = 1_000;
 /// How many expired dedup rows one purge removes at most, so a purge never stalls writes.
 const PURGE_BATCH: i64 = 5_000;
 /// How often confirmations purge expired dedup rows, in milliseconds.
@@ -57,14 +59,14 @@ struct ClaimState {
     /// Keys claimed but not yet confirmed or released, with when the hold ends (Unix
     /// milliseconds by the store's clock) and the lease holding them. Held only in memory on
     /// purpose: a crash between claim and commit must leave nothing behind.
-    pending: HashMap<String, (i64, u128)>,
+    pending: KeyMap<String, (i64, u128)>,
     /// In `DedupMode::Events`: keys whose events are recorded (in the journal in front of
     /// this store) but not yet in the `events` table, until when (Unix milliseconds) they are
     /// remembered. A key leaves when its event reaches the table.
-    recorded: HashMap<String, i64>,
+    recorded: KeyMap<String, i64>,
     /// Keys whose events reached the table while still claimed (the journal was drained
     /// before the claim was confirmed): their confirmation has nothing left to remember.
-    indexed_early: std::collections::HashSet<String>,
+    indexed_early: std::collections::HashSet<String, KeyHasher>,
     /// In `DedupMode::Events`: the ids the `events` table may hold, so that new ids are not
     /// looked up. An id is added when its event reaches the table, before it leaves `recorded`.
     seen: Option<SeenIds>,
@@ -170,9 +172,9 @@ impl EmbeddedStore {
                 }),
                 claims: Mutex::new(ClaimState {
                     conn: claims,
-                    pending: HashMap::new(),
-                    recorded: HashMap::new(),
-                    indexed_early: std::collections::HashSet::new(),
+                    pending: KeyMap::default(),
+                    recorded: KeyMap::default(),
+                    indexed_early: std::collections::HashSet::default(),
                     seen,
                 }),
                 read: Mutex::new(read),
@@ -222,17 +224,27 @@ impl EventStore for EmbeddedStore {
             tx.commit().map_err(db_err)?;
             drop(state);
             if matches!(inner.mode, DedupMode::Events { .. }) {
-                // The table answers for these keys from now on.
-                let mut claims = lock(&inner.claims);
+                // The table answers for these keys from now on. A batch holds many thousands:
+                // the lock is let go between chunks, so claims do not wait for all of them.
                 let now = inner.now_ms();
-                for r in &rows {
-                    if let Some(seen) = &mut claims.seen {
-                        seen.insert(&r.event_id, now);
-                    }
-                    if claims.recorded.remove(&r.event_id).is_none()
-                        && claims.pending.contains_key(&r.event_id)
-                    {
-                        claims.indexed_early.insert(r.event_id.clone());
+                for chunk in rows.chunks(FORGET_CHUNK) {
+                    let mut claims = lock(&inner.claims);
+                    let ClaimState {
+                        pending,
+                        recorded,
+                        indexed_early,
+                        seen,
+                        ..
+                    } = &mut *claims;
+                    for r in chunk {
+                        if let Some(seen) = seen {
+                            seen.insert(&r.event_id, now);
+                        }
+                        if recorded.remove(&r.event_id).is_none()
+                            && pending.contains_key(&r.event_id)
+                        {
+                            indexed_early.insert(r.event_id.clone());
+                        }
                     }
                 }
             }
@@ -534,7 +546,7 @@ impl EmbeddedStore {
 }
 
 /// Ends `lease`'s hold on `key`; a hold another lease took since (after ours ran out) stays.
-fn unpend(pending: &mut HashMap<String, (i64, u128)>, key: &str, lease: u128) {
+fn unpend(pending: &mut KeyMap<String, (i64, u128)>, key: &str, lease: u128) {
     if pending.get(key).is_some_and(|(_, holder)| *holder == lease) {
         pending.remove(key);
     }
