@@ -11,8 +11,8 @@
 //! holds; when it holds far more ids than it was sized for, it answers "maybe" more often and
 //! the store looks up more ids, as it did for every id before.
 
-use super::{lock, open_conn, Inner};
-use crate::adapters::outbound::sqlite::db_err;
+use super::{lock, Inner};
+use crate::adapters::outbound::sqlite::{db_err, open_queue_conn};
 use crate::ports::PortError;
 use fastbloom::BloomFilter;
 use std::path::PathBuf;
@@ -132,7 +132,8 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, u128) {
 
 /// How many ids it added; `None` when the store went away first.
 fn scan(weak: &Weak<Inner>, path: &std::path::Path) -> Result<Option<usize>, PortError> {
-    let conn = open_conn(path)?;
+    // One pass over the id index, in order: a small page cache is enough.
+    let conn = open_queue_conn(path)?;
     let mut stmt = conn
         .prepare("SELECT event_id FROM events")
         .map_err(db_err)?;
