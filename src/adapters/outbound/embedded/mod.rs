@@ -158,6 +158,7 @@ impl EmbeddedStore {
             DedupMode::Events { window } => Some(SeenIds::new(now, millis(window))),
             DedupMode::Table => None,
         };
+        let filtered = seen.is_some();
         let store = Self {
             inner: Arc::new(Inner {
                 mode,
@@ -180,7 +181,7 @@ impl EmbeddedStore {
                 read: Mutex::new(read),
             }),
         };
-        if matches!(mode, DedupMode::Events { .. }) {
+        if filtered {
             seen::spawn_scan(&store.inner, path);
         }
         Ok(store)

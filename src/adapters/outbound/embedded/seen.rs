@@ -107,27 +107,25 @@ pub(super) fn spawn_scan(inner: &Arc<Inner>, path: PathBuf) {
     let weak = Arc::downgrade(inner);
     let spawned = std::thread::Builder::new()
         .name("cartstream-seen-ids".into())
-        .spawn(move || match timed(|| scan(&weak, &path)) {
-            (Ok(Some(n)), ms) => tracing::info!(
-                ids = n,
-                ms,
-                "embedded dedup: the table's ids are in its filter; new ids are no longer looked up"
-            ),
-            (Ok(None), _) => {}
-            (Err(e), _) => tracing::warn!(
-                cause = %e,
-                "embedded dedup: reading the table's ids failed; every claim looks its ids up"
-            ),
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            match scan(&weak, &path) {
+                Ok(Some(n)) => tracing::info!(
+                    ids = n,
+                    ms = started.elapsed().as_millis(),
+                    "embedded dedup: the table's ids are in its filter; new ids are no longer \
+                     looked up"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    cause = %e,
+                    "embedded dedup: reading the table's ids failed; every claim looks its ids up"
+                ),
+            }
         });
     if let Err(e) = spawned {
         tracing::warn!(cause = %e, "embedded dedup: no thread to read the table's ids");
     }
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> (T, u128) {
-    let t = std::time::Instant::now();
-    let out = f();
-    (out, t.elapsed().as_millis())
 }
 
 /// How many ids it added; `None` when the store went away first.
