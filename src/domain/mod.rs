@@ -10,6 +10,7 @@ pub mod gcra;
 pub mod listing;
 pub mod outcome;
 pub mod routing;
+pub mod sweep;
 pub mod validation;
 
 pub use dedup::{Claim, DedupKey, GroupPlan, KeyHasher, KeyMap, WrongLength};
@@ -20,6 +21,7 @@ pub use event::{
 };
 pub use listing::{newest_first, EventQuery, PageKey};
 pub use outcome::{Item, Outcome, Unavailable};
+pub use sweep::SweepMark;
 pub use validation::{
     parse_event, parse_event_owned, parse_fields, EventFields, ValidationPolicy, MAX_AMOUNT,
     MAX_COUNT,

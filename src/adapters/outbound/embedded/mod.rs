@@ -10,7 +10,7 @@ use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, open_conn_with,
     query_events, unix_ms, Row, INSERT_EVENT,
 };
-use crate::domain::{DedupKey, KeyHasher, KeyMap, StoredEvent};
+use crate::domain::{DedupKey, KeyHasher, KeyMap, StoredEvent, SweepMark};
 use crate::ports::{
     Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, ExpireStep, Expiry,
     FeedEntry, Lease, PortError, Retention, SystemClock,
@@ -70,6 +70,17 @@ struct ClaimState {
     /// In `DedupMode::Events`: the ids the `events` table may hold, so that new ids are not
     /// looked up. An id is added when its event reaches the table, before it leaves `recorded`.
     seen: Option<SeenIds>,
+    /// When `pending` and `recorded` are next swept for ended entries.
+    sweep_pending: SweepMark,
+    sweep_recorded: SweepMark,
+}
+
+/// Sweeps `map` for the entries `live` refuses when `mark` says it is due.
+fn sweep<V>(map: &mut KeyMap<String, V>, mark: &SweepMark, mut live: impl FnMut(&V) -> bool) {
+    if mark.due(map.len()) {
+        map.retain(|_, v| live(v));
+        mark.swept(map.len());
+    }
 }
 
 struct WriteState {
@@ -177,6 +188,8 @@ impl EmbeddedStore {
                     recorded: KeyMap::default(),
                     indexed_early: std::collections::HashSet::default(),
                     seen,
+                    sweep_pending: SweepMark::new(100_000),
+                    sweep_recorded: SweepMark::new(1_000_000),
                 }),
                 read: Mutex::new(read),
             }),
@@ -294,6 +307,8 @@ impl DedupStore for EmbeddedStore {
                 pending,
                 recorded,
                 seen,
+                sweep_pending,
+                sweep_recorded,
                 ..
             } = &mut *state;
             // Either way the query answers "until when is this id remembered".
@@ -332,12 +347,8 @@ impl DedupStore for EmbeddedStore {
                     out.push(Claim::New);
                 }
             }
-            if pending.len() > 100_000 {
-                pending.retain(|_, (until, _)| *until > now);
-            }
-            if recorded.len() > 1_000_000 {
-                recorded.retain(|_, until| *until > now);
-            }
+            sweep(pending, sweep_pending, |(until, _)| *until > now);
+            sweep(recorded, sweep_recorded, |until| *until > now);
             Ok(out)
         })
         .await
