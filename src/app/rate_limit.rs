@@ -13,6 +13,7 @@
 use crate::app::access::{Access, KeyId};
 use crate::app::config::Settings;
 use crate::domain::gcra::Gcra;
+use crate::domain::SweepMark;
 use crate::ports::SharedBuckets;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -33,10 +34,10 @@ pub struct Client {
 
 pub struct RateLimits {
     /// Clients without a key (the server has none): one bucket per address.
-    anonymous: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    anonymous: Option<Keyed<IpAddr>>,
     /// Indexed by [`KeyId`].
     keys: Vec<KeyBuckets>,
-    reads: Option<DefaultKeyedRateLimiter<Client>>,
+    reads: Option<Keyed<Client>>,
     auth_failures: Option<Strikes>,
     /// The event buckets again, as shapes for the shared buckets.
     shapes: Shapes,
@@ -52,12 +53,28 @@ struct Shapes {
 }
 
 struct KeyBuckets {
-    per_client: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_client: Option<Keyed<IpAddr>>,
     total: Option<DefaultDirectRateLimiter>,
 }
 
-/// Keyed limiters forget idle clients once they track this many.
+/// Keyed limiters forget idle clients once they track this many, and then each time the
+/// clients they track have doubled (every client active: see [`SweepMark`]).
 const RETAIN_ABOVE: usize = 10_000;
+
+/// A keyed limiter, and when it next forgets its idle clients.
+struct Keyed<K: std::hash::Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    sweep: SweepMark,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
+    fn new(quota: Quota) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            sweep: SweepMark::new(RETAIN_ABOVE),
+        }
+    }
+}
 
 impl RateLimits {
     /// The limits of `settings` for the keys of `access`.
@@ -120,7 +137,7 @@ impl RateLimits {
                 ),
             )?;
             keys.push(KeyBuckets {
-                per_client: per_client.map(RateLimiter::keyed),
+                per_client: per_client.map(Keyed::new),
                 total: total.map(RateLimiter::direct),
             });
             shapes.keys.push((
@@ -131,10 +148,10 @@ impl RateLimits {
         }
         let reads = NonZeroU32::new(settings.read_rate_limit_per_second).map(|rate| {
             let burst = NonZeroU32::new(settings.read_rate_limit_burst).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            Keyed::new(Quota::per_second(rate).allow_burst(burst))
         });
         Ok(Self {
-            anonymous: default_client.map(RateLimiter::keyed),
+            anonymous: default_client.map(Keyed::new),
             keys,
             reads,
             auth_failures: NonZeroU32::new(settings.auth_failures_per_minute).map(Strikes::new),
@@ -386,15 +403,16 @@ fn count(events: usize) -> NonZeroU32 {
 }
 
 fn check_keyed<K: std::hash::Hash + Eq + Clone>(
-    limiter: Option<&DefaultKeyedRateLimiter<K>>,
+    limiter: Option<&Keyed<K>>,
     key: &K,
     n: NonZeroU32,
 ) -> Result<(), Duration> {
-    let Some(limiter) = limiter else {
+    let Some(Keyed { limiter, sweep }) = limiter else {
         return Ok(());
     };
-    if limiter.len() > RETAIN_ABOVE {
+    if sweep.due(limiter.len()) {
         limiter.retain_recent();
+        sweep.swept(limiter.len());
     }
     verdict(limiter.check_key_n(key, n))
 }
@@ -422,6 +440,8 @@ struct Strikes {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     /// How many addresses are tracked, so the common case (none) takes no lock.
     tracked: AtomicUsize,
+    /// When addresses whose buckets have refilled are next forgotten.
+    sweep: SweepMark,
 }
 
 impl Strikes {
@@ -430,6 +450,7 @@ impl Strikes {
             per_minute: f64::from(per_minute.get()),
             buckets: Mutex::new(HashMap::new()),
             tracked: AtomicUsize::new(0),
+            sweep: SweepMark::new(RETAIN_ABOVE),
         }
     }
 
@@ -458,9 +479,10 @@ impl Strikes {
 
     fn strike(&self, ip: IpAddr, now: Instant) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > RETAIN_ABOVE {
+        if self.sweep.due(buckets.len()) {
             let full = self.per_minute;
             buckets.retain(|_, b| self.refilled(*b, now) < full);
+            self.sweep.swept(buckets.len());
         }
         let bucket = buckets.entry(ip).or_insert((self.per_minute, now));
         let tokens = self.refilled(*bucket, now);
