@@ -410,10 +410,10 @@ fn check_keyed<K: std::hash::Hash + Eq + Clone>(
     let Some(Keyed { limiter, sweep }) = limiter else {
         return Ok(());
     };
-    if sweep.due(limiter.len()) {
+    sweep.sweep_if_due(limiter.len(), || {
         limiter.retain_recent();
-        sweep.swept(limiter.len());
-    }
+        limiter.len()
+    });
     verdict(limiter.check_key_n(key, n))
 }
 
@@ -479,11 +479,11 @@ impl Strikes {
 
     fn strike(&self, ip: IpAddr, now: Instant) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if self.sweep.due(buckets.len()) {
+        self.sweep.sweep_if_due(buckets.len(), || {
             let full = self.per_minute;
             buckets.retain(|_, b| self.refilled(*b, now) < full);
-            self.sweep.swept(buckets.len());
-        }
+            buckets.len()
+        });
         let bucket = buckets.entry(ip).or_insert((self.per_minute, now));
         let tokens = self.refilled(*bucket, now);
         *bucket = ((tokens - 1.0).max(0.0), now);

@@ -39,6 +39,14 @@ impl SweepMark {
         self.at
             .store(len.saturating_mul(2).max(self.floor), Ordering::Relaxed);
     }
+
+    /// Runs `sweep` (which returns how many entries it left) when a map of `len` entries is
+    /// due one.
+    pub fn sweep_if_due(&self, len: usize, sweep: impl FnOnce() -> usize) {
+        if self.due(len) {
+            self.swept(sweep());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -75,14 +75,6 @@ struct ClaimState {
     sweep_recorded: SweepMark,
 }
 
-/// Sweeps `map` for the entries `live` refuses when `mark` says it is due.
-fn sweep<V>(map: &mut KeyMap<String, V>, mark: &SweepMark, mut live: impl FnMut(&V) -> bool) {
-    if mark.due(map.len()) {
-        map.retain(|_, v| live(v));
-        mark.swept(map.len());
-    }
-}
-
 struct WriteState {
     conn: Connection,
     /// Unix milliseconds.
@@ -347,8 +339,14 @@ impl DedupStore for EmbeddedStore {
                     out.push(Claim::New);
                 }
             }
-            sweep(pending, sweep_pending, |(until, _)| *until > now);
-            sweep(recorded, sweep_recorded, |until| *until > now);
+            sweep_pending.sweep_if_due(pending.len(), || {
+                pending.retain(|_, (until, _)| *until > now);
+                pending.len()
+            });
+            sweep_recorded.sweep_if_due(recorded.len(), || {
+                recorded.retain(|_, until| *until > now);
+                recorded.len()
+            });
             Ok(out)
         })
         .await
