@@ -2,7 +2,8 @@
 //! bucket per key and client address, or per address for anonymous clients), an optional total
 //! per key, reads per second per client, and failed authentications per address. A WebSocket
 //! connection and an HTTP request of the same client draw from the same bucket. Off (no limit)
-//! unless configured.
+//! unless configured. An address is an IPv4 address or an IPv6 /64: every address of one /64
+//! is one client (`domain::address`), or a host given a /64 would have 2^64 buckets.
 //!
 //! The event limits are kept in process (governor) unless shared buckets are given
 //! ([`RateLimits::with_shared`], Redis when configured): then every instance takes from the
@@ -12,6 +13,7 @@
 
 use crate::app::access::{Access, KeyId};
 use crate::app::config::Settings;
+use crate::domain::address::limit_scope;
 use crate::domain::gcra::Gcra;
 use crate::domain::SweepMark;
 use crate::ports::SharedBuckets;
@@ -30,6 +32,16 @@ use std::time::{Duration, Instant};
 pub struct Client {
     pub key: Option<KeyId>,
     pub ip: IpAddr,
+}
+
+impl Client {
+    /// The same client as the limits count it: an IPv6 address by its /64 (`domain::address`).
+    fn scoped(self) -> Self {
+        Self {
+            ip: limit_scope(self.ip),
+            ..self
+        }
+    }
 }
 
 pub struct RateLimits {
@@ -204,6 +216,7 @@ impl RateLimits {
     /// total). With shared buckets, one round trip to them, bounded by their timeout; without
     /// (or while they do not answer), decided in process without waiting.
     pub async fn admit_events(&self, client: Client, events: usize) -> Result<(), Duration> {
+        let client = client.scoped();
         if let Some(global) = &self.global {
             let buckets = self.shared_buckets(client);
             if buckets.is_empty() {
@@ -245,6 +258,7 @@ impl RateLimits {
     /// `Err(wait)` when `events` more events from `client` would exceed its rate (or its key's
     /// total).
     pub fn check_events(&self, client: Client, events: usize) -> Result<(), Duration> {
+        let client = client.scoped();
         let n = count(events);
         match client.key {
             None => check_keyed(self.anonymous.as_ref(), &client.ip, n),
@@ -265,14 +279,14 @@ impl RateLimits {
 
     /// `Err(wait)` when one more read by `client` would exceed the read rate.
     pub fn check_read(&self, client: Client) -> Result<(), Duration> {
-        check_keyed(self.reads.as_ref(), &client, NonZeroU32::MIN)
+        check_keyed(self.reads.as_ref(), &client.scoped(), NonZeroU32::MIN)
     }
 
     /// `Err(wait)` while `ip` has used up its failed authentications: then it is refused
     /// before its key is even looked at.
     pub fn auth_blocked(&self, ip: IpAddr) -> Result<(), Duration> {
         match &self.auth_failures {
-            Some(strikes) => strikes.blocked(ip, Instant::now()),
+            Some(strikes) => strikes.blocked(limit_scope(ip), Instant::now()),
             None => Ok(()),
         }
     }
@@ -280,7 +294,7 @@ impl RateLimits {
     /// Counts a failed authentication from `ip`.
     pub fn auth_failed(&self, ip: IpAddr) {
         if let Some(strikes) = &self.auth_failures {
-            strikes.strike(ip, Instant::now());
+            strikes.strike(limit_scope(ip), Instant::now());
         }
     }
 }
@@ -608,6 +622,38 @@ mod tests {
     }
 
     #[test]
+    fn every_limit_counts_an_ipv6_client_by_its_64() {
+        let (r, _) = limits(|s| {
+            s.rate_limit_per_second = 1;
+            s.rate_limit_burst = 3;
+            s.max_batch_events = 1;
+            s.read_rate_limit_per_second = 1;
+            s.read_rate_limit_burst = 1;
+            s.auth_failures_per_minute = 1;
+        });
+        let at = |ip: &str| Client {
+            key: None,
+            ip: ip.parse().unwrap(),
+        };
+        assert!(r.check_events(at("2001:db8:1:2::1"), 3).is_ok());
+        assert!(
+            r.check_events(at("2001:db8:1:2::dead:beef"), 1).is_err(),
+            "another address of the same /64 shares the bucket"
+        );
+        assert!(
+            r.check_events(at("2001:db8:1:3::1"), 3).is_ok(),
+            "the next /64"
+        );
+
+        assert!(r.check_read(at("2001:db8:7::1")).is_ok());
+        assert!(r.check_read(at("2001:db8:7::2")).is_err());
+
+        r.auth_failed("2001:db8:9::1".parse().unwrap());
+        assert!(r.auth_blocked("2001:db8:9::2".parse().unwrap()).is_err());
+        assert!(r.auth_blocked("2001:db8:a::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
     fn strikes_refill_over_time() {
         let s = Strikes::new(NonZeroU32::new(60).unwrap());
         let ip = IpAddr::from([10, 0, 0, 1]);
@@ -692,6 +738,23 @@ mod shared_tests {
             key,
             ip: IpAddr::from([10, 0, 0, last]),
         }
+    }
+
+    #[tokio::test]
+    async fn a_shared_bucket_is_named_by_the_ipv6_clients_64() {
+        let buckets = Arc::new(FakeBuckets::default());
+        let (a, b, _) = two_instances(&buckets);
+        let v6 = |ip: &str| Client {
+            key: None,
+            ip: ip.parse().unwrap(),
+        };
+        assert!(a.admit_events(v6("2001:db8:5:6::1"), 4).await.is_ok());
+        assert!(
+            b.admit_events(v6("2001:db8:5:6:1:2:3:4"), 1).await.is_err(),
+            "the same /64 on another instance"
+        );
+        let names: Vec<String> = buckets.tats.lock().unwrap().keys().cloned().collect();
+        assert_eq!(names, ["{a:2001:db8:5:6::}"]);
     }
 
     #[tokio::test]

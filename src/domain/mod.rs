@@ -1,6 +1,7 @@
 //! Pure, synchronous rules: the event model, validation, dedup keys and the listing's filter.
 //! No I/O, no async, no framework types.
 
+pub mod address;
 pub mod dedup;
 pub mod error;
 pub mod event;

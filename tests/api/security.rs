@@ -323,6 +323,36 @@ async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
 }
 
 #[tokio::test]
+async fn an_ipv6_client_is_limited_by_its_64_not_by_each_address() {
+    let app = TestApp::spawn_with(|s| {
+        s.trusted_proxies = vec!["127.0.0.0/8".into()];
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 2;
+        s.max_batch_events = 2;
+    })
+    .await;
+    let post = |xff: &'static str| {
+        app.http
+            .post(app.url("/events/batch"))
+            .header("X-Forwarded-For", xff)
+            .json(&batch(2))
+            .send()
+    };
+    assert_eq!(
+        post("2001:db8:1:2::1").await.unwrap().status().as_u16(),
+        200
+    );
+    // A host with a /64 has 2^64 addresses to pick from: any of them draws from one bucket.
+    let r = post("2001:db8:1:2:9f3e:11:22:33").await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        post("2001:db8:1:3::1").await.unwrap().status().as_u16(),
+        200
+    );
+}
+
+#[tokio::test]
 async fn a_burst_below_a_full_batch_is_refused_at_startup_naming_both_settings() {
     let tmp = tempfile::tempdir().unwrap();
     let settings = Settings {

@@ -1,6 +1,7 @@
 //! The client's address: the TCP peer, or, when the peer is a trusted proxy, the address the
 //! proxies say they forwarded for (`Forwarded` or `X-Forwarded-For`).
 
+use crate::domain::address::canonical;
 use ipnet::IpNet;
 use poem::http::HeaderMap;
 use std::net::IpAddr;
@@ -64,14 +65,6 @@ impl TrustedProxies {
             }
         }
         client
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket reports) as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 

@@ -11,6 +11,7 @@ pub use self::io::GuardedIo;
 
 use crate::adapters::inbound::edge::client::TrustedProxies;
 use crate::app::metrics::Metrics;
+use crate::domain::address::limit_scope;
 use poem::http::uri::Scheme;
 use poem::listener::Acceptor;
 use poem::web::{LocalAddr, RemoteAddr};
@@ -181,8 +182,9 @@ struct Counts {
 
 impl Counts {
     fn admit(this: &Arc<Self>, ip: IpAddr) -> Result<Slot, OverCap> {
-        let ip = canonical(ip);
         let capped = this.caps.per_address > 0 && !this.caps.proxies.contains(ip);
+        // Counted per client: an IPv6 client by its /64 (see `domain::address`).
+        let ip = limit_scope(ip);
         let mut open = this.lock();
         if open.total >= this.caps.total {
             return Err(OverCap::Total);
@@ -225,14 +227,6 @@ impl Counts {
 
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// IPv4-mapped IPv6 addresses (what a dual-stack socket reports) count as the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// One open connection's place in the counts, given back when the connection is dropped.
@@ -298,6 +292,23 @@ mod tests {
         drop(slots);
         assert_eq!(c.lock().total, 0);
         assert!(c.lock().by_address.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_network() {
+        let c = counts(10, 2, &[]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = Counts::admit(&c, ip("2001:db8:1:2::1")).unwrap();
+        let b = Counts::admit(&c, ip("2001:db8:1:2::2")).unwrap();
+        assert_eq!(
+            Counts::admit(&c, ip("2001:db8:1:2:ffff::3")).err(),
+            Some(OverCap::PerAddress),
+            "a third address of the same /64"
+        );
+        let _other = Counts::admit(&c, ip("2001:db8:1:3::1")).unwrap();
+        drop(b);
+        assert!(Counts::admit(&c, ip("2001:db8:1:2::9")).is_ok());
+        assert_eq!(c.lock().by_address.len(), 2);
     }
 
     #[test]
