@@ -276,7 +276,7 @@ async fn every_listing_reads_an_index_in_order() {
         event_id: "e-9".into(),
     };
     let cases = [
-        ("no filter", q(), "events_listing_order"),
+        ("no filter", q(), "events_in_order"),
         (
             "a time range",
             EventQuery {
@@ -284,7 +284,7 @@ async fn every_listing_reads_an_index_in_order() {
                 until: Some(at("2025-02-01T00:00:00Z")),
                 ..q()
             },
-            "events_listing_order",
+            "events_in_order",
         ),
         (
             "a user",
@@ -292,7 +292,7 @@ async fn every_listing_reads_an_index_in_order() {
                 user_id: Some("u-1".into()),
                 ..q()
             },
-            "events_by_user_order",
+            "events_of_user",
         ),
         (
             "a type, page two",
@@ -301,7 +301,7 @@ async fn every_listing_reads_an_index_in_order() {
                 after: Some(page_two.clone()),
                 ..q()
             },
-            "events_by_type",
+            "events_of_type",
         ),
         (
             "a user and a time range, page two",
@@ -311,7 +311,7 @@ async fn every_listing_reads_an_index_in_order() {
                 after: Some(page_two),
                 ..q()
             },
-            "events_by_user_order",
+            "events_of_user",
         ),
     ];
     for (what, query, index) in cases {
@@ -321,38 +321,67 @@ async fn every_listing_reads_an_index_in_order() {
     }
 }
 
-#[test]
-fn an_old_stores_indexes_are_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cartstream.db");
-    let conn = Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE events (event_id TEXT PRIMARY KEY NOT NULL, user_id TEXT NOT NULL,
-             session_id TEXT, event_type TEXT NOT NULL, occurred_at INTEGER NOT NULL,
-             received_at INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT NOT NULL);
-         CREATE INDEX events_by_time ON events (occurred_at DESC);
+#[tokio::test]
+async fn an_old_stores_indexes_are_replaced_and_its_events_still_listed() {
+    // The two earlier generations: single-column descending indexes, then descending ones in
+    // the listing's full order.
+    let generations = [
+        "CREATE INDEX events_by_time ON events (occurred_at DESC);
          CREATE INDEX events_by_user ON events (user_id, occurred_at DESC);",
-    )
-    .unwrap();
-    drop(conn);
-    drop(EmbeddedStore::open(dir.path()).unwrap());
-    let conn = Connection::open(&path).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL ORDER BY name")
+        "CREATE INDEX events_listing_order ON events (occurred_at DESC, received_at DESC, event_id DESC);
+         CREATE INDEX events_by_user_order ON events (user_id, occurred_at DESC, received_at DESC, event_id DESC);
+         CREATE INDEX events_by_type ON events (event_type, occurred_at DESC, received_at DESC, event_id DESC);",
+    ];
+    for old in generations {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cartstream.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (event_id TEXT PRIMARY KEY NOT NULL, user_id TEXT NOT NULL,
+                 session_id TEXT, event_type TEXT NOT NULL, occurred_at INTEGER NOT NULL,
+                 received_at INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT NOT NULL);",
+        )
         .unwrap();
-    let names: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(
-        names,
-        [
-            "events_by_type",
-            "events_by_user_order",
-            "events_listing_order"
-        ]
-    );
+        conn.execute_batch(old).unwrap();
+        for (i, ms) in [(1, 1_000), (2, 3_000), (3, 2_000)] {
+            conn.execute(
+                "INSERT INTO events VALUES (?1, 'u-1', NULL, 'item_added', ?2, ?2, 'http', '{}')",
+                params![format!("old-{i}"), ms],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            names,
+            ["events_in_order", "events_of_type", "events_of_user"],
+            "{old}"
+        );
+        let by_user = EventQuery {
+            user_id: Some("u-1".into()),
+            ..q()
+        };
+        for query in [q(), by_user] {
+            let ids: Vec<String> = store
+                .query(&query)
+                .await
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.event.event_id().to_string())
+                .collect();
+            assert_eq!(ids, ["old-2", "old-3", "old-1"], "newest first: {old}");
+        }
+    }
 }
 
 /// A clock the test sets.
@@ -473,7 +502,7 @@ async fn retention_deletes_old_events_in_batches_and_dedup_and_listing_agree() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert!(plan.join("; ").contains("events_listing_order"), "{plan:?}");
+    assert!(plan.join("; ").contains("events_in_order"), "{plan:?}");
 }
 
 #[tokio::test]
