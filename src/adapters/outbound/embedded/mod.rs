@@ -238,9 +238,10 @@ impl EventStore for EmbeddedStore {
         let mut rows: Vec<Row> = events.iter().map(Row::from).collect();
         // In key order, the batch walks the event-id B-tree from one end to the other, each
         // page fetched and dirtied once, rather than jumping to a random page per row: about a
-        // fifth less CPU per row once the table is large. The order of rows in the table means
-        // nothing (listings go by time; routes read the journal).
-        rows.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+        // fifth less CPU per row once the table is large (the model in BENCHMARKS.md). The
+        // order of rows in the table means nothing (listings go by time; routes read the
+        // journal). Stable, so that of two rows with one id the first still wins, as before.
+        rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         self.blocking(move |inner| {
             let mut state = lock(&inner.write);
             let tx = state.conn.transaction().map_err(db_err)?;

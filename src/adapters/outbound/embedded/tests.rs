@@ -322,6 +322,22 @@ async fn every_listing_reads_an_index_in_order() {
 }
 
 #[tokio::test]
+async fn of_two_rows_with_one_id_in_a_batch_the_first_is_kept() {
+    // The batch is sorted by id before the insert; the copy that came first still wins.
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let mut batch: Vec<StoredEvent> = (0..300)
+        .map(|i| event(&format!("e-{}", (i * 7919) % 300), "2025-01-01T00:00:00Z"))
+        .collect();
+    batch.extend((0..300).map(|i| event(&format!("e-{i}"), "2025-01-02T00:00:00Z")));
+    store.insert(&batch).await.unwrap();
+    let page = store.query(&EventQuery::first(1_000)).await.unwrap();
+    assert_eq!(page.events.len(), 300);
+    let first = chrono::DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z").unwrap();
+    assert!(page.events.iter().all(|e| e.event.occurred_at() == first));
+}
+
+#[tokio::test]
 async fn an_old_stores_indexes_are_replaced_and_its_events_still_listed() {
     // The two earlier generations: single-column descending indexes, then descending ones in
     // the listing's full order.
