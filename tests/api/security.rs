@@ -273,81 +273,66 @@ async fn a_key_total_caps_every_address_together() {
     assert_eq!(post("198.51.100.2").await.unwrap().status().as_u16(), 429);
 }
 
-#[tokio::test]
-async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
-    let app = TestApp::spawn_with(|s| {
-        s.trusted_proxies = vec!["127.0.0.0/8".into()];
+/// A server whose bucket per address holds one batch of two, with the local proxy trusted or not.
+async fn tight_limit(behind_proxy: bool) -> TestApp {
+    TestApp::spawn_with(|s| {
+        if behind_proxy {
+            s.trusted_proxies = vec!["127.0.0.0/8".into()];
+        }
         s.rate_limit_per_second = 1;
         s.rate_limit_burst = 2;
         s.max_batch_events = 2;
     })
-    .await;
-    let post = |xff: &str| {
-        app.http
-            .post(app.url("/events/batch"))
-            .header("X-Forwarded-For", xff.to_owned())
-            .json(&batch(2))
-            .send()
-    };
+    .await
+}
+
+/// Posts a batch of two as if through a proxy that says it came from `xff`.
+async fn post_from(app: &TestApp, xff: &str) -> reqwest::Response {
+    app.http
+        .post(app.url("/events/batch"))
+        .header("X-Forwarded-For", xff)
+        .json(&batch(2))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
+    let app = tight_limit(true).await;
     // Two clients behind the proxy: a bucket each.
-    assert_eq!(post("203.0.113.1").await.unwrap().status().as_u16(), 200);
-    assert_eq!(post("203.0.113.2").await.unwrap().status().as_u16(), 200);
-    assert_eq!(post("203.0.113.1").await.unwrap().status().as_u16(), 429);
+    assert_eq!(post_from(&app, "203.0.113.1").await.status().as_u16(), 200);
+    assert_eq!(post_from(&app, "203.0.113.2").await.status().as_u16(), 200);
+    assert_eq!(post_from(&app, "203.0.113.1").await.status().as_u16(), 429);
     // A client cannot escape its bucket by writing its own X-Forwarded-For: the proxy appends
     // the real address, and the rightmost untrusted one counts.
     assert_eq!(
-        post("1.2.3.4, 203.0.113.2")
+        post_from(&app, "1.2.3.4, 203.0.113.2")
             .await
-            .unwrap()
             .status()
             .as_u16(),
         429
     );
 
     // Without the proxy trusted, the header counts for nothing: one bucket for 127.0.0.1.
-    let app = TestApp::spawn_with(|s| {
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 2;
-        s.max_batch_events = 2;
-    })
-    .await;
-    let post = |xff: &'static str| {
-        app.http
-            .post(app.url("/events/batch"))
-            .header("X-Forwarded-For", xff)
-            .json(&batch(2))
-            .send()
-    };
-    assert_eq!(post("203.0.113.1").await.unwrap().status().as_u16(), 200);
-    assert_eq!(post("203.0.113.2").await.unwrap().status().as_u16(), 429);
+    let app = tight_limit(false).await;
+    assert_eq!(post_from(&app, "203.0.113.1").await.status().as_u16(), 200);
+    assert_eq!(post_from(&app, "203.0.113.2").await.status().as_u16(), 429);
 }
 
 #[tokio::test]
 async fn an_ipv6_client_is_limited_by_its_64_not_by_each_address() {
-    let app = TestApp::spawn_with(|s| {
-        s.trusted_proxies = vec!["127.0.0.0/8".into()];
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 2;
-        s.max_batch_events = 2;
-    })
-    .await;
-    let post = |xff: &'static str| {
-        app.http
-            .post(app.url("/events/batch"))
-            .header("X-Forwarded-For", xff)
-            .json(&batch(2))
-            .send()
-    };
+    let app = tight_limit(true).await;
     assert_eq!(
-        post("2001:db8:1:2::1").await.unwrap().status().as_u16(),
+        post_from(&app, "2001:db8:1:2::1").await.status().as_u16(),
         200
     );
     // A host with a /64 has 2^64 addresses to pick from: any of them draws from one bucket.
-    let r = post("2001:db8:1:2:9f3e:11:22:33").await.unwrap();
+    let r = post_from(&app, "2001:db8:1:2:9f3e:11:22:33").await;
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
-        post("2001:db8:1:3::1").await.unwrap().status().as_u16(),
+        post_from(&app, "2001:db8:1:3::1").await.status().as_u16(),
         200
     );
 }
