@@ -9,9 +9,13 @@ The schema is the embedded store's (src/adapters/outbound/embedded/mod.rs, SCHEM
 look like cartstream-bench's (1,000 users, four event types). Vary what it builds to see what
 each part costs:
   scripts/events-write-amp.py [--rows-per-batch 20000] [--batches 25] [--indexes pk,l,u,t]
-      [--page-size 4096]
+      [--page-size 4096] [--prefill 0] [--unsorted]
   pk: the primary key on event_id; l: the listing's (occurred_at, received_at, event_id);
-  u: the same by user_id; t: by event_type. Prints bytes written per row and the file's size.
+  u: the same by user_id; t: by event_type. --prefill N first fills the table with N rows (in
+  batches of 100,000, not counted), to measure the writes into a table already that large.
+  Each batch is sorted by event id, as the forwarder sorts it, unless --unsorted. Prints bytes
+  written per row, this process's CPU per row over the inserts and commits (binding the
+  parameters included), and the file's size.
 """
 import argparse
 import os
@@ -19,12 +23,13 @@ import random
 import re
 import sqlite3
 import tempfile
+import time
 import uuid
 
 INDEXES = {
-    "l": "CREATE INDEX l ON events (occurred_at DESC, received_at DESC, event_id DESC)",
-    "u": "CREATE INDEX u ON events (user_id, occurred_at DESC, received_at DESC, event_id DESC)",
-    "t": "CREATE INDEX t ON events (event_type, occurred_at DESC, received_at DESC, event_id DESC)",
+    "l": "CREATE INDEX l ON events (occurred_at, received_at, event_id)",
+    "u": "CREATE INDEX u ON events (user_id, occurred_at, received_at, event_id)",
+    "t": "CREATE INDEX t ON events (event_type, occurred_at, received_at, event_id)",
 }
 TYPES = ["item_added", "cart_viewed", "checkout_started", "quantity_updated"]
 METADATA = '{"productId":"premium-subscription","quantity":1,"price":29.99,"currency":"USD"}'
@@ -41,6 +46,8 @@ def main():
     ap.add_argument("--batches", type=int, default=25)
     ap.add_argument("--indexes", default="pk,l,u,t")
     ap.add_argument("--page-size", type=int, default=4096)
+    ap.add_argument("--prefill", type=int, default=0)
+    ap.add_argument("--unsorted", action="store_true")
     a = ap.parse_args()
     want = set(a.indexes.split(",")) - {""}
     with tempfile.TemporaryDirectory(prefix="write-amp.") as d:
@@ -57,20 +64,36 @@ def main():
         for k in sorted(want - {"pk"}):
             c.execute(INDEXES[k])
         now = 1_700_000_000_000
-        start = written()
-        for _ in range(a.batches):
+
+        def batch(n):
+            nonlocal now
             rows = []
-            for i in range(a.rows_per_batch):
+            for i in range(n):
                 now += 1
                 rows.append((str(uuid.uuid4()), f"bench-user-{random.randrange(1000)}",
                              "bench-sess-3", TYPES[i % 4], now, now, "ws", METADATA))
+            if not a.unsorted:
+                rows.sort(key=lambda r: r[0])
+            return rows
+
+        def insert(rows):
             c.execute("BEGIN")
             c.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
             c.execute("COMMIT")
+
+        for done in range(0, a.prefill, 100_000):
+            insert(batch(min(100_000, a.prefill - done)))
+        start, cpu = written(), 0.0
+        for _ in range(a.batches):
+            rows = batch(a.rows_per_batch)
+            t = time.process_time()
+            insert(rows)
+            cpu += time.process_time() - t
         total = a.rows_per_batch * a.batches
-        print(f"indexes={','.join(sorted(want)) or 'none'} rows={total} "
-              f"batch={a.rows_per_batch} page_size={a.page_size} "
+        print(f"indexes={','.join(sorted(want)) or 'none'} prefill={a.prefill} rows={total} "
+              f"batch={a.rows_per_batch} sorted={not a.unsorted} page_size={a.page_size} "
               f"bytes_written_per_row={(written() - start) // total} "
+              f"cpu_us_per_row={cpu / total * 1e6:.2f} "
               f"db_mb={os.path.getsize(path) >> 20}")
 
 
