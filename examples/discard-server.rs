@@ -79,9 +79,7 @@ impl DedupStore for ForgetfulDedup {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    cartstream::app::allocator::start();
+fn main() -> ExitCode {
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -89,6 +87,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The service's runtime, with the same worker threads, so the ceiling is comparable.
+    match cartstream::app::startup::runtime(&settings) {
+        Ok(runtime) => runtime.block_on(serve(settings)),
+        Err(e) => {
+            eprintln!("discard-server: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    cartstream::app::allocator::start();
     telemetry::init(&settings);
     let with_journal = std::env::var("DISCARD_WITH_JOURNAL").is_ok_and(|v| v == "1");
     let (store, forwarding, feed): (Arc<dyn EventStore>, _, Arc<dyn EventFeed>) = if with_journal {

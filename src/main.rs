@@ -1,6 +1,6 @@
 use cartstream::adapters::outbound::clickhouse::ClickHouseStore;
 use cartstream::adapters::outbound::integrity::{Depth, Verdict};
-use cartstream::app::startup::{clickhouse_config, Application};
+use cartstream::app::startup::{self, clickhouse_config, Application};
 use cartstream::app::{config::Settings, drain, integrity, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -73,17 +73,27 @@ fn raise_fd_limit() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    cartstream::app::allocator::start();
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut settings = match Settings::load() {
+    let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cartstream: {e}");
             return ExitCode::from(2);
         }
     };
+    // Built here rather than by `#[tokio::main]`: its thread count is a setting.
+    match startup::runtime(&settings) {
+        Ok(runtime) => runtime.block_on(serve(cli, settings)),
+        Err(e) => {
+            eprintln!("cartstream: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli, mut settings: Settings) -> ExitCode {
+    cartstream::app::allocator::start();
     telemetry::init(&settings);
     match cli.command {
         Some(Command::Drain { data_dir, timeout }) => {

@@ -252,6 +252,12 @@ pub struct Settings {
     /// Open connections per client address (the TCP peer; trusted proxies are exempt);
     /// 0 = no cap.
     pub max_connections_per_address: usize,
+    /// Threads that run the server's tasks (tokio's workers); unset, one per core (or
+    /// `TOKIO_WORKER_THREADS`). Journal and SQLite work runs on other threads either way.
+    /// On a small machine whose cores Redis, ClickHouse or other services share, fewer can
+    /// be faster (docs/deploy.md, "Worker threads").
+    #[validate(range(min = 1, max = 1024))]
+    pub worker_threads: Option<usize>,
 }
 
 /// One route of the configuration file:
@@ -460,6 +466,7 @@ impl Default for Settings {
             ws_handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_address: 256,
+            worker_threads: None,
         }
     }
 }
@@ -593,6 +600,7 @@ const ENV_KEYS: &[&str] = &[
     "ws_handshake_timeout",
     "max_connections",
     "max_connections_per_address",
+    "worker_threads",
 ];
 
 impl Settings {
@@ -911,6 +919,20 @@ mod tests {
         assert!(
             none.to_string().contains("CARTSTREAM_MAX_CONNECTIONS"),
             "{none}"
+        );
+    }
+
+    #[test]
+    fn worker_threads_are_one_per_core_unless_set_and_at_least_one() {
+        assert_eq!(Settings::default().worker_threads, None);
+        let s = run(&[("CARTSTREAM_WORKER_THREADS", "1")], None).unwrap();
+        assert_eq!(s.worker_threads, Some(1));
+        let s = run(&[], Some("worker_threads = 3")).unwrap();
+        assert_eq!(s.worker_threads, Some(3));
+        let zero = run(&[("CARTSTREAM_WORKER_THREADS", "0")], None).unwrap_err();
+        assert!(
+            zero.to_string().contains("CARTSTREAM_WORKER_THREADS"),
+            "{zero}"
         );
     }
 

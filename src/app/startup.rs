@@ -49,6 +49,20 @@ use tokio_util::task::TaskTracker;
 
 pub(crate) mod lock;
 
+/// The tokio runtime a binary serves on: multi-threaded, with `worker_threads` workers when
+/// set (otherwise tokio's default: `TOKIO_WORKER_THREADS`, else one per core).
+///
+/// # Errors
+/// When the runtime cannot start its threads.
+pub fn runtime(settings: &Settings) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = settings.worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.build()
+}
+
 /// The outbound side of the application.
 pub struct Ports {
     /// What the ingest use case records into (the journal, when a remote store is set).
@@ -931,5 +945,19 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_has_the_configured_number_of_workers() {
+        let mut settings = Settings::default();
+        for n in [1, 3] {
+            settings.worker_threads = Some(n);
+            assert_eq!(runtime(&settings).unwrap().metrics().num_workers(), n);
+        }
     }
 }
