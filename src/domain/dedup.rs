@@ -66,6 +66,38 @@ impl std::hash::BuildHasher for KeyHasher {
 /// A map keyed by dedup keys (or their text), hashed with [`KeyHasher`].
 pub type KeyMap<K, V> = std::collections::HashMap<K, V, KeyHasher>;
 
+/// A dedup key's 128-bit digest: what a long-lived set of keys holds in place of their text.
+///
+/// The embedded store remembers every id whose event waits in the journal for its table, and
+/// under a sustained overload that backlog reaches millions: as text each id took about 100
+/// bytes of the map (the `String`, its heap block, the slot), as a digest 16. Two keys with one
+/// digest would make a new event look like a duplicate, so the digest is SipHash-2-4 with a
+/// 128-bit output and a secret key drawn per process: a keyed function whose outputs an attacker
+/// cannot aim at, and whose chance collision among even 10^9 keys is about 10^-21. Digests are
+/// never stored or shown; a restart draws a new key and rebuilds what it remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest(u64, u64);
+
+impl KeyDigest {
+    /// The digest of `key` (a dedup key's text) under this process's secret.
+    pub fn of(key: &str) -> Self {
+        static SECRET: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+        let (k0, k1) = *SECRET.get_or_init(rand::random);
+        Self::keyed(k0, k1, key)
+    }
+
+    fn keyed(k0: u64, k1: u64, key: &str) -> Self {
+        use siphasher::sip128::{Hasher128, SipHasher24};
+        use std::hash::Hasher;
+        let mut h = SipHasher24::new_with_keys(k0, k1);
+        h.write(key.as_bytes());
+        // Two u64s rather than a u128: aligned to 8, a map's slot of a digest and an i64 is
+        // 24 bytes, not 32.
+        let d = h.finish128();
+        Self(d.h1, d.h2)
+    }
+}
+
 /// The state of a dedup key when a claim asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -181,6 +213,32 @@ fn canonical_value(v: &Value, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_digest_is_the_same_for_one_key_and_differs_by_key_and_by_secret() {
+        let a = "9b2f6a1e-7c1d-4c53-9a55-1f0f8f0f3a10";
+        assert_eq!(KeyDigest::of(a), KeyDigest::of(a));
+        assert_ne!(
+            KeyDigest::of(a),
+            KeyDigest::of("9b2f6a1e-7c1d-4c53-9a55-1f0f8f0f3a11")
+        );
+        assert_ne!(KeyDigest::of(a), KeyDigest::of(""));
+        // Keyed: another secret gives another digest, so no one can aim at one.
+        assert_ne!(KeyDigest::keyed(1, 2, a), KeyDigest::keyed(1, 3, a));
+        assert_ne!(KeyDigest::keyed(1, 2, a), KeyDigest::keyed(2, 2, a));
+        // The whole 128 bits vary, not 64 of them.
+        let (x, y) = (KeyDigest::keyed(1, 2, a), KeyDigest::keyed(1, 2, "b"));
+        assert!(x.0 != y.0 && x.1 != y.1);
+        assert_eq!(std::mem::size_of::<(KeyDigest, i64)>(), 24);
+    }
+
+    #[test]
+    fn ten_thousand_keys_have_ten_thousand_digests() {
+        let digests: std::collections::HashSet<KeyDigest> = (0..10_000)
+            .map(|i| KeyDigest::of(&format!("id-{i}")))
+            .collect();
+        assert_eq!(digests.len(), 10_000);
+    }
+
     use super::*;
     use chrono::TimeZone;
     use proptest::prelude::*;

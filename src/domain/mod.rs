@@ -14,7 +14,7 @@ pub mod routing;
 pub mod sweep;
 pub mod validation;
 
-pub use dedup::{Claim, DedupKey, GroupPlan, KeyHasher, KeyMap, WrongLength};
+pub use dedup::{Claim, DedupKey, GroupPlan, KeyDigest, KeyHasher, KeyMap, WrongLength};
 pub use error::{FieldCode, FieldError};
 pub use event::{
     CartEvent, EventColumns, EventId, EventType, IdOrigin, Metadata, Source, StoredEvent,

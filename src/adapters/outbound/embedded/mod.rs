@@ -10,7 +10,7 @@ use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, open_conn_with,
     query_events, unix_ms, Row, INSERT_EVENT,
 };
-use crate::domain::{DedupKey, KeyHasher, KeyMap, StoredEvent, SweepMark};
+use crate::domain::{DedupKey, KeyDigest, KeyHasher, KeyMap, StoredEvent, SweepMark};
 use crate::ports::{
     Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, ExpireStep, Expiry,
     FeedEntry, Lease, PortError, Retention, SystemClock,
@@ -69,8 +69,9 @@ struct ClaimState {
     pending: KeyMap<String, (i64, u128)>,
     /// In `DedupMode::Events`: keys whose events are recorded (in the journal in front of
     /// this store) but not yet in the `events` table, until when (Unix milliseconds) they are
-    /// remembered. A key leaves when its event reaches the table.
-    recorded: KeyMap<String, i64>,
+    /// remembered. A key leaves when its event reaches the table. By digest, not text: under
+    /// a sustained overload the journal holds millions (16 bytes a key instead of about 100).
+    recorded: KeyMap<KeyDigest, i64>,
     /// Keys whose events reached the table while still claimed (the journal was drained
     /// before the claim was confirmed): their confirmation has nothing left to remember.
     indexed_early: std::collections::HashSet<String, KeyHasher>,
@@ -280,7 +281,7 @@ impl EventStore for EmbeddedStore {
                         if let Some(seen) = seen {
                             seen.insert(&r.event_id, now);
                         }
-                        if recorded.remove(&r.event_id).is_none()
+                        if recorded.remove(&KeyDigest::of(&r.event_id)).is_none()
                             && pending.contains_key(&r.event_id)
                         {
                             indexed_early.insert(r.event_id.clone());
@@ -352,7 +353,10 @@ impl DedupStore for EmbeddedStore {
                     out.push(Claim::InFlight);
                     continue;
                 }
-                if recorded.get(&key).is_some_and(|until| *until > now) {
+                if recorded
+                    .get(&KeyDigest::of(&key))
+                    .is_some_and(|until| *until > now)
+                {
                     out.push(Claim::Duplicate);
                     continue;
                 }
@@ -402,7 +406,7 @@ impl DedupStore for EmbeddedStore {
                     for k in keys {
                         unpend(&mut state.pending, &k, lease_id);
                         if !state.indexed_early.remove(&k) {
-                            state.recorded.insert(k, until);
+                            state.recorded.insert(KeyDigest::of(&k), until);
                         }
                     }
                     Ok(())
@@ -506,7 +510,7 @@ impl EmbeddedStore {
             let until = self.inner.now_ms().saturating_add(millis(window));
             let mut claims = lock(&self.inner.claims);
             for id in ids {
-                claims.recorded.insert(id, until);
+                claims.recorded.insert(KeyDigest::of(&id), until);
             }
         }
     }
