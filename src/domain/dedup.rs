@@ -69,12 +69,13 @@ pub type KeyMap<K, V> = std::collections::HashMap<K, V, KeyHasher>;
 /// A dedup key's 128-bit digest: what a long-lived set of keys holds in place of their text.
 ///
 /// The embedded store remembers every id whose event waits in the journal for its table, and
-/// under a sustained overload that backlog reaches millions: as text each id took about 100
-/// bytes of the map (the `String`, its heap block, the slot), as a digest 16. Two keys with one
-/// digest would make a new event look like a duplicate, so the digest is SipHash-2-4 with a
-/// 128-bit output and a secret key drawn per process: a keyed function whose outputs an attacker
-/// cannot aim at, and whose chance collision among even 10^9 keys is about 10^-21. Digests are
-/// never stored or shown; a restart draws a new key and rebuilds what it remembers.
+/// under a sustained overload that backlog reaches millions: as text (the `String`, its heap
+/// block, the map's slot) each of 2,000,000 ids took 117 bytes of memory, as a digest 52
+/// (BENCHMARKS.md, 2026-12-07 18:41). Two keys with one digest would make a new event look
+/// like a duplicate, so the digest is SipHash-2-4 with a 128-bit output and a secret key drawn
+/// per process: a keyed function whose outputs an attacker cannot aim at, and whose chance
+/// collision among even 10^9 keys is about 10^-21. Digests are never stored or shown; a
+/// restart draws a new key and rebuilds what it remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyDigest(u64, u64);
 
@@ -213,6 +214,11 @@ fn canonical_value(v: &Value, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use serde_json::json;
+
     #[test]
     fn a_key_digest_is_the_same_for_one_key_and_differs_by_key_and_by_secret() {
         let a = "9b2f6a1e-7c1d-4c53-9a55-1f0f8f0f3a10";
@@ -238,11 +244,6 @@ mod tests {
             .collect();
         assert_eq!(digests.len(), 10_000);
     }
-
-    use super::*;
-    use chrono::TimeZone;
-    use proptest::prelude::*;
-    use serde_json::json;
 
     fn ts() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 8, 10, 3, 27, 4).unwrap() + chrono::Duration::milliseconds(123)
