@@ -9,11 +9,12 @@ The schema is the embedded store's (src/adapters/outbound/embedded/mod.rs, SCHEM
 look like cartstream-bench's (1,000 users, four event types). Vary what it builds to see what
 each part costs:
   scripts/events-write-amp.py [--rows-per-batch 20000] [--batches 25] [--indexes pk,l,u,t]
-      [--page-size 4096] [--prefill 0] [--unsorted]
+      [--page-size 4096] [--prefill 0] [--unsorted] [--pragma 'mmap_size=268435456' ...]
   pk: the primary key on event_id; l: the listing's (occurred_at, received_at, event_id);
   u: the same by user_id; t: by event_type. --prefill N first fills the table with N rows (in
   batches of 100,000, not counted), to measure the writes into a table already that large.
-  Each batch is sorted by event id, as the forwarder sorts it, unless --unsorted. Prints bytes
+  Each batch is sorted by event id, as the forwarder sorts it, unless --unsorted. Each --pragma
+  runs after the store's own (so it can replace one, such as cache_size). Prints bytes
   written per row, this process's CPU per row over the inserts and commits (binding the
   parameters included), and the file's size.
 """
@@ -48,6 +49,7 @@ def main():
     ap.add_argument("--page-size", type=int, default=4096)
     ap.add_argument("--prefill", type=int, default=0)
     ap.add_argument("--unsorted", action="store_true")
+    ap.add_argument("--pragma", action="append", default=[])
     a = ap.parse_args()
     want = set(a.indexes.split(",")) - {""}
     with tempfile.TemporaryDirectory(prefix="write-amp.") as d:
@@ -57,6 +59,8 @@ def main():
         c.execute("PRAGMA journal_mode=WAL")
         c.execute("PRAGMA synchronous=FULL")
         c.execute("PRAGMA cache_size=-16384")
+        for p in a.pragma:
+            c.execute(f"PRAGMA {p}")
         pk = "PRIMARY KEY " if "pk" in want else ""
         c.execute(f"""CREATE TABLE events (event_id TEXT {pk}NOT NULL, user_id TEXT NOT NULL,
             session_id TEXT, event_type TEXT NOT NULL, occurred_at INTEGER NOT NULL,
@@ -92,6 +96,7 @@ def main():
         total = a.rows_per_batch * a.batches
         print(f"indexes={','.join(sorted(want)) or 'none'} prefill={a.prefill} rows={total} "
               f"batch={a.rows_per_batch} sorted={not a.unsorted} page_size={a.page_size} "
+              f"pragmas={';'.join(a.pragma) or '-'} "
               f"bytes_written_per_row={(written() - start) // total} "
               f"cpu_us_per_row={cpu / total * 1e6:.2f} "
               f"db_mb={os.path.getsize(path) >> 20}")

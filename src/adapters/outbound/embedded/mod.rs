@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS dedup (
 CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires_at);
 ";
 
+/// The page cache of the connection that writes events, in KiB; the other connections keep
+/// [`open_conn`]'s 16 MiB. The forwarder's inserts walk four indexes, two of them at random
+/// points (the event id, and the user). A new file has 16 KiB pages rather than SQLite's
+/// 4 KiB: with both, the forwarder stored about a quarter more events for the same CPU during
+/// a WebSocket burst (BENCHMARKS.md, "2026-12-07 22:03").
+const WRITE_CACHE_KIB: u32 = 32 * 1024;
 /// How many stored ids the events table takes over from memory under one hold of the claims
 /// lock (a few hundred microseconds).
 const FORGET_CHUNK: usize = 1_000;
@@ -155,8 +161,16 @@ impl EmbeddedStore {
         let path = db_path(data_dir, "cartstream.db")?;
         // A new file gives the pages that retention frees back to the file system; a file made
         // before keeps `auto_vacuum = NONE` (SQLite only changes it with a `VACUUM`) and reuses
-        // them instead (docs/backends.md, "Retention").
-        let write = open_conn_with(&path, "PRAGMA auto_vacuum = INCREMENTAL;")?;
+        // them instead (docs/backends.md, "Retention"). Likewise a new file has 16 KiB pages,
+        // and one made before keeps the 4 KiB it has (see [`WRITE_CACHE_KIB`]).
+        // `page_size` first: once `auto_vacuum` has been read, a new file keeps 4 KiB.
+        let write = open_conn_with(
+            &path,
+            "PRAGMA page_size = 16384; PRAGMA auto_vacuum = INCREMENTAL;",
+        )?;
+        write
+            .execute_batch(&format!("PRAGMA cache_size = -{WRITE_CACHE_KIB};"))
+            .map_err(db_err)?;
         let rebuild = write
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_listing_order'",

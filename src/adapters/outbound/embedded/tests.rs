@@ -538,6 +538,12 @@ async fn retention_deletes_every_old_event_even_the_last_one_stored() {
     assert!(store.query(&q()).await.unwrap().events.is_empty());
 }
 
+fn page_size(store: &EmbeddedStore) -> i64 {
+    let conn = lock(&store.inner.read);
+    conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap()
+}
+
 fn pages(store: &EmbeddedStore) -> (i64, i64) {
     let conn = lock(&store.inner.read);
     let get = |p: &str| conn.query_row(p, [], |r| r.get::<_, i64>(0)).unwrap();
@@ -570,6 +576,7 @@ async fn with_retention_a_new_file_gives_space_back_and_stops_growing() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert!(store.gives_space_back().unwrap());
+    assert_eq!(page_size(&store), 16_384, "a new file has 16 KiB pages");
     let sizes = sizes_over_days(&store).await;
     let (after, free) = pages(&store);
     assert_eq!(free, 0, "every freed page was given back");
@@ -593,6 +600,11 @@ async fn with_retention_a_file_from_before_reuses_freed_pages_and_stops_growing(
     drop(conn);
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert!(!store.gives_space_back().unwrap());
+    assert_eq!(
+        page_size(&store),
+        4_096,
+        "a file keeps the page size it was made with"
+    );
     let sizes = sizes_over_days(&store).await;
     assert!(pages(&store).1 > 0, "freed pages stay in the file, free");
     assert!(
