@@ -3,3 +3,4 @@
 pub mod event_json;
 pub mod inbound;
 pub mod outbound;
+pub(crate) mod thread_priority;

@@ -11,6 +11,7 @@ use crate::adapters::inbound::edge::{json_error, Caller};
 use crate::adapters::inbound::http::auth::presented_key;
 use crate::adapters::inbound::wire::{details, unavailable_message, ErrorBody, ErrorCode};
 use crate::adapters::inbound::ws::Upgrade;
+use crate::adapters::thread_priority;
 use crate::app::access::{Access, Scope};
 use crate::app::metrics::Metrics;
 use crate::app::rate_limit::RateLimits;
@@ -257,25 +258,14 @@ fn start_watchers() -> std::io::Result<tokio::runtime::Handle> {
 /// HTTP batch 6.9% at nice 19, 5.0% in the idle class (BENCHMARKS.md, issue 17). Falls back to
 /// nice 19 where the idle class is refused.
 fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain system calls on the calling thread (0: itself), `param` outlives the call.
-    let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if idle == 0 {
+    let Err(error) = thread_priority::idle_this_thread() else {
         return;
-    }
-    let error = std::io::Error::last_os_error();
-    // SAFETY: as above.
-    let result = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, WATCHERS_NICE)
     };
-    if result == 0 {
-        tracing::warn!(error = %error, "tap: its thread runs at nice {WATCHERS_NICE}, not idle");
-    } else {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "tap: its thread keeps ingest's priority"
-        );
+    match thread_priority::nice_this_thread(WATCHERS_NICE) {
+        Ok(()) => {
+            tracing::warn!(error = %error, "tap: its thread runs at nice {WATCHERS_NICE}, not idle");
+        }
+        Err(e) => tracing::warn!(error = %e, "tap: its thread keeps ingest's priority"),
     }
 }
 

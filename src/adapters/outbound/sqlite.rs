@@ -117,7 +117,8 @@ where
         .map_err(|e| PortError::Failed(format!("local database task failed: {e}")))?
 }
 
-/// One thread that runs a store's reads, one after another.
+/// One thread that runs a store's jobs, one after another: the reads of the journal and the
+/// outbox, and the embedded store's background writes.
 ///
 /// A read that decodes many rows (the forwarder takes up to 20,000 journal entries at a time)
 /// allocates them on the thread that runs it, and the tasks that use the rows free them on
@@ -127,20 +128,32 @@ where
 /// (the soak's RSS rose that way under CPU contention; RELIABILITY.md). Here every read runs
 /// on the same thread, which reuses those pages on its next read: what it keeps is bounded by
 /// one read. The reads share one connection anyway, so running them in turn costs nothing.
-pub(crate) struct ReadThread {
+pub(crate) struct DbThread {
     jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
 }
 
-impl ReadThread {
+impl DbThread {
     /// Starts the thread; it ends when this is dropped.
     ///
     /// # Errors
     /// When the thread cannot be started.
     pub(crate) fn spawn(name: &str) -> Result<Self, PortError> {
+        Self::spawn_with(name, || {})
+    }
+
+    /// Like [`spawn`](Self::spawn), running `setup` on the thread before any job.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub(crate) fn spawn_with(
+        name: &str,
+        setup: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, PortError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                setup();
                 for job in rx {
                     // A read that panics fails alone (its caller gets an error); the thread
                     // goes on with the next.
@@ -162,10 +175,10 @@ impl ReadThread {
             .send(Box::new(move || {
                 let _ = reply.send(f());
             }))
-            .map_err(|_| PortError::Failed("local database reader has stopped".into()))?;
+            .map_err(|_| PortError::Failed("local database thread has stopped".into()))?;
         answer
             .await
-            .map_err(|_| PortError::Failed("local database read failed (panicked)".into()))?
+            .map_err(|_| PortError::Failed("local database job failed (panicked)".into()))?
     }
 }
 
@@ -332,13 +345,13 @@ mod tests {
 
 #[cfg(test)]
 mod read_thread_tests {
-    use super::ReadThread;
+    use super::DbThread;
     use crate::ports::PortError;
 
     /// Every read runs on the one thread, in turn; one that panics fails alone.
     #[tokio::test]
     async fn reads_run_on_one_thread_and_survive_a_panic() {
-        let reader = ReadThread::spawn("test-read").unwrap();
+        let reader = DbThread::spawn("test-read").unwrap();
         let first = reader
             .run(|| Ok(std::thread::current().id()))
             .await

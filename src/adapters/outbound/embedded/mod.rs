@@ -6,10 +6,12 @@
 //! blocking, so every call runs on tokio's blocking pool; the connections sit behind std
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
+use super::sqlite::DbThread;
 use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, open_conn_with,
     query_events, unix_ms, Row, INSERT_EVENT,
 };
+use crate::adapters::thread_priority::nice_this_thread;
 use crate::domain::{DedupKey, KeyDigest, KeyHasher, KeyMap, StoredEvent, SweepMark};
 use crate::ports::{
     Claim, Clock, DedupStore, EventFeed, EventPage, EventQuery, EventStore, ExpireStep, Expiry,
@@ -59,6 +61,17 @@ CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires_at);
 /// 4 KiB: with both, the forwarder stored about a quarter more events for the same CPU during
 /// a WebSocket burst (BENCHMARKS.md, "2026-12-07 22:03").
 const WRITE_CACHE_KIB: u32 = 32 * 1024;
+/// The nice value of the thread that writes recent events into the table. In a burst the
+/// forwarder is behind and would take what CPU it gets, about half the server's on two cores;
+/// at this nice it takes what ingest leaves, and the journal holds the rest. A WS 8 x 64 burst
+/// was acked about a fifth faster (BENCHMARKS.md, "2026-12-07 22:03"). Databases do the same
+/// with their compactions (RocksDB lowers its compaction threads' CPU priority).
+const BACKGROUND_NICE: i32 = 19;
+/// How long after they were received events are written at [`BACKGROUND_NICE`]. Past that the
+/// forwarder is falling behind for longer than a burst (a sustained overload, or another
+/// process taking the CPU), and it writes at ingest's priority: how far `GET /events` and
+/// the dedup table lag stays bounded, as before.
+const BACKGROUND_FOR_MS: i64 = 10_000;
 /// How many stored ids the events table takes over from memory under one hold of the claims
 /// lock (a few hundred microseconds).
 const FORGET_CHUNK: usize = 1_000;
@@ -125,11 +138,45 @@ struct Inner {
     confirm: Mutex<WriteState>,
     claims: Mutex<ClaimState>,
     read: Mutex<Connection>,
+    /// Where inserts of events received less than [`BACKGROUND_FOR_MS`] ago run: a thread at
+    /// nice [`BACKGROUND_NICE`]. Older ones run on the blocking pool at ingest's priority.
+    background: DbThread,
 }
 
 impl Inner {
     fn now_ms(&self) -> i64 {
         unix_ms(self.clock.now())
+    }
+
+    /// Whether `rows` are written on the background thread: when the oldest was received less
+    /// than [`BACKGROUND_FOR_MS`] ago.
+    fn writes_in_background(&self, rows: &[Row]) -> bool {
+        let oldest = rows.iter().map(|r| r.received_at).min().unwrap_or(i64::MAX);
+        self.now_ms().saturating_sub(oldest) < BACKGROUND_FOR_MS
+    }
+
+    /// Inserts `rows` in one transaction and gives them back.
+    fn write_rows(&self, rows: Vec<Row>) -> Result<Vec<Row>, PortError> {
+        let mut state = lock(&self.write);
+        let tx = state.conn.transaction().map_err(db_err)?;
+        {
+            let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(db_err)?;
+            for r in &rows {
+                stmt.execute(params![
+                    r.event_id,
+                    r.user_id,
+                    r.session_id,
+                    r.event_type,
+                    r.occurred_at,
+                    r.received_at,
+                    r.source,
+                    r.metadata
+                ])
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(rows)
     }
 }
 
@@ -227,6 +274,14 @@ impl EmbeddedStore {
                     sweep_recorded: SweepMark::new(1_000_000),
                 }),
                 read: Mutex::new(read),
+                background: DbThread::spawn_with("events-write", || {
+                    if let Err(e) = nice_this_thread(BACKGROUND_NICE) {
+                        tracing::warn!(
+                            error = %e,
+                            "embedded store: events are written at ingest's priority"
+                        );
+                    }
+                })?,
             }),
         };
         if filtered {
@@ -257,27 +312,17 @@ impl EventStore for EmbeddedStore {
         // order of rows in the table means nothing (listings go by time; routes read the
         // journal). Stable, so that of two rows with one id the first still wins, as before.
         rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        let rows = if self.inner.writes_in_background(&rows) {
+            let inner = Arc::clone(&self.inner);
+            self.inner
+                .background
+                .run(move || inner.write_rows(rows))
+                .await?
+        } else {
+            self.blocking(move |inner| inner.write_rows(rows)).await?
+        };
+        // At ingest's priority: claims wait for this lock.
         self.blocking(move |inner| {
-            let mut state = lock(&inner.write);
-            let tx = state.conn.transaction().map_err(db_err)?;
-            {
-                let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(db_err)?;
-                for r in &rows {
-                    stmt.execute(params![
-                        r.event_id,
-                        r.user_id,
-                        r.session_id,
-                        r.event_type,
-                        r.occurred_at,
-                        r.received_at,
-                        r.source,
-                        r.metadata
-                    ])
-                    .map_err(db_err)?;
-                }
-            }
-            tx.commit().map_err(db_err)?;
-            drop(state);
             if matches!(inner.mode, DedupMode::Events { .. }) {
                 // The table answers for these keys from now on. A batch holds many thousands:
                 // the lock is let go between chunks, so claims do not wait for all of them.

@@ -612,3 +612,44 @@ async fn with_retention_a_file_from_before_reuses_freed_pages_and_stops_growing(
         "no growth: {sizes:?}"
     );
 }
+
+#[tokio::test]
+async fn recent_events_are_written_at_background_priority_and_ones_behind_at_ingests() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(Mutex::new(at("2025-03-02T00:00:00Z")));
+    let store = EmbeddedStore::open_with(
+        dir.path(),
+        DedupMode::Events { window: WINDOW },
+        set_clock(&now),
+    )
+    .unwrap();
+    let received = |id: &str, ms_ago: i64| {
+        let mut e = event(id, "2025-03-01T00:00:00Z");
+        e.received_at = *lock(&now) - chrono::Duration::milliseconds(ms_ago);
+        e
+    };
+    let rows = |events: &[StoredEvent]| events.iter().map(Row::from).collect::<Vec<_>>();
+    let recent = [received("r-1", 0), received("r-2", BACKGROUND_FOR_MS - 1)];
+    let behind = [received("b-1", 0), received("b-2", BACKGROUND_FOR_MS)];
+    assert!(store.inner.writes_in_background(&rows(&recent)));
+    assert!(
+        !store.inner.writes_in_background(&rows(&behind)),
+        "the oldest event of a batch decides"
+    );
+    let nice = store
+        .inner
+        .background
+        .run(|| Ok(crate::adapters::thread_priority::this_threads_nice()))
+        .await
+        .unwrap();
+    assert_eq!(nice, BACKGROUND_NICE, "the background thread is lowered");
+
+    store.insert(&recent).await.unwrap();
+    store.insert(&behind).await.unwrap();
+    assert_eq!(count(&store), 4, "both ways store the events");
+    let dup = claim_anew(&store, Duration::from_secs(5), &keys(&["r-1", "b-2"])).await;
+    assert!(
+        dup.iter().all(|c| matches!(c, Claim::Duplicate)),
+        "and the table answers for them: {dup:?}"
+    );
+}

@@ -14,7 +14,7 @@
 //! poll them on every loop for free.
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_queue_conn, ReadThread, Row, EVENT_COLUMNS,
+    blocking, db_err, db_path, from_ms, lock, open_queue_conn, DbThread, Row, EVENT_COLUMNS,
 };
 use crate::domain::{DedupKey, EventColumns, StoredEvent, StoredFields};
 use crate::ports::{
@@ -381,8 +381,8 @@ impl State {
 #[derive(Clone)]
 pub struct SqliteJournal {
     inner: Arc<Inner>,
-    /// Where reads run (see [`ReadThread`]); appends and removals use the blocking pool.
-    reader: Arc<ReadThread>,
+    /// Where reads run (see [`DbThread`]); appends and removals use the blocking pool.
+    reader: Arc<DbThread>,
 }
 
 struct Inner {
@@ -416,7 +416,7 @@ impl SqliteJournal {
                 max_bytes,
                 scratch: Mutex::new(Scratch::default()),
             }),
-            reader: Arc::new(ReadThread::spawn("journal-read")?),
+            reader: Arc::new(DbThread::spawn("journal-read")?),
         })
     }
 

@@ -7,7 +7,7 @@
 //! bytes inside a valid row. Rows written before checksums have none and are read unchecked.
 
 use crate::adapters::outbound::sqlite::{
-    blocking, db_err, db_path, from_ms, lock, open_queue_conn, unix_ms, ReadThread, Row,
+    blocking, db_err, db_path, from_ms, lock, open_queue_conn, unix_ms, DbThread, Row,
 };
 use crate::ports::{Clock, DeadLetter, Delivery, Outbox, OutboxItem, PortError, RouteBacklog};
 use chrono::{DateTime, Utc};
@@ -64,8 +64,8 @@ CREATE INDEX IF NOT EXISTS dead_letters_by_route ON dead_letters (route, id);
 #[derive(Clone)]
 pub struct SqliteOutbox {
     inner: Arc<Inner>,
-    /// Where the reads that decode events run (see [`ReadThread`]).
-    reader: Arc<ReadThread>,
+    /// Where the reads that decode events run (see [`DbThread`]).
+    reader: Arc<DbThread>,
 }
 
 struct Inner {
@@ -92,7 +92,7 @@ impl SqliteOutbox {
                 read: Mutex::new(read),
                 clock,
             }),
-            reader: Arc::new(ReadThread::spawn("outbox-read")?),
+            reader: Arc::new(DbThread::spawn("outbox-read")?),
         })
     }
 
