@@ -6,10 +6,9 @@
 //! blocking, so every call runs on tokio's blocking pool; the connections sit behind std
 //! mutexes, which is right because they are only ever locked inside those blocking closures.
 
-use super::sqlite::DbThread;
 use super::sqlite::{
     blocking, db_err, db_path, feed_after, known_ids, lock, open_conn, open_conn_with,
-    query_events, unix_ms, Row, INSERT_EVENT,
+    query_events, unix_ms, DbThread, Row, INSERT_EVENT,
 };
 use crate::adapters::thread_priority::nice_this_thread;
 use crate::domain::{DedupKey, KeyDigest, KeyHasher, KeyMap, StoredEvent, SweepMark};
@@ -63,14 +62,15 @@ CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires_at);
 const WRITE_CACHE_KIB: u32 = 32 * 1024;
 /// The nice value of the thread that writes recent events into the table. In a burst the
 /// forwarder is behind and would take what CPU it gets, about half the server's on two cores;
-/// at this nice it takes what ingest leaves, and the journal holds the rest. A WS 8 x 64 burst
-/// was acked about a fifth faster (BENCHMARKS.md, "2026-12-07 22:03"). Databases do the same
-/// with their compactions (RocksDB lowers its compaction threads' CPU priority).
+/// at this nice it takes what ingest leaves, and the journal (which `GET /events` and dedup
+/// read too) holds the rest. WS 8 x 64 bursts were acked 10-20% faster (BENCHMARKS.md,
+/// "2026-12-07 22:03"). Databases do the same with their compactions (RocksDB lowers its
+/// compaction threads' CPU priority).
 const BACKGROUND_NICE: i32 = 19;
 /// How long after they were received events are written at [`BACKGROUND_NICE`]. Past that the
 /// forwarder is falling behind for longer than a burst (a sustained overload, or another
-/// process taking the CPU), and it writes at ingest's priority: how far `GET /events` and
-/// the dedup table lag stays bounded, as before.
+/// process taking the CPU), and it writes at ingest's priority, as before: how far the table
+/// lags behind the journal stays bounded by this plus the one batch already being written.
 const BACKGROUND_FOR_MS: i64 = 10_000;
 /// How many stored ids the events table takes over from memory under one hold of the claims
 /// lock (a few hundred microseconds).
